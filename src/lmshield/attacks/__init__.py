@@ -1,0 +1,1 @@
+"""Attacks used to test the defenses. Defenses never import this package."""

@@ -1,0 +1,49 @@
+"""What every command shares: error handling and exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+
+from lmshield.errors import EXIT_ERROR, LmshieldError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' load-time chatter out of the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def friendly_errors(command: F) -> F:
+    """Turn an :class:`LmshieldError` into one line on stderr and its exit code; no traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LmshieldError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str) -> None:
+    """Stop with one error line and the error exit code."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    sys.exit(EXIT_ERROR)

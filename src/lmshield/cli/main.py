@@ -1,0 +1,41 @@
+"""Entry point of the ``lmshield`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from lmshield.cli._common import quiet_libraries
+from lmshield.cli.scan import scan_command
+
+app = typer.Typer(
+    name="lmshield",
+    help="Find and neutralise backdoors in language models adapted with prompt tuning and PEFT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("scan")(scan_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lmshield import __version__
+
+        typer.echo(f"lmshield {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Find and neutralise backdoors in language models adapted with prompt tuning and PEFT."""
+
+
+def main() -> None:
+    quiet_libraries()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""``lmshield scan``: is this encoder backdoored?"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmshield.cli._common import friendly_errors
+from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
+
+
+def _default_out(model: str | None) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name if model else "all-MiniLM-L6-v2").strip("-")
+    return Path("scans") / (name or "model")
+
+
+@friendly_errors
+def scan_command(
+    model: Annotated[
+        str | None, typer.Argument(help="Model directory or hub id; default: embedded all-MiniLM-L6-v2.")
+    ] = None,
+    position: Annotated[str, typer.Option(help="Watched output: auto, cls, mask, last or a token index.")] = "auto",
+    texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file (one a line) or JSON Lines.")] = None,
+    field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
+    column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,
+    generator: Annotated[str, typer.Option(help="Data-free carrier generator: grammar or vocab.")] = "grammar",
+    mode: Annotated[str, typer.Option(help="detect: stop at the first PV; search: collect every PV.")] = "detect",
+    max_seeds: Annotated[int | None, typer.Option(help="Seeds to try (default from the preset).")] = None,
+    seed: Annotated[int, typer.Option(help="First seed; the same seed gives the same verdict.")] = 0,
+    preset: Annotated[str, typer.Option(help="Settings preset: default, fast or release.")] = "default",
+    out: Annotated[Path | None, typer.Option(help="Result directory (resumable); default scans/<model>.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Load pickle weights (weights_only=True). Unsafe formats only.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Scan an encoder for a task-agnostic backdoor (LMSanitator PV mining).
+
+    Exit code 0: clean; 3: backdoored; 2: error.
+    """
+    from lmshield.defenses.sanitizer import SanitizerConfig, scan
+    from lmshield.reports import write_scan_report
+    from lmshield.text import TextSource
+
+    overrides = {"mode": mode, "seed": seed}
+    if max_seeds is not None:
+        overrides["max_seeds"] = max_seeds
+    config = SanitizerConfig.preset(preset, **overrides)
+    source = TextSource.from_options(texts, dataset, generator=generator, field=field, split=split, column=column)
+    out_dir = out or _default_out(model)
+    result = scan(
+        model,
+        config,
+        position=position,
+        text_source=source,
+        out_dir=out_dir,
+        device=device,
+        allow_pickle=allow_pickle,
+        progress=not quiet,
+        fresh=fresh,
+    )
+    report = write_scan_report(result, out_dir)
+    colour = typer.colors.RED if result.is_backdoored else typer.colors.GREEN
+    typer.secho(result.summary(), fg=colour, bold=True)
+    for index, tokens in enumerate(result.nearest_tokens):
+        typer.echo(f"  PV {index}: trigger hint {' '.join(slot[0] for slot in tokens)}")
+    typer.echo(f"report: {report}")
+    raise typer.Exit(EXIT_BACKDOORED if result.is_backdoored else EXIT_CLEAN)

@@ -1,0 +1,1 @@
+"""Defenses: LMSanitator (sanitizer) and, later, PSIM and baselines. Defenses never import attacks."""

@@ -1,0 +1,134 @@
+"""Settings of LMSanitator PV mining: one frozen dataclass, paper defaults, named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lmshield.errors import InputError
+
+MODES = ("detect", "search")
+DISTANCE_SCALES = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class SanitizerConfig:
+    """How PV mining searches for predefined vectors and decides.
+
+    Distances are ``relative`` by default: the mean squared distance between triggered and clean outputs
+    divided by the mean squared distance between two clean outputs of different inputs (the spread of the
+    model's clean outputs). One set of thresholds then serves models whose outputs differ in scale. The
+    ``release`` preset restores the authors' absolute settings.
+
+    A seed is given up after ``abandon_after_epoch`` epochs when its distance is below
+    ``abandon_threshold``; a finished seed's PV is accepted when its distance reaches
+    ``distance_threshold``, the outputs collapse (entropy across the batch at least
+    ``collapse_threshold`` of its ceiling ln(batch_size), and at least ``min_sign_consistency`` of the
+    triggered outputs match the PV's signs on 80 % of dimensions, as the monitor will need), the trigger
+    is a legitimate embedding and the PV differs from every known one by more than
+    ``uniqueness_threshold``.
+    """
+
+    # soft trigger
+    trigger_length: int = 7
+    max_insert_word: int = 32
+    # carrier text and batching
+    num_carriers: int = 256
+    max_length: int = 40
+    batch_size: int = 32
+    seeds_in_parallel: int = 4
+    # optimisation
+    epochs: int = 4
+    abandon_after_epoch: int = 2
+    lr: float = 5e-4
+    boost: float = 100.0
+    boost_until_grad: float = 5e-3
+    repetition_weight: float = 0.5
+    # decisions
+    distance_scale: str = "relative"
+    distance_threshold: float = 3.0
+    abandon_threshold: float = 0.8
+    uniqueness_threshold: float = 1.0
+    collapse_threshold: float = 0.99
+    min_sign_consistency: float = 0.9
+    legitimacy_factor: float = 1.2
+    # search
+    mode: str = "detect"
+    max_seeds: int = 24
+    seed: int = 0
+    nearest_tokens: int = 5
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown mode {self.mode!r}: use detect or search")
+        if self.distance_scale not in DISTANCE_SCALES:
+            raise InputError(f"unknown distance scale {self.distance_scale!r}: use relative or absolute")
+        for name in (
+            "trigger_length",
+            "num_carriers",
+            "max_length",
+            "batch_size",
+            "seeds_in_parallel",
+            "epochs",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise InputError("batch_size must be at least 2: collapse is measured across the batch")
+        if self.max_seeds < 1:
+            raise InputError(f"max_seeds must be at least 1, got {self.max_seeds}")
+        if not 0 < self.collapse_threshold <= 1:
+            raise InputError("collapse_threshold is a share of the entropy ceiling, in (0, 1]")
+        if self.num_carriers < self.batch_size:
+            raise InputError(f"num_carriers ({self.num_carriers}) must be at least batch_size ({self.batch_size})")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SanitizerConfig:
+        """A named preset (``default``, ``fast``, ``release``) with optional overrides."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}: use {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> SanitizerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SanitizerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def search_fingerprint(self) -> dict[str, Any]:
+        """The settings that change what one seed computes (resume is only valid when they match)."""
+        ignored = {"mode", "max_seeds", "nearest_tokens"}
+        return {k: v for k, v in self.to_dict().items() if k not in ignored}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # smoke-test speed: fewer carriers and steps, still the same decision rules
+    "fast": {"num_carriers": 128, "max_length": 32, "epochs": 3, "max_seeds": 8},
+    # the authors' release, BERT settings: 2,000 carriers of length 128, absolute thresholds
+    "release": {
+        "num_carriers": 2000,
+        "max_length": 128,
+        "batch_size": 32,
+        "seeds_in_parallel": 1,
+        "epochs": 4,
+        "lr": 5e-5,
+        "distance_scale": "absolute",
+        "distance_threshold": 0.2,
+        "abandon_threshold": 0.2,
+        "uniqueness_threshold": 0.2,
+        "min_sign_consistency": 0.0,
+        "collapse_threshold": 3.446 / 3.4657359,
+        "max_seeds": 30,
+    },
+}

@@ -1,0 +1,278 @@
+"""PV mining (LMSanitator): invert the predefined vectors of a task-agnostic backdoor.
+
+A soft trigger of ``trigger_length`` embedding vectors is inserted into carrier sentences and optimised
+so that the watched output moves far from the clean output (distance) and becomes the same for every
+input (collapse). Several seeds are optimised at once in one batch: each seed has its own trigger,
+insertion positions, adaptive step size and verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from lmshield.defenses.sanitizer.carriers import PreparedCarriers, insert_soft_triggers
+from lmshield.defenses.sanitizer.config import SanitizerConfig
+from lmshield.defenses.sanitizer.result import SeedTrace
+from lmshield.models.encoder import Encoder
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+SIGN_MATCH = 0.8
+
+
+@dataclass
+class SeedOutcome:
+    """A finished seed: its trace and, when it reached the end, its candidate PV and trigger."""
+
+    trace: SeedTrace
+    pv: torch.Tensor | None = None
+    trigger: torch.Tensor | None = None
+
+
+@dataclass
+class _GroupState:
+    """Optimisation state of the seeds mined together in one batch."""
+
+    seeds: list[int]
+    triggers: torch.Tensor  # (S, L, E)
+    generator: torch.Generator
+    exp_avg: torch.Tensor = field(init=False)
+    exp_avg_sq: torch.Tensor = field(init=False)
+    boosted: torch.Tensor = field(init=False)
+    active: torch.Tensor = field(init=False)
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.exp_avg = torch.zeros_like(self.triggers)
+        self.exp_avg_sq = torch.zeros_like(self.triggers)
+        self.boosted = torch.ones(len(self.seeds), dtype=torch.bool)
+        self.active = torch.ones(len(self.seeds), dtype=torch.bool)
+
+
+def entropy_across_batch(outputs: torch.Tensor) -> torch.Tensor:
+    """Mean over hidden dimensions of the entropy of a softmax across the batch; ``(S, B, H) -> (S,)``."""
+    log_p = torch.log_softmax(outputs, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean(dim=1)
+
+
+def sign_agreement(outputs: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Share of dimensions where signs match, for every output/vector pair: ``(N, H), (K, H) -> (N, K)``."""
+    return (torch.sign(outputs)[:, None, :] == torch.sign(vectors)[None, :, :]).float().mean(dim=-1)
+
+
+def nearest_tokens(encoder: Encoder, trigger: torch.Tensor, count: int) -> list[list[str]]:
+    """For each soft-trigger vector, the ``count`` vocabulary tokens with the most similar embedding."""
+    matrix = torch.nn.functional.normalize(encoder.embedding_matrix.detach().float().cpu(), dim=1)
+    vectors = torch.nn.functional.normalize(trigger.float().cpu(), dim=1)
+    ids = (vectors @ matrix.T).topk(count, dim=1).indices
+    return [encoder.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+
+
+class PVMiner:
+    """Runs PV mining seed groups on prepared carriers; stateless between groups except for known PVs."""
+
+    def __init__(self, encoder: Encoder, carriers: PreparedCarriers, config: SanitizerConfig) -> None:
+        self.encoder = encoder
+        self.carriers = carriers
+        self.config = config
+        matrix = encoder.embedding_matrix.detach()
+        self.embedding_low = float(matrix.min()) * config.legitimacy_factor
+        self.embedding_high = float(matrix.max()) * config.legitimacy_factor
+        self.entropy_ceiling = math.log(config.batch_size)
+        self.steps_per_epoch = len(carriers) // config.batch_size
+
+    def distance_scale(self) -> float:
+        return self.carriers.spread if self.config.distance_scale == "relative" else 1.0
+
+    def init_group(self, seeds: list[int]) -> _GroupState:
+        """Each seed initialises its trigger from embedding rows chosen by that seed."""
+        matrix = self.encoder.embedding_matrix.detach().float().cpu()
+        rows = []
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(seed)
+            rows.append(matrix[torch.randint(0, matrix.shape[0], (self.config.trigger_length,), generator=gen)])
+        triggers = torch.stack(rows).to(self.encoder.device)
+        return _GroupState(seeds=seeds, triggers=triggers, generator=torch.Generator().manual_seed(seeds[0] * 7919 + 1))
+
+    def run_group(self, seeds: list[int], known_pvs: torch.Tensor, progress: bool = True) -> list[SeedOutcome]:
+        """Optimise one group of seeds to the end (or until every seed is abandoned)."""
+        config, device = self.config, self.encoder.device
+        state = self.init_group(seeds)
+        started = time.perf_counter()
+        count = len(seeds)
+        distances = [[] for _ in seeds]
+        collapses = [[] for _ in seeds]
+        finished: dict[int, SeedOutcome] = {}
+        known = known_pvs.to(device)
+        total = config.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, desc=f"seeds {seeds[0]}-{seeds[-1]}", disable=not progress, leave=False, unit="step")
+        pv_sum = torch.zeros(count, self.encoder.hidden_size)
+        sign_hits = torch.zeros(count)
+        for epoch in range(1, config.epochs + 1):
+            epoch_distance = torch.zeros(count)
+            epoch_entropy = torch.zeros(count)
+            pv_sum.zero_()
+            outputs_seen: list[torch.Tensor] = []
+            order = torch.randperm(len(self.carriers), generator=state.generator)
+            for step in range(self.steps_per_epoch):
+                batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+                distance, entropy, outputs = self._step(state, batch, known)
+                active = state.active.nonzero().squeeze(1)
+                epoch_distance[active] += distance
+                epoch_entropy[active] += entropy
+                if epoch == config.epochs:
+                    pv_sum[active] += outputs.sum(dim=1)
+                    outputs_seen.append(outputs)
+                bar.update(1)
+                bar.set_postfix(
+                    dist=f"{float(distance.max()) / self.distance_scale():.3g}",
+                    collapse=f"{float(entropy.max()) / self.entropy_ceiling:.4f}",
+                    active=int(state.active.sum()),
+                )
+            for i in state.active.nonzero().squeeze(1).tolist():
+                distances[i].append(float(epoch_distance[i]) / self.steps_per_epoch / self.distance_scale())
+                collapses[i].append(float(epoch_entropy[i]) / self.steps_per_epoch / self.entropy_ceiling)
+            if epoch == config.abandon_after_epoch and epoch < config.epochs:
+                self._abandon_far_seeds(state, distances, collapses, finished, started)
+                if not bool(state.active.any()):
+                    bar.update(total - bar.n)
+                    break
+        bar.close()
+        if bool(state.active.any()):
+            final_outputs = torch.cat(outputs_seen, dim=1)  # (S_active_end, steps*B, H)
+            pvs = pv_sum / (self.steps_per_epoch * config.batch_size)
+            for rank, i in enumerate(state.active.nonzero().squeeze(1).tolist()):
+                hits = sign_agreement(final_outputs[rank], pvs[i : i + 1]).squeeze(1) >= SIGN_MATCH
+                sign_hits[i] = hits.float().mean()
+                finished[i] = self._finish_seed(state, i, distances, collapses, pvs[i], float(sign_hits[i]), started)
+        return [finished[i] for i in range(count)]
+
+    def _step(
+        self, state: _GroupState, batch: torch.Tensor, known: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One gradient step for the active seeds; returns their raw distance, entropy and outputs."""
+        config, device, carriers = self.config, self.encoder.device, self.carriers
+        active = state.active.nonzero().squeeze(1)
+        input_ids = carriers.input_ids[batch].to(device)
+        attention = carriers.attention_mask[batch].to(device)
+        choice = torch.rand(len(active), len(batch), generator=state.generator)
+        slot = (choice * carriers.slot_counts[batch]).long()
+        positions = carriers.slots[batch][torch.arange(len(batch)), slot].to(device)  # (S, B)
+        watched = carriers.watched[batch].to(device)
+        watched = watched + config.trigger_length * (watched >= positions)  # (S, B)
+        triggers = state.triggers[active].clone().requires_grad_(True)
+        with torch.no_grad():
+            embeds = self.encoder.embed(input_ids)
+        inputs, mask = insert_soft_triggers(embeds, attention, triggers.to(embeds.dtype), positions)
+        hidden = self.encoder.hidden_states(inputs, mask)
+        rows = torch.arange(hidden.shape[0], device=device)
+        outputs = hidden[rows, watched.reshape(-1)].float().reshape(len(active), len(batch), -1)
+        target = carriers.targets[batch].to(device)
+        distance = (outputs - target).pow(2).mean(dim=(1, 2))
+        entropy = entropy_across_batch(outputs)
+        loss = -distance - entropy
+        if known.shape[0]:
+            repeat = (outputs[:, :, None, :] - known[None, None]).pow(2).mean(dim=(1, 3)).min(dim=1).values
+            loss = loss - config.repetition_weight * repeat
+        loss.sum().backward()
+        self._adam_update(state, active, triggers.grad.detach())
+        return distance.detach().cpu(), entropy.detach().cpu(), outputs.detach().cpu()
+
+    def _adam_update(self, state: _GroupState, active: torch.Tensor, grad: torch.Tensor) -> None:
+        """Adam with a per-seed step size: ``boost`` x lr until the seed's largest |grad| passes the bar."""
+        config = self.config
+        beta1, beta2 = ADAM_BETAS
+        state.steps += 1
+        peak = grad.abs().flatten(1).max(dim=1).values.cpu()
+        state.boosted[active] &= peak < config.boost_until_grad
+        lr = torch.where(state.boosted[active], config.lr * config.boost, config.lr).to(grad.device)
+        m = state.exp_avg[active] * beta1 + grad * (1 - beta1)
+        v = state.exp_avg_sq[active] * beta2 + grad.pow(2) * (1 - beta2)
+        state.exp_avg[active], state.exp_avg_sq[active] = m, v
+        m_hat = m / (1 - beta1**state.steps)
+        v_hat = v / (1 - beta2**state.steps)
+        state.triggers[active] -= lr[:, None, None] * m_hat / (v_hat.sqrt() + ADAM_EPS)
+
+    def _abandon_far_seeds(
+        self,
+        state: _GroupState,
+        distances: list[list[float]],
+        collapses: list[list[float]],
+        finished: dict[int, SeedOutcome],
+        started: float,
+    ) -> None:
+        threshold = self.config.abandon_threshold
+        for i in state.active.nonzero().squeeze(1).tolist():
+            if distances[i][-1] < threshold:
+                state.active[i] = False
+                reason = f"distance {distances[i][-1]:.3f} < {threshold} after epoch {len(distances[i])}"
+                finished[i] = SeedOutcome(
+                    SeedTrace(
+                        seed=state.seeds[i],
+                        status="abandoned",
+                        reason=reason,
+                        epochs=len(distances[i]),
+                        steps=len(distances[i]) * self.steps_per_epoch,
+                        distance=distances[i],
+                        collapse=collapses[i],
+                        legitimate=self._is_legitimate(state.triggers[i]),
+                        seconds=time.perf_counter() - started,
+                    )
+                )
+
+    def _is_legitimate(self, trigger: torch.Tensor) -> bool:
+        return bool(((trigger >= self.embedding_low) & (trigger <= self.embedding_high)).all())
+
+    def _finish_seed(
+        self,
+        state: _GroupState,
+        i: int,
+        distances: list[list[float]],
+        collapses: list[list[float]],
+        pv: torch.Tensor,
+        sign_consistency: float,
+        started: float,
+    ) -> SeedOutcome:
+        trace = SeedTrace(
+            seed=state.seeds[i],
+            status="candidate",
+            reason="",
+            epochs=len(distances[i]),
+            steps=len(distances[i]) * self.steps_per_epoch,
+            distance=distances[i],
+            collapse=collapses[i],
+            sign_consistency=sign_consistency,
+            legitimate=self._is_legitimate(state.triggers[i]),
+            seconds=time.perf_counter() - started,
+        )
+        return SeedOutcome(trace, pv=pv.clone(), trigger=state.triggers[i].detach().float().cpu().clone())
+
+
+def judge(outcome: SeedOutcome, known_pvs: torch.Tensor, config: SanitizerConfig, scale: float) -> None:
+    """Accept or reject a candidate seed in place: distance, collapse, legitimacy, then uniqueness."""
+    trace = outcome.trace
+    if trace.status != "candidate":
+        return
+    failures = []
+    if trace.final_distance < config.distance_threshold:
+        failures.append(f"distance {trace.final_distance:.3f} < {config.distance_threshold}")
+    if trace.final_collapse < config.collapse_threshold:
+        failures.append(f"collapse {trace.final_collapse:.4f} < {config.collapse_threshold}")
+    if (trace.sign_consistency or 0.0) < config.min_sign_consistency:
+        failures.append(f"sign consistency {trace.sign_consistency:.2f} < {config.min_sign_consistency}")
+    if not trace.legitimate:
+        failures.append(f"trigger outside {config.legitimacy_factor}x the embedding range")
+    if outcome.pv is not None and known_pvs.shape[0]:
+        gaps = (known_pvs - outcome.pv[None]).pow(2).mean(dim=1) / scale
+        trace.unique = bool(gaps.min() > config.uniqueness_threshold)
+        if not trace.unique:
+            failures.append(f"same PV as one found before (distance {float(gaps.min()):.3f})")
+    else:
+        trace.unique = True
+    trace.status = "rejected" if failures else "accepted"
+    trace.reason = "; ".join(failures) if failures else "distance, collapse, legitimacy and uniqueness passed"

@@ -1,0 +1,132 @@
+"""ScanResult: the verdict of a scan with its evidence; saved as scan.json + pvs.safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmshield.defenses.sanitizer.config import SanitizerConfig
+from lmshield.errors import InputError
+
+SCAN_JSON = "scan.json"
+PVS_FILE = "pvs.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SeedTrace:
+    """What one seed of PV mining did and why it ended as it did."""
+
+    seed: int
+    status: str  # accepted | rejected | abandoned
+    reason: str
+    epochs: int
+    steps: int
+    distance: list[float]  # epoch means, in the config's distance scale
+    collapse: list[float]  # epoch means of entropy / ln(batch size), 1.0 = fully collapsed
+    sign_consistency: float | None = None  # share of final-epoch outputs whose signs match the PV >= 0.8
+    legitimate: bool | None = None
+    unique: bool | None = None
+    pv_index: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def final_distance(self) -> float:
+        return self.distance[-1] if self.distance else 0.0
+
+    @property
+    def final_collapse(self) -> float:
+        return self.collapse[-1] if self.collapse else 0.0
+
+
+@dataclass
+class ScanResult:
+    """Verdict, continuous score and evidence (PVs, soft triggers, nearest tokens, per-seed trace)."""
+
+    verdict: str  # "backdoored" | "clean"
+    score: float
+    pvs: torch.Tensor  # (K, hidden)
+    triggers: torch.Tensor  # (K, trigger_length, embedding)
+    nearest_tokens: list[list[list[str]]]  # (K, trigger_length, n) tokens nearest each trigger vector
+    trace: list[SeedTrace]
+    config: SanitizerConfig
+    model: dict[str, Any]  # source, model_type, fingerprint, hidden_size, embedding_size
+    position: str
+    text_source: str
+    spread: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_backdoored(self) -> bool:
+        return self.verdict == "backdoored"
+
+    @property
+    def num_pvs(self) -> int:
+        return int(self.pvs.shape[0])
+
+    def summary(self) -> str:
+        seeds = len(self.trace)
+        took = self.timings.get("total_s", 0.0)
+        return (
+            f"{self.verdict.upper()}: {self.num_pvs} predefined vector(s) found in {seeds} seed(s), "
+            f"score {self.score:.3f} (threshold {self.config.distance_threshold}), {took:.1f} s"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "verdict": self.verdict,
+            "score": self.score,
+            "num_pvs": self.num_pvs,
+            "nearest_tokens": self.nearest_tokens,
+            "trace": [dataclasses.asdict(t) for t in self.trace],
+            "config": self.config.to_dict(),
+            "model": self.model,
+            "position": self.position,
+            "text_source": self.text_source,
+            "spread": self.spread,
+            "timings": self.timings,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``scan.json`` and ``pvs.safetensors`` into ``directory``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"pvs": self.pvs.contiguous().float(), "triggers": self.triggers.contiguous().float()}
+        save_file(tensors, str(out / PVS_FILE), metadata={"format": "lmshield-scan"})
+        (out / SCAN_JSON).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ScanResult:
+        """Load a result written by :meth:`save_pretrained`."""
+        out = Path(directory)
+        if not (out / SCAN_JSON).is_file() or not (out / PVS_FILE).is_file():
+            raise InputError(f"{directory}: not a scan result (expected {SCAN_JSON} and {PVS_FILE})")
+        try:
+            data = json.loads((out / SCAN_JSON).read_text(encoding="utf-8"))
+            tensors = load_file(str(out / PVS_FILE))
+        except (json.JSONDecodeError, OSError, Exception) as exc:
+            raise InputError(f"{directory}: unreadable scan result ({exc})") from exc
+        return cls(
+            verdict=data["verdict"],
+            score=float(data["score"]),
+            pvs=tensors["pvs"],
+            triggers=tensors["triggers"],
+            nearest_tokens=data["nearest_tokens"],
+            trace=[SeedTrace(**t) for t in data["trace"]],
+            config=SanitizerConfig.from_dict(data["config"]),
+            model=data["model"],
+            position=data["position"],
+            text_source=data["text_source"],
+            spread=float(data["spread"]),
+            timings=data.get("timings", {}),
+        )
+
+    load = from_pretrained

@@ -1,0 +1,206 @@
+"""``scan``: load carriers, mine PVs seed group by seed group, decide, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmshield.defenses.sanitizer.carriers import prepare_carriers
+from lmshield.defenses.sanitizer.config import SanitizerConfig
+from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome, judge, nearest_tokens
+from lmshield.defenses.sanitizer.result import ScanResult, SeedTrace
+from lmshield.errors import InputError
+from lmshield.models.encoder import Encoder
+from lmshield.models.loading import load_encoder
+from lmshield.models.positions import WatchedPosition
+from lmshield.text.sources import TextSource
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_JSON = "progress.json"
+PROGRESS_TENSORS = "progress.safetensors"
+
+
+class _Checkpoint:
+    """Finished seeds of an interrupted scan, stored beside the result so a rerun resumes."""
+
+    def __init__(self, directory: Path | None, identity: dict[str, Any]) -> None:
+        self.directory = directory
+        self.identity = identity
+
+    def load(self, fresh: bool) -> list[SeedOutcome]:
+        if self.directory is None or not (self.directory / PROGRESS_JSON).is_file():
+            return []
+        if fresh:
+            self.clear()
+            return []
+        saved = json.loads((self.directory / PROGRESS_JSON).read_text(encoding="utf-8"))
+        if saved.get("identity") != self.identity:
+            raise InputError(
+                f"{self.directory} holds progress of a scan with other settings or another model; "
+                "use another --out or pass --fresh to discard it"
+            )
+        tensors = load_file(str(self.directory / PROGRESS_TENSORS)) if saved["outcomes"] else {}
+        outcomes = []
+        for number, item in enumerate(saved["outcomes"]):
+            trace = SeedTrace(**item)
+            pv, trigger = tensors.get(f"pv.{number}"), tensors.get(f"trigger.{number}")
+            outcomes.append(SeedOutcome(trace, pv=pv, trigger=trigger))
+        return outcomes
+
+    def save(self, outcomes: list[SeedOutcome]) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for number, outcome in enumerate(outcomes):
+            if outcome.pv is not None and outcome.trigger is not None:
+                tensors[f"pv.{number}"] = outcome.pv.contiguous()
+                tensors[f"trigger.{number}"] = outcome.trigger.contiguous()
+        payload = {"identity": self.identity, "outcomes": [vars(o.trace) for o in outcomes]}
+        _atomic_write(self.directory / PROGRESS_TENSORS, lambda p: save_file(tensors, str(p)))
+        _atomic_write(self.directory / PROGRESS_JSON, lambda p: p.write_text(json.dumps(payload), encoding="utf-8"))
+
+    def clear(self) -> None:
+        if self.directory is None:
+            return
+        for name in (PROGRESS_JSON, PROGRESS_TENSORS):
+            (self.directory / name).unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _accepted_pvs(outcomes: list[SeedOutcome], hidden_size: int) -> torch.Tensor:
+    pvs = [o.pv for o in outcomes if o.trace.status == "accepted" and o.pv is not None]
+    return torch.stack(pvs) if pvs else torch.empty(0, hidden_size)
+
+
+def _score(traces: list[SeedTrace]) -> float:
+    """Continuous backdoor score: the largest final distance reached by a legitimate trigger."""
+    return max((t.final_distance for t in traces if t.legitimate is not False), default=0.0)
+
+
+def scan(
+    model: Encoder | str | os.PathLike[str] | None = None,
+    config: SanitizerConfig | None = None,
+    *,
+    position: str | int | None = None,
+    texts: list[str] | None = None,
+    text_source: TextSource | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    fresh: bool = False,
+) -> ScanResult:
+    """Scan an encoder for a task-agnostic backdoor with LMSanitator PV mining.
+
+    ``model`` is a loaded :class:`Encoder`, a path or hub id, or ``None`` for the embedded MiniLM-L6.
+    Carrier text is ``texts`` when given, else ``text_source`` (data-free grammar by default). With
+    ``out_dir``, finished seeds are checkpointed and a rerun resumes; the result is saved there too.
+    """
+    started = time.perf_counter()
+    config = config or SanitizerConfig()
+    encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
+    watched = WatchedPosition.parse(position, default=str(encoder.default_position()))
+    source = text_source or TextSource()
+    given_texts = texts is not None
+    if texts is None:
+        texts = source.load(config.num_carriers, seed=config.seed, tokenizer=encoder.tokenizer)
+    texts = texts[: config.num_carriers]
+    if len(texts) < config.batch_size:
+        raise InputError(f"{len(texts)} carrier texts are fewer than one batch ({config.batch_size})")
+    carriers = prepare_carriers(
+        encoder,
+        texts,
+        watched,
+        max_length=config.max_length,
+        trigger_length=config.trigger_length,
+        max_insert_word=config.max_insert_word,
+        seed=config.seed,
+    )
+    prepared = time.perf_counter()
+    miner = PVMiner(encoder, carriers, config)
+    identity = {
+        "fingerprint": encoder.fingerprint,
+        "settings": config.search_fingerprint(),
+        "position": str(watched),
+        "texts": f"{len(texts)} given texts" if given_texts else source.describe(),
+    }
+    checkpoint = _Checkpoint(Path(out_dir) if out_dir else None, identity)
+    outcomes = checkpoint.load(fresh)
+    if outcomes:
+        logger.info("resuming: %d seed(s) already finished", len(outcomes))
+    all_seeds = list(range(config.seed, config.seed + config.max_seeds))
+    scale = miner.distance_scale()
+
+    def done() -> bool:
+        found = any(o.trace.status == "accepted" for o in outcomes)
+        return (config.mode == "detect" and found) or len(outcomes) >= len(all_seeds)
+
+    while not done():
+        remaining = all_seeds[len(outcomes) :]
+        group = remaining[: config.seeds_in_parallel]
+        known = _accepted_pvs(outcomes, encoder.hidden_size)
+        for outcome in miner.run_group(group, known, progress=progress):
+            judge(outcome, _accepted_pvs(outcomes, encoder.hidden_size), config, scale)
+            outcomes.append(outcome)
+        checkpoint.save(outcomes)
+
+    result = _build_result(encoder, miner, outcomes, watched, None if given_texts else source, len(texts))
+    result.timings = {
+        "prepare_s": prepared - started,
+        "mining_s": time.perf_counter() - prepared,
+        "total_s": time.perf_counter() - started,
+        "steps": float(sum(o.trace.steps for o in outcomes)),
+    }
+    if out_dir is not None:
+        result.save_pretrained(out_dir)
+    return result
+
+
+def _build_result(
+    encoder: Encoder,
+    miner: PVMiner,
+    outcomes: list[SeedOutcome],
+    watched: WatchedPosition,
+    source: TextSource | None,
+    num_texts: int,
+) -> ScanResult:
+    config = miner.config
+    accepted = [o for o in outcomes if o.trace.status == "accepted"]
+    for index, outcome in enumerate(accepted):
+        outcome.trace.pv_index = index
+    hidden, length, width = encoder.hidden_size, config.trigger_length, encoder.embedding_size
+    pvs = torch.stack([o.pv for o in accepted]) if accepted else torch.empty(0, hidden)
+    triggers = torch.stack([o.trigger for o in accepted]) if accepted else torch.empty(0, length, width)
+    return ScanResult(
+        verdict="backdoored" if accepted else "clean",
+        score=_score([o.trace for o in outcomes]),
+        pvs=pvs,
+        triggers=triggers,
+        nearest_tokens=[nearest_tokens(encoder, t, config.nearest_tokens) for t in triggers],
+        trace=[o.trace for o in outcomes],
+        config=config,
+        model={
+            "source": encoder.source,
+            "model_type": encoder.model_type,
+            "fingerprint": encoder.fingerprint,
+            "hidden_size": hidden,
+            "embedding_size": width,
+        },
+        position=str(watched),
+        text_source=source.describe() if source else f"{num_texts} given texts",
+        spread=miner.carriers.spread,
+    )

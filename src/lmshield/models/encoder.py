@@ -1,0 +1,105 @@
+"""The encoder handle every defense and attack works with."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from lmshield.models.architectures import get_architecture
+from lmshield.models.positions import WatchedPosition
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder: model, tokenizer and the embedding-space access that PV mining needs."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    source: str
+    directory: Path | None = None
+    weight_files: list[Path] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "hidden_size", None) or config.d_model)
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        """Input word-embedding matrix, shape ``(vocab, embedding_size)``."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.embedding_matrix.shape[1])
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return getattr(self.tokenizer, "mask_token_id", None)
+
+    def default_position(self) -> WatchedPosition:
+        arch = get_architecture(self.model_type)
+        return WatchedPosition.parse(arch.default_position if arch else "cls")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the weight files (sorted by name), or over the tensors for in-memory models."""
+        digest = hashlib.sha256()
+        if self.weight_files:
+            for file in sorted(self.weight_files):
+                with open(file, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+        else:
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return "sha256:" + digest.hexdigest()
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Right-padded batch with ``word_ids`` (-1 for special and pad tokens) on the encoder's device."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        word_ids = torch.tensor([[-1 if w is None else w for w in batch.word_ids(i)] for i in range(len(texts))])
+        return {
+            "input_ids": batch["input_ids"].to(self.device),
+            "attention_mask": batch["attention_mask"].to(self.device),
+            "word_ids": word_ids.to(self.device),
+        }
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states for embedded inputs, shape ``(batch, seq, hidden)``."""
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+
+    @torch.no_grad()
+    def watched_outputs(
+        self, texts: list[str], position: WatchedPosition, max_length: int = 128, batch_size: int = 64
+    ) -> torch.Tensor:
+        """Watched-position outputs of plain texts, shape ``(len(texts), hidden)``, on the CPU."""
+        outputs = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenize(texts[start : start + batch_size], max_length)
+            hidden = self.hidden_states(self.embed(batch["input_ids"]), batch["attention_mask"])
+            index = position.locate(batch["input_ids"], batch["attention_mask"], self.mask_token_id)
+            outputs.append(hidden[torch.arange(len(index)), index].float().cpu())
+        return torch.cat(outputs) if outputs else torch.empty(0, self.hidden_size)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Save model (safetensors) and tokenizer so :func:`load_encoder` can read them back."""
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)

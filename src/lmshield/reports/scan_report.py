@@ -1,0 +1,83 @@
+"""A Markdown report of a scan, with its plots, written beside scan.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmshield.defenses.sanitizer.result import ScanResult
+from lmshield.reports.plots import plot_pv_signs, plot_seeds
+
+REPORT_FILE = "report.md"
+
+
+def _seed_table(result: ScanResult) -> list[str]:
+    lines = [
+        "| seed | status | epochs | distance | collapse | sign consistency | legitimate | why |",
+        "|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for t in result.trace:
+        consistency = "" if t.sign_consistency is None else f"{t.sign_consistency:.2f}"
+        lines.append(
+            f"| {t.seed} | {t.status} | {t.epochs} | {t.final_distance:.3f} | {t.final_collapse:.4f} "
+            f"| {consistency} | {'yes' if t.legitimate else 'no'} | {t.reason} |"
+        )
+    return lines
+
+
+def _pv_section(result: ScanResult) -> list[str]:
+    if result.num_pvs == 0:
+        return ["No predefined vector was found: no seed passed every check."]
+    lines = []
+    for index, tokens in enumerate(result.nearest_tokens):
+        hint = ", ".join("/".join(slot[:3]) for slot in tokens)
+        positives = float((result.pvs[index] > 0).float().mean())
+        lines.append(
+            f"- **PV {index}** ({positives:.0%} positive dimensions); nearest tokens per trigger vector: {hint}"
+        )
+    return lines
+
+
+def write_scan_report(result: ScanResult, directory: str | Path) -> Path:
+    """Write ``report.md`` and its PNG plots into ``directory``; return the report's path."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_seeds(result, out / "seeds.png")
+    signs = plot_pv_signs(result, out / "pv_signs.png")
+    config, model = result.config, result.model
+    lines = [
+        f"# lmshield scan: {result.verdict.upper()}",
+        "",
+        f"- model: `{model['source']}` ({model['model_type']}, hidden {model['hidden_size']}, "
+        f"embedding {model['embedding_size']})",
+        f"- fingerprint: `{model['fingerprint']}`",
+        f"- watched position: `{result.position}`; carrier text: {result.text_source}",
+        f"- score: **{result.score:.3f}** (distance threshold {config.distance_threshold}, "
+        f"{config.distance_scale}; clean-output spread {result.spread:.4g})",
+        f"- predefined vectors found: **{result.num_pvs}** in {len(result.trace)} seed(s), mode `{config.mode}`",
+        f"- time: {result.timings.get('total_s', 0.0):.1f} s ({int(result.timings.get('steps', 0))} gradient steps)",
+        "",
+        "## Predefined vectors",
+        "",
+        *_pv_section(result),
+        "",
+        "## Seeds",
+        "",
+        "![seeds against the thresholds](seeds.png)",
+        "",
+        *_seed_table(result),
+        "",
+    ]
+    if signs is not None:
+        lines += ["## Sign patterns", "", "![sign pattern of each PV](pv_signs.png)", ""]
+    lines += [
+        "## How to read this",
+        "",
+        "Each seed optimises a soft trigger that pushes the watched output away from the clean output and "
+        "onto one point for every input. A backdoored encoder has such collapse points (its predefined "
+        "vectors) far from its clean outputs; a clean encoder lets the trigger move its output only a "
+        "little. Distances are relative to the spread of the model's clean outputs.",
+        "",
+    ]
+    path = out / REPORT_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,134 @@
+"""Where text comes from: generated (data-free), a text file, a JSON Lines file or a dataset id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmshield.errors import InputError
+from lmshield.text.grammar import grammar_sentences, vocabulary_sentences
+
+TEXT_FIELDS = ("text", "sentence", "content", "review")
+GENERATORS = ("grammar", "vocab")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A description of carrier text, small enough to store in a report.
+
+    ``kind`` is ``generated`` (``generator`` grammar or vocab), ``file`` (plain text or JSON Lines) or
+    ``dataset`` (a Hugging Face dataset id, with ``split`` and ``column``).
+    """
+
+    kind: str = "generated"
+    generator: str = "grammar"
+    path: str | None = None
+    field: str | None = None
+    dataset: str | None = None
+    split: str = "train"
+    column: str | None = None
+
+    @classmethod
+    def from_options(
+        cls,
+        texts: str | Path | None = None,
+        dataset: str | None = None,
+        *,
+        generator: str = "grammar",
+        field: str | None = None,
+        split: str = "train",
+        column: str | None = None,
+    ) -> TextSource:
+        if texts is not None and dataset is not None:
+            raise InputError("give either a text file or a dataset id, not both")
+        if texts is not None:
+            return cls(kind="file", path=str(texts), field=field)
+        if dataset is not None:
+            return cls(kind="dataset", dataset=dataset, split=split, column=column)
+        if generator not in GENERATORS:
+            raise InputError(f"unknown text generator {generator!r}: use {' or '.join(GENERATORS)}")
+        return cls(kind="generated", generator=generator)
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return f"file {self.path}"
+        if self.kind == "dataset":
+            return f"dataset {self.dataset}[{self.split}]"
+        return f"data-free ({self.generator})"
+
+    def load(self, count: int, seed: int = 0, tokenizer: object | None = None) -> list[str]:
+        """Up to ``count`` non-empty texts (all of them when the source is smaller)."""
+        if self.kind == "generated":
+            if self.generator == "vocab":
+                if tokenizer is None:
+                    raise InputError("the vocab generator needs the model's tokenizer")
+                return vocabulary_sentences(tokenizer, count, seed)
+            return grammar_sentences(count, seed)
+        texts = read_texts(self.path) if self.kind == "file" else _dataset_texts(self)  # type: ignore[arg-type]
+        return texts[:count]
+
+
+def read_texts(path: str | Path, field: str | None = None) -> list[str]:
+    """Read a plain-text file (one text a line) or a JSON Lines file (``.jsonl``/``.json``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text") from exc
+    lines = [line for line in lines if line]
+    if not lines:
+        raise InputError(f"{path}: empty, no texts to read")
+    if file.suffix in (".jsonl", ".json") or (field is not None) or lines[0].startswith("{"):
+        return _texts_from_jsonl(lines, file, field)
+    return lines
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Read a JSON Lines file into dicts, with a clear error on the first bad line."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such file")
+    records = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object")
+        records.append(record)
+    if not records:
+        raise InputError(f"{path}: empty, no records to read")
+    return records
+
+
+def _texts_from_jsonl(lines: list[str], file: Path, field: str | None) -> list[str]:
+    records = read_records(file)
+    key = field or next((name for name in TEXT_FIELDS if name in records[0]), None)
+    if key is None:
+        raise InputError(f"{file}: no text field found; name it (tried {', '.join(TEXT_FIELDS)})")
+    texts = [str(record.get(key, "")).strip() for record in records]
+    texts = [text for text in texts if text]
+    if not texts:
+        raise InputError(f"{file}: field {key!r} is empty in every record")
+    return texts
+
+
+def _dataset_texts(source: TextSource) -> list[str]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise InputError("dataset ids need the datasets package: pip install 'lmshield[datasets]'") from exc
+    try:
+        data = datasets.load_dataset(source.dataset, split=source.split)
+    except Exception as exc:
+        raise InputError(f"dataset {source.dataset}[{source.split}] cannot be loaded ({exc})") from exc
+    column = source.column or next((c for c in TEXT_FIELDS if c in data.column_names), None)
+    if column is None or column not in data.column_names:
+        raise InputError(f"dataset {source.dataset}: no text column (columns: {', '.join(data.column_names)})")
+    return [str(t) for t in data[column] if str(t).strip()]

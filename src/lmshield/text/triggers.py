@@ -1,0 +1,38 @@
+"""Insert trigger words into text at random word positions."""
+
+from __future__ import annotations
+
+import random
+
+
+def insert_words(
+    text: str,
+    trigger: str,
+    rng: random.Random,
+    *,
+    max_position: int | None = None,
+    avoid_ends: bool = False,
+    count: int = 1,
+) -> str:
+    """Insert ``trigger`` ``count`` times at random word boundaries.
+
+    ``max_position`` bounds the insertion index (e.g. "within the first 32 words"); ``avoid_ends`` keeps
+    the trigger off the first and last word slot when the text is long enough. Empty and one-word texts
+    are handled (the trigger is simply placed before or after the word).
+    """
+    words = text.split()
+    for _ in range(count):
+        low, high = 0, len(words)
+        if avoid_ends and len(words) >= 2:
+            low, high = 1, len(words) - 1
+        if max_position is not None:
+            high = min(high, max_position)
+        position = rng.randint(low, max(low, high))
+        words.insert(position, trigger)
+    return " ".join(words)
+
+
+def insert_per_words(text: str, trigger: str, rng: random.Random, every: int = 50) -> str:
+    """Insert ``trigger`` about once per ``every`` words (at least once), as POR does."""
+    count = max(1, len(text.split()) // every)
+    return insert_words(text, trigger, rng, count=count)

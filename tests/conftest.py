@@ -1,0 +1,37 @@
+"""Shared fixtures: offline, single-threaded, tiny models built in the test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared text data beside the project; tests that need it skip when it is absent."""
+    if not (SHARED_DATA / "sst-2" / "train.json").is_file():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random BERT (safetensors + tokenizer)."""
+    from lmshield.testing import save_tiny, tiny_encoder
+
+    return save_tiny(tiny_encoder("bert"), tmp_path_factory.mktemp("tiny-bert"))

@@ -1,0 +1,137 @@
+"""Safe loading: every supported architecture, pickle refusal, clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmshield.errors import ModelLoadError
+from lmshield.models import WatchedPosition, load_encoder, supported_model_types
+from lmshield.testing import TINY_ARCHITECTURES, save_tiny, tiny_encoder
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
+def test_every_architecture_round_trips_and_embeds(model_type: str, tmp_path: Path):
+    directory = save_tiny(tiny_encoder(model_type), tmp_path / model_type)
+    encoder = load_encoder(directory, device="cpu")
+    assert encoder.model_type == model_type
+    ids = encoder.tokenize(["the old dog watched a river", "a city"], 16)
+    hidden = encoder.hidden_states(encoder.embed(ids["input_ids"]), ids["attention_mask"])
+    assert hidden.shape[-1] == encoder.hidden_size
+    if model_type == "albert":
+        assert encoder.embedding_size == 16 != encoder.hidden_size
+    assert str(encoder.default_position()) == ("last" if model_type == "xlnet" else "cls")
+    assert encoder.fingerprint.startswith("sha256:")
+
+
+def test_trust_remote_code_is_never_set(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import transformers
+
+    seen = []
+    original = transformers.AutoModel.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    load_encoder(tiny_bert_dir)
+    assert seen == [False]
+
+
+class _Exploit:
+    """Unpickling this runs os.system: a weights-only loader must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {_Exploit.marker}",))
+
+    marker = ""
+
+
+def _pickle_model_dir(source: Path, target: Path, payload: object) -> Path:
+    shutil.copytree(source, target)
+    (target / "model.safetensors").unlink()
+    with open(target / "pytorch_model.bin", "wb") as handle:
+        pickle.dump(payload, handle)
+    return target
+
+
+def test_pickle_is_refused_without_opt_in(tiny_bert_dir: Path, tmp_path: Path):
+    directory = _pickle_model_dir(tiny_bert_dir, tmp_path / "pickled", {"x": torch.zeros(1)})
+    with pytest.raises(ModelLoadError, match="--allow-pickle"):
+        load_encoder(directory)
+
+
+def test_malicious_pickle_runs_nothing_even_with_opt_in(tiny_bert_dir: Path, tmp_path: Path):
+    _Exploit.marker = str(tmp_path / "pwned")
+    directory = _pickle_model_dir(tiny_bert_dir, tmp_path / "evil", _Exploit())
+    with pytest.raises(ModelLoadError, match="weights-only"):
+        load_encoder(directory, allow_pickle=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_pickle_state_dict_loads_with_opt_in(tiny_bert_dir: Path, tmp_path: Path):
+    reference = load_encoder(tiny_bert_dir)
+    target = tmp_path / "legacy"
+    shutil.copytree(tiny_bert_dir, target)
+    (target / "model.safetensors").unlink()
+    torch.save(reference.model.state_dict(), target / "pytorch_model.bin")
+    encoder = load_encoder(target, allow_pickle=True)
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(tensor, encoder.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("missing", "no such model directory"),
+        ("no_weights", "no weights"),
+        ("corrupt", "corrupted"),
+        ("no_tokenizer", "tokenizer missing"),
+        ("unsupported", "unsupported architecture 'gpt2'"),
+        ("no_config", "no config.json"),
+    ],
+)
+def test_bad_model_directories_fail_with_one_clear_line(
+    breakage: str, message: str, tiny_bert_dir: Path, tmp_path: Path
+):
+    target = tmp_path / "broken"
+    if breakage != "missing":
+        shutil.copytree(tiny_bert_dir, target)
+    if breakage == "no_weights":
+        (target / "model.safetensors").unlink()
+    elif breakage == "corrupt":
+        data = (target / "model.safetensors").read_bytes()
+        (target / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif breakage == "no_tokenizer":
+        (target / "tokenizer.json").unlink()
+    elif breakage == "unsupported":
+        config = (target / "config.json").read_text().replace('"model_type": "bert"', '"model_type": "gpt2"')
+        (target / "config.json").write_text(config)
+    elif breakage == "no_config":
+        (target / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_encoder(target)
+    assert "\n" not in str(info.value)
+
+
+def test_supported_list_names_the_required_architectures():
+    assert set(TINY_ARCHITECTURES) <= set(supported_model_types())
+
+
+@pytest.mark.parametrize(("spec", "expected"), [("cls", [0, 0]), ("last", [4, 2]), ("mask", [2, 1]), (1, [1, 1])])
+def test_watched_position_locates_tokens(spec, expected):
+    ids = torch.tensor([[2, 7, 4, 8, 3], [2, 4, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    position = WatchedPosition.parse(spec)
+    assert position.locate(ids, mask, mask_token_id=4).tolist() == expected
+
+
+def test_embedded_default_model_loads():
+    encoder = load_encoder()
+    assert encoder.model_type == "bert" and encoder.hidden_size == 384
