@@ -10,17 +10,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from lmshield.devices import resolve_device
 from lmshield.errors import ModelLoadError
 from lmshield.models.architectures import get_architecture, supported_model_types
 from lmshield.models.encoder import Encoder
+
+hf_logging.disable_progress_bar()
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -147,19 +152,58 @@ def _load_pickle_as_safetensors(pickle_files: list[Path], workdir: Path) -> None
     save_file(state, str(workdir / "model.safetensors"))
 
 
-def _build_model(directory: Path, config: PretrainedConfig, weights: list[Path], is_pickle: bool):
-    kwargs = {"config": config, "use_safetensors": True, "trust_remote_code": False}
+def _build_model(
+    directory: Path,
+    config: PretrainedConfig,
+    weights: list[Path],
+    is_pickle: bool,
+    auto_class: type = AutoModel,
+    **model_kwargs: Any,
+):
+    kwargs = {"config": config, "use_safetensors": True, "trust_remote_code": False, **model_kwargs}
     try:
         if not is_pickle:
-            return AutoModel.from_pretrained(directory, **kwargs)
+            return auto_class.from_pretrained(directory, **kwargs)
         with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
             _load_pickle_as_safetensors(weights, Path(tmp))
             config.save_pretrained(tmp)
-            return AutoModel.from_pretrained(tmp, **kwargs)
+            return auto_class.from_pretrained(tmp, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"{directory}: weights do not match the config ({exc})") from exc
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded safely, with its tokenizer and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    directory: Path
+    weight_files: list[Path]
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str] | None,
+    auto_class: type = AutoModel,
+    *,
+    device: str | torch.device | None = None,
+    allow_pickle: bool = False,
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """Load any supported model with ``auto_class`` (e.g. AutoModelForSequenceClassification) safely.
+
+    Same rules as :func:`load_encoder`: safetensors only unless ``allow_pickle``, never remote code.
+    ``model_kwargs`` go to ``from_pretrained`` (``num_labels``, ...). The model is returned in eval mode.
+    """
+    directory = resolve_model_dir(name_or_path)
+    config = load_config(directory)
+    weights, is_pickle = find_weights(directory, allow_pickle)
+    tokenizer = load_tokenizer(directory)
+    model = _build_model(directory, config, weights, is_pickle, auto_class, **model_kwargs)
+    model.eval().to(resolve_device(device))
+    return LoadedModel(model=model, tokenizer=tokenizer, directory=directory, weight_files=weights)
 
 
 def load_encoder(
@@ -169,17 +213,12 @@ def load_encoder(
     allow_pickle: bool = False,
 ) -> Encoder:
     """Load an encoder and its tokenizer safely; ``None`` loads the embedded all-MiniLM-L6-v2."""
-    directory = resolve_model_dir(name_or_path)
-    config = load_config(directory)
-    weights, is_pickle = find_weights(directory, allow_pickle)
-    tokenizer = load_tokenizer(directory)
-    model: PreTrainedModel = _build_model(directory, config, weights, is_pickle)
-    model.eval().requires_grad_(False)
-    model.to(resolve_device(device))
+    loaded = load_pretrained(name_or_path, AutoModel, device=device, allow_pickle=allow_pickle)
+    loaded.model.requires_grad_(False)
     return Encoder(
-        model=model,
-        tokenizer=tokenizer,
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
         source=str(name_or_path or DEFAULT_MODEL),
-        directory=directory,
-        weight_files=weights,
+        directory=loaded.directory,
+        weight_files=loaded.weight_files,
     )
