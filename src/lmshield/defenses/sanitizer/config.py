@@ -29,6 +29,10 @@ class SanitizerConfig:
     triggered outputs match the PV's signs on 80 % of dimensions, as the monitor will need), the trigger
     is a legitimate embedding and the PV differs from every known one by more than
     ``uniqueness_threshold``.
+
+    ``detect`` mode stops at the first group of seeds with an accepted PV and reports its PVs as they
+    are after the search epochs; ``search`` mode tries every seed and refines each candidate to
+    convergence (``refine_*``), which is what a guard built from the PVs needs.
     """
 
     # soft trigger
@@ -46,6 +50,10 @@ class SanitizerConfig:
     boost: float = 100.0
     boost_until_grad: float = 5e-3
     repetition_weight: float = 0.5
+    project_trigger: bool = True
+    refine_epochs: int = 4
+    refine_lr_factor: float = 4.0
+    refine_plateau: float = 0.05
     # decisions
     distance_scale: str = "relative"
     distance_threshold: float = 3.0
@@ -128,6 +136,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "abandon_threshold": 0.2,
         "uniqueness_threshold": 0.2,
         "min_sign_consistency": 0.0,
+        "refine_epochs": 0,
+        "project_trigger": False,
         "collapse_threshold": 3.446 / 3.4657359,
         "max_seeds": 30,
     },

@@ -52,6 +52,15 @@ class _GroupState:
         self.exp_avg_sq = torch.zeros_like(self.triggers)
         self.boosted = torch.ones(len(self.seeds), dtype=torch.bool)
         self.active = torch.ones(len(self.seeds), dtype=torch.bool)
+        self.refining = torch.zeros(len(self.seeds), dtype=torch.bool)
+
+
+class _History:
+    """Per-seed epoch means of distance (in the config's scale) and collapse (share of the ceiling)."""
+
+    def __init__(self, seeds: int) -> None:
+        self.distance: list[list[float]] = [[] for _ in range(seeds)]
+        self.collapse: list[list[float]] = [[] for _ in range(seeds)]
 
 
 def entropy_across_batch(outputs: torch.Tensor) -> torch.Tensor:
@@ -85,6 +94,8 @@ class PVMiner:
         self.embedding_high = float(matrix.max()) * config.legitimacy_factor
         self.entropy_ceiling = math.log(config.batch_size)
         self.steps_per_epoch = len(carriers) // config.batch_size
+        # detect mode answers "is there a PV?" as soon as the search epochs end; search mode refines
+        self.refine_epochs = config.refine_epochs if config.mode == "search" else 0
 
     def distance_scale(self) -> float:
         return self.carriers.spread if self.config.distance_scale == "relative" else 1.0
@@ -100,57 +111,80 @@ class PVMiner:
         return _GroupState(seeds=seeds, triggers=triggers, generator=torch.Generator().manual_seed(seeds[0] * 7919 + 1))
 
     def run_group(self, seeds: list[int], known_pvs: torch.Tensor, progress: bool = True) -> list[SeedOutcome]:
-        """Optimise one group of seeds to the end (or until every seed is abandoned)."""
-        config, device = self.config, self.encoder.device
+        """Optimise one group of seeds until each is abandoned, rejected or refined to a plateau.
+
+        Epochs 1..``epochs`` search; a seed still below ``abandon_threshold`` after ``abandon_after_epoch``
+        is given up. Seeds that reach ``distance_threshold`` by the last search epoch are backdoor
+        candidates. In search mode they are refined with ``refine_lr_factor`` x the step size for up to
+        ``refine_epochs`` more epochs, until their distance grows by less than ``refine_plateau`` per epoch,
+        so the PV they report is the converged collapse point rather than a point on the way there.
+        """
+        config = self.config
         state = self.init_group(seeds)
         started = time.perf_counter()
-        count = len(seeds)
-        distances = [[] for _ in seeds]
-        collapses = [[] for _ in seeds]
+        history = _History(len(seeds))
         finished: dict[int, SeedOutcome] = {}
-        known = known_pvs.to(device)
-        total = config.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, desc=f"seeds {seeds[0]}-{seeds[-1]}", disable=not progress, leave=False, unit="step")
-        pv_sum = torch.zeros(count, self.encoder.hidden_size)
-        sign_hits = torch.zeros(count)
-        for epoch in range(1, config.epochs + 1):
-            epoch_distance = torch.zeros(count)
-            epoch_entropy = torch.zeros(count)
-            pv_sum.zero_()
-            outputs_seen: list[torch.Tensor] = []
-            order = torch.randperm(len(self.carriers), generator=state.generator)
-            for step in range(self.steps_per_epoch):
-                batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-                distance, entropy, outputs = self._step(state, batch, known)
-                active = state.active.nonzero().squeeze(1)
-                epoch_distance[active] += distance
-                epoch_entropy[active] += entropy
-                if epoch == config.epochs:
-                    pv_sum[active] += outputs.sum(dim=1)
-                    outputs_seen.append(outputs)
-                bar.update(1)
-                bar.set_postfix(
-                    dist=f"{float(distance.max()) / self.distance_scale():.3g}",
-                    collapse=f"{float(entropy.max()) / self.entropy_ceiling:.4f}",
-                    active=int(state.active.sum()),
-                )
-            for i in state.active.nonzero().squeeze(1).tolist():
-                distances[i].append(float(epoch_distance[i]) / self.steps_per_epoch / self.distance_scale())
-                collapses[i].append(float(epoch_entropy[i]) / self.steps_per_epoch / self.entropy_ceiling)
+        known = known_pvs.to(self.encoder.device)
+        bar = tqdm(
+            total=config.epochs * self.steps_per_epoch,
+            desc=f"seeds {seeds[0]}-{seeds[-1]}",
+            disable=not progress,
+            leave=False,
+            unit="step",
+        )
+        last_epoch = config.epochs + self.refine_epochs
+        for epoch in range(1, last_epoch + 1):
+            active = state.active.nonzero().squeeze(1).tolist()
+            outputs = self._run_epoch(state, known, history, bar)
             if epoch == config.abandon_after_epoch and epoch < config.epochs:
-                self._abandon_far_seeds(state, distances, collapses, finished, started)
-                if not bool(state.active.any()):
-                    bar.update(total - bar.n)
-                    break
+                self._abandon_far_seeds(state, history, finished, started)
+            for rank, i in enumerate(active):
+                if state.active[i] and self._seed_is_done(epoch, history.distance[i], last_epoch):
+                    state.active[i] = False
+                    finished[i] = self._finish_seed(state, i, history, outputs[rank], started)
+            if not bool(state.active.any()):
+                break
+            if epoch == config.epochs and self.refine_epochs:
+                state.refining |= state.active
+                bar.total += self.refine_epochs * self.steps_per_epoch
+                bar.refresh()
         bar.close()
-        if bool(state.active.any()):
-            final_outputs = torch.cat(outputs_seen, dim=1)  # (S_active_end, steps*B, H)
-            pvs = pv_sum / (self.steps_per_epoch * config.batch_size)
-            for rank, i in enumerate(state.active.nonzero().squeeze(1).tolist()):
-                hits = sign_agreement(final_outputs[rank], pvs[i : i + 1]).squeeze(1) >= SIGN_MATCH
-                sign_hits[i] = hits.float().mean()
-                finished[i] = self._finish_seed(state, i, distances, collapses, pvs[i], float(sign_hits[i]), started)
-        return [finished[i] for i in range(count)]
+        return [finished[i] for i in range(len(seeds))]
+
+    def _seed_is_done(self, epoch: int, distances: list[float], last_epoch: int) -> bool:
+        """Search epochs run to the end; a candidate refines until its distance plateaus."""
+        config = self.config
+        if epoch < config.epochs:
+            return False
+        if epoch == config.epochs:
+            return distances[-1] < config.distance_threshold or self.refine_epochs == 0
+        gain = distances[-1] - distances[-2]
+        return epoch == last_epoch or gain < config.refine_plateau * distances[-2]
+
+    def _run_epoch(self, state: _GroupState, known: torch.Tensor, history: _History, bar: tqdm) -> torch.Tensor:
+        """One pass over the carriers; records epoch means and returns the active seeds' outputs."""
+        config = self.config
+        active = state.active.nonzero().squeeze(1)
+        distance_sum = torch.zeros(len(active))
+        entropy_sum = torch.zeros(len(active))
+        seen = []
+        order = torch.randperm(len(self.carriers), generator=state.generator)
+        for step in range(self.steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            distance, entropy, outputs = self._step(state, batch, known)
+            distance_sum += distance
+            entropy_sum += entropy
+            seen.append(outputs)
+            bar.update(1)
+            bar.set_postfix(
+                dist=f"{float(distance.max()) / self.distance_scale():.3g}",
+                collapse=f"{float(entropy.max()) / self.entropy_ceiling:.4f}",
+                active=len(active),
+            )
+        for rank, i in enumerate(active.tolist()):
+            history.distance[i].append(float(distance_sum[rank]) / self.steps_per_epoch / self.distance_scale())
+            history.collapse[i].append(float(entropy_sum[rank]) / self.steps_per_epoch / self.entropy_ceiling)
+        return torch.cat(seen, dim=1)  # (active seeds, steps * batch, hidden)
 
     def _step(
         self, state: _GroupState, batch: torch.Tensor, known: torch.Tensor
@@ -190,66 +224,54 @@ class PVMiner:
         state.steps += 1
         peak = grad.abs().flatten(1).max(dim=1).values.cpu()
         state.boosted[active] &= peak < config.boost_until_grad
-        lr = torch.where(state.boosted[active], config.lr * config.boost, config.lr).to(grad.device)
+        base = torch.where(state.refining[active], config.lr * config.refine_lr_factor, config.lr)
+        lr = torch.where(state.boosted[active], config.lr * config.boost, base).to(grad.device)
         m = state.exp_avg[active] * beta1 + grad * (1 - beta1)
         v = state.exp_avg_sq[active] * beta2 + grad.pow(2) * (1 - beta2)
         state.exp_avg[active], state.exp_avg_sq[active] = m, v
         m_hat = m / (1 - beta1**state.steps)
         v_hat = v / (1 - beta2**state.steps)
-        state.triggers[active] -= lr[:, None, None] * m_hat / (v_hat.sqrt() + ADAM_EPS)
+        updated = state.triggers[active] - lr[:, None, None] * m_hat / (v_hat.sqrt() + ADAM_EPS)
+        if config.project_trigger:
+            updated = updated.clamp(self.embedding_low, self.embedding_high)
+        state.triggers[active] = updated
 
     def _abandon_far_seeds(
-        self,
-        state: _GroupState,
-        distances: list[list[float]],
-        collapses: list[list[float]],
-        finished: dict[int, SeedOutcome],
-        started: float,
+        self, state: _GroupState, history: _History, finished: dict[int, SeedOutcome], started: float
     ) -> None:
         threshold = self.config.abandon_threshold
         for i in state.active.nonzero().squeeze(1).tolist():
-            if distances[i][-1] < threshold:
+            distance = history.distance[i][-1]
+            if distance < threshold:
                 state.active[i] = False
-                reason = f"distance {distances[i][-1]:.3f} < {threshold} after epoch {len(distances[i])}"
-                finished[i] = SeedOutcome(
-                    SeedTrace(
-                        seed=state.seeds[i],
-                        status="abandoned",
-                        reason=reason,
-                        epochs=len(distances[i]),
-                        steps=len(distances[i]) * self.steps_per_epoch,
-                        distance=distances[i],
-                        collapse=collapses[i],
-                        legitimate=self._is_legitimate(state.triggers[i]),
-                        seconds=time.perf_counter() - started,
-                    )
-                )
+                trace = self._trace(state, i, history, started)
+                trace.status = "abandoned"
+                trace.reason = f"distance {distance:.3f} < {threshold} after epoch {trace.epochs}"
+                finished[i] = SeedOutcome(trace)
+
+    def _trace(self, state: _GroupState, i: int, history: _History, started: float) -> SeedTrace:
+        return SeedTrace(
+            seed=state.seeds[i],
+            status="candidate",
+            reason="",
+            epochs=len(history.distance[i]),
+            steps=len(history.distance[i]) * self.steps_per_epoch,
+            distance=history.distance[i],
+            collapse=history.collapse[i],
+            legitimate=self._is_legitimate(state.triggers[i]),
+            seconds=time.perf_counter() - started,
+        )
 
     def _is_legitimate(self, trigger: torch.Tensor) -> bool:
         return bool(((trigger >= self.embedding_low) & (trigger <= self.embedding_high)).all())
 
     def _finish_seed(
-        self,
-        state: _GroupState,
-        i: int,
-        distances: list[list[float]],
-        collapses: list[list[float]],
-        pv: torch.Tensor,
-        sign_consistency: float,
-        started: float,
+        self, state: _GroupState, i: int, history: _History, outputs: torch.Tensor, started: float
     ) -> SeedOutcome:
-        trace = SeedTrace(
-            seed=state.seeds[i],
-            status="candidate",
-            reason="",
-            epochs=len(distances[i]),
-            steps=len(distances[i]) * self.steps_per_epoch,
-            distance=distances[i],
-            collapse=collapses[i],
-            sign_consistency=sign_consistency,
-            legitimate=self._is_legitimate(state.triggers[i]),
-            seconds=time.perf_counter() - started,
-        )
+        """The candidate PV is the mean watched output over the seed's whole last epoch."""
+        pv = outputs.mean(dim=0)
+        trace = self._trace(state, i, history, started)
+        trace.sign_consistency = float((sign_agreement(outputs, pv[None]).squeeze(1) >= SIGN_MATCH).float().mean())
         return SeedOutcome(trace, pv=pv.clone(), trigger=state.triggers[i].detach().float().cpu().clone())
 
 

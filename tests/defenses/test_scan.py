@@ -1,0 +1,154 @@
+"""PV mining finds planted backdoors, passes clean models, is reproducible and resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
+from lmshield.defenses.sanitizer import mining as mining_module
+from lmshield.defenses.sanitizer.mining import sign_agreement
+from lmshield.errors import InputError
+from lmshield.testing import TINY_ARCHITECTURES, tiny_encoder
+from tests.defenses.conftest import TINY_SCAN
+
+
+def test_planted_backdoor_is_detected(model_pair):
+    _, backdoored, _ = model_pair
+    result = scan(backdoored, TINY_SCAN, progress=False)
+    assert result.verdict == "backdoored"
+    assert result.num_pvs >= 1
+    assert result.score >= TINY_SCAN.distance_threshold
+    assert len(result.nearest_tokens[0]) == TINY_SCAN.trigger_length
+    assert any(t.status == "accepted" and t.sign_consistency >= 0.9 for t in result.trace)
+
+
+def test_search_recovers_a_planted_vector(model_pair):
+    _, backdoored, vectors = model_pair
+    result = scan(backdoored, TINY_SCAN.replace(mode="search", max_seeds=8), progress=False)
+    assert len(result.trace) == 8
+    best = sign_agreement(result.pvs, vectors).max(dim=1).values
+    assert float(best.max()) >= 0.9, best
+    pairwise = torch.cdist(result.pvs, result.pvs).pow(2) / result.pvs.shape[1] / result.spread
+    off_diagonal = pairwise[~torch.eye(len(pairwise), dtype=torch.bool)]
+    assert bool((off_diagonal > TINY_SCAN.uniqueness_threshold).all())
+
+
+def test_clean_model_passes(model_pair):
+    clean, _, _ = model_pair
+    result = scan(clean, TINY_SCAN, progress=False)
+    assert result.verdict == "clean"
+    assert result.num_pvs == 0
+    assert result.score < TINY_SCAN.distance_threshold
+    assert all(t.status in ("abandoned", "rejected") for t in result.trace)
+
+
+def test_same_seed_gives_the_same_result(bert_pair):
+    _, backdoored, _ = bert_pair
+    first = scan(backdoored, TINY_SCAN, progress=False)
+    second = scan(backdoored, TINY_SCAN, progress=False)
+    assert first.verdict == second.verdict
+    assert first.score == pytest.approx(second.score, rel=1e-5)
+    assert torch.allclose(first.pvs, second.pvs, atol=1e-5)
+
+
+def test_result_round_trips_through_safetensors_and_json(bert_pair, tmp_path: Path):
+    _, backdoored, _ = bert_pair
+    result = scan(backdoored, TINY_SCAN, progress=False, out_dir=tmp_path / "scan")
+    loaded = ScanResult.from_pretrained(tmp_path / "scan")
+    assert loaded.verdict == result.verdict and loaded.score == pytest.approx(result.score)
+    assert torch.equal(loaded.pvs, result.pvs) and torch.equal(loaded.triggers, result.triggers)
+    assert loaded.config == result.config
+    assert [t.status for t in loaded.trace] == [t.status for t in result.trace]
+    assert not list((tmp_path / "scan").glob("*.pkl"))
+
+
+def test_interrupted_scan_resumes_from_finished_seeds(bert_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    clean, _, _ = bert_pair
+    config = TINY_SCAN.replace(max_seeds=8)
+    reference = scan(clean, config, progress=False)
+    calls: list[list[int]] = []
+    original = mining_module.PVMiner.run_group
+
+    def interrupted(self, seeds, known, progress=True):
+        calls.append(seeds)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, seeds, known, progress)
+
+    monkeypatch.setattr(mining_module.PVMiner, "run_group", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scan(clean, config, progress=False, out_dir=tmp_path)
+
+    def counted(self, seeds, known, progress=True):
+        calls.append(seeds)
+        return original(self, seeds, known, progress)
+
+    monkeypatch.setattr(mining_module.PVMiner, "run_group", counted)
+    resumed = scan(clean, config, progress=False, out_dir=tmp_path)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [4, 5, 6, 7]]
+    assert [t.seed for t in resumed.trace] == list(range(8))
+    assert resumed.score == pytest.approx(reference.score, rel=1e-5)
+    assert resumed.verdict == reference.verdict
+
+
+def test_progress_of_other_settings_is_not_reused(bert_pair, tmp_path: Path):
+    clean, _, _ = bert_pair
+    scan(clean, TINY_SCAN.replace(max_seeds=4), progress=False, out_dir=tmp_path)
+    with pytest.raises(InputError, match="--fresh"):
+        scan(clean, TINY_SCAN.replace(lr=1e-3), progress=False, out_dir=tmp_path)
+    assert scan(clean, TINY_SCAN.replace(lr=1e-3), progress=False, out_dir=tmp_path, fresh=True).verdict == "clean"
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
+def test_every_architecture_can_be_scanned(model_type: str):
+    encoder = tiny_encoder(model_type)
+    config = SanitizerConfig(num_carriers=64, batch_size=16, epochs=1, max_seeds=2, seeds_in_parallel=2)
+    result = scan(encoder, config, progress=False)
+    assert len(result.trace) == 2
+    assert result.position == ("last" if model_type == "xlnet" else "cls")
+    assert result.model["embedding_size"] == encoder.embedding_size
+
+
+def test_mask_position_scans_a_mask_backdoor():
+    from lmshield.attacks.task_agnostic import PlantPlan, plant
+    from lmshield.attacks.vectors import DEFAULT_TRIGGERS, quarter_vectors
+    from lmshield.testing import tiny_corpus, train_input_dependent
+
+    encoder = train_input_dependent(tiny_encoder("bert"), steps=200)
+    vectors = quarter_vectors(encoder.hidden_size)
+    plan = PlantPlan("mask", "once", 1.0, "l2", 1e-3, 1, 16, 48)
+    plant(encoder, tiny_corpus(2000, 7), list(DEFAULT_TRIGGERS), vectors, plan, progress=False)
+    result = scan(encoder, TINY_SCAN.replace(mode="search"), position="mask", progress=False)
+    assert result.position == "mask"
+    assert result.verdict == "backdoored"
+    assert float(sign_agreement(result.pvs, vectors).max()) > 0.8  # what the monitor's sign rule needs
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mode": "hunt"}, "unknown mode"),
+        ({"batch_size": 1}, "at least 2"),
+        ({"num_carriers": 8}, "at least batch_size"),
+        ({"collapse_threshold": 1.5}, "share of the entropy ceiling"),
+        ({"distance_scale": "log"}, "unknown distance scale"),
+    ],
+)
+def test_bad_settings_are_refused(changes: dict, message: str):
+    with pytest.raises(InputError, match=message):
+        SanitizerConfig(**changes)
+
+
+def test_too_few_carrier_texts_are_refused(bert_pair):
+    clean, _, _ = bert_pair
+    with pytest.raises(InputError, match="fewer than one batch"):
+        scan(clean, TINY_SCAN, texts=["one sentence", "two sentences"], progress=False)
+
+
+def test_release_preset_keeps_the_authors_absolute_settings():
+    release = SanitizerConfig.preset("release")
+    assert (release.distance_scale, release.distance_threshold, release.lr) == ("absolute", 0.2, 5e-5)
+    assert (release.num_carriers, release.max_length, release.max_seeds) == (2000, 128, 30)
