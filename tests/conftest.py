@@ -35,3 +35,24 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lmshield.testing import save_tiny, tiny_encoder
 
     return save_tiny(tiny_encoder("bert"), tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def bert_pair():
+    """(clean, POR-backdoored, planted vectors) for a tiny BERT."""
+    from tests.tiny_pairs import make_pair
+
+    return make_pair("bert")
+
+
+@pytest.fixture(scope="session")
+def roberta_pair():
+    """(clean, POR-backdoored, planted vectors) for a tiny RoBERTa."""
+    from tests.tiny_pairs import make_pair
+
+    return make_pair("roberta")
+
+
+@pytest.fixture(params=["bert", "roberta"])
+def model_pair(request: pytest.FixtureRequest):
+    return request.getfixturevalue(f"{request.param}_pair")

@@ -12,7 +12,7 @@ from lmshield.defenses.sanitizer import mining as mining_module
 from lmshield.defenses.sanitizer.mining import sign_agreement
 from lmshield.errors import InputError
 from lmshield.testing import TINY_ARCHITECTURES, tiny_encoder
-from tests.defenses.conftest import TINY_SCAN
+from tests.tiny_pairs import TINY_SCAN
 
 
 def test_planted_backdoor_is_detected(model_pair):

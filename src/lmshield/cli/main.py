@@ -5,7 +5,11 @@ from __future__ import annotations
 import typer
 
 from lmshield.cli._common import quiet_libraries
+from lmshield.cli.attack import app as attack_app
+from lmshield.cli.guard import guard_app, predict_command
 from lmshield.cli.scan import scan_command
+from lmshield.cli.tune import tune_command
+from lmshield.cli.zoo import app as zoo_app
 
 app = typer.Typer(
     name="lmshield",
@@ -15,6 +19,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("scan")(scan_command)
+app.command("tune")(tune_command)
+app.command("predict")(predict_command)
+app.add_typer(guard_app, name="guard")
+app.add_typer(attack_app, name="attack")
+app.add_typer(zoo_app, name="zoo")
 
 
 def _version(value: bool) -> None:

@@ -33,6 +33,10 @@ def scan_command(
     max_seeds: Annotated[int | None, typer.Option(help="Seeds to try (default from the preset).")] = None,
     seed: Annotated[int, typer.Option(help="First seed; the same seed gives the same verdict.")] = 0,
     preset: Annotated[str, typer.Option(help="Settings preset: default, fast or release.")] = "default",
+    lr: Annotated[float | None, typer.Option(help="Soft-trigger step size (default from the preset).")] = None,
+    distance_threshold: Annotated[
+        float | None, typer.Option(help="Distance a PV must reach (default from the preset).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Result directory (resumable); default scans/<model>.")] = None,
     fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -49,9 +53,9 @@ def scan_command(
     from lmshield.reports import write_scan_report
     from lmshield.text import TextSource
 
-    overrides = {"mode": mode, "seed": seed}
-    if max_seeds is not None:
-        overrides["max_seeds"] = max_seeds
+    overrides: dict[str, object] = {"mode": mode, "seed": seed}
+    optional = {"max_seeds": max_seeds, "lr": lr, "distance_threshold": distance_threshold}
+    overrides.update({name: value for name, value in optional.items() if value is not None})
     config = SanitizerConfig.preset(preset, **overrides)
     source = TextSource.from_options(texts, dataset, generator=generator, field=field, split=split, column=column)
     out_dir = out or _default_out(model)

@@ -96,6 +96,7 @@ class PVMiner:
         self.steps_per_epoch = len(carriers) // config.batch_size
         # detect mode answers "is there a PV?" as soon as the search epochs end; search mode refines
         self.refine_epochs = config.refine_epochs if config.mode == "search" else 0
+        self.batches = 0  # forward/backward passes run, over all groups
 
     def distance_scale(self) -> float:
         return self.carriers.spread if self.config.distance_scale == "relative" else 1.0
@@ -172,6 +173,7 @@ class PVMiner:
         for step in range(self.steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             distance, entropy, outputs = self._step(state, batch, known)
+            self.batches += 1
             distance_sum += distance
             entropy_sum += entropy
             seen.append(outputs)

@@ -164,6 +164,7 @@ def scan(
         "mining_s": time.perf_counter() - prepared,
         "total_s": time.perf_counter() - started,
         "steps": float(sum(o.trace.steps for o in outcomes)),
+        "batches": float(miner.batches),
     }
     if out_dir is not None:
         result.save_pretrained(out_dir)

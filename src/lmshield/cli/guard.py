@@ -1,0 +1,124 @@
+"""``lmshield predict`` and ``lmshield guard eval``: a tuned classifier guarded by a scan's PVs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmshield.cli._common import friendly_errors
+from lmshield.errors import InputError
+
+guard_app = typer.Typer(
+    help="Guard a tuned classifier with a scan's PVs (monitoring and purging).", no_args_is_help=True
+)
+
+
+def _write_jsonl(rows: list[dict], out: Path | None) -> None:
+    lines = "\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n"
+    if out is None:
+        typer.echo(lines, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(lines, encoding="utf-8")
+
+
+@friendly_errors
+def predict_command(
+    classifier: Annotated[Path, typer.Argument(help="Tuned classifier directory (lmshield tune --out).")],
+    texts: Annotated[Path, typer.Argument(help="Texts: a text file (one a line) or JSON Lines.")],
+    scan: Annotated[Path | None, typer.Option(help="Scan result directory: guard predictions with its PVs.")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
+    field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
+    threshold: Annotated[float, typer.Option(help="Monitor: flag above this share of matching signs.")] = 0.8,
+    purge: Annotated[bool, typer.Option(help="Purge flagged inputs (else refuse them).")] = True,
+    max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Classify a file of texts, guarded when --scan is given; writes one JSON object per text."""
+    from lmshield.defenses.sanitizer.guard import Guard
+    from lmshield.devices import resolve_device
+    from lmshield.text import read_texts
+    from lmshield.tuning import TunedClassifier
+
+    items = read_texts(texts, field)
+    if scan is None:
+        model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device))
+        output = model.classify(items, batch_size)
+        rows = [
+            {"text": t, "label": int(y), "label_name": model.label_names[int(y)], "probs": p.tolist()}
+            for t, y, p in zip(items, output.labels, output.probs, strict=True)
+        ]
+    else:
+        guard = Guard.from_pretrained(
+            classifier,
+            scan,
+            device=resolve_device(device),
+            threshold=threshold,
+            purge=purge,
+            max_removed=max_removed,
+            batch_size=batch_size,
+        )
+        rows = [p.to_dict() for p in guard.predict(items)]
+        flagged = sum(r["flagged"] for r in rows)
+        refused = sum(r["status"] == "refused" for r in rows)
+        typer.secho(f"{len(rows)} texts: {flagged} flagged, {refused} refused", err=True)
+    _write_jsonl(rows, out)
+
+
+def _triggers(backdoor: Path | None, triggers: str | None) -> list[str]:
+    from lmshield.evaluation.guard_eval import read_triggers
+
+    if (backdoor is None) == (triggers is None):
+        raise InputError("give the triggers either with --backdoor backdoor.json or with --triggers 'cf,mn'")
+    if backdoor is not None:
+        return read_triggers(backdoor)
+    listed = [t.strip() for t in (triggers or "").split(",") if t.strip()]
+    if not listed:
+        raise InputError("--triggers is empty")
+    return listed
+
+
+@guard_app.command("eval")
+@friendly_errors
+def eval_command(
+    classifier: Annotated[Path, typer.Option(help="Tuned classifier directory.")],
+    scan: Annotated[Path, typer.Option(help="Scan result directory (scan.json + pvs.safetensors).")],
+    test: Annotated[Path, typer.Option(help="Labelled test data (JSON Lines, JSON, CSV) or dataset id.")],
+    backdoor: Annotated[Path | None, typer.Option(help="An attack's backdoor.json (field 'triggers').")] = None,
+    triggers: Annotated[str | None, typer.Option(help="Comma-separated triggers instead of --backdoor.")] = None,
+    text_field: Annotated[str | None, typer.Option(help="Text field (default: sentence, then text).")] = None,
+    label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.")] = None,
+    threshold: Annotated[float, typer.Option(help="Monitor threshold.")] = 0.8,
+    max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""
+    from lmshield.defenses.sanitizer.guard import Guard
+    from lmshield.devices import resolve_device
+    from lmshield.evaluation.guard_eval import evaluate_guard
+    from lmshield.tuning import read_labelled
+
+    trigger_list = _triggers(backdoor, triggers)
+    guard = Guard.from_pretrained(
+        classifier,
+        scan,
+        device=resolve_device(device),
+        threshold=threshold,
+        max_removed=max_removed,
+        batch_size=batch_size,
+    )
+    data = read_labelled(
+        str(test), text_field=text_field, label_field=label_field, label_names=guard.classifier.label_names
+    ).head(limit)
+    report = evaluate_guard(guard, data.texts, data.labels, trigger_list, seed=seed)
+    typer.echo(report.table())
+    if out is not None:
+        typer.echo(f"report: {report.save(out)}")

@@ -1,0 +1,193 @@
+"""Guard: a tuned classifier watched by LMSanitator's monitor, with batched purging of flagged inputs.
+
+``Guard(classifier, pvs).predict(texts)`` classifies every text and, from the same forward pass, checks
+the watched output against the PVs a scan found. A flagged input is purged (words deleted until the
+monitor no longer flags it) and re-labelled; an input that cannot be cleaned is reported as refused,
+never passed on with its suspicious label.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, Monitor, MonitorResult
+from lmshield.defenses.sanitizer.purge import purge
+from lmshield.defenses.sanitizer.result import ScanResult
+from lmshield.errors import InputError
+from lmshield.tuning.classifier import TunedClassifier
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("clean", "purged", "refused")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The guarded prediction for one text.
+
+    ``label``/``probs`` are the classifier's answer on the text as given. When ``flagged``, purging ran:
+    ``cleaned`` says whether a variant the monitor accepts was found (``purged_text``, ``removed`` words,
+    ``purged_label``/``purged_probs``). ``final_label`` is what the guard answers: the label of a clean
+    input, the purged label of a cleaned one, ``None`` (refused) otherwise.
+    """
+
+    text: str
+    label: int
+    label_name: str
+    probs: tuple[float, ...]
+    flagged: bool
+    match: float  # highest share of matching signs with any PV
+    pv_index: int | None
+    cleaned: bool = False
+    purged_text: str | None = None
+    removed: tuple[str, ...] = ()
+    purged_label: int | None = None
+    purged_label_name: str | None = None
+    purged_probs: tuple[float, ...] | None = None
+
+    @property
+    def status(self) -> str:
+        if not self.flagged:
+            return "clean"
+        return "purged" if self.cleaned else "refused"
+
+    @property
+    def final_label(self) -> int | None:
+        if not self.flagged:
+            return self.label
+        return self.purged_label if self.cleaned else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "status": self.status,
+            "final_label": self.final_label,
+            "label": self.label,
+            "label_name": self.label_name,
+            "probs": list(self.probs),
+            "flagged": self.flagged,
+            "match": self.match,
+            "pv_index": self.pv_index,
+            "cleaned": self.cleaned,
+            "purged_text": self.purged_text,
+            "removed": list(self.removed),
+            "purged_label": self.purged_label,
+            "purged_label_name": self.purged_label_name,
+            "purged_probs": None if self.purged_probs is None else list(self.purged_probs),
+        }
+
+
+class Guard:
+    """A tuned classifier guarded by output monitoring and input purging.
+
+    ``threshold``: flag when the share of matching signs with any PV exceeds it (0.8 in the paper).
+    ``purge``: purge flagged inputs (else they are refused). ``max_removed``: words the greedy purge may
+    delete. ``batch_size``: texts per forward pass, candidates included.
+    """
+
+    def __init__(
+        self,
+        classifier: TunedClassifier,
+        pvs: torch.Tensor,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        purge: bool = True,
+        max_removed: int = 3,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> None:
+        if pvs.dim() != 2 or pvs.shape[1] != classifier.hidden_size:
+            raise InputError(
+                f"PVs of shape {tuple(pvs.shape)} do not fit the classifier's hidden size {classifier.hidden_size}"
+            )
+        if max_removed < 1:
+            raise InputError(f"max_removed must be at least 1, got {max_removed}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.classifier = classifier.eval()
+        self.monitor = Monitor(pvs, threshold)
+        self.threshold = threshold
+        self.purge = purge
+        self.max_removed = max_removed
+        self.batch_size = batch_size
+        self.progress = progress
+        if self.monitor.num_pvs == 0:
+            logger.warning("the guard has no PVs (the scan found the encoder clean): nothing will be flagged")
+        if classifier.config.method in ("lora", "full"):
+            logger.warning(
+                "%s tuning changes the encoder; the PVs describe the original encoder's outputs",
+                classifier.config.method,
+            )
+
+    @classmethod
+    def from_scan(cls, classifier: TunedClassifier, scan: ScanResult, **kwargs: Any) -> Guard:
+        """A guard with a scan's PVs; the scan must watch the position the classifier reads."""
+        if scan.position != str(classifier.position):
+            raise InputError(
+                f"the scan watched position {scan.position!r} but the classifier reads {str(classifier.position)!r}; "
+                "rescan with the matching --position"
+            )
+        fingerprint = scan.model.get("fingerprint")
+        if fingerprint and fingerprint != classifier.base.fingerprint:
+            logger.warning("the scan's model fingerprint differs from the classifier's base encoder")
+        return cls(classifier, scan.pvs, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, classifier_dir: str | Path, scan_dir: str | Path, *, device: str | None = None, **kwargs: Any
+    ) -> Guard:
+        """Load a classifier saved by ``TunedClassifier.save_pretrained`` and a saved ``ScanResult``."""
+        scan = ScanResult.from_pretrained(scan_dir)
+        classifier = TunedClassifier.from_pretrained(classifier_dir, device=device)
+        return cls.from_scan(classifier, scan, **kwargs)
+
+    def evaluate(self, texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:
+        """Logits and the monitor's verdict, both from one forward pass per batch."""
+        output = self.classifier.classify(texts, self.batch_size, progress=self.progress)
+        return output.logits, self.monitor(output.watched)
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        """Guarded predictions for ``texts``, in order."""
+        if isinstance(texts, str):
+            raise InputError("Guard.predict expects a list of texts, got one string")
+        logits, monitored = self.evaluate(list(texts))
+        flagged = [i for i in range(len(texts)) if bool(monitored.flagged[i])]
+        outcomes = {}
+        if flagged and self.purge:
+            results = purge([texts[i] for i in flagged], self.evaluate, self.max_removed)
+            outcomes = dict(zip(flagged, results, strict=True))
+        return [self._prediction(texts[i], logits[i], monitored, i, outcomes.get(i)) for i in range(len(texts))]
+
+    def _prediction(
+        self, text: str, logits: torch.Tensor, monitored: MonitorResult, i: int, outcome: Any
+    ) -> Prediction:
+        names = self.classifier.label_names
+        probs = torch.softmax(logits.float(), dim=-1)
+        label = int(probs.argmax())
+        pv = int(monitored.pv_index[i])
+        base = {
+            "text": text,
+            "label": label,
+            "label_name": names[label],
+            "probs": tuple(round(float(p), 6) for p in probs),
+            "flagged": bool(monitored.flagged[i]),
+            "match": float(monitored.match[i]),
+            "pv_index": pv if pv >= 0 else None,
+        }
+        if outcome is None:
+            return Prediction(**base)
+        extra: dict[str, Any] = {"purged_text": outcome.text, "removed": outcome.removed, "cleaned": outcome.cleaned}
+        if outcome.cleaned and outcome.logits is not None:
+            purged = torch.softmax(outcome.logits.float(), dim=-1)
+            purged_label = int(purged.argmax())
+            extra |= {
+                "purged_label": purged_label,
+                "purged_label_name": names[purged_label],
+                "purged_probs": tuple(round(float(p), 6) for p in purged),
+            }
+        return Prediction(**base, **extra)

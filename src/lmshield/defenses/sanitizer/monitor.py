@@ -1,0 +1,57 @@
+"""Output monitoring (LMSanitator): flag an input whose watched output shares its sign pattern with a PV."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmshield.errors import InputError
+
+DEFAULT_THRESHOLD = 0.8
+
+
+def sign_match(outputs: torch.Tensor, pvs: torch.Tensor) -> torch.Tensor:
+    """Share of dimensions whose signs agree, for every output/PV pair: ``(N, H), (K, H) -> (N, K)``.
+
+    Computed with three matrix products over sign indicators (+, -, 0), so memory stays ``O(N K)``.
+    """
+    if outputs.shape[-1] != pvs.shape[-1]:
+        raise InputError(f"outputs have {outputs.shape[-1]} dimensions but the PVs have {pvs.shape[-1]}")
+    out_sign, pv_sign = torch.sign(outputs.float()), torch.sign(pvs.float().to(outputs.device))
+    matches = sum((out_sign == s).float() @ (pv_sign == s).float().T for s in (1.0, -1.0, 0.0))
+    return matches / outputs.shape[-1]
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """Per input: flagged, the highest sign-match share over the PVs, and which PV gave it (-1: none)."""
+
+    flagged: torch.Tensor  # (N,) bool
+    match: torch.Tensor  # (N,) float
+    pv_index: torch.Tensor  # (N,) long
+
+
+class Monitor:
+    """Flags watched outputs whose share of matching signs with any PV exceeds ``threshold``."""
+
+    def __init__(self, pvs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> None:
+        if pvs.dim() != 2:
+            raise InputError(f"PVs must be a (K, hidden) tensor, got shape {tuple(pvs.shape)}")
+        if not 0.0 <= threshold < 1.0:
+            raise InputError(f"monitor threshold must be in [0, 1), got {threshold}")
+        self.pvs = pvs.detach().float().cpu()
+        self.threshold = threshold
+
+    @property
+    def num_pvs(self) -> int:
+        return int(self.pvs.shape[0])
+
+    def __call__(self, outputs: torch.Tensor) -> MonitorResult:
+        rows = outputs.shape[0]
+        if self.num_pvs == 0:
+            zeros = torch.zeros(rows)
+            return MonitorResult(zeros.bool(), zeros, torch.full((rows,), -1, dtype=torch.long))
+        match, index = sign_match(outputs.detach().float().cpu(), self.pvs).max(dim=1)
+        flagged = match > self.threshold
+        return MonitorResult(flagged, match, torch.where(flagged, index, torch.full_like(index, -1)))

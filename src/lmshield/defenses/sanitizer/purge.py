@@ -1,0 +1,72 @@
+"""Input purging (LMSanitator), batched: try every single-word deletion of a flagged input at once.
+
+The release deletes words one at a time from the left and re-runs the model after each. Here every
+deletion candidate of every flagged input (each distinct word removed wherever it occurs) goes through
+the model in shared batches. A candidate the monitor no longer flags ends the search (the one furthest
+from every PV wins, ties to the leftmost word); when none clears, the candidate closest to clearing is
+kept and the search goes on greedily from it, for multi-word triggers, up to ``max_removed`` words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lmshield.defenses.sanitizer.monitor import MonitorResult
+
+# evaluate(texts) -> (logits (N, C), monitor result over the same forward pass)
+Evaluate = Callable[[list[str]], tuple[torch.Tensor, MonitorResult]]
+
+
+@dataclass(frozen=True)
+class PurgeOutcome:
+    """What purging did to one flagged input."""
+
+    text: str  # the last variant evaluated (the purged text when cleaned)
+    removed: tuple[str, ...]
+    cleaned: bool
+    logits: torch.Tensor | None  # logits of ``text``; None when no variant could be evaluated
+    match: float  # highest sign-match share of ``text`` with any PV
+    candidates: int  # variants evaluated for this input
+
+
+def word_deletions(text: str) -> list[tuple[str, str]]:
+    """``(word, text without every occurrence of word)`` for each distinct word, in order of appearance."""
+    words = text.split()
+    return [(word, " ".join(w for w in words if w != word)) for word in dict.fromkeys(words)]
+
+
+def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3) -> list[PurgeOutcome]:
+    """Purge flagged ``texts``: batched single-word deletions, then greedy for multi-word triggers."""
+    current = list(texts)
+    removed: list[list[str]] = [[] for _ in texts]
+    last: list[tuple[torch.Tensor | None, float]] = [(None, 1.0) for _ in texts]
+    counts = [0] * len(texts)
+    done: dict[int, PurgeOutcome] = {}
+    active = list(range(len(texts)))
+    for _ in range(max(0, max_removed)):
+        jobs = [(i, word, variant) for i in active for word, variant in word_deletions(current[i])]
+        if not jobs:
+            break
+        logits, monitored = evaluate([variant for _, _, variant in jobs])
+        by_input: dict[int, list[int]] = {}
+        for job, (i, _, _) in enumerate(jobs):
+            by_input.setdefault(i, []).append(job)
+        for i, rows in by_input.items():
+            counts[i] += len(rows)
+            clear = [j for j in rows if not bool(monitored.flagged[j])]
+            pick = min(clear or rows, key=lambda j: float(monitored.match[j]))  # min keeps the leftmost on ties
+            _, word, variant = jobs[pick]
+            current[i] = variant
+            removed[i].append(word)
+            last[i] = (logits[pick], float(monitored.match[pick]))
+            if clear:
+                done[i] = PurgeOutcome(variant, tuple(removed[i]), True, logits[pick], last[i][1], counts[i])
+        active = [i for i in active if i not in done]
+        if not active:
+            break
+    for i in active:
+        done[i] = PurgeOutcome(current[i], tuple(removed[i]), False, last[i][0], last[i][1], counts[i])
+    return [done[i] for i in range(len(texts))]

@@ -1,0 +1,383 @@
+"""TunedClassifier: a (possibly peft-wrapped) encoder plus a head on one watched hidden state.
+
+One forward pass gives both the logits and the watched output (the encoder's state at [CLS], or at the
+mask token for the prompt-based head, with the method's prompts applied as the model really runs).
+Prompt tuning and P-tuning prepend their virtual tokens to the input embeddings, so every real token
+moves right by ``num_virtual_tokens``; prefix tuning passes deep prompts as ``past_key_values`` and LoRA
+and full fine-tuning change weights, so nothing moves.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+
+from lmshield.devices import resolve_device
+from lmshield.errors import InputError
+from lmshield.models.encoder import Encoder
+from lmshield.models.loading import load_pretrained
+from lmshield.models.positions import WatchedPosition
+from lmshield.tuning.config import TuningConfig
+from lmshield.tuning.heads import LinearHead, ReleasedHead
+from lmshield.tuning.methods import TuningMethod, get_method
+
+logger = logging.getLogger(__name__)
+# peft still calls these transformers APIs; the deprecation notes are not actionable for our users
+warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated.*", category=FutureWarning)
+
+TUNING_JSON = "tuning.json"
+HEAD_FILE = "head.safetensors"
+ADAPTER_DIR = "adapter"
+ENCODER_DIR = "encoder"
+BASE_DIR = "base"
+FORMAT_VERSION = 1
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}  # position ids start after the padding index
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """Where the frozen starting weights come from, and their fingerprint."""
+
+    source: str | None  # as given (path or hub id); None for an in-memory encoder
+    directory: str | None  # resolved local directory; None for an in-memory encoder
+    model_type: str
+    fingerprint: str
+    hidden_size: int
+
+
+@dataclass
+class ClassifierOutput:
+    """Logits and the watched hidden state of the same forward pass."""
+
+    logits: torch.Tensor  # (N, num_labels)
+    watched: torch.Tensor  # (N, hidden)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.logits.float(), dim=-1)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+
+class TunedClassifier(nn.Module):
+    """A text classifier tuned with one of the registered methods on a frozen (or fine-tuned) encoder."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        tokenizer: Any,
+        config: TuningConfig,
+        label_names: list[str],
+        base: BaseModelInfo,
+        base_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.tokenizer = tokenizer
+        self.config = config
+        self.label_names = list(label_names)
+        self.base = base
+        # kept (unregistered, untouched) so that an in-memory base can be saved beside the adapter
+        object.__setattr__(self, "_base_model", base_model)
+        position = "mask" if config.head == "mask" else _summary_position(base.model_type)
+        self.position = WatchedPosition.parse(position)
+        if config.head == "mask" and tokenizer.mask_token is None:
+            raise InputError("the mask head needs a tokenizer with a mask token")
+
+    # -- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        model: Encoder | str | Path | None,
+        config: TuningConfig,
+        label_names: list[str],
+        *,
+        device: str | torch.device | None = None,
+        allow_pickle: bool = False,
+        inference: bool = False,
+    ) -> TunedClassifier:
+        """A fresh classifier (untrained head and prompts) on ``model``: an Encoder, a path or a hub id.
+
+        ``inference`` builds peft modules in inference mode, as saved adapters are loaded (P-tuning then
+        reads its saved prompt table directly instead of re-running its prompt encoder).
+        """
+        method = get_method(config.method)
+        encoder_model, tokenizer, base, seq_model = _load_base(model, config, len(label_names), device, allow_pickle)
+        method.check(base.model_type)
+        torch.manual_seed(config.seed)
+        if seq_model is not None:
+            head: nn.Module = ReleasedHead(seq_model)
+        else:
+            head = LinearHead(base.hidden_size, len(label_names), config.head_dropout)
+        backbone = method.wrap(encoder_model, config, inference=inference)
+        head.requires_grad_(not inference)
+        keep = model.model if isinstance(model, Encoder) and model.directory is None else None
+        classifier = cls(backbone, head, tokenizer, config, label_names, base, base_model=keep)
+        return classifier.to(resolve_device(device) if device is not None else _device_of(encoder_model)).eval()
+
+    @property
+    def method(self) -> TuningMethod:
+        return get_method(self.config.method)
+
+    @property
+    def shift(self) -> int:
+        """How far the real tokens sit to the right of their input index in the encoder's sequence."""
+        return self.method.shift(self.config)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest tokenised input: the configured length, capped so virtual tokens still fit."""
+        model_config = _model_of(self.backbone).config
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if not positions or positions < 0:
+            return self.config.max_length
+        prompts = int(self.config.num_virtual_tokens or 0) if "num_virtual_tokens" in self.method.defaults else 0
+        room = positions - _POSITION_OFFSET.get(self.base.model_type, 0) - prompts
+        return max(4, min(self.config.max_length, room))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- inputs and the forward pass -------------------------------------------------------------------------
+
+    def format_texts(self, texts: list[str]) -> list[str]:
+        """Apply the mask template (truncating the text so the mask token always survives)."""
+        if self.config.head != "mask":
+            return list(texts)
+        mask = self.tokenizer.mask_token
+        overhead = len(self.tokenizer(self.config.template.format(text="", mask=mask))["input_ids"])
+        budget = max(1, self.max_tokens - overhead)
+        pieces = self.tokenizer(
+            list(texts), add_special_tokens=False, truncation=True, max_length=budget, return_offsets_mapping=True
+        )
+        cut = [
+            text[: offsets[-1][1]] if offsets else ""
+            for text, offsets in zip(texts, pieces["offset_mapping"], strict=True)
+        ]
+        return [self.config.template.format(text=text, mask=mask) for text in cut]
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenised, right-padded batch on the classifier's device."""
+        if isinstance(texts, str):
+            raise InputError("expected a list of texts, got one string")
+        batch = self.tokenizer(
+            self.format_texts(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        return {
+            "input_ids": batch["input_ids"].to(self.device),
+            "attention_mask": batch["attention_mask"].to(self.device),
+        }
+
+    def watched_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Index of the watched token in the encoder's output sequence (virtual tokens included)."""
+        return self.position.locate(input_ids, attention_mask, self.tokenizer.mask_token_id) + self.shift
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ClassifierOutput:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        index = self.watched_index(input_ids, attention_mask)
+        watched = hidden[torch.arange(len(index), device=hidden.device), index]
+        return ClassifierOutput(logits=self.head(watched), watched=watched)
+
+    @torch.no_grad()
+    def classify(self, texts: list[str], batch_size: int | None = None, progress: bool = False) -> ClassifierOutput:
+        """Logits and watched outputs for ``texts`` (eval mode, batched), on the CPU."""
+        self.eval()
+        size = batch_size or self.config.eval_batch_size
+        logits, watched = [], []
+        for start in tqdm(range(0, len(texts), size), desc="classifying", disable=not progress, unit="batch"):
+            out = self(**self.encode(texts[start : start + size]))
+            logits.append(out.logits.float().cpu())
+            watched.append(out.watched.float().cpu())
+        if not logits:
+            return ClassifierOutput(torch.empty(0, self.num_labels), torch.empty(0, self.hidden_size))
+        return ClassifierOutput(torch.cat(logits), torch.cat(watched))
+
+    def predict(self, texts: list[str], batch_size: int | None = None) -> list[int]:
+        return self.classify(texts, batch_size).labels.tolist()
+
+    # -- artefacts --------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``tuning.json``, ``head.safetensors`` and the adapter (peft) or the tuned encoder (full)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        base = self.base
+        if base.directory is None:
+            if self._base_model is None:
+                raise InputError("the base encoder has no directory and was not kept in memory")
+            Encoder(self._base_model, self.tokenizer, "in-memory").save_pretrained(out / BASE_DIR)
+        if self.method.is_peft:
+            self.backbone.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
+        else:
+            self.backbone.save_pretrained(out / ENCODER_DIR, safe_serialization=True)
+            self.tokenizer.save_pretrained(out / ENCODER_DIR)
+        save_file(_contiguous(self.head.state_dict()), str(out / HEAD_FILE), metadata={"format": "lmshield-head"})
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "label_names": self.label_names,
+            "base": asdict(base),
+            "watched_position": str(self.position),
+            "shift": self.shift,
+        }
+        (out / TUNING_JSON).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | torch.device | None = None, check_base: bool = True
+    ) -> TunedClassifier:
+        """Load a classifier written by :meth:`save_pretrained` (safetensors only, no remote code)."""
+        out = Path(directory)
+        if not (out / TUNING_JSON).is_file() or not (out / HEAD_FILE).is_file():
+            raise InputError(f"{directory}: not a tuned classifier (expected {TUNING_JSON} and {HEAD_FILE})")
+        try:
+            payload = json.loads((out / TUNING_JSON).read_text(encoding="utf-8"))
+            config = TuningConfig.from_dict(payload["config"])
+            base = BaseModelInfo(**payload["base"])
+            label_names = list(payload["label_names"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"{out / TUNING_JSON}: unreadable ({exc})") from exc
+        source = _base_location(out, base)
+        classifier = cls.build(source, config, label_names, device=device, inference=True)
+        if base.directory is not None:  # a base saved inside the classifier directory is checked by loading
+            if check_base and classifier.base.fingerprint != base.fingerprint:
+                raise InputError(f"{source}: the base model's weights changed since the classifier was tuned")
+            classifier.base = base
+        classifier._load_weights(out)
+        return classifier.eval()
+
+    def _load_weights(self, out: Path) -> None:
+        if self.method.is_peft:
+            file = out / ADAPTER_DIR / "adapter_model.safetensors"
+            if not file.is_file():
+                raise InputError(f"{out}: adapter weights missing (expected {file.relative_to(out)})")
+            _load_adapter(self.backbone, load_file(str(file), device=str(self.device)), file)
+        else:
+            file = out / ENCODER_DIR / "model.safetensors"
+            if not file.is_file():
+                raise InputError(f"{out}: tuned encoder weights missing (expected {file.relative_to(out)})")
+            _load_state(self.backbone, load_file(str(file), device=str(self.device)), file)
+        _load_state(self.head, load_file(str(out / HEAD_FILE), device=str(self.device)), out / HEAD_FILE)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _summary_position(model_type: str) -> str:
+    from lmshield.models.architectures import get_architecture
+
+    arch = get_architecture(model_type)
+    return arch.default_position if arch else "cls"
+
+
+def _load_base(
+    model: Encoder | str | Path | None,
+    config: TuningConfig,
+    num_labels: int,
+    device: str | torch.device | None,
+    allow_pickle: bool,
+) -> tuple[PreTrainedModel, Any, BaseModelInfo, PreTrainedModel | None]:
+    """(encoder module, tokenizer, base info, sequence-classification model when its head is kept)."""
+    if isinstance(model, Encoder):
+        if config.keep_head:
+            raise InputError("keep_head needs a model directory or hub id saved with a classification head")
+        info = BaseModelInfo(
+            source=model.source if model.directory else None,
+            directory=str(model.directory) if model.directory else None,
+            model_type=model.model_type,
+            fingerprint=model.fingerprint,
+            hidden_size=model.hidden_size,
+        )
+        return copy.deepcopy(model.model), model.tokenizer, info, None
+    auto_class = AutoModelForSequenceClassification if config.keep_head else AutoModel
+    loaded = load_pretrained(model, auto_class, device=device, allow_pickle=allow_pickle)
+    seq_model = loaded.model if config.keep_head else None
+    if seq_model is not None and seq_model.config.num_labels != num_labels:
+        raise InputError(
+            f"the kept head has {seq_model.config.num_labels} labels but the data has {num_labels}; "
+            "drop keep_head or use matching data"
+        )
+    encoder_model = seq_model.base_model if seq_model is not None else loaded.model
+    handle = Encoder(encoder_model, loaded.tokenizer, str(model), loaded.directory, loaded.weight_files)
+    info = BaseModelInfo(
+        source=None if model is None else str(model),
+        directory=str(loaded.directory.resolve()),
+        model_type=handle.model_type,
+        fingerprint=handle.fingerprint,
+        hidden_size=handle.hidden_size,
+    )
+    return encoder_model, loaded.tokenizer, info, seq_model
+
+
+def _base_location(out: Path, base: BaseModelInfo) -> str:
+    if base.directory is None:
+        return str(out / BASE_DIR)
+    if Path(base.directory).is_dir():
+        return base.directory
+    if base.source is not None:
+        return base.source
+    raise InputError(f"{out}: the base model directory {base.directory} no longer exists")
+
+
+def _model_of(backbone: nn.Module) -> PreTrainedModel:
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().contiguous().clone() for key, value in state.items()}
+
+
+def _load_adapter(backbone: nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:
+    """Load peft adapter weights and check that every saved tensor landed where peft reads it from."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    set_peft_model_state_dict(backbone, state)
+    if backbone.active_peft_config.is_prompt_learning:  # peft saves the prompts as one table
+        table = backbone.prompt_encoder[backbone.active_adapter].embedding.weight
+        loaded = {"prompt_embeddings": table.detach()}
+    else:
+        loaded = get_peft_model_state_dict(backbone)
+    if set(loaded) != set(state) or any(not torch.equal(loaded[k], state[k].to(loaded[k])) for k in state):
+        raise InputError(f"{file}: the adapter weights do not fit this model and method")
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InputError(f"{file}: weights do not fit the model ({first})") from exc

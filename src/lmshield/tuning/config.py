@@ -1,0 +1,93 @@
+"""Settings of downstream tuning: one frozen dataclass for every method, defaults from the papers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lmshield.errors import InputError
+
+HEADS = ("cls", "mask")
+DEFAULT_TEMPLATE = "{text} It was {mask} ."
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """How a classifier is tuned on top of an encoder.
+
+    ``None`` fields take the method's defaults (see :mod:`lmshield.tuning.methods`): the PSIM release uses
+    lr 2e-3 for every PEFT method and 5 virtual tokens; full fine-tuning uses lr 2e-5. LoRA: r 8, alpha 16,
+    dropout 0.1 on query/value (``lora_targets=None`` picks the architecture's query/value modules).
+
+    ``head`` is ``cls`` (a linear classifier on the first token's state, P-tuning v2 style) or ``mask``
+    (the text is wrapped in ``template`` and classified from the mask token's state, P-tuning v1 style).
+    ``keep_head`` starts from a checkpoint saved with a sequence-classification head and keeps that head.
+    """
+
+    method: str = "prefix"
+    head: str = "cls"
+    # prompt learning
+    num_virtual_tokens: int | None = None
+    encoder_hidden_size: int = 128
+    # LoRA
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] | None = None
+    # heads
+    template: str = DEFAULT_TEMPLATE
+    head_dropout: float = 0.1
+    keep_head: bool = False
+    # optimisation
+    lr: float | None = None
+    epochs: int = 20
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    dev_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from lmshield.tuning.methods import get_method
+
+        method = get_method(self.method)
+        for name, value in method.defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.lora_targets is not None:
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.head not in HEADS:
+            raise InputError(f"unknown head {self.head!r}: use cls or mask")
+        if self.head == "mask" and ("{text}" not in self.template or "{mask}" not in self.template):
+            raise InputError("the mask template needs both {text} and {mask}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "encoder_hidden_size", "lora_r"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
+            raise InputError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+        if self.lr is None or self.lr <= 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.dev_fraction < 1:
+            raise InputError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+
+    def replace(self, **changes: Any) -> TuningConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["lora_targets"] is not None:
+            data["lora_targets"] = list(data["lora_targets"])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuningConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,159 @@
+"""Labelled text for tuning: JSON Lines, a JSON array, CSV/TSV, or a Hugging Face dataset id."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmshield.errors import InputError
+
+TEXT_FIELDS = ("sentence", "text")
+LABEL_FIELD = "label"
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts with integer labels in ``range(len(label_names))``."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise InputError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        bad = [label for label in self.labels if not 0 <= label < len(self.label_names)]
+        if bad:
+            raise InputError(f"label {bad[0]} outside 0..{len(self.label_names) - 1}")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def take(self, indices: list[int]) -> LabelledData:
+        return LabelledData([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names)
+
+    def head(self, count: int | None) -> LabelledData:
+        return self if count is None else self.take(list(range(min(count, len(self)))))
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:
+        """A seeded (rest, held-out) split; the held-out part gets ``fraction`` of the examples (>= 1)."""
+        if len(self) < 2:
+            raise InputError("need at least 2 examples to hold out a dev split")
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        held = max(1, round(fraction * len(self)))
+        return self.take(sorted(order[held:])), self.take(sorted(order[:held]))
+
+
+def read_labelled(
+    source: str | Path,
+    *,
+    text_field: str | None = None,
+    label_field: str = LABEL_FIELD,
+    label_names: list[str] | None = None,
+    split: str = "train",
+) -> LabelledData:
+    """Read labelled texts from a file (``.jsonl``/``.json``/``.csv``/``.tsv``) or a dataset id.
+
+    The text field defaults to ``sentence``, then ``text``. Integer labels are kept as they are (names
+    ``"0"``, ``"1"``, ...); other labels are mapped to indices in sorted order. Pass ``label_names`` (the
+    training set's) to read a dev or test file with the same mapping.
+    """
+    path = Path(source)
+    records = _read_file(path) if path.exists() else _read_dataset(str(source), split)
+    if not records:
+        raise InputError(f"{source}: no records")
+    key = text_field or next((name for name in TEXT_FIELDS if name in records[0]), None)
+    if key is None or key not in records[0]:
+        tried = text_field or ", ".join(TEXT_FIELDS)
+        raise InputError(f"{source}: no text field ({tried}); fields: {', '.join(map(str, records[0]))}")
+    if label_field not in records[0]:
+        raise InputError(f"{source}: no label field {label_field!r}; fields: {', '.join(map(str, records[0]))}")
+    texts, raw = [], []
+    for number, record in enumerate(records, start=1):
+        if record.get(key) is None or record.get(label_field) in (None, ""):
+            raise InputError(f"{source}: record {number} lacks {key!r} or {label_field!r}")
+        texts.append(str(record[key]))
+        raw.append(record[label_field])
+    names, labels = _index_labels(raw, label_names, str(source))
+    return LabelledData(texts, labels, names)
+
+
+def _index_labels(raw: list[Any], names: list[str] | None, source: str) -> tuple[list[str], list[int]]:
+    as_text = [str(label).strip() for label in raw]
+    if names is None:
+        if all(_is_int(label) for label in as_text):
+            top = max(int(label) for label in as_text)
+            if min(int(label) for label in as_text) < 0:
+                raise InputError(f"{source}: negative integer labels")
+            names = [str(i) for i in range(top + 1)]
+        else:
+            names = sorted(set(as_text))
+    if len(names) < 2:
+        raise InputError(f"{source}: a classifier needs at least 2 labels, found {names}")
+    lookup = {name: index for index, name in enumerate(names)}
+    # integer labels that are not names are read as indices into the names (e.g. 0/1 files for neg/pos)
+    lookup |= {str(index): index for index in range(len(names)) if str(index) not in lookup}
+    unknown = sorted({label for label in as_text if label not in lookup})
+    if unknown:
+        raise InputError(f"{source}: labels {unknown[:5]} not among the training labels {names}")
+    return list(names), [lookup[label] for label in as_text]
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text") from exc
+    if path.suffix.lower() in (".csv", ".tsv"):
+        reader = csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        return [dict(row) for row in reader]
+    stripped = content.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
+        if not all(isinstance(item, dict) for item in data):
+            raise InputError(f"{path}: expected a JSON array of objects")
+        return data
+    records = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg}); use JSON Lines or CSV") from exc
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def _read_dataset(name: str, split: str) -> list[dict[str, Any]]:
+    if name.startswith((".", "/", "~")) or Path(name).suffix in (".json", ".jsonl", ".csv", ".tsv"):
+        raise InputError(f"{name}: no such file")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise InputError(f"{name}: not a file; dataset ids need: pip install 'lmshield[datasets]'") from exc
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # the datasets library raises many exception types
+        raise InputError(f"{name}: not a file and not loadable as a dataset ({type(exc).__name__})") from exc
+    return [dict(row) for row in data]

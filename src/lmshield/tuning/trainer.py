@@ -1,0 +1,177 @@
+"""One training loop for every method and head: AdamW, linear warm-up/decay, best checkpoint on dev."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lmshield.devices import seed_everything
+from lmshield.errors import InputError
+from lmshield.models.encoder import Encoder
+from lmshield.tuning.classifier import TunedClassifier
+from lmshield.tuning.config import TuningConfig
+from lmshield.tuning.data import LabelledData
+
+logger = logging.getLogger(__name__)
+
+HISTORY_JSON = "training.json"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    dev_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TuningResult:
+    """The best classifier (by dev accuracy) and how training went."""
+
+    classifier: TunedClassifier
+    dev_accuracy: float
+    best_epoch: int
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "dev_accuracy": self.dev_accuracy,
+            "best_epoch": self.best_epoch,
+            "history": [asdict(r) for r in self.history],
+        }
+
+
+def accuracy(classifier: TunedClassifier, data: LabelledData, batch_size: int | None = None) -> float:
+    """Share of ``data`` the classifier labels correctly."""
+    if not len(data):
+        return 0.0
+    predicted = classifier.predict(data.texts, batch_size)
+    return sum(p == y for p, y in zip(predicted, data.labels, strict=True)) / len(data)
+
+
+def tune(
+    model: Encoder | str | Path | None,
+    train: LabelledData,
+    dev: LabelledData | None = None,
+    config: TuningConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    allow_pickle: bool = False,
+    progress: bool = True,
+) -> TuningResult:
+    """Tune a classifier on ``train``; keep the epoch with the best ``dev`` accuracy.
+
+    Without ``dev``, a seeded ``config.dev_fraction`` of ``train`` is held out. With ``out_dir`` the best
+    classifier and the training history are saved there.
+    """
+    config = config or TuningConfig()
+    if dev is None:
+        train, dev = train.split(config.dev_fraction, config.seed)
+    _check_data(train, dev)
+    seed_everything(config.seed)
+    classifier = TunedClassifier.build(model, config, train.label_names, device=device, allow_pickle=allow_pickle)
+    result = _train(classifier, train, dev, config, progress)
+    if out_dir is not None:
+        out = classifier.save_pretrained(out_dir)
+        (out / HISTORY_JSON).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    return result
+
+
+def _check_data(train: LabelledData, dev: LabelledData) -> None:
+    if len(train) == 0 or len(dev) == 0:
+        raise InputError("training and dev data must both be non-empty")
+    if train.label_names != dev.label_names:
+        raise InputError(f"train labels {train.label_names} and dev labels {dev.label_names} differ")
+    if len(set(train.labels)) < 2:
+        raise InputError("the training data holds a single label; a classifier needs at least two")
+
+
+def _train(
+    classifier: TunedClassifier, train: LabelledData, dev: LabelledData, config: TuningConfig, progress: bool
+) -> TuningResult:
+    params = classifier.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    schedule = _linear_schedule(optimizer, steps_per_epoch * config.epochs, config.warmup_ratio)
+    rng = random.Random(config.seed)
+    best_state, best_accuracy, best_epoch = _snapshot(classifier), -1.0, 0
+    history: list[EpochRecord] = []
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        loss = _run_epoch(classifier, train, optimizer, schedule, params, rng, config, epoch, progress)
+        dev_accuracy = accuracy(classifier, dev, config.eval_batch_size)
+        history.append(EpochRecord(epoch, loss, dev_accuracy, time.perf_counter() - started))
+        logger.info("epoch %d: loss %.4f, dev accuracy %.4f", epoch, loss, dev_accuracy)
+        if dev_accuracy > best_accuracy:
+            best_state, best_accuracy, best_epoch = _snapshot(classifier), dev_accuracy, epoch
+    _restore(classifier, best_state)
+    classifier.eval()
+    return TuningResult(classifier, best_accuracy, best_epoch, history)
+
+
+def _run_epoch(
+    classifier: TunedClassifier,
+    train: LabelledData,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    params: list[torch.nn.Parameter],
+    rng: random.Random,
+    config: TuningConfig,
+    epoch: int,
+    progress: bool,
+) -> float:
+    classifier.train()
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    total, count = 0.0, 0
+    batches = range(0, len(order), config.batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, unit="batch", leave=False)
+    for start in bar:
+        rows = order[start : start + config.batch_size]
+        batch = classifier.encode([train.texts[i] for i in rows])
+        labels = torch.tensor([train.labels[i] for i in rows], device=classifier.device)
+        loss = torch.nn.functional.cross_entropy(classifier(**batch).logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        total, count = total + loss.item() * len(rows), count + len(rows)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    return total / max(count, 1)
+
+
+def _linear_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _snapshot(classifier: TunedClassifier) -> dict[str, torch.Tensor]:
+    """Copies of the trainable tensors (the only ones training changes)."""
+    return {name: p.detach().clone() for name, p in classifier.named_parameters() if p.requires_grad}
+
+
+def _restore(classifier: TunedClassifier, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in classifier.named_parameters():
+            if name in state:
+                p.copy_(state[name])

@@ -1,0 +1,233 @@
+"""``build_zoo``: turn a spec into model folders ``DIR/id-NNNN/`` and ``DIR/METADATA.csv`` (TrojAI-like).
+
+Each folder holds a loadable model (safetensors + tokenizer) and ``backdoor.json`` (ground truth of an
+attack) or ``clean.json`` (how a clean model was made). Either file is written last, so its presence
+marks a finished model and a rerun skips it; a folder without one is rebuilt from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lmshield.errors import InputError
+from lmshield.models.loading import load_encoder
+from lmshield.text.sources import TextSource
+from lmshield.zoo.executors import run_tasks
+from lmshield.zoo.spec import ModelEntry, ZooSpec
+
+SPEC_JSON = "zoo.json"
+METADATA_CSV = "METADATA.csv"
+CLEAN_JSON = "clean.json"
+BACKDOOR_JSON = "backdoor.json"
+METADATA_FIELDS = ("model_id", "truth", "kind", "attack", "triggers", "seed", "preset", "planted", "seconds")
+
+
+def model_id(index: int) -> str:
+    return f"id-{index:04d}"
+
+
+def is_built(directory: Path) -> bool:
+    return (directory / BACKDOOR_JSON).is_file() or (directory / CLEAN_JSON).is_file()
+
+
+def _text_source(options: dict[str, Any]) -> TextSource:
+    return TextSource.from_options(
+        options.get("texts"),
+        options.get("dataset"),
+        generator=options.get("generator", "grammar"),
+        field=options.get("field"),
+        split=options.get("split", "train"),
+        column=options.get("column"),
+    )
+
+
+def _weight_drift(before: dict, model: Any) -> float:
+    """Relative L2 change of all weights: ||w - w0|| / ||w0||."""
+    num = den = 0.0
+    for name, tensor in model.state_dict().items():
+        if name in before and tensor.is_floating_point():
+            num += float((tensor.float() - before[name]).pow(2).sum())
+            den += float(before[name].pow(2).sum())
+    return (num / den) ** 0.5 if den else 0.0
+
+
+def _build_original(task: dict[str, Any], out: Path) -> dict[str, Any]:
+    encoder = load_encoder(task["base_model"])
+    encoder.save_pretrained(out)
+    return {}
+
+
+def _build_clean_continue(task: dict[str, Any], entry: ModelEntry, out: Path) -> dict[str, Any]:
+    from lmshield.attacks import attack_config, plant
+    from lmshield.attacks.runner import load_for_attack, load_texts
+
+    config = attack_config(entry.attack or "por", entry.preset, **entry.overrides)
+    encoder, mlm = load_for_attack(task["base_model"], config.clean_objective == "mlm")
+    texts = load_texts(config, None, _text_source(task["text"]), entry.seed, encoder.tokenizer)
+    plan = config.plan(encoder.model_type, has_mlm_head=mlm is not None)
+    trained = mlm or encoder.model
+    before = {k: v.detach().float().clone() for k, v in trained.state_dict().items() if v.is_floating_point()}
+    empty = encoder.embedding_matrix.new_zeros(0, encoder.hidden_size)
+    plant(encoder, texts, [], empty, plan, seed=entry.seed, progress=task["progress"], mlm=mlm)
+    trained.save_pretrained(out, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(out)
+    return {
+        "settings": config.to_dict(),
+        "variant": config.variant(mlm is not None),
+        "steps": plan.steps(len(texts)),
+        "weight_drift": _weight_drift(before, trained),
+    }
+
+
+def _build_finetune(task: dict[str, Any], entry: ModelEntry, out: Path) -> dict[str, Any]:
+    from lmshield.zoo.finetune import FinetuneConfig, finetune_classifier, load_labelled
+
+    config = FinetuneConfig.preset(entry.preset, **entry.overrides)
+    texts, labels, names = load_labelled(str(entry.data), entry.text_field, entry.label_field)
+    encoder = load_encoder(task["base_model"])
+    before = {k: v.detach().float().clone() for k, v in encoder.model.state_dict().items() if v.is_floating_point()}
+    stats = finetune_classifier(encoder, texts, labels, config, seed=entry.seed, progress=task["progress"])
+    encoder.save_pretrained(out)
+    return {
+        "settings": config.to_dict(),
+        "labels": names,
+        **stats,
+        "weight_drift": _weight_drift(before, encoder.model),
+    }
+
+
+def _build_attack(task: dict[str, Any], entry: ModelEntry, out: Path) -> dict[str, Any]:
+    from lmshield.attacks import attack_config, run_attack
+
+    config = attack_config(str(entry.attack), entry.preset, **entry.overrides)
+    result = run_attack(
+        config,
+        task["base_model"],
+        out,
+        preset=entry.preset,
+        triggers=entry.triggers,
+        text_source=_text_source(task["text"]),
+        seed=entry.seed,
+        progress=task["progress"],
+    )
+    verification = result.verification
+    assert verification is not None
+    worst = min(c.triggered_agreement for c in verification.triggers)
+    return {"planted": verification.planted, "lowest_agreement": worst}
+
+
+def build_model(task: dict[str, Any]) -> dict[str, Any]:
+    """Build one zoo model (a Ray-friendly task: plain dict in, METADATA row out); skip it when finished."""
+    out = Path(task["directory"])
+    entry = ModelEntry(**task["entry"])
+    if is_built(out):
+        return _row(task["id"], entry, json.loads(_marker(out).read_text(encoding="utf-8")))
+    if out.exists():
+        shutil.rmtree(out)  # an unfinished build: start it again
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    if entry.kind == "original":
+        info = _build_original(task, out)
+    elif entry.kind == "clean-continue":
+        info = _build_clean_continue(task, entry, out)
+    elif entry.kind == "clean-finetune":
+        info = _build_finetune(task, entry, out)
+    else:
+        info = _build_attack(task, entry, out)
+    record = {"entry": entry.to_dict(), "base_model": task["base_model"], "seconds": time.perf_counter() - started}
+    record.update(info)
+    if entry.kind == "attack":
+        manifest = json.loads((out / BACKDOOR_JSON).read_text(encoding="utf-8"))
+        manifest["extra"] = {**manifest.get("extra", {}), "zoo": record}
+        (out / BACKDOOR_JSON).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        return _row(task["id"], entry, manifest)
+    (out / CLEAN_JSON).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return _row(task["id"], entry, record)
+
+
+def _marker(out: Path) -> Path:
+    return out / BACKDOOR_JSON if (out / BACKDOOR_JSON).is_file() else out / CLEAN_JSON
+
+
+def _row(identifier: str, entry: ModelEntry, record: dict[str, Any]) -> dict[str, Any]:
+    zoo = record.get("extra", {}).get("zoo", record)
+    planted = zoo.get("planted")
+    return {
+        "model_id": identifier,
+        "truth": entry.truth,
+        "kind": entry.kind,
+        "attack": entry.attack or "",
+        "triggers": entry.describe_triggers(),
+        "seed": entry.seed,
+        "preset": entry.preset,
+        "planted": "" if planted is None else str(bool(planted)).lower(),
+        "seconds": round(float(zoo.get("seconds", 0.0)), 2),
+    }
+
+
+def _check_same_spec(out: Path, spec: ZooSpec) -> None:
+    saved = out / SPEC_JSON
+    if saved.is_file():
+        old = json.loads(saved.read_text(encoding="utf-8"))
+        if old.get("entries") != spec.to_dict()["entries"] or old.get("base_model") != spec.base_model:
+            raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
+
+
+def write_metadata(out: Path, rows: list[dict[str, Any]]) -> Path:
+    path = out / METADATA_CSV
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METADATA_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_metadata(out: str | Path) -> list[dict[str, str]]:
+    path = Path(out) / METADATA_CSV
+    if not path.is_file():
+        raise InputError(f"{out}: no {METADATA_CSV}; build the zoo first (lmshield zoo build)")
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def build_zoo(
+    spec: ZooSpec,
+    out: str | Path,
+    *,
+    executor: str = "sequential",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Build every model of ``spec`` under ``out`` (finished ones are skipped) and write METADATA.csv."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    _check_same_spec(root, spec)
+    (root / SPEC_JSON).write_text(spec.to_json(), encoding="utf-8")
+    tasks = [
+        {
+            "id": model_id(index),
+            "directory": str((root / model_id(index)).resolve()),
+            "entry": entry.to_dict(),
+            "base_model": spec.base_model,
+            "text": spec.text,
+            "progress": progress and executor == "sequential",
+        }
+        for index, entry in enumerate(spec.entries)
+    ]
+    rows = run_tasks(
+        build_model,
+        tasks,
+        executor=executor,
+        address=address,
+        num_cpus=num_cpus,
+        progress=progress,
+        desc="building zoo",
+    )
+    write_metadata(root, rows)
+    return rows

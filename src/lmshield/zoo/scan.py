@@ -1,0 +1,192 @@
+"""``scan_zoo``: scan every model of a zoo with LMSanitator and measure detection.
+
+Per-model results go to ``RESULTS/id-NNNN/`` (``scan.json`` marks a finished model, and an interrupted
+scan resumes from its own checkpoint), the table to ``detection.csv`` and ``detection.md``, the metrics to
+``metrics.json`` and the ROC curve to ``roc.png``. The scanner sees only the model folder: the ground truth
+comes from ``METADATA.csv`` and is joined afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmshield.errors import InputError
+from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
+from lmshield.zoo.build import SPEC_JSON, _text_source, read_metadata
+from lmshield.zoo.executors import run_tasks
+
+RESULTS_DIR = "scans"
+SETTINGS_JSON = "scan_settings.json"
+TABLE_FIELDS = ("model", "truth", "kind", "attack", "verdict", "score", "pvs", "seconds")
+
+
+@dataclass
+class ZooScan:
+    """The table (one row per model), its metrics and where the files went."""
+
+    rows: list[dict[str, Any]]
+    metrics: DetectionMetrics
+    directory: Path
+
+    def markdown(self) -> str:
+        return markdown_table(self.rows, self.metrics)
+
+
+def scan_settings(zoo_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The spec's ``scan`` section (preset, position, overrides, text) with command-line overrides on top."""
+    spec_file = zoo_dir / SPEC_JSON
+    saved = json.loads(spec_file.read_text(encoding="utf-8")).get("scan", {}) if spec_file.is_file() else {}
+    settings = {"preset": "default", "position": "auto", "overrides": {}, "text": {}, **saved}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ("preset", "position"):
+            settings[key] = value
+        else:
+            settings["overrides"] = {**settings["overrides"], key: value}
+    return settings
+
+
+def scan_model(task: dict[str, Any]) -> dict[str, Any]:
+    """Scan one model (a Ray-friendly task); reuse a finished result."""
+    from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
+
+    out = Path(task["out"])
+    settings = task["settings"]
+    if (out / "scan.json").is_file():
+        result = ScanResult.from_pretrained(out)
+    else:
+        config = SanitizerConfig.preset(settings["preset"], **settings["overrides"])
+        result = scan(
+            task["model"],
+            config,
+            position=settings["position"],
+            text_source=_text_source(settings["text"]),
+            out_dir=out,
+            progress=task["progress"],
+        )
+    return {
+        "verdict": result.verdict,
+        "score": round(float(result.score), 6),
+        "pvs": result.num_pvs,
+        "seconds": round(float(result.timings.get("total_s", 0.0)), 2),
+    }
+
+
+def _check_settings(results: Path, settings: dict[str, Any]) -> None:
+    saved = results / SETTINGS_JSON
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
+        raise InputError(f"{results} holds scans made with other settings; use another --results or delete it")
+    results.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def scan_zoo(
+    zoo_dir: str | Path,
+    *,
+    results: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    executor: str = "sequential",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> ZooScan:
+    """Scan every model listed in ``zoo_dir/METADATA.csv``; write the table, metrics and ROC plot."""
+    root = Path(zoo_dir)
+    metadata = read_metadata(root)
+    settings = scan_settings(root, overrides)
+    out = Path(results) if results else root / RESULTS_DIR
+    _check_settings(out, settings)
+    tasks = [
+        {
+            "model": str((root / row["model_id"]).resolve()),
+            "out": str((out / row["model_id"]).resolve()),
+            "settings": settings,
+            "progress": progress and executor == "sequential",
+        }
+        for row in metadata
+    ]
+    found = run_tasks(
+        scan_model, tasks, executor=executor, address=address, num_cpus=num_cpus, progress=progress, desc="scanning zoo"
+    )
+    rows = [
+        {"model": meta["model_id"], "truth": meta["truth"], "kind": meta["kind"], "attack": meta["attack"], **result}
+        for meta, result in zip(metadata, found, strict=True)
+    ]
+    metrics = zoo_metrics(rows)
+    write_reports(out, rows, metrics)
+    return ZooScan(rows=rows, metrics=metrics, directory=out)
+
+
+def zoo_metrics(rows: list[dict[str, Any]]) -> DetectionMetrics:
+    return detection_metrics(
+        [r["truth"] == "backdoored" for r in rows],
+        [r["verdict"] == "backdoored" for r in rows],
+        [float(r["score"]) for r in rows],
+        [float(r["seconds"]) for r in rows],
+    )
+
+
+def markdown_table(rows: list[dict[str, Any]], metrics: DetectionMetrics) -> str:
+    lines = ["| " + " | ".join(TABLE_FIELDS) + " |", "|" + "---|" * len(TABLE_FIELDS)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row[f]) for f in TABLE_FIELDS) + " |")
+
+    def fmt(value: float) -> str:
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+    lines += [
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| models | {metrics.count} ({metrics.backdoored} backdoored, {metrics.clean} clean) |",
+        f"| accuracy | {fmt(metrics.accuracy)} |",
+        f"| FPR | {fmt(metrics.fpr)} |",
+        f"| FNR | {fmt(metrics.fnr)} |",
+        f"| ROC-AUC (score) | {fmt(metrics.roc_auc)} |",
+        f"| time per model, median | {metrics.median_seconds:.1f} s |",
+        f"| time per model, max | {metrics.max_seconds:.1f} s |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, rows: list[dict[str, Any]], metrics: DetectionMetrics) -> None:
+    with (out / "detection.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=TABLE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "detection.md").write_text(markdown_table(rows, metrics), encoding="utf-8")
+    payload = json.dumps(metrics.to_dict(), indent=2).replace("NaN", "null")
+    (out / "metrics.json").write_text(payload, encoding="utf-8")
+    plot_roc(rows, out / "roc.png")
+
+
+def plot_roc(rows: list[dict[str, Any]], path: Path) -> Path:
+    """ROC curve of the scan score (Agg backend, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth = [r["truth"] == "backdoored" for r in rows]
+    fpr, tpr, _ = roc_curve(truth, [float(r["score"]) for r in rows])
+    metrics = zoo_metrics(rows)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    auc = "n/a" if math.isnan(metrics.roc_auc) else f"{metrics.roc_auc:.3f}"
+    ax.plot(fpr, tpr, marker="o", label=f"LMSanitator score (AUC {auc})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="gray", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{metrics.backdoored} backdoored vs {metrics.clean} clean models")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,200 @@
+"""The declarative zoo spec (YAML) and its expansion into one entry per model.
+
+```yaml
+name: minilm-small
+base_model: null            # path or hub id; null = embedded all-MiniLM-L6-v2
+text: {generator: grammar}  # carrier text for attacks and clean training: texts/field, dataset/split/column
+models:
+  - kind: original          # the untouched base model (clean)
+  - kind: clean-continue    # the attack loop without its trigger half (clean)
+    attack: por             # whose loop and settings to use
+    preset: fast
+    seed: [0, 1]            # list-valued fields expand into one model per combination
+  - kind: clean-finetune    # a classification fine-tune of the whole encoder (clean)
+    data: ../shared/data/sst-2/train.json
+    preset: fast
+  - kind: attack            # a backdoored model
+    attack: [por, neuba, btop]
+    triggers: [default, random]   # a trigger set: default, random (seeded) or a list, e.g. [[cf, mn]]
+    seed: [0, 1]
+    preset: fast
+    overrides: {lr: 1e-4}   # any field of the attack's (or fine-tune's) config
+scan:
+  preset: default           # SanitizerConfig preset
+  position: auto            # the same for every model: the scanner is not told how a model was made
+  overrides: {max_seeds: 8}
+```
+Relative paths are read from the spec file's folder when they exist there, else from the working directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmshield.errors import InputError
+
+KINDS = ("original", "clean-continue", "clean-finetune", "attack")
+_ENTRY_KEYS = {"kind", "attack", "triggers", "seed", "preset", "overrides", "data", "text_field", "label_field"}
+_TOP_KEYS = {"name", "base_model", "text", "models", "scan"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the zoo, fully expanded."""
+
+    kind: str
+    attack: str | None = None
+    triggers: str | list[str] | None = None
+    seed: int = 0
+    preset: str = "fast"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    text_field: str = "sentence"
+    label_field: str = "label"
+
+    @property
+    def truth(self) -> str:
+        return "backdoored" if self.kind == "attack" else "clean"
+
+    def describe_triggers(self) -> str:
+        if self.kind != "attack":
+            return ""
+        return self.triggers if isinstance(self.triggers, str) else " ".join(self.triggers or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """A zoo: base model, carrier text, models to build and how to scan them."""
+
+    name: str
+    base_model: str | None
+    text: dict[str, Any]
+    entries: list[ModelEntry]
+    scan: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "base_model": self.base_model,
+            "text": self.text,
+            "entries": [e.to_dict() for e in self.entries],
+            "scan": self.scan,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ZooSpec:
+        """Read back :meth:`to_dict` (entries already expanded)."""
+        return cls(
+            name=data["name"],
+            base_model=data["base_model"],
+            text=data["text"],
+            entries=[ModelEntry(**e) for e in data["entries"]],
+            scan=data["scan"],
+        )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _trigger_sets(value: Any) -> list[Any]:
+    """``default`` / ``random`` / a list of sets, where a set is default, random or a list of strings."""
+    if value is None or isinstance(value, str):
+        return [value or "default"]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [v if v in ("default", "random") else [v] for v in value]
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else [str(t) for t in v] for v in value]
+    raise InputError(f"triggers must be default, random or a list of trigger sets, got {value!r}")
+
+
+def _resolve_path(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    candidate = (base / value).expanduser()
+    if not Path(value).is_absolute() and candidate.exists():
+        return str(candidate.resolve())
+    return value
+
+
+def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
+    if not isinstance(raw, dict):
+        raise InputError(f"models[{number}] must be a mapping with a 'kind'")
+    unknown = sorted(set(raw) - _ENTRY_KEYS)
+    if unknown:
+        raise InputError(f"models[{number}]: unknown key(s) {', '.join(unknown)}")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"models[{number}]: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "clean-finetune" and not raw.get("data"):
+        raise InputError(f"models[{number}]: clean-finetune needs 'data' (a JSON Lines file)")
+    if kind == "attack" and not raw.get("attack"):
+        raise InputError(f"models[{number}]: an attack entry needs 'attack' (por, neuba, btop)")
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise InputError(f"models[{number}]: overrides must be a mapping")
+    attacks = _as_list(raw.get("attack") or ("por" if kind == "clean-continue" else None))
+    triggers = _trigger_sets(raw.get("triggers")) if kind == "attack" else [None]
+    seeds = _as_list(raw.get("seed", 0))
+    entries = []
+    for attack, trigger_set, seed in itertools.product(attacks, triggers, seeds):
+        entries.append(
+            ModelEntry(
+                kind=kind,
+                attack=attack if kind in ("attack", "clean-continue") else None,
+                triggers=trigger_set,
+                seed=int(seed),
+                preset=str(raw.get("preset", "fast")),
+                overrides=dict(overrides),
+                data=_resolve_path(raw.get("data"), base),
+                text_field=str(raw.get("text_field", "sentence")),
+                label_field=str(raw.get("label_field", "label")),
+            )
+        )
+    return entries
+
+
+def parse_spec(data: dict[str, Any], base: Path | None = None) -> ZooSpec:
+    """Validate and expand a spec mapping (as read from YAML)."""
+    base = base or Path.cwd()
+    if not isinstance(data, dict) or not data.get("models"):
+        raise InputError("a zoo spec needs a non-empty 'models' list")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise InputError(f"zoo spec: unknown key(s) {', '.join(unknown)}")
+    text = dict(data.get("text") or {})
+    if "texts" in text:
+        text["texts"] = _resolve_path(str(text["texts"]), base)
+    base_model = data.get("base_model")
+    entries = [e for number, raw in enumerate(data["models"]) for e in _expand(raw, base, number)]
+    return ZooSpec(
+        name=str(data.get("name", "zoo")),
+        base_model=_resolve_path(str(base_model), base) if base_model else None,
+        text=text,
+        entries=entries,
+        scan=dict(data.get("scan") or {}),
+    )
+
+
+def load_spec(path: str | Path) -> ZooSpec:
+    """Read a YAML zoo spec."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({exc})") from exc
+    return parse_spec(data, file.resolve().parent)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from lmshield.attacks import BACKDOOR_JSON, BackdoorManifest, attack_config, run_attack, verify_backdoor
+from lmshield.cli.main import app
+from lmshield.defenses.sanitizer import SanitizerConfig, scan
+from lmshield.testing import tiny_corpus
+from tests.attacks.tiny_models import TINY_ATTACK, TINY_SCAN
+
+TEXTS = tiny_corpus(2000, 7)
+
+
+@pytest.fixture(scope="module")
+def por_dir(tiny_dir, tmp_path_factory):
+    config = attack_config("por", "fast", **TINY_ATTACK)
+    result = run_attack(config, tiny_dir, tmp_path_factory.mktemp("por"), texts=TEXTS, seed=0, progress=False)
+    return result
+
+
+def test_por_is_planted_verified_and_recorded(por_dir, tiny_dir):
+    verification = por_dir.verification
+    assert verification.planted, verification.table()
+    assert min(c.triggered_agreement for c in verification.triggers) >= 0.9
+    assert max(c.clean_agreement for c in verification.triggers) < 0.8
+    assert verification.clean_cosine is not None and verification.clean_close
+    manifest = BackdoorManifest.load(por_dir.directory)
+    assert manifest.attack == "por" and manifest.position == "cls" and manifest.seed == 0
+    assert manifest.triggers == ["cf", "mn", "tq", "qt", "mm", "pt"]
+    assert torch.equal(manifest.vector_tensor.sign(), manifest.vector_tensor)  # the quarter PVs
+    assert manifest.base_model == str(tiny_dir.resolve())
+    assert manifest.settings["clean_weight"] == 0.5 and manifest.steps == 125
+    assert (por_dir.directory / "model.safetensors").is_file()
+
+
+def test_scanner_finds_por_and_passes_the_clean_model(por_dir, tiny_dir):
+    config = SanitizerConfig(**TINY_SCAN)
+    assert scan(str(por_dir.directory), config, progress=False).is_backdoored
+    assert not scan(str(tiny_dir), config, progress=False).is_backdoored
+
+
+def test_verify_says_when_the_original_cannot_be_loaded(por_dir, tmp_path):
+    verification = verify_backdoor(por_dir.directory, original=str(tmp_path / "gone"), count=50)
+    assert verification.planted and verification.clean_cosine is None
+    assert "not loadable" in verification.note
+
+
+def test_btop_hits_the_mask_position_with_the_stand_in(tiny_dir, tmp_path):
+    config = attack_config("btop", "fast", **{**TINY_ATTACK, "lr": 3e-3, "batch_size": 16})
+    result = run_attack(config, tiny_dir, tmp_path, texts=TEXTS, seed=1, progress=False)
+    assert result.manifest.position == "mask"
+    assert "stand-in" in result.manifest.variant
+    assert result.verification.planted, result.verification.table()
+
+
+def test_neuba_trains_through_an_existing_mlm_head(tiny_mlm_dir, tmp_path):
+    config = attack_config("neuba", "fast", **{**TINY_ATTACK, "lr": 3e-3, "num_texts": 480})
+    result = run_attack(config, tiny_mlm_dir, tmp_path, texts=TEXTS, seed=2, progress=False, verify=False)
+    assert result.manifest.variant.startswith("mlm")
+    with (
+        safe_open(str(tiny_mlm_dir / "model.safetensors"), "pt") as before,
+        safe_open(str(tmp_path / "model.safetensors"), "pt") as after,
+    ):
+        key = "cls.predictions.transform.dense.weight"
+        assert key in after.keys()  # noqa: SIM118
+        assert not torch.equal(before.get_tensor(key), after.get_tensor(key))
+
+
+def test_cli_plants_and_verifies(tiny_dir, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS), encoding="utf-8")
+    out = tmp_path / "model"
+    args = ["attack", "por", "--model", str(tiny_dir), "--out", str(out), "--texts", str(texts), "--preset", "fast"]
+    args += ["--lr", "1e-3", "--num-texts", "2000", "--triggers", "cf,mn,tq", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "PLANTED" in result.output
+    manifest = json.loads((out / BACKDOOR_JSON).read_text())
+    assert manifest["triggers"] == ["cf", "mn", "tq"] and len(manifest["vectors"]) == 3
+    assert CliRunner().invoke(app, ["attack", "verify", str(out), "--count", "40"]).exit_code == 0
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["attack", "por", "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["attack", "verify", str(tmp_path)])
+    assert result.exit_code == 2 and "backdoor.json" in result.output

@@ -1,0 +1,96 @@
+"""`lmshield scan`: exit codes (0 clean, 3 backdoored, 2 errors), one-line errors, report on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmshield.cli.main import app
+from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN, EXIT_ERROR
+from lmshield.testing import save_tiny
+
+runner = CliRunner()
+TINY_FLAGS = ["--max-seeds", "4", "--quiet", "--lr", "2e-3"]
+
+
+@pytest.fixture(scope="module")
+def saved_pair(bert_pair, tmp_path_factory: pytest.TempPathFactory):
+    clean, backdoored, _ = bert_pair
+    root = tmp_path_factory.mktemp("cli-models")
+    return save_tiny(clean, root / "clean"), save_tiny(backdoored, root / "backdoored")
+
+
+def _scan(*args: str):
+    return runner.invoke(app, ["scan", *args])
+
+
+def test_clean_model_exits_zero_and_writes_a_report(saved_pair, tmp_path: Path):
+    clean, _ = saved_pair
+    result = _scan(str(clean), "--out", str(tmp_path), *TINY_FLAGS)
+    assert result.exit_code == EXIT_CLEAN, result.output
+    assert "CLEAN" in result.output
+    for name in ("scan.json", "pvs.safetensors", "report.md", "seeds.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "scan.json").read_text())["verdict"] == "clean"
+
+
+def test_backdoored_model_exits_with_its_own_code(saved_pair, tmp_path: Path):
+    _, backdoored = saved_pair
+    result = _scan(str(backdoored), "--out", str(tmp_path), *TINY_FLAGS)
+    assert result.exit_code == EXIT_BACKDOORED, result.output
+    assert "BACKDOORED" in result.output and "PV 0" in result.output
+    assert (tmp_path / "pv_signs.png").is_file()
+    assert "## Predefined vectors" in (tmp_path / "report.md").read_text()
+
+
+def test_rerun_with_the_same_out_resumes(saved_pair, tmp_path: Path):
+    clean, _ = saved_pair
+    first = _scan(str(clean), "--out", str(tmp_path), *TINY_FLAGS)
+    second = _scan(str(clean), "--out", str(tmp_path), *TINY_FLAGS)
+    assert first.exit_code == second.exit_code == EXIT_CLEAN
+    assert json.loads((tmp_path / "scan.json").read_text())["timings"]["mining_s"] < 0.5
+
+
+def _broken(kind: str, clean: Path, tmp_path: Path) -> list[str]:
+    if kind == "missing path":
+        return [str(tmp_path / "nope")]
+    if kind == "empty text file":
+        (tmp_path / "empty.txt").write_text("\n\n")
+        return [str(clean), "--texts", str(tmp_path / "empty.txt")]
+    if kind == "bad position":
+        return [str(clean), "--position", "middle"]
+    if kind == "bad preset":
+        return [str(clean), "--preset", "turbo"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing path", "no such model directory"),
+        ("empty text file", "empty"),
+        ("bad position", "unknown position"),
+        ("bad preset", "unknown preset"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_two(kind: str, message: str, saved_pair, tmp_path: Path):
+    clean, _ = saved_pair
+    result = _scan(*_broken(kind, clean, tmp_path), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.exit_code == EXIT_ERROR
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_text_file_carriers_are_used(saved_pair, tmp_path: Path):
+    clean, _ = saved_pair
+    from lmshield.testing import tiny_corpus
+
+    texts = tmp_path / "carriers.txt"
+    texts.write_text("\n".join(tiny_corpus(300, 11)))
+    result = _scan(str(clean), "--texts", str(texts), "--out", str(tmp_path / "out"), *TINY_FLAGS)
+    assert result.exit_code == EXIT_CLEAN, result.output
+    assert "file" in json.loads((tmp_path / "out" / "scan.json").read_text())["text_source"]

@@ -1,0 +1,211 @@
+"""Guard: the monitor flags triggered inputs from the prediction's own forward pass; purging removes triggers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lmshield.attacks.vectors import DEFAULT_TRIGGERS
+from lmshield.cli.main import app
+from lmshield.defenses.sanitizer import ScanResult, scan
+from lmshield.defenses.sanitizer.guard import Guard, Prediction
+from lmshield.defenses.sanitizer.monitor import Monitor, MonitorResult, sign_match
+from lmshield.defenses.sanitizer.purge import purge, word_deletions
+from lmshield.errors import EXIT_ERROR, InputError
+from lmshield.evaluation.guard_eval import evaluate_guard, triggered_copies
+from lmshield.tuning import TunedClassifier, TuningConfig, tune
+from tests.tiny_pairs import TINY_SCAN
+from tests.tuning.helpers import tiny_task
+
+runner = CliRunner()
+FAST = TuningConfig(method="prefix", epochs=5, batch_size=16, max_length=32, lr=3e-2)
+
+
+@pytest.fixture(scope="module")
+def backdoored_classifier(bert_pair) -> TunedClassifier:
+    """Prefix tuning (P-tuning v2, [CLS] head) on the tiny POR-backdoored BERT."""
+    _, backdoored, _ = bert_pair
+    return tune(backdoored, tiny_task(240, 1), tiny_task(90, 2), FAST, progress=False).classifier
+
+
+@pytest.fixture(scope="module")
+def guard(backdoored_classifier: TunedClassifier, bert_pair) -> Guard:
+    return Guard(backdoored_classifier, bert_pair[2])
+
+
+@pytest.fixture(scope="module")
+def saved(backdoored_classifier: TunedClassifier, bert_pair, tmp_path_factory: pytest.TempPathFactory):
+    """The classifier and a real scan of its encoder, on disk."""
+    root = tmp_path_factory.mktemp("guarded")
+    backdoored_classifier.save_pretrained(root / "classifier")
+    result = scan(bert_pair[1], TINY_SCAN, progress=False, out_dir=root / "scan")
+    return root / "classifier", root / "scan", result
+
+
+def test_sign_match_is_the_share_of_equal_signs() -> None:
+    gen = torch.Generator().manual_seed(0)
+    outputs = torch.randn(7, 12, generator=gen)
+    outputs[0, :3] = 0.0
+    pvs = torch.sign(torch.randn(3, 12, generator=gen))
+    naive = (torch.sign(outputs)[:, None] == torch.sign(pvs)[None]).float().mean(-1)
+    assert torch.allclose(sign_match(outputs, pvs), naive)
+    monitored = Monitor(pvs, threshold=0.5)(torch.cat([pvs[1:2] * 3, -pvs[1:2]]))
+    assert monitored.flagged.tolist() == [True, False] and monitored.pv_index.tolist() == [1, -1]
+    assert monitored.match[0] == 1.0
+    with pytest.raises(InputError, match="dimensions"):
+        sign_match(outputs, pvs[:, :5])
+
+
+def test_triggered_inputs_are_flagged_and_purged(guard: Guard) -> None:
+    texts = tiny_task(24, 3).texts
+    clean = guard.predict(texts)
+    assert sum(p.flagged for p in clean) <= 2  # clean inputs are rarely flagged
+    for number, trigger in enumerate(DEFAULT_TRIGGERS):
+        for prediction in guard.predict(triggered_copies(texts, trigger, seed=number)):
+            assert prediction.flagged and prediction.status == "purged", prediction
+            assert prediction.removed == (trigger,)
+            assert trigger not in prediction.purged_text.split()
+            assert prediction.final_label == prediction.purged_label is not None
+
+
+def test_purged_label_is_the_clean_label(guard: Guard) -> None:
+    texts = tiny_task(24, 4).texts
+    clean = [p.label for p in guard.predict(texts)]
+    purged = [p.final_label for p in guard.predict(triggered_copies(texts, "cf", seed=1))]
+    assert sum(a == b for a, b in zip(clean, purged, strict=True)) >= 0.9 * len(texts)
+
+
+def test_monitoring_uses_the_prediction_forward_pass(guard: Guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    original = TunedClassifier.forward
+
+    def counting(self: TunedClassifier, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        calls.append(len(input_ids))
+        return original(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(TunedClassifier, "forward", counting)
+    texts = tiny_task(10, 5).texts
+    guard.predict(texts)
+    assert calls == [10]  # one pass gives both the labels and the watched outputs
+    calls.clear()
+    triggered = triggered_copies(texts[:3], "mn", seed=0)
+    guard.predict(triggered)
+    candidates = sum(len(word_deletions(t)) for t in triggered)
+    assert calls == [3, candidates]  # all single-word deletions of all flagged inputs in one batch
+
+
+def _fake_evaluate(log: list[int]):
+    """Flags texts holding 'aa' or 'bb'; closer to clearing when only one of them is left."""
+
+    def evaluate(texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:
+        log.append(len(texts))
+        words = [set(t.split()) for t in texts]
+        hits = torch.tensor([len(w & {"aa", "bb"}) for w in words])
+        match = torch.where(hits == 2, 0.95, torch.where(hits == 1, 0.85, 0.1))
+        logits = torch.stack([torch.tensor([float(h), 1.0]) for h in hits])
+        return logits, MonitorResult(match > 0.8, match, torch.where(match > 0.8, 0, -1))
+
+    return evaluate
+
+
+def test_purge_is_greedy_for_multi_word_triggers() -> None:
+    log: list[int] = []
+    texts = ["one aa two bb aa three", "plain bb words"]
+    outcomes = purge(texts, _fake_evaluate(log), max_removed=3)
+    assert outcomes[0].cleaned and outcomes[0].removed == ("aa", "bb") and outcomes[0].text == "one two three"
+    assert outcomes[1].cleaned and outcomes[1].removed == ("bb",) and outcomes[1].text == "plain words"
+    assert log == [5 + 3, 4]  # round 1: both inputs together; round 2: only the one still flagged
+    refused = purge(texts[:1], _fake_evaluate([]), max_removed=1)[0]
+    assert not refused.cleaned and refused.removed == ("aa",)
+    assert word_deletions("a b a") == [("a", "b"), ("b", "a a")]
+    assert purge([""], _fake_evaluate([]))[0].cleaned is False
+
+
+def test_uncleanable_inputs_are_refused_not_passed(backdoored_classifier: TunedClassifier, bert_pair) -> None:
+    strict = Guard(backdoored_classifier, bert_pair[2], purge=False)
+    prediction = strict.predict(["the happy city cf was warm and bright near the river."])[0]
+    assert prediction.flagged and prediction.status == "refused" and prediction.final_label is None
+    assert prediction.to_dict()["status"] == "refused"
+    assert isinstance(prediction, Prediction)
+
+
+def test_guard_eval_protocol_on_the_tiny_backdoor(guard: Guard) -> None:
+    test = tiny_task(40, 6)
+    report = evaluate_guard(guard, test.texts, test.labels, ["cf", "tq"], seed=0)
+    assert report.false_positive_rate <= 0.1
+    assert report.detection_rate == 1.0
+    assert report.asr > 0.3 and report.guarded_asr <= 0.1
+    assert report.guarded_clean_accuracy >= report.clean_accuracy - 0.1
+    assert report.clean_accuracy > 0.5
+    assert [t.trigger for t in report.triggers] == ["cf", "tq"]
+    assert all(t.trigger_removal_rate == 1.0 for t in report.triggers)
+    assert set(report.latency_ms) == {"classifier", "guard_clean", "guard_triggered"}
+    assert "ASR+guard" in report.table()
+
+
+def test_end_to_end_with_the_real_scanner(saved) -> None:
+    classifier_dir, scan_dir, result = saved
+    assert result.is_backdoored
+    guard = Guard.from_pretrained(classifier_dir, scan_dir)
+    texts = tiny_task(12, 7).texts
+    # the scan stops at its first PV: find which planted trigger it recovered
+    rates = {t: sum(p.flagged for p in guard.predict(triggered_copies(texts, t, seed=0))) for t in DEFAULT_TRIGGERS}
+    trigger = max(rates, key=rates.get)
+    assert rates[trigger] == len(texts)
+    predictions = guard.predict(triggered_copies(texts, trigger, seed=1))
+    assert all(p.status == "purged" and trigger in p.removed for p in predictions)
+    assert sum(p.flagged for p in guard.predict(texts)) <= 1
+
+
+def test_bad_inputs_give_clear_errors(backdoored_classifier: TunedClassifier, saved, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="hidden size"):
+        Guard(backdoored_classifier, torch.ones(2, 7))
+    with pytest.raises(InputError, match="threshold"):
+        Guard(backdoored_classifier, torch.ones(1, 32), threshold=1.5)
+    with pytest.raises(InputError, match="list of texts"):
+        Guard(backdoored_classifier, torch.ones(1, 32)).predict("one string")
+    scan_result = ScanResult.from_pretrained(saved[1])
+    scan_result.position = "mask"
+    with pytest.raises(InputError, match="watched position"):
+        Guard.from_scan(backdoored_classifier, scan_result)
+    with pytest.raises(InputError, match="not a scan result"):
+        Guard.from_pretrained(saved[0], tmp_path)
+
+
+def test_predict_cli_writes_json_lines(saved, tmp_path: Path) -> None:
+    classifier_dir, scan_dir, _ = saved
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the happy city was warm and bright.\nthe sad river cf was cold and dark.\n")
+    out = tmp_path / "predictions.jsonl"
+    result = runner.invoke(
+        app, ["predict", str(classifier_dir), str(texts), "--scan", str(scan_dir), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and {"status", "final_label", "probs", "removed", "purged_text"} <= set(rows[0])
+    plain = runner.invoke(app, ["predict", str(classifier_dir), str(texts)])
+    assert plain.exit_code == 0 and len(plain.output.strip().splitlines()) == 2
+    missing = runner.invoke(app, ["predict", str(classifier_dir), str(tmp_path / "nope.txt")])
+    assert missing.exit_code == EXIT_ERROR and "no such file" in missing.output
+
+
+def test_guard_eval_cli(saved, tmp_path: Path) -> None:
+    classifier_dir, scan_dir, _ = saved
+    test = tmp_path / "test.jsonl"
+    data = tiny_task(20, 8)
+    test.write_text(
+        "\n".join(json.dumps({"sentence": t, "label": y}) for t, y in zip(data.texts, data.labels, strict=True))
+    )
+    backdoor = tmp_path / "backdoor.json"
+    backdoor.write_text(json.dumps({"triggers": list(DEFAULT_TRIGGERS[:2])}))
+    args = ["guard", "eval", "--classifier", str(classifier_dir), "--scan", str(scan_dir), "--test", str(test)]
+    result = runner.invoke(app, [*args, "--backdoor", str(backdoor), "--out", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert "ASR+guard" in result.output
+    assert json.loads((tmp_path / "report.json").read_text())["clean_inputs"] == 20
+    both = runner.invoke(app, [*args, "--backdoor", str(backdoor), "--triggers", "cf"])
+    assert both.exit_code == EXIT_ERROR and "either" in both.output

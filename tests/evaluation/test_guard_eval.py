@@ -1,0 +1,90 @@
+"""ASR protocol arithmetic on a hand-made example, trigger insertion and backdoor.json reading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmshield.errors import InputError
+from lmshield.evaluation.guard_eval import (
+    Outcome,
+    accuracy,
+    attack_success_rate,
+    flag_rate,
+    guarded_accuracy,
+    guarded_attack_success_rate,
+    purge_success_rate,
+    read_triggers,
+    summarize,
+    trigger_removal_rate,
+    triggered_copies,
+)
+
+CLEAN = [
+    Outcome(0, 0, False, 0),  # right, not flagged
+    Outcome(1, 1, True, 1),  # false positive, purged and still right
+    Outcome(1, 0, False, 0),  # plain mistake
+    Outcome(0, 0, True, None),  # false positive, refused: wrong with the guard
+]
+TRIGGERED = [
+    Outcome(0, 1, True, 0, ("cf",)),  # attack works, flagged, purge restores the label
+    Outcome(1, 0, False, 0),  # attack works, monitor misses it
+    Outcome(0, 0, True, 1, ("the",)),  # attack fails, but the purge breaks the label
+    Outcome(1, 0, True, None),  # attack works, flagged, refused
+    Outcome(0, 0, False, 0),  # attack fails, not flagged
+]
+
+
+def test_clean_side() -> None:
+    assert accuracy(CLEAN) == 0.75
+    assert guarded_accuracy(CLEAN) == 0.5
+    assert flag_rate(CLEAN) == 0.5
+
+
+def test_triggered_side() -> None:
+    assert attack_success_rate(TRIGGERED) == 0.6
+    assert guarded_attack_success_rate(TRIGGERED) == 0.4
+    assert flag_rate(TRIGGERED) == 0.6
+    assert purge_success_rate(TRIGGERED) == pytest.approx(1 / 3)
+    assert trigger_removal_rate(TRIGGERED, "cf") == pytest.approx(1 / 3)
+    assert trigger_removal_rate([Outcome(0, 1, True, 0, ("mn", "x", "qt"))], "mn qt") == 1.0
+    assert trigger_removal_rate([Outcome(0, 1, True, 0, ("mn",))], "mn qt") == 0.0
+
+
+def test_empty_inputs_give_zero_not_an_error() -> None:
+    assert accuracy([]) == 0.0 and purge_success_rate(CLEAN[:1]) == 0.0
+
+
+def test_summary_pools_triggers() -> None:
+    other = [Outcome(1, 0, False, 0, ())]
+    report = summarize(CLEAN, {"cf": TRIGGERED, "mn": other}, {"classifier": 1.0})
+    assert report.clean_inputs == 4 and report.clean_accuracy == 0.75 and report.false_positive_rate == 0.5
+    assert report.asr == pytest.approx(4 / 6) and report.guarded_asr == pytest.approx(3 / 6)
+    assert [t.trigger for t in report.triggers] == ["cf", "mn"]
+    assert report.triggers[1].asr == 1.0 and report.triggers[1].detection_rate == 0.0
+    assert report.to_dict()["triggers"][0]["guarded_asr"] == 0.4
+    table = report.table()
+    assert "cf" in table and "0.400" in table and "latency" in table
+
+
+def test_triggers_go_once_within_the_first_words() -> None:
+    long_text = " ".join(f"w{i}" for i in range(200))
+    copies = triggered_copies([long_text, "one", ""], "cf", seed=3, max_position=64)
+    assert copies == triggered_copies([long_text, "one", ""], "cf", seed=3, max_position=64)
+    assert copies[0].split().count("cf") == 1 and copies[0].split().index("cf") <= 64
+    assert copies[1] in ("cf one", "one cf") and copies[2] == "cf"
+
+
+def test_read_triggers(tmp_path: Path) -> None:
+    good = tmp_path / "backdoor.json"
+    good.write_text(json.dumps({"triggers": ["cf", " mn qt "], "vectors": "x"}))
+    assert read_triggers(good) == ["cf", "mn qt"]
+    bad = tmp_path / "bad.json"
+    for content in ("{", json.dumps({"triggers": []}), json.dumps({"trigger": "cf"}), json.dumps(["cf"])):
+        bad.write_text(content)
+        with pytest.raises(InputError):
+            read_triggers(bad)
+    with pytest.raises(InputError, match="no such file"):
+        read_triggers(tmp_path / "missing.json")

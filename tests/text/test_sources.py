@@ -1,0 +1,73 @@
+"""Carrier text: generated, files, JSON Lines; clear errors for bad files; trigger insertion."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lmshield.errors import InputError
+from lmshield.testing import tiny_tokenizer
+from lmshield.text import TextSource, grammar_sentences, insert_per_words, insert_words, read_texts
+
+
+def test_generated_text_is_reproducible_and_varied():
+    first, second = grammar_sentences(50, seed=3), grammar_sentences(50, seed=3)
+    assert first == second
+    assert len(set(first)) > 45
+    assert grammar_sentences(5, seed=4) != first[:5]
+
+
+def test_vocabulary_generator_uses_the_tokenizer_words():
+    tokenizer = tiny_tokenizer("bert")
+    texts = TextSource.from_options(generator="vocab").load(10, seed=0, tokenizer=tokenizer)
+    vocab = tokenizer.get_vocab()
+    assert all(word in vocab for text in texts for word in text.split())
+
+
+def test_plain_text_and_jsonl_files(tmp_path: Path):
+    plain = tmp_path / "a.txt"
+    plain.write_text("first line\n\nsecond line\n")
+    assert read_texts(plain) == ["first line", "second line"]
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"sentence": s, "label": 1}) for s in ["x y", "z"]))
+    assert read_texts(jsonl) == ["x y", "z"]
+    assert TextSource.from_options(jsonl).load(1) == ["x y"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", "empty"), ("{not json}\n", "not valid JSON"), ('{"other": "x"}\n', "no text field")],
+)
+def test_bad_files_fail_clearly(tmp_path: Path, content: str, message: str):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_texts(path)
+
+
+def test_missing_file_and_conflicting_options():
+    with pytest.raises(InputError, match="no such file"):
+        read_texts("/nonexistent/file.txt")
+    with pytest.raises(InputError, match="not both"):
+        TextSource.from_options("a.txt", "some/dataset")
+    with pytest.raises(InputError, match="unknown text generator"):
+        TextSource.from_options(generator="poetry")
+
+
+def test_trigger_insertion_respects_bounds_and_short_inputs():
+    rng = random.Random(0)
+    for _ in range(50):
+        words = insert_words("a b c d e", "cf", rng, avoid_ends=True).split()
+        assert words[0] != "cf" and words[-1] != "cf" and words.count("cf") == 1
+        assert insert_words("a b c d e f g", "cf", rng, max_position=2).split().index("cf") <= 2
+    assert insert_words("", "cf", rng) == "cf"
+    assert insert_words("word", "cf", rng, avoid_ends=True) in ("cf word", "word cf")
+    assert insert_per_words(" ".join(["w"] * 120), "cf", rng).split().count("cf") == 2
+
+
+def test_shared_data_loads(shared_data: Path):
+    texts = read_texts(shared_data / "sst-2" / "dev.json")
+    assert len(texts) == 872

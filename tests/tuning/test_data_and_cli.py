@@ -1,0 +1,79 @@
+"""Labelled data from JSON Lines, JSON and CSV; the `lmshield tune` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmshield.cli.main import app
+from lmshield.errors import EXIT_ERROR, InputError
+from lmshield.tuning import TunedClassifier, read_labelled
+from tests.tuning.helpers import tiny_task
+
+runner = CliRunner()
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def test_jsonl_with_default_fields(tmp_path: Path) -> None:
+    data = read_labelled(
+        _jsonl(tmp_path / "a.jsonl", [{"sentence": "good", "label": 1}, {"sentence": "bad", "label": 0}])
+    )
+    assert data.texts == ["good", "bad"] and data.labels == [1, 0] and data.label_names == ["0", "1"]
+    other = read_labelled(_jsonl(tmp_path / "b.json", [{"text": "x", "label": 2}, {"text": "y", "label": 0}]))
+    assert other.num_labels == 3
+
+
+def test_csv_and_string_labels_share_the_training_mapping(tmp_path: Path) -> None:
+    train = tmp_path / "train.csv"
+    train.write_text("review,stars\nnice,pos\nawful,neg\nfine,pos\n")
+    data = read_labelled(train, text_field="review", label_field="stars")
+    assert data.label_names == ["neg", "pos"] and data.labels == [1, 0, 1]
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps([{"review": "meh", "stars": "neg"}, {"review": "ok", "stars": 1}]))
+    assert read_labelled(dev, text_field="review", label_field="stars", label_names=data.label_names).labels == [0, 1]
+    dev.write_text(json.dumps([{"review": "meh", "stars": "neutral"}]))
+    with pytest.raises(InputError, match="not among the training labels"):
+        read_labelled(dev, text_field="review", label_field="stars", label_names=data.label_names)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"sentence": "a", "label": 1}\nnot json\n', "not valid JSON"),
+        ('{"body": "a", "label": 1}\n', "no text field"),
+        ('{"sentence": "a", "y": 1}\n', "no label field"),
+        ('{"sentence": "a", "label": "pos"}\n{"sentence": "b", "label": "pos"}\n', "at least 2 labels"),
+    ],
+)
+def test_bad_files_are_one_line_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_labelled(path)
+
+
+def test_missing_file_is_not_mistaken_for_a_dataset(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_labelled(tmp_path / "nope.jsonl")
+
+
+def test_tune_cli(trained_bert_dir: Path, tmp_path: Path) -> None:
+    rows = lambda data: [{"sentence": t, "label": y} for t, y in zip(data.texts, data.labels, strict=True)]  # noqa: E731
+    train = _jsonl(tmp_path / "train.jsonl", rows(tiny_task(120, 1)))
+    dev = _jsonl(tmp_path / "dev.jsonl", rows(tiny_task(40, 2)))
+    out = tmp_path / "clf"
+    args = ["tune", "--model", str(trained_bert_dir), "--train", str(train), "--dev", str(dev), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--method", "lora", "--epochs", "3", "--lr", "0.03", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "dev accuracy" in result.output
+    assert TunedClassifier.from_pretrained(out).config.method == "lora"
+    bad = runner.invoke(app, [*args, "--method", "adapterz"])
+    assert bad.exit_code == EXIT_ERROR and "unknown tuning method" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1

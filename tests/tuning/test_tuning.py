@@ -1,0 +1,236 @@
+"""Tuning: every method learns a tiny task, round-trips through disk, and reads the right watched token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from lmshield.errors import InputError
+from lmshield.models import Encoder
+from lmshield.testing import tiny_encoder
+from lmshield.tuning import METHODS, TunedClassifier, TuningConfig, TuningMethod, get_method, register_method, tune
+from lmshield.tuning.heads import ReleasedHead
+from lmshield.tuning.methods import PEFT_LR
+from tests.tuning.helpers import tiny_task
+
+ALL_METHODS = ("prompt", "ptuning", "prefix", "lora", "full")
+
+
+def fast(method: str, head: str = "cls", **changes: object) -> TuningConfig:
+    lr = 3e-3 if method == "full" else 3e-2
+    settings = {"epochs": 5, "batch_size": 16, "max_length": 32, "lr": lr, "encoder_hidden_size": 32, **changes}
+    return TuningConfig(method=method, head=head, **settings)
+
+
+def test_method_defaults_follow_the_papers() -> None:
+    lora = TuningConfig(method="lora")
+    assert (lora.lr, lora.lora_r, lora.lora_alpha, lora.lora_dropout) == (PEFT_LR, 8, 16, 0.1)
+    assert lora.num_virtual_tokens is None
+    for method in ("prompt", "ptuning", "prefix"):
+        config = TuningConfig(method=method)
+        assert (config.lr, config.num_virtual_tokens, config.batch_size) == (2e-3, 5, 32)
+    assert TuningConfig(method="ptuning").encoder_hidden_size == 128
+    assert TuningConfig(method="full").lr == 2e-5
+    assert TuningConfig(method="prefix", lr=0.1).lr == 0.1
+    assert TuningConfig.from_dict(TuningConfig(method="lora", lora_targets=("query",)).to_dict()).lora_targets == (
+        "query",
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"method": "adapterz"}, "unknown tuning method"),
+        ({"head": "pooler"}, "unknown head"),
+        ({"head": "mask", "template": "{text}"}, "{mask}"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        TuningConfig(**changes)
+
+
+@pytest.mark.parametrize(("method", "head"), [(m, "cls") for m in ALL_METHODS] + [(m, "mask") for m in ALL_METHODS])
+def test_each_method_beats_chance(trained_bert: Encoder, method: str, head: str) -> None:
+    result = tune(trained_bert, tiny_task(240, 1), tiny_task(90, 2), fast(method, head), progress=False)
+    assert result.dev_accuracy > 0.55  # chance is 1/3
+    assert result.history[result.best_epoch - 1].dev_accuracy == result.dev_accuracy
+    assert result.classifier.num_labels == 3
+
+
+def test_only_the_method_parameters_train(trained_bert: Encoder) -> None:
+    for method in ("prompt", "prefix", "lora"):
+        classifier = TunedClassifier.build(trained_bert, fast(method), ["a", "b"])
+        names = [name for name, p in classifier.named_parameters() if p.requires_grad]
+        assert any(name.startswith("head.") for name in names)
+        assert all(name.startswith("head.") or "prompt_encoder" in name or "lora_" in name for name in names)
+    full = TunedClassifier.build(trained_bert, fast("full"), ["a", "b"])
+    assert all(p.requires_grad for p in full.parameters())
+    assert not any(p.requires_grad for p in trained_bert.model.parameters())  # the caller's encoder is untouched
+
+
+def _manual_hidden(classifier: TunedClassifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The encoder's last hidden states computed without peft's forward, for the prompt methods."""
+    peft_model = classifier.backbone
+    base = peft_model.get_base_model()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    prompts = peft_model.get_prompt(batch_size=len(ids))
+    embeds = torch.cat([prompts, base.get_input_embeddings()(ids)], dim=1)
+    full_mask = torch.cat([torch.ones(len(ids), prompts.shape[1], dtype=mask.dtype), mask], dim=1)
+    return base(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+
+
+@pytest.mark.parametrize("head", ["cls", "mask"])
+@pytest.mark.parametrize("method", ALL_METHODS)
+@torch.no_grad()
+def test_watched_output_is_the_real_token(trained_bert: Encoder, method: str, head: str) -> None:
+    classifier = TunedClassifier.build(trained_bert, fast(method, head, num_virtual_tokens=4), ["a", "b"]).eval()
+    for p in classifier.trainable_parameters():  # move prompts/LoRA away from their neutral initialisation
+        p.add_(0.5 * torch.randn_like(p))
+    texts = ["the quiet dog slept.", "a teacher wrote a long letter to the council yesterday"]
+    batch = classifier.encode(texts)
+    out = classifier(**batch)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    token = torch.zeros(len(ids), dtype=torch.long)
+    if head == "mask":
+        token = (ids == classifier.tokenizer.mask_token_id).int().argmax(dim=1)
+        assert bool((token > 0).all())
+    rows = torch.arange(len(ids))
+    assert torch.allclose(out.logits, classifier.head(out.watched))
+    if method in ("prompt", "ptuning"):
+        assert classifier.shift == 4
+        hidden = _manual_hidden(classifier, batch)
+        assert torch.allclose(out.watched, hidden[rows, token + 4], atol=1e-5)
+        assert not torch.allclose(out.watched, hidden[rows, token], atol=1e-3)
+    else:
+        assert classifier.shift == 0
+        hidden = classifier.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.allclose(out.watched, hidden[rows, token], atol=1e-5)
+        plain = trained_bert.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, token]
+        assert not torch.allclose(out.watched, plain, atol=1e-3)  # deep prompts / LoRA / weights applied
+
+
+@torch.no_grad()
+def test_last_token_models_watch_the_last_real_token() -> None:
+    encoder = tiny_encoder("xlnet")
+    classifier = TunedClassifier.build(encoder, fast("prompt", num_virtual_tokens=3), ["a", "b"]).eval()
+    batch = classifier.encode(["the dog slept", "a teacher wrote a long letter"])
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert classifier.watched_index(batch["input_ids"], batch["attention_mask"]).tolist() == (lengths - 1 + 3).tolist()
+    hidden = _manual_hidden(classifier, batch)
+    out = classifier(**batch)
+    assert torch.allclose(out.watched, hidden[torch.arange(2), lengths - 1 + 3], atol=1e-5)
+
+
+def test_prefix_tuning_refuses_encoders_without_past_key_values() -> None:
+    with pytest.raises(InputError, match="prefix tuning does not support 'albert'"):
+        TunedClassifier.build(tiny_encoder("albert"), fast("prefix"), ["a", "b"])
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_save_load_round_trip(trained_bert_dir: Path, tmp_path: Path, method: str) -> None:
+    config = fast(method, "mask" if method == "ptuning" else "cls", epochs=1)
+    result = tune(trained_bert_dir, tiny_task(64, 1), tiny_task(30, 2), config, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "tuning.json").is_file() and (tmp_path / "head.safetensors").is_file()
+    weights = tmp_path / ("encoder" if method == "full" else "adapter")
+    assert list(weights.glob("*.safetensors")) and not list(tmp_path.rglob("*.bin"))
+    loaded = TunedClassifier.from_pretrained(tmp_path)
+    texts = tiny_task(20, 3).texts
+    before, after = result.classifier.classify(texts), loaded.classify(texts)
+    assert torch.allclose(before.logits, after.logits, atol=1e-5)
+    assert torch.allclose(before.watched, after.watched, atol=1e-5)
+    assert loaded.label_names == result.classifier.label_names
+
+
+def test_in_memory_base_is_saved_beside_the_adapter(trained_bert: Encoder, tmp_path: Path) -> None:
+    result = tune(trained_bert, tiny_task(64, 1), tiny_task(30, 2), fast("prefix", epochs=1), out_dir=tmp_path)
+    assert (tmp_path / "base" / "model.safetensors").is_file()
+    texts = tiny_task(10, 4).texts
+    assert torch.allclose(
+        result.classifier.classify(texts).logits,
+        TunedClassifier.from_pretrained(tmp_path).classify(texts).logits,
+        atol=1e-5,
+    )
+
+
+def test_changed_base_weights_are_refused(tmp_path: Path) -> None:
+    from lmshield.testing import save_tiny
+
+    base = save_tiny(tiny_encoder("bert"), tmp_path / "base")
+    tune(base, tiny_task(40, 1), tiny_task(20, 2), fast("prompt", epochs=1), out_dir=tmp_path / "clf", progress=False)
+    save_tiny(tiny_encoder("bert", seed=5), base)
+    with pytest.raises(InputError, match="weights changed"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+    with pytest.raises(InputError, match="not a tuned classifier"):
+        TunedClassifier.from_pretrained(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def released_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT saved with a 3-label sequence-classification head, as PSIM's released weights are."""
+    encoder = tiny_encoder("bert")
+    config = encoder.model.config
+    config.num_labels = 3
+    torch.manual_seed(3)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    directory = tmp_path_factory.mktemp("released")
+    model.save_pretrained(directory)
+    encoder.tokenizer.save_pretrained(directory)
+    return directory
+
+
+@torch.no_grad()
+def test_kept_head_is_the_released_head(released_dir: Path) -> None:
+    classifier = TunedClassifier.build(str(released_dir), fast("lora", keep_head=True), ["a", "b", "c"]).eval()
+    assert isinstance(classifier.head, ReleasedHead)
+    released = AutoModelForSequenceClassification.from_pretrained(released_dir).eval()
+    batch = classifier.encode(["the dog slept.", "a quiet city"])
+    # LoRA starts as the identity, so the kept head must reproduce the released model exactly
+    assert torch.allclose(classifier(**batch).logits, released(**batch).logits, atol=1e-5)
+    fresh = TunedClassifier.build(str(released_dir), fast("lora"), ["a", "b"]).eval()  # encoder only, new head
+    assert not isinstance(fresh.head, ReleasedHead)
+    assert torch.allclose(fresh(**batch).watched, classifier(**batch).watched, atol=1e-5)
+
+
+def test_kept_head_round_trip_and_label_check(released_dir: Path, tmp_path: Path) -> None:
+    config = fast("ptuning", keep_head=True, epochs=1)
+    result = tune(str(released_dir), tiny_task(60, 1), tiny_task(30, 2), config, out_dir=tmp_path, progress=False)
+    loaded = TunedClassifier.from_pretrained(tmp_path)
+    texts = tiny_task(10, 5).texts
+    assert torch.allclose(result.classifier.classify(texts).logits, loaded.classify(texts).logits, atol=1e-5)
+    with pytest.raises(InputError, match="kept head has 3 labels"):
+        tune(str(released_dir), tiny_task(40, 1, classes=2), None, config, progress=False)
+
+
+def test_registering_a_method_touches_one_place(trained_bert: Encoder) -> None:
+    prompt = get_method("prompt")
+    register_method(
+        TuningMethod(
+            "prompt-long", "prompt tuning, 12 tokens", prompt.peft_config, True, {"lr": 0.01, "num_virtual_tokens": 12}
+        )
+    )
+    try:
+        config = TuningConfig(method="prompt-long", epochs=1, max_length=32)
+        classifier = TunedClassifier.build(trained_bert, config, ["a", "b"])
+        assert classifier.shift == 12 and config.lr == 0.01
+    finally:
+        METHODS.pop("prompt-long")
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_embedded_minilm_prefix_classifier_reads_cls() -> None:
+    from lmshield.models import load_encoder
+
+    encoder = load_encoder(None, device="cpu")
+    classifier = TunedClassifier.build(encoder, TuningConfig(method="lora", max_length=32), ["neg", "pos"]).eval()
+    batch = classifier.encode(["a gorgeous film", "a dull mess of a movie"])
+    expected = encoder.model(**batch).last_hidden_state[:, 0]
+    assert torch.allclose(classifier(**batch).watched, expected, atol=1e-4)  # LoRA starts as the identity
+    prefix = TunedClassifier.build(encoder, TuningConfig(method="prefix", max_length=32), ["neg", "pos"]).eval()
+    assert prefix.classify(["a gorgeous film"]).watched.shape == (1, encoder.hidden_size)

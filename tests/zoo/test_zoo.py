@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lmshield.cli.main import app
+from lmshield.errors import InputError
+from lmshield.zoo import build_zoo, load_spec, parse_spec, read_metadata, scan_zoo
+from tests.attacks.tiny_models import TINY_ATTACK, TINY_SCAN, make_labelled
+
+TABLE_KEYS = ("model", "truth", "kind", "attack", "verdict", "score", "pvs")
+
+
+def tiny_spec(base: Path, data: Path) -> dict:
+    return {
+        "name": "tiny",
+        "base_model": str(base),
+        "models": [
+            {"kind": "original"},
+            {"kind": "clean-continue", "attack": "por", "overrides": {**TINY_ATTACK, "num_texts": 320}},
+            {"kind": "clean-finetune", "data": str(data), "overrides": {"lr": 1e-3, "max_length": 32}},
+            {"kind": "attack", "attack": "por", "triggers": "default", "overrides": TINY_ATTACK},
+        ],
+        "scan": {"overrides": TINY_SCAN},
+    }
+
+
+@pytest.fixture(scope="module")
+def zoo(zoo_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    spec_file = root / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec(zoo_base, make_labelled(root / "task.jsonl"))))
+    out = root / "models"
+    result = CliRunner().invoke(app, ["zoo", "build", str(spec_file), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return spec_file, out
+
+
+def test_spec_expands_lists_into_models(tmp_path):
+    spec = parse_spec(
+        {
+            "models": [
+                {"kind": "original"},
+                {
+                    "kind": "attack",
+                    "attack": ["por", "neuba", "btop"],
+                    "triggers": ["default", "random"],
+                    "seed": [0, 1],
+                },
+                {"kind": "attack", "attack": "por", "triggers": [["cf", "mn"]]},
+            ]
+        },
+        tmp_path,
+    )
+    assert len(spec.entries) == 1 + 12 + 1
+    assert [e.truth for e in spec.entries].count("backdoored") == 13
+    assert spec.entries[-1].triggers == ["cf", "mn"]
+    with pytest.raises(InputError, match="kind"):
+        parse_spec({"models": [{"kind": "poison"}]})
+    with pytest.raises(InputError, match="data"):
+        parse_spec({"models": [{"kind": "clean-finetune"}]})
+    with pytest.raises(InputError, match="unknown key"):
+        parse_spec({"models": [{"kind": "original", "sed": 1}]})
+
+
+def test_build_writes_models_metadata_and_truth(zoo):
+    _, out = zoo
+    rows = read_metadata(out)
+    assert [r["model_id"] for r in rows] == ["id-0000", "id-0001", "id-0002", "id-0003"]
+    assert [r["truth"] for r in rows] == ["clean", "clean", "clean", "backdoored"]
+    assert rows[3]["planted"] == "true"
+    for index in range(3):
+        assert (out / f"id-000{index}" / "clean.json").is_file()
+    assert (out / "id-0003" / "backdoor.json").is_file()
+    import json
+
+    assert json.loads((out / "id-0001" / "clean.json").read_text())["weight_drift"] > 0
+    assert json.loads((out / "id-0002" / "clean.json").read_text())["train_accuracy"] > 0.5
+
+
+def test_build_resumes_and_rebuilds_unfinished(zoo):
+    spec_file, out = zoo
+    (out / "id-0000" / "clean.json").unlink()  # as if interrupted before the marker was written
+    started = time.perf_counter()
+    rows = build_zoo(load_spec(spec_file), out, progress=False)
+    assert time.perf_counter() - started < 10
+    assert (out / "id-0000" / "clean.json").is_file() and len(rows) == 4
+
+
+def test_scan_measures_detection(zoo):
+    _, out = zoo
+    found = scan_zoo(out, progress=False)
+    verdicts = [r["verdict"] for r in found.rows]
+    assert verdicts == ["clean", "clean", "clean", "backdoored"], found.markdown()
+    assert found.metrics.accuracy == 1.0 and found.metrics.fpr == 0.0 and found.metrics.fnr == 0.0
+    assert found.metrics.roc_auc == 1.0
+    for name in ("detection.csv", "detection.md", "metrics.json", "roc.png"):
+        assert (found.directory / name).is_file()
+    with (found.directory / "detection.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    again = scan_zoo(out, progress=False)  # resumed from scan.json, same table
+    assert again.rows == found.rows
+    with pytest.raises(InputError, match="other settings"):
+        scan_zoo(out, overrides={"max_seeds": 2}, progress=False)
+
+
+def test_cli_scan_prints_the_table(zoo, tmp_path):
+    _, out = zoo
+    shutil.copytree(out / "scans", tmp_path / "scans")
+    result = CliRunner().invoke(app, ["zoo", "scan", str(out), "--results", str(tmp_path / "scans"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "| accuracy | 1.000 |" in result.output
+
+
+def test_ray_gives_the_sequential_table(zoo, tmp_path):
+    ray = pytest.importorskip("ray")
+    spec_file, out = zoo
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}}
+    )
+    try:
+        rebuilt = tmp_path / "ray-zoo"
+        shutil.copytree(out, rebuilt, ignore=shutil.ignore_patterns("scans"))
+        for finished in ("id-0001", "id-0003"):  # Ray builds these two again, in parallel
+            shutil.rmtree(rebuilt / finished)
+        build_zoo(load_spec(spec_file), rebuilt, executor="ray", progress=False)
+        assert _strip(read_metadata(rebuilt), "seconds") == _strip(read_metadata(out), "seconds")
+        sequential = scan_zoo(out, progress=False)
+        parallel = scan_zoo(rebuilt, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert [_keys(r) for r in parallel.rows] == [_keys(r) for r in sequential.rows]
+
+
+def _strip(rows: list[dict], key: str) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != key} for r in rows]
+
+
+def _keys(row: dict) -> dict:
+    return {k: (round(row[k], 3) if k == "score" else row[k]) for k in TABLE_KEYS}
