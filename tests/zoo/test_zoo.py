@@ -144,3 +144,18 @@ def _strip(rows: list[dict], key: str) -> list[dict]:
 
 def _keys(row: dict) -> dict:
     return {k: (round(row[k], 3) if k == "score" else row[k]) for k in TABLE_KEYS}
+
+
+def test_several_positions_are_scanned_and_combined(tmp_path):
+    from lmshield.testing import save_tiny, tiny_encoder
+    from lmshield.zoo.scan import positions_of, scan_model
+
+    assert positions_of({"position": "cls, mask"}) == ["cls", "mask"]
+    assert positions_of({"position": ["cls"]}) == ["cls"]
+    model = save_tiny(tiny_encoder("bert"), tmp_path / "model")
+    tiny = {"num_carriers": 32, "batch_size": 16, "epochs": 1, "max_seeds": 1, "seeds_in_parallel": 1}
+    settings = {"preset": "default", "position": "cls,mask", "overrides": tiny, "text": {}}
+    row = scan_model({"model": str(model), "out": str(tmp_path / "scan"), "settings": settings, "progress": False})
+    assert row["verdict"] == "clean" and row["pvs"] == 0
+    assert (tmp_path / "scan" / "cls" / "scan.json").is_file()
+    assert (tmp_path / "scan" / "mask" / "scan.json").is_file()

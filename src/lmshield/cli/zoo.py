@@ -43,7 +43,10 @@ def scan_command(
     zoo_dir: Annotated[Path, typer.Argument(help="A zoo directory made by lmshield zoo build.")],
     results: Annotated[Path | None, typer.Option(help="Where results go (default: ZOO_DIR/scans).")] = None,
     preset: Annotated[str | None, typer.Option(help="Scanner preset (default: the spec's scan section).")] = None,
-    position: Annotated[str | None, typer.Option(help="Watched position for every model.")] = None,
+    position: Annotated[
+        str | None,
+        typer.Option(help="Watched position(s) for every model: cls, mask, ... or cls,mask (backdoored if any is)."),
+    ] = None,
     max_seeds: Annotated[int | None, typer.Option(help="Seeds per model.")] = None,
     lr: Annotated[float | None, typer.Option(help="Scanner learning rate.")] = None,
     executor: Executor = "sequential",

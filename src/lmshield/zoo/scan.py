@@ -52,29 +52,46 @@ def scan_settings(zoo_dir: Path, overrides: dict[str, Any] | None = None) -> dic
     return settings
 
 
+def positions_of(settings: dict[str, Any]) -> list[str]:
+    """The watched positions to scan: one (``"cls"``), or several (``"cls,mask"`` or a list)."""
+    position = settings["position"]
+    names = position.split(",") if isinstance(position, str) else [str(p) for p in position]
+    return [name.strip() for name in names if name.strip()]
+
+
 def scan_model(task: dict[str, Any]) -> dict[str, Any]:
-    """Scan one model (a Ray-friendly task); reuse a finished result."""
+    """Scan one model (a Ray-friendly task) at each watched position; reuse finished results.
+
+    With several positions a model is backdoored when any position yields a PV (later positions are
+    skipped once one has), its score is the largest and its time the sum.
+    """
     from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
 
-    out = Path(task["out"])
     settings = task["settings"]
-    if (out / "scan.json").is_file():
-        result = ScanResult.from_pretrained(out)
-    else:
-        config = SanitizerConfig.preset(settings["preset"], **settings["overrides"])
-        result = scan(
-            task["model"],
-            config,
-            position=settings["position"],
-            text_source=_text_source(settings["text"]),
-            out_dir=out,
-            progress=task["progress"],
-        )
+    positions = positions_of(settings)
+    results = []
+    for position in positions:
+        out = Path(task["out"]) if len(positions) == 1 else Path(task["out"]) / position
+        if (out / "scan.json").is_file():
+            result = ScanResult.from_pretrained(out)
+        else:
+            config = SanitizerConfig.preset(settings["preset"], **settings["overrides"])
+            result = scan(
+                task["model"],
+                config,
+                position=position,
+                text_source=_text_source(settings["text"]),
+                out_dir=out,
+                progress=task["progress"],
+            )
+        results.append(result)
+        if result.is_backdoored:
+            break
     return {
-        "verdict": result.verdict,
-        "score": round(float(result.score), 6),
-        "pvs": result.num_pvs,
-        "seconds": round(float(result.timings.get("total_s", 0.0)), 2),
+        "verdict": "backdoored" if any(r.is_backdoored for r in results) else "clean",
+        "score": round(max(float(r.score) for r in results), 6),
+        "pvs": sum(r.num_pvs for r in results),
+        "seconds": round(sum(float(r.timings.get("total_s", 0.0)) for r in results), 2),
     }
 
 
