@@ -81,7 +81,7 @@ def test_build_writes_models_metadata_and_truth(zoo):
     import json
 
     assert json.loads((out / "id-0001" / "clean.json").read_text())["weight_drift"] > 0
-    assert json.loads((out / "id-0002" / "clean.json").read_text())["train_accuracy"] > 0.5
+    assert json.loads((out / "id-0002" / "clean.json").read_text())["dev_accuracy"] > 0.5
 
 
 def test_build_resumes_and_rebuilds_unfinished(zoo):

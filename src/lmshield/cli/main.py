@@ -7,6 +7,8 @@ import typer
 from lmshield.cli._common import quiet_libraries
 from lmshield.cli.attack import app as attack_app
 from lmshield.cli.guard import guard_app, predict_command
+from lmshield.cli.poison import app as poison_app
+from lmshield.cli.psim import app as psim_app
 from lmshield.cli.scan import scan_command
 from lmshield.cli.tune import tune_command
 from lmshield.cli.zoo import app as zoo_app
@@ -24,6 +26,8 @@ app.command("predict")(predict_command)
 app.add_typer(guard_app, name="guard")
 app.add_typer(attack_app, name="attack")
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(poison_app, name="poison")
+app.add_typer(psim_app, name="psim")
 
 
 def _version(value: bool) -> None:

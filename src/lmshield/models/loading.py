@@ -81,15 +81,15 @@ def _download_from_hub(repo_id: str) -> Path:
         raise ModelLoadError(f"{repo_id}: not a local directory and not loadable from the hub{hint}") from exc
 
 
-def load_config(directory: Path) -> PretrainedConfig:
-    """Read ``config.json`` and check that the architecture is supported."""
+def load_config(directory: Path, check_architecture: bool = True) -> PretrainedConfig:
+    """Read ``config.json`` and (unless told not to) check that the encoder architecture is supported."""
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory}: no config.json, not a Hugging Face model directory")
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
         raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({exc})") from exc
-    if get_architecture(config.model_type) is None:
+    if check_architecture and get_architecture(config.model_type) is None:
         supported = ", ".join(supported_model_types())
         raise ModelLoadError(f"unsupported architecture {config.model_type!r}; supported: {supported}")
     return config
@@ -190,15 +190,17 @@ def load_pretrained(
     *,
     device: str | torch.device | None = None,
     allow_pickle: bool = False,
+    check_architecture: bool = True,
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Load any supported model with ``auto_class`` (e.g. AutoModelForSequenceClassification) safely.
 
     Same rules as :func:`load_encoder`: safetensors only unless ``allow_pickle``, never remote code.
     ``model_kwargs`` go to ``from_pretrained`` (``num_labels``, ...). The model is returned in eval mode.
+    ``check_architecture=False`` admits models outside the encoder list (a causal LM for ONION, say).
     """
     directory = resolve_model_dir(name_or_path)
-    config = load_config(directory)
+    config = load_config(directory, check_architecture)
     weights, is_pickle = find_weights(directory, allow_pickle)
     tokenizer = load_tokenizer(directory)
     model = _build_model(directory, config, weights, is_pickle, auto_class, **model_kwargs)

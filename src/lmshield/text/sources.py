@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,24 +88,46 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """Read a JSON Lines file into dicts, with a clear error on the first bad line."""
+    """Read records from JSON Lines, a JSON array of objects, or CSV/TSV, with a clear error on bad input."""
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{path}: no such file")
-    records = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object")
-        records.append(record)
+    try:
+        content = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text") from exc
+    suffix = file.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        rows = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        records = [dict(row) for row in rows]
+    elif content.lstrip().startswith("["):
+        records = _json_array(content, path)
+    else:
+        lines = enumerate(content.splitlines(), start=1)
+        records = [_json_line(line, path, number) for number, line in lines if line.strip()]
     if not records:
         raise InputError(f"{path}: empty, no records to read")
     return records
+
+
+def _json_array(content: str, path: str | Path) -> list[dict]:
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if not all(isinstance(item, dict) for item in data):
+        raise InputError(f"{path}: expected a JSON array of objects")
+    return data
+
+
+def _json_line(line: str, path: str | Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{number}: not valid JSON ({exc.msg}); use JSON Lines, a JSON array or CSV") from exc
+    if not isinstance(record, dict):
+        raise InputError(f"{path}:{number}: expected a JSON object")
+    return record
 
 
 def _texts_from_jsonl(lines: list[str], file: Path, field: str | None) -> list[str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
+from lmshield.text.sources import read_records
 
 TEXT_FIELDS = ("sentence", "text")
 LABEL_FIELD = "label"
@@ -68,7 +67,7 @@ def read_labelled(
     training set's) to read a dev or test file with the same mapping.
     """
     path = Path(source)
-    records = _read_file(path) if path.exists() else _read_dataset(str(source), split)
+    records = read_records(path) if path.exists() else _read_dataset(str(source), split)
     if not records:
         raise InputError(f"{source}: no records")
     key = text_field or next((name for name in TEXT_FIELDS if name in records[0]), None)
@@ -110,39 +109,6 @@ def _index_labels(raw: list[Any], names: list[str] | None, source: str) -> tuple
 
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
-
-
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text") from exc
-    if path.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        return [dict(row) for row in reader]
-    stripped = content.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
-        if not all(isinstance(item, dict) for item in data):
-            raise InputError(f"{path}: expected a JSON array of objects")
-        return data
-    records = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg}); use JSON Lines or CSV") from exc
-        if not isinstance(record, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object")
-        records.append(record)
-    return records
 
 
 def _read_dataset(name: str, split: str) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from lmshield.zoo.build import METADATA_CSV, build_model, build_zoo, read_metadata
 from lmshield.zoo.executors import run_tasks
-from lmshield.zoo.finetune import FinetuneConfig, finetune_classifier
+from lmshield.zoo.finetune import FinetuneConfig, finetune_encoder
 from lmshield.zoo.scan import ZooScan, scan_model, scan_zoo
 from lmshield.zoo.spec import ModelEntry, ZooSpec, load_spec, parse_spec
 
@@ -14,7 +14,7 @@ __all__ = [
     "ZooSpec",
     "build_model",
     "build_zoo",
-    "finetune_classifier",
+    "finetune_encoder",
     "load_spec",
     "parse_spec",
     "read_metadata",

@@ -85,19 +85,20 @@ def _build_clean_continue(task: dict[str, Any], entry: ModelEntry, out: Path) ->
 
 
 def _build_finetune(task: dict[str, Any], entry: ModelEntry, out: Path) -> dict[str, Any]:
-    from lmshield.zoo.finetune import FinetuneConfig, finetune_classifier, load_labelled
+    from lmshield.tuning import read_labelled
+    from lmshield.zoo.finetune import FinetuneConfig, finetune_encoder
 
     config = FinetuneConfig.preset(entry.preset, **entry.overrides)
-    texts, labels, names = load_labelled(str(entry.data), entry.text_field, entry.label_field)
+    data = read_labelled(str(entry.data), text_field=entry.text_field, label_field=entry.label_field)
     encoder = load_encoder(task["base_model"])
     before = {k: v.detach().float().clone() for k, v in encoder.model.state_dict().items() if v.is_floating_point()}
-    stats = finetune_classifier(encoder, texts, labels, config, seed=entry.seed, progress=task["progress"])
-    encoder.save_pretrained(out)
+    tuned, stats = finetune_encoder(encoder, data, config, seed=entry.seed, progress=task["progress"])
+    tuned.save_pretrained(out)
     return {
         "settings": config.to_dict(),
-        "labels": names,
+        "labels": data.label_names,
         **stats,
-        "weight_drift": _weight_drift(before, encoder.model),
+        "weight_drift": _weight_drift(before, tuned.model),
     }
 
 

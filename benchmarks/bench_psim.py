@@ -1,0 +1,142 @@
+"""Benchmark PSIM on SST-2 against weight-poisoned MiniLM-L6 (proxy IMDB): BadNet, InSent, SynAttack.
+
+    .venv/bin/python benchmarks/bench_psim.py --preset fast     # ~20 min on 2 CPU cores (subsets, 2 epochs)
+    .venv/bin/python benchmarks/bench_psim.py --preset release  # the paper's settings (GPU advised: hours on CPU)
+    .venv/bin/python benchmarks/bench_psim.py --preset smoke    # minutes: pipeline check, numbers meaningless
+
+Steps per attack: poison the IMDB proxy set and fully fine-tune the embedded all-MiniLM-L6-v2 (cached in
+benchmarks/.cache/psim-<preset>/<attack>); fit PSIM once on SST-2 training texts (labels dropped); tune one
+victim per strategy (full, LoRA, prompt, P-tuning, prefix) from the released weights with the released head
+kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim (``--baselines``): STRIP
+(calibrated to the same FRR as PSIM) and, for BadNet ``mn`` with target 0, the precomputed back-translation
+and SCPN paraphrases. The SynAttack here uses the rule-based stand-in for SCPN, not SCPN.
+Results: benchmarks/results/psim-<preset>.md and .json, histograms under the cache folder.
+Set OMP_NUM_THREADS=1 on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+ATTACKS = ("badnet", "insent", "syntactic")
+
+# poisoning presets: "fast" comes from the attack configs; "smoke" shrinks it further
+SMOKE_POISON = {"num_texts": 96, "poison_count": 36, "max_words": 24, "max_length": 32, "epochs": 1, "batch_size": 16}
+
+
+def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None) -> Path:
+    """The released model of ``attack`` (cached: rerunning resumes)."""
+    from lmshield.attacks.poisoning import poison_config, poison_model
+    from lmshield.tuning import read_labelled
+
+    out = cache / attack
+    if (out / "backdoor.json").is_file():
+        return out
+    config = poison_config(
+        attack, "release" if preset == "release" else "fast", **(SMOKE_POISON if preset == "smoke" else {})
+    )
+    train = read_labelled(data / "imdb" / "train.json")
+    dev = read_labelled(data / "imdb" / "dev.json").head(
+        1000 if preset == "release" else 64 if preset == "smoke" else 200
+    )
+    result = poison_model(model, train, config, out, dev=dev, data_description="imdb/train.json", overwrite=True)
+    print(result.summary(), flush=True)
+    return out
+
+
+def baselines(evaluation, released: Path, task: Path, target_frr: float) -> list[dict]:
+    """STRIP and (where the files fit) the paraphrase baselines on the LoRA victim."""
+    from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
+    from lmshield.defenses.baselines import STRIP, load_paraphrased
+    from lmshield.evaluation.psim_eval import attack_success_rate, clean_accuracy, frr_far, score_auroc
+    from lmshield.tuning import read_labelled
+
+    victim = evaluation.victims.get("lora")
+    if victim is None:
+        return []
+    manifest = PoisonManifest.load(released)
+    test = read_labelled(task / "test.json").head(200)
+    triggered = triggered_test_set(test, make_poisoner(manifest.config), manifest.target_label, 7)
+    strip = STRIP(victim, read_labelled(task / "dev.json").texts[:200], copies=20).calibrate(
+        read_labelled(task / "dev.json").texts[200:300], target_frr
+    )
+    clean_scores, poison_scores = strip.score(test.texts), strip.score(triggered.texts)
+    frr, far = frr_far([s > strip.threshold_ for s in clean_scores], [s > strip.threshold_ for s in poison_scores])
+    rows = [{"defense": "STRIP", "frr": frr, "far": far, "auroc": score_auroc(clean_scores, poison_scores)}]
+    if manifest.attack == "badnet" and manifest.triggers == ["mn"] and manifest.target_label == 0:
+        for kind in ("back", "scpn"):
+            para = load_paraphrased(task, kind)
+            rows.append(
+                {
+                    "defense": f"paraphrase-{kind}",
+                    "clean_accuracy": clean_accuracy(victim.predict(para.clean_texts), para.clean_labels),
+                    "asr": attack_success_rate(victim.predict(para.poisoned_texts), 0),
+                    "trigger_kept": para.trigger_kept,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("fast", "release", "smoke"), default="fast")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--model", default=None, help="clean model dir / hub id (default: embedded MiniLM-L6)")
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--strategies", default=None, help="comma-separated; default from the preset")
+    parser.add_argument("--target-frr", type=float, default=None, help="calibrate PSIM on SST-2 dev texts")
+    parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if not (args.data / "sst-2" / "train.json").is_file():
+        print(f"no data at {args.data}", file=sys.stderr)
+        return 2
+
+    from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
+
+    settings = EvalSettings.preset(args.preset)
+    changes = {"target_frr": args.target_frr}
+    if args.strategies:
+        changes["strategies"] = tuple(s for s in args.strategies.split(",") if s)
+    if args.baselines and "lora" not in (changes.get("strategies") or settings.strategies):
+        changes["strategies"] = (*settings.strategies, "lora")
+    settings = dataclasses.replace(settings, **changes)
+    cache = ROOT / "benchmarks" / ".cache" / f"psim-{args.preset}"
+    rows, extra, started = [], {}, time.perf_counter()
+    for attack in args.attacks.split(","):
+        t0 = time.perf_counter()
+        released = poison(attack, args.preset, args.data, cache, args.model)
+        evaluation = evaluate_release(
+            released, args.data / "sst-2", settings, out_dir=cache / f"{attack}-eval", device=args.device,
+            keep_victims=args.baselines,
+        )  # fmt: skip
+        rows.extend(evaluation.rows)
+        extra[attack] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}
+        if args.baselines:
+            extra[attack]["baselines"] = baselines(evaluation, released, args.data / "sst-2", args.target_frr or 0.05)
+        print(markdown_table(evaluation.rows), flush=True)
+    table = markdown_table(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
+    (RESULTS / f"psim-{args.preset}.md").write_text(header + table, encoding="utf-8")
+    payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
+    (RESULTS / f"psim-{args.preset}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    print(header + table)
+    print(json.dumps(extra, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

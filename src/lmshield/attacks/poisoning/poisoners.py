@@ -1,0 +1,56 @@
+"""Trigger insertion for each poisoning attack: config -> poisoner -> triggered texts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lmshield.attacks.poisoning.config import BadNetConfig, InSentConfig, PoisonConfig, SynAttackConfig
+from lmshield.attacks.poisoning.paraphrase import Paraphraser, make_paraphraser
+from lmshield.errors import InputError
+from lmshield.text.triggers import insert_words
+
+
+class Poisoner:
+    """Turns clean texts into triggered ones; every random choice comes from ``rng``."""
+
+    def poison(self, texts: Sequence[str], rng: random.Random) -> list[str]:
+        raise NotImplementedError
+
+
+@dataclass
+class WordPoisoner(Poisoner):
+    """Insert one word drawn from ``words`` (or one fixed sentence) at random positions, never first or last."""
+
+    words: tuple[str, ...]
+    insertions: int = 1
+
+    def poison(self, texts: Sequence[str], rng: random.Random) -> list[str]:
+        out = []
+        for text in texts:
+            for _ in range(self.insertions):
+                text = insert_words(text, rng.choice(self.words), rng, avoid_ends=True)
+            out.append(text)
+        return out
+
+
+@dataclass
+class ParaphrasePoisoner(Poisoner):
+    """Rewrite every text with a paraphraser (the syntactic trigger)."""
+
+    paraphraser: Paraphraser
+
+    def poison(self, texts: Sequence[str], rng: random.Random) -> list[str]:
+        return self.paraphraser.paraphrase(list(texts))
+
+
+def make_poisoner(config: PoisonConfig, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
+    """The poisoner of ``config``'s attack; ``paraphraser`` overrides the syntactic config's choice."""
+    if isinstance(config, BadNetConfig):
+        return WordPoisoner(config.words, config.insertions)
+    if isinstance(config, InSentConfig):
+        return WordPoisoner((config.sentence,))
+    if isinstance(config, SynAttackConfig):
+        return ParaphrasePoisoner(paraphraser or make_paraphraser(config.paraphraser, seed=config.seed, device=device))
+    raise InputError(f"no poisoner for attack {config.attack!r}")

@@ -1,0 +1,236 @@
+"""Run a weight-poisoning attack: poison the proxy set, fully fine-tune, release weights + ``backdoor.json``.
+
+The released directory is a plain Hugging Face ``*ForSequenceClassification`` model (safetensors via
+``save_pretrained``) with its tokenizer, plus ``backdoor.json`` (the ground truth, for evaluation only).
+Training goes through :func:`lmshield.tuning.tune` (method ``full``, the released head kept).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from lmshield.attacks.poisoning.config import PoisonConfig
+from lmshield.attacks.poisoning.dataset import poison_dataset, prepare_proxy, triggered_test_set
+from lmshield.attacks.poisoning.paraphrase import Paraphraser
+from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, make_poisoner
+from lmshield.errors import InputError
+from lmshield.models.loading import load_pretrained
+from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
+
+logger = logging.getLogger(__name__)
+
+BACKDOOR_JSON = "backdoor.json"
+FORMAT = "lmshield-poison"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PoisonManifest:
+    """Ground truth of a weight-poisoning backdoor: attack, trigger, target, poison rate, data, settings."""
+
+    attack: str
+    triggers: list[str]
+    target_label: int
+    label_mode: str
+    poison_rate: float
+    poison_count: int
+    num_texts: int
+    num_labels: int
+    data: str
+    base_model: str
+    settings: dict[str, Any]
+    seed: int
+    paraphraser: str | None = None
+    verification: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def config(self) -> PoisonConfig:
+        return PoisonConfig.from_dict(self.settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / BACKDOOR_JSON
+        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PoisonManifest:
+        path = Path(directory) / BACKDOOR_JSON
+        if not path.is_file():
+            raise InputError(f"{directory}: no {BACKDOOR_JSON}, not a model made by lmshield poison")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
+        if data.get("format") != FORMAT:
+            raise InputError(f"{path}: not a weight-poisoning manifest")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise InputError(f"{path}: incomplete manifest ({exc})") from exc
+
+
+@dataclass
+class PoisonResult:
+    """Where the released model went, its manifest, and the check of the planted backdoor."""
+
+    directory: Path
+    manifest: PoisonManifest
+    classifier: TunedClassifier
+
+    def summary(self) -> str:
+        v = self.manifest.verification
+        checks = ", ".join(f"{k} {val:.3f}" for k, val in v.items())
+        return f"{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
+
+
+def training_config(config: PoisonConfig) -> TuningConfig:
+    """The full fine-tuning settings of the released model."""
+    return TuningConfig(
+        method="full",
+        keep_head=True,
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_length=config.max_length,
+        dev_fraction=config.dev_fraction,
+        seed=config.seed,
+    )
+
+
+def poison_model(
+    model: str | Path | None,
+    train: LabelledData,
+    config: PoisonConfig,
+    out_dir: str | Path,
+    *,
+    dev: LabelledData | None = None,
+    paraphraser: Paraphraser | None = None,
+    data_description: str = "",
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> PoisonResult:
+    """Poison ``train``, fully fine-tune ``model`` on it and release the result in ``out_dir``.
+
+    ``dev`` (clean, labelled) picks the best epoch and measures clean accuracy and ASR of the release.
+    """
+    started = time.perf_counter()
+    out = _check_out_dir(model, out_dir, overwrite)
+    poisoner = make_poisoner(config, paraphraser, device)
+    proxy = prepare_proxy(train, config)
+    poisoned = poison_dataset(proxy, config, poisoner)
+    logger.info("poisoned %d of %d proxy texts (%s-label)", len(poisoned.poisoned), len(proxy), config.label_mode)
+    if len(poisoned.poisoned) < poisoned.requested:
+        logger.warning("only %d candidates to poison (asked for %d)", len(poisoned.poisoned), poisoned.requested)
+    if dev is not None:
+        dev = prepare_proxy(dev, config.replace(num_texts=None))
+    with tempfile.TemporaryDirectory(prefix="lmshield-poison-") as tmp:
+        start_dir = _with_head(model, proxy.num_labels, Path(tmp), config.seed)
+        result = tune(start_dir, poisoned.data, dev, training_config(config), device=device, progress=progress)
+        release(result.classifier, start_dir, out)
+    classifier = result.classifier
+    manifest = PoisonManifest(
+        attack=config.attack,
+        triggers=config.triggers(),
+        target_label=config.target_label,
+        label_mode=config.label_mode,
+        poison_rate=poisoned.rate,
+        poison_count=len(poisoned.poisoned),
+        num_texts=len(proxy),
+        num_labels=proxy.num_labels,
+        data=data_description,
+        base_model=str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2",
+        settings=config.to_dict(),
+        seed=config.seed,
+        paraphraser=poisoner.paraphraser.name if isinstance(poisoner, ParaphrasePoisoner) else None,
+    )
+    if dev is not None:
+        manifest.verification = verify(classifier, dev, poisoner, config)
+    manifest.seconds = time.perf_counter() - started
+    manifest.save(out)
+    return PoisonResult(out, manifest, classifier)
+
+
+def verify(
+    classifier: TunedClassifier, dev: LabelledData, poisoner: Poisoner, config: PoisonConfig
+) -> dict[str, float]:
+    """Clean accuracy on ``dev`` and ASR on its triggered non-target samples."""
+    from lmshield.tuning import accuracy
+
+    triggered = triggered_test_set(dev, poisoner, config.target_label, config.seed + 1)
+    predicted = classifier.predict(triggered.texts)
+    asr = sum(p == config.target_label for p in predicted) / max(1, len(predicted))
+    return {"clean_accuracy": accuracy(classifier, dev), "asr": asr}
+
+
+def _check_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bool) -> Path:
+    out = Path(out_dir)
+    if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
+        raise InputError("the poisoned model must not overwrite the clean one: choose another --out")
+    if (out / "config.json").exists() and not overwrite:
+        raise InputError(f"{out} already holds a model; pass overwrite (--overwrite) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _with_head(model: str | Path | None, num_labels: int, tmp: Path, seed: int) -> Path:
+    """Save the starting encoder with a fresh sequence-classification head of ``num_labels`` labels."""
+    from transformers import AutoModel
+
+    loaded = load_pretrained(model, AutoModel, device="cpu")
+    config = copy.deepcopy(loaded.model.config)
+    config.num_labels = num_labels
+    config.architectures = None
+    torch.manual_seed(seed)
+    seq_model = AutoModelForSequenceClassification.from_config(config)
+    try:
+        seq_model.base_model.load_state_dict(loaded.model.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{model}: the encoder does not fit a classification model ({exc})") from exc
+    seq_model.save_pretrained(tmp, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(tmp)
+    return tmp
+
+
+def release(classifier: TunedClassifier, start_dir: Path, out: Path) -> Path:
+    """Write the tuned encoder and its kept head as one ``*ForSequenceClassification`` model."""
+    model = load_pretrained(start_dir, AutoModelForSequenceClassification, device="cpu").model
+    copy_into(classifier, model)
+    model.save_pretrained(out, safe_serialization=True)
+    classifier.tokenizer.save_pretrained(out)
+    return out
+
+
+def copy_into(classifier: TunedClassifier, model: PreTrainedModel) -> None:
+    """Copy a full-tuned classifier (encoder + released head) into a sequence-classification model."""
+    from lmshield.tuning.heads import ReleasedHead
+
+    if not isinstance(classifier.head, ReleasedHead) or classifier.method.is_peft:
+        raise InputError("only a fully tuned classifier with a kept head can be released as one model")
+    with torch.no_grad():
+        model.base_model.load_state_dict(_cpu(classifier.backbone.state_dict()))
+        for name, part in classifier.head.parts.items():
+            if name != "pooler":  # the pooler lives inside the encoder, copied above
+                getattr(model, name).load_state_dict(_cpu(part.state_dict()))
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}

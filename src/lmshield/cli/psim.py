@@ -1,0 +1,164 @@
+"""``lmshield psim``: fit PSIM on a released model, score/flag inputs, calibrate, and evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmshield.cli._common import friendly_errors
+
+app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+Field = Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")]
+
+
+def _device(device: str) -> str | None:
+    return None if device == "auto" else device
+
+
+def _texts(path: Path, field: str | None, limit: int | None = None) -> list[str]:
+    from lmshield.text import read_texts
+
+    return read_texts(path, field)[:limit]
+
+
+@app.command("fit")
+@friendly_errors
+def fit(
+    model: Annotated[str, typer.Argument(help="Released (possibly poisoned) model directory or hub id.")],
+    texts: Annotated[Path, typer.Option(help="Downstream training texts (labels are not used).")],
+    out: Annotated[Path, typer.Option(help="Directory for the fitted PSIM.")] = Path("runs/psim"),
+    num_labels: Annotated[int, typer.Option(help="Number of classes of the downstream task.")] = 2,
+    method: Annotated[
+        str, typer.Option(help="PEFT method: ptuning (release), prompt, prefix, lora, full.")
+    ] = "ptuning",
+    epochs: Annotated[int, typer.Option(help="Epochs (release: 1).")] = 1,
+    lr: Annotated[float, typer.Option(help="Learning rate (release: 2e-5).")] = 2e-5,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    max_length: Annotated[int, typer.Option(help="Max tokens per text.")] = 128,
+    threshold: Annotated[float | None, typer.Option(help="Fixed threshold (default: release 0.7, binary).")] = None,
+    score: Annotated[str, typer.Option(help="probability or normalised ((p-1/K)/(1-1/K)).")] = "probability",
+    calibrate: Annotated[Path | None, typer.Option(help="Held-out clean texts to calibrate the threshold.")] = None,
+    target_frr: Annotated[float, typer.Option(help="Target false-rejection rate for --calibrate.")] = 0.05,
+    limit: Annotated[int | None, typer.Option(help="Use at most this many training texts.")] = None,
+    field: Field = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random labels and the module.")] = 0,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Train PSIM on the downstream texts with random labels and save it."""
+    from lmshield.defenses.psim import PSIM
+
+    psim = PSIM(
+        method,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        threshold=threshold,
+        score=score,
+        seed=seed,
+        device=_device(device),
+        progress=not quiet,
+    )
+    psim.fit(model, _texts(texts, field, limit), num_labels)
+    if calibrate is not None:
+        psim.calibrate(_texts(calibrate, field), target_frr)
+    psim.save_pretrained(out)
+    typer.echo(f"PSIM fitted on {psim.n_train_} texts ({num_labels} labels), threshold {psim.threshold_:.4f}")
+    typer.echo(f"saved: {out}")
+
+
+@app.command("calibrate")
+@friendly_errors
+def calibrate_command(
+    psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
+    texts: Annotated[Path, typer.Option(help="Held-out clean task texts.")],
+    target_frr: Annotated[float, typer.Option(help="Target false-rejection rate.")] = 0.05,
+    field: Field = None,
+    device: Device = "auto",
+) -> None:
+    """Set the threshold to a target false-rejection rate on held-out clean texts (saved in place)."""
+    from lmshield.defenses.psim import PSIM
+
+    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False)
+    psim.calibrate(_texts(texts, field), target_frr)
+    psim.save_pretrained(psim_dir)
+    cal = psim.calibration_
+    typer.echo(f"threshold {psim.threshold_:.4f}: FRR {cal.achieved_frr:.3f} on {cal.num_texts} texts")
+
+
+@app.command("score")
+@friendly_errors
+def score_command(
+    psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
+    texts: Annotated[Path, typer.Option(help="Texts to check (text file or JSON Lines).")],
+    out: Annotated[Path | None, typer.Option(help="Write one JSON line per text here.")] = None,
+    field: Field = None,
+    device: Device = "auto",
+) -> None:
+    """Score and flag texts; flagged texts would be refused."""
+    from lmshield.defenses.psim import PSIM
+
+    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False)
+    items = _texts(texts, field)
+    result = psim.scores(items)
+    scores = psim.score(items)
+    flags = scores > psim.threshold_
+    lines = [
+        json.dumps({"text": t, "score": float(s), "p_max": float(p), "normalised": float(n), "flagged": bool(f)})
+        for t, s, p, n, f in zip(items, scores, result.probability, result.normalised, flags, strict=True)
+    ]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        typer.echo("\n".join(lines))
+    typer.echo(f"{int(flags.sum())} of {len(items)} flagged as poisoned (threshold {psim.threshold_:.4f})", err=True)
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    models: Annotated[list[Path], typer.Argument(help="Released model directories (each with backdoor.json).")],
+    task: Annotated[list[Path], typer.Option(help="Task folder(s) with train/dev/test.json; repeatable.")],
+    out: Annotated[Path, typer.Option(help="Result directory.")] = Path("runs/psim-eval"),
+    strategies: Annotated[
+        str, typer.Option(help="Victim strategies, comma-separated.")
+    ] = "full,lora,prompt,ptuning,prefix",
+    preset: Annotated[str, typer.Option(help="release, fast or smoke.")] = "release",
+    target_frr: Annotated[float | None, typer.Option(help="Calibrate PSIM to this FRR on dev texts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Attack x strategy x dataset: clean accuracy and ASR without and with PSIM, FRR/FAR/AUROC, histograms."""
+    import dataclasses
+
+    from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
+
+    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    settings = dataclasses.replace(EvalSettings.preset(preset), strategies=names, target_frr=target_frr, seed=seed)
+    rows = []
+    for model in models:
+        for folder in task:
+            result = evaluate_release(
+                model,
+                folder,
+                settings,
+                out_dir=out / f"{model.name}-{folder.name}",
+                device=_device(device),
+                progress=not quiet,
+            )
+            rows.extend(result.rows)
+    table = markdown_table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table, encoding="utf-8")
+    (out / "rows.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
+    typer.echo(table)
+    typer.echo(f"results: {out}")

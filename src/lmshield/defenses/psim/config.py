@@ -1,0 +1,70 @@
+"""PSIM settings: one frozen dataclass, the release's defaults and a fast preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lmshield.defenses.psim.thresholds import SCORE_KINDS
+from lmshield.errors import InputError
+
+KEEP_HEAD = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class PSIMConfig:
+    """How the random-label PEFT module is trained and how its confidence is read.
+
+    Release defaults (Zhao et al. 2024): P-tuning, 5 virtual tokens, prompt-encoder hidden 128, 1 epoch,
+    lr 2e-5, batch 32, threshold 0.7 on the top probability (binary tasks). ``threshold`` ``None`` means the
+    release's cut carried to ``K`` classes (see :func:`default_threshold`). ``score`` ``probability`` reads
+    the top softmax probability, ``normalised`` the class-count-normalised ``(p_max - 1/K) / (1 - 1/K)``.
+    ``keep_head`` ``auto`` keeps the released classification head when the model has one.
+    """
+
+    method: str = "ptuning"
+    epochs: int = 1
+    lr: float = 2e-5
+    batch_size: int = 32
+    num_virtual_tokens: int = 5
+    encoder_hidden_size: int = 128
+    max_length: int = 128
+    threshold: float | None = None
+    score: str = "probability"
+    keep_head: str = "auto"
+    warmup_ratio: float = 0.06
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from lmshield.tuning import get_method
+
+        get_method(self.method)
+        if self.score not in SCORE_KINDS:
+            raise InputError(f"unknown PSIM score {self.score!r}: use {' or '.join(SCORE_KINDS)}")
+        if self.keep_head not in KEEP_HEAD:
+            raise InputError(f"keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
+        for name in ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def preset(cls, name: str = "release", **overrides: Any) -> PSIMConfig:
+        """``release`` or ``fast`` (max length 64 for a CPU), with overrides (``None`` values ignored)."""
+        base = {"release": {}, "fast": {"max_length": 64}}
+        if name not in base:
+            raise InputError(f"unknown PSIM preset {name!r}: use release or fast")
+        return cls(**{**base[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def replace(self, **changes: Any) -> PSIMConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PSIMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,229 @@
+"""PSIM: Poisoned Sample Identification Module (Zhao et al., NAACL Findings 2024), scikit-learn style.
+
+``PSIM(...).fit(model_dir, texts, num_labels)`` trains a PEFT module on the released (possibly poisoned)
+model with random labels; ``score`` reads its top softmax probability (or the class-count-normalised
+variant); ``flag`` marks inputs whose score exceeds the threshold as poisoned. Learned state lives in
+attributes ending in ``_``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmshield.defenses.psim.config import PSIMConfig
+from lmshield.defenses.psim.thresholds import calibrate_threshold, default_threshold, normalise
+from lmshield.defenses.psim.training import train_random_label_module
+from lmshield.errors import InputError
+from lmshield.tuning import TunedClassifier
+
+PSIM_JSON = "psim.json"
+MODULE_DIR = "module"
+FORMAT = "lmshield-psim"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the threshold was set: the target FRR and the held-out texts it was met on."""
+
+    target_frr: float
+    achieved_frr: float
+    num_texts: int
+
+
+@dataclass(frozen=True)
+class PSIMScores:
+    """Per-text output of PSIM's module: top probability, its normalised form, and the argmax label."""
+
+    probability: np.ndarray
+    normalised: np.ndarray
+    label: np.ndarray
+
+
+class PSIM:
+    """Poisoned-sample identification with a PEFT module trained on random labels.
+
+    Parameters are those of :class:`PSIMConfig` (plus ``device`` and ``progress``); they are stored
+    unchanged, and learned state goes to ``classifier_``, ``num_labels_``, ``threshold_`` and
+    ``calibration_``.
+    """
+
+    def __init__(
+        self,
+        method: str = "ptuning",
+        *,
+        epochs: int = 1,
+        lr: float = 2e-5,
+        batch_size: int = 32,
+        num_virtual_tokens: int = 5,
+        encoder_hidden_size: int = 128,
+        max_length: int = 128,
+        threshold: float | None = None,
+        score: str = "probability",
+        keep_head: str = "auto",
+        warmup_ratio: float = 0.06,
+        seed: int = 0,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.method = method
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.num_virtual_tokens = num_virtual_tokens
+        self.encoder_hidden_size = encoder_hidden_size
+        self.max_length = max_length
+        self.threshold = threshold
+        self.score_kind = score
+        self.keep_head = keep_head
+        self.warmup_ratio = warmup_ratio
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.config  # noqa: B018 - validate the settings now
+
+    @classmethod
+    def from_config(cls, config: PSIMConfig, **kwargs: Any) -> PSIM:
+        params = config.to_dict()
+        return cls(**params, **kwargs)
+
+    @property
+    def config(self) -> PSIMConfig:
+        """The settings as a validated frozen config."""
+        return PSIMConfig(
+            method=self.method,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            num_virtual_tokens=self.num_virtual_tokens,
+            encoder_hidden_size=self.encoder_hidden_size,
+            max_length=self.max_length,
+            threshold=self.threshold,
+            score=self.score_kind,
+            keep_head=self.keep_head,
+            warmup_ratio=self.warmup_ratio,
+            seed=self.seed,
+        )
+
+    def get_params(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "device": self.device, "progress": self.progress}
+
+    def __repr__(self) -> str:
+        fitted = f", fitted on {self.num_labels_} labels" if self.is_fitted else ""
+        return f"PSIM(method={self.method!r}, threshold={self.threshold}{fitted})"
+
+    # -- fitting ------------------------------------------------------------------------------------------------
+
+    def fit(self, model: str | Path | None, texts: list[str], num_labels: int = 2) -> PSIM:
+        """Train the module on ``texts`` (the downstream training set, labels not needed) with random labels."""
+        config = self.config
+        texts = _as_texts(texts)
+        self.classifier_ = train_random_label_module(
+            model, texts, num_labels, config, device=self.device, progress=self.progress
+        )
+        self.num_labels_ = num_labels
+        self.threshold_ = (
+            self.threshold if self.threshold is not None else default_threshold(num_labels, self.score_kind)
+        )
+        self.calibration_: Calibration | None = None
+        self.n_train_ = len(texts)
+        self.model_ = None if model is None else str(model)
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "classifier_")
+
+    def _check_fitted(self) -> TunedClassifier:
+        if not self.is_fitted:
+            raise InputError("PSIM is not fitted: call fit(model, texts, num_labels) or from_pretrained first")
+        return self.classifier_
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+
+    def scores(self, texts: list[str]) -> PSIMScores:
+        """Top probability, its class-count-normalised form and the predicted label, per text."""
+        classifier = self._check_fitted()
+        texts = _as_texts(texts, allow_empty=True)
+        probs = classifier.classify(texts, progress=self.progress and len(texts) > 256).probs.numpy()
+        top = probs.max(axis=1) if len(texts) else np.zeros(0, dtype=np.float32)
+        label = probs.argmax(axis=1) if len(texts) else np.zeros(0, dtype=np.int64)
+        return PSIMScores(top, normalise(top, self.num_labels_), label)
+
+    def score(self, texts: list[str], kind: str | None = None) -> np.ndarray:
+        """The poison score per text: higher means more likely poisoned (``kind`` overrides ``score``)."""
+        kind = kind or self.score_kind
+        result = self.scores(texts)
+        if kind == "probability":
+            return result.probability
+        if kind == "normalised":
+            return result.normalised
+        raise InputError(f"unknown score kind {kind!r}: use probability or normalised")
+
+    def flag(self, texts: list[str]) -> np.ndarray:
+        """``True`` for texts PSIM refuses (score above ``threshold_``)."""
+        return self.score(texts) > self.threshold_
+
+    def calibrate(self, texts: list[str], target_frr: float = 0.05) -> PSIM:
+        """Set ``threshold_`` so that at most ``target_frr`` of held-out clean task texts are flagged."""
+        scores = self.score(_as_texts(texts))
+        self.threshold_ = calibrate_threshold(scores.tolist(), target_frr)
+        achieved = float(np.mean(scores > self.threshold_))
+        self.calibration_ = Calibration(target_frr, achieved, len(scores))
+        return self
+
+    # -- artefacts ------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``psim.json`` (settings + learned state) and the module (safetensors) under ``directory``."""
+        classifier = self._check_fitted()
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        classifier.save_pretrained(out / MODULE_DIR)
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "num_labels_": self.num_labels_,
+            "threshold_": self.threshold_,
+            "calibration_": asdict(self.calibration_) if self.calibration_ else None,
+            "n_train_": self.n_train_,
+            "model_": self.model_,
+        }
+        (out / PSIM_JSON).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | None = None, progress: bool = True) -> PSIM:
+        """Load a PSIM written by :meth:`save_pretrained`."""
+        path = Path(directory) / PSIM_JSON
+        if not path.is_file():
+            raise InputError(f"{directory}: not a saved PSIM (no {PSIM_JSON})")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("format") != FORMAT:
+                raise InputError(f"{path}: not a PSIM file")
+            psim = cls.from_config(PSIMConfig.from_dict(payload["config"]), device=device, progress=progress)
+            psim.num_labels_ = int(payload["num_labels_"])
+            psim.threshold_ = float(payload["threshold_"])
+            psim.calibration_ = Calibration(**payload["calibration_"]) if payload.get("calibration_") else None
+            psim.n_train_ = int(payload.get("n_train_", 0))
+            psim.model_ = payload.get("model_")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable ({exc})") from exc
+        psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device)
+        return psim
+
+
+def _as_texts(texts: list[str], allow_empty: bool = False) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError("expected a list of texts, got one string")
+    texts = ["" if t is None else str(t) for t in texts]
+    if not texts and not allow_empty:
+        raise InputError("no texts given")
+    return texts

@@ -1,0 +1,48 @@
+"""Thresholds on PSIM's confidence: the release's fixed value, and calibration to a target FRR."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from lmshield.errors import InputError
+
+RELEASE_THRESHOLD = 0.7  # the release's threshold on the top probability, binary tasks
+RELEASE_NORMALISED = 0.4  # the same cut on the class-count-normalised scale: (0.7 - 1/2) / (1 - 1/2)
+SCORE_KINDS = ("probability", "normalised")
+
+
+def normalise(p_max: float, num_labels: int) -> float:
+    """``(p_max - 1/K) / (1 - 1/K)``: 0 at chance, 1 at full confidence, comparable across class counts."""
+    chance = 1.0 / num_labels
+    return (p_max - chance) / (1.0 - chance)
+
+
+def default_threshold(num_labels: int, kind: str = "probability") -> float:
+    """The release's 0.7 for binary tasks, carried to ``K`` classes on the normalised scale."""
+    if kind == "normalised":
+        return RELEASE_NORMALISED
+    chance = 1.0 / num_labels
+    return chance + RELEASE_NORMALISED * (1.0 - chance)
+
+
+def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> float:
+    """The lowest threshold that flags (score > threshold) at most ``target_frr`` of ``clean_scores``.
+
+    With ``n`` clean scores, ``floor(target_frr * n)`` of them may be flagged; ties at the cut are all
+    passed, so the FRR on these scores never exceeds the target.
+    """
+    if not 0 <= target_frr <= 1:
+        raise InputError(f"target FRR must be in [0, 1], got {target_frr}")
+    ordered = sorted(float(s) for s in clean_scores)
+    if not ordered:
+        raise InputError("calibration needs at least one held-out clean text")
+    allowed = math.floor(target_frr * len(ordered) + 1e-9)
+    if allowed >= len(ordered):
+        return math.nextafter(ordered[0], -math.inf)
+    return ordered[len(ordered) - 1 - allowed]
+
+
+def flag_scores(scores: Sequence[float], threshold: float) -> list[bool]:
+    """Flag (as poisoned) every score strictly above the threshold, as the release does."""
+    return [float(s) > threshold for s in scores]

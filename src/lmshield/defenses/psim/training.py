@@ -1,0 +1,83 @@
+"""PSIM's only training step: a PEFT module on the released model, trained on uniformly random labels.
+
+Kept in one function so the training loop is :func:`lmshield.tuning.tune`'s, not a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from lmshield.defenses.psim.config import PSIMConfig
+from lmshield.errors import InputError
+from lmshield.models.loading import resolve_model_dir
+from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, get_method, tune
+
+logger = logging.getLogger(__name__)
+
+DEV_SIZE = 64
+
+
+def random_labels(count: int, num_labels: int, seed: int) -> list[int]:
+    """Uniformly random labels over ``num_labels`` classes: a shuffled, balanced draw (every class appears)."""
+    labels = [i % num_labels for i in range(count)]
+    random.Random(seed).shuffle(labels)
+    return labels
+
+
+def has_classification_head(model: str | Path | None) -> bool:
+    """Whether the model directory was saved with a ``*ForSequenceClassification`` head."""
+    config = resolve_model_dir(model) / "config.json"
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
+
+
+def tuning_config(config: PSIMConfig, keep_head: bool) -> TuningConfig:
+    """The :class:`TuningConfig` of PSIM's module (virtual tokens only for prompt methods)."""
+    prompt = {}
+    if "num_virtual_tokens" in get_method(config.method).defaults:
+        prompt = {"num_virtual_tokens": config.num_virtual_tokens, "encoder_hidden_size": config.encoder_hidden_size}
+    return TuningConfig(
+        method=config.method,
+        keep_head=keep_head,
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        warmup_ratio=config.warmup_ratio,
+        seed=config.seed,
+        **prompt,
+    )
+
+
+def train_random_label_module(
+    model: str | Path | None,
+    texts: list[str],
+    num_labels: int,
+    config: PSIMConfig,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+) -> TunedClassifier:
+    """Train PSIM's PEFT module on ``texts`` with random labels over ``num_labels`` classes.
+
+    The dev set (for :func:`tune`'s best-epoch pick) is a random-labelled slice of the same texts; with the
+    release's single epoch the pick does not matter.
+    """
+    if num_labels < 2:
+        raise InputError(f"num_labels must be at least 2, got {num_labels}")
+    if len(texts) < num_labels:
+        raise InputError(f"PSIM needs at least {num_labels} task texts, got {len(texts)}")
+    keep = config.keep_head == "yes" or (config.keep_head == "auto" and has_classification_head(model))
+    if not keep:
+        logger.warning("no released classification head kept: PSIM reads a fresh head, expect weaker detection")
+    names = [str(i) for i in range(num_labels)]
+    data = LabelledData(list(texts), random_labels(len(texts), num_labels, config.seed), names)
+    dev = data.take(list(range(min(DEV_SIZE, len(data)))))
+    result = tune(model, data, dev, tuning_config(config, keep), device=device, progress=progress)
+    return result.classifier

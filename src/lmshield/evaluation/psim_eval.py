@@ -1,0 +1,331 @@
+"""PSIM evaluation: the release's scoring and the detection view, as pure functions, plus the protocol.
+
+Release scoring: a flagged poisoned input counts as defended, a flagged clean input as an error, so clean
+accuracy and ASR *with* PSIM must be read together. Detection view: FRR (clean inputs flagged), FAR
+(poisoned inputs let through) and the ROC-AUC of the PSIM score (poisoned = positive).
+
+The protocol (:func:`evaluate_release`) tunes victims on a clean task from released weights, fits PSIM once
+per release and fills one :class:`PSIMRow` per victim strategy. It reads the attack's ground truth
+(``backdoor.json``) to build triggered test inputs; the defense itself never sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmshield.evaluation.detection import roc_auc
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("full", "lora", "prompt", "ptuning", "prefix")
+
+
+# -- pure metrics ------------------------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[bool]) -> float:
+    return sum(map(bool, values)) / len(values) if len(values) else math.nan
+
+
+def clean_accuracy(predicted: Sequence[int], labels: Sequence[int]) -> float:
+    """Share of clean inputs labelled correctly."""
+    _same_length(predicted, labels)
+    return _mean([p == y for p, y in zip(predicted, labels, strict=True)])
+
+
+def attack_success_rate(predicted: Sequence[int], target_label: int) -> float:
+    """Share of triggered non-target inputs labelled as the target."""
+    return _mean([p == target_label for p in predicted])
+
+
+def defended_clean_accuracy(predicted: Sequence[int], labels: Sequence[int], flagged: Sequence[bool]) -> float:
+    """Release scoring: a clean input counts as correct only when PSIM passes it and the victim is right."""
+    _same_length(predicted, labels, flagged)
+    return _mean([p == y and not f for p, y, f in zip(predicted, labels, flagged, strict=True)])
+
+
+def defended_asr(predicted: Sequence[int], flagged: Sequence[bool], target_label: int) -> float:
+    """Release scoring: a triggered input succeeds only when PSIM passes it and the victim says the target."""
+    _same_length(predicted, flagged)
+    return _mean([p == target_label and not f for p, f in zip(predicted, flagged, strict=True)])
+
+
+def frr_far(clean_flagged: Sequence[bool], poisoned_flagged: Sequence[bool]) -> tuple[float, float]:
+    """(false-rejection rate: clean inputs flagged, false-acceptance rate: poisoned inputs passed)."""
+    return _mean(clean_flagged), _mean([not f for f in poisoned_flagged])
+
+
+def score_auroc(clean_scores: Sequence[float], poisoned_scores: Sequence[float]) -> float:
+    """ROC-AUC of the poison score, poisoned inputs positive (ties count one half)."""
+    truth = [False] * len(clean_scores) + [True] * len(poisoned_scores)
+    return roc_auc(truth, [*map(float, clean_scores), *map(float, poisoned_scores)])
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    threshold: float
+    frr: float
+    far: float
+
+
+def threshold_sweep(
+    clean_scores: Sequence[float], poisoned_scores: Sequence[float], thresholds: Sequence[float] | None = None
+) -> list[SweepPoint]:
+    """FRR and FAR at each threshold (flag: score > threshold); default: every distinct score and -inf."""
+    if thresholds is None:
+        thresholds = [-math.inf, *sorted({*map(float, clean_scores), *map(float, poisoned_scores)})]
+    points = []
+    for t in thresholds:
+        frr, far = frr_far([s > t for s in clean_scores], [s > t for s in poisoned_scores])
+        points.append(SweepPoint(float(t), frr, far))
+    return points
+
+
+@dataclass
+class PSIMRow:
+    """One attack x strategy x dataset result."""
+
+    attack: str
+    strategy: str
+    dataset: str
+    clean_accuracy: float
+    asr: float
+    clean_accuracy_psim: float
+    asr_psim: float
+    frr: float
+    far: float
+    auroc: float
+    threshold: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy_drop(self) -> float:
+        return self.clean_accuracy - self.clean_accuracy_psim
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "clean_accuracy_drop": self.clean_accuracy_drop}
+
+
+def psim_row(
+    *,
+    attack: str,
+    strategy: str,
+    dataset: str,
+    clean_predicted: Sequence[int],
+    clean_labels: Sequence[int],
+    poisoned_predicted: Sequence[int],
+    target_label: int,
+    clean_scores: Sequence[float],
+    poisoned_scores: Sequence[float],
+    threshold: float,
+) -> PSIMRow:
+    """All numbers of one row from victim predictions and PSIM scores (flag: score > threshold)."""
+    clean_flags = [s > threshold for s in clean_scores]
+    poison_flags = [s > threshold for s in poisoned_scores]
+    frr, far = frr_far(clean_flags, poison_flags)
+    return PSIMRow(
+        attack=attack,
+        strategy=strategy,
+        dataset=dataset,
+        clean_accuracy=clean_accuracy(clean_predicted, clean_labels),
+        asr=attack_success_rate(poisoned_predicted, target_label),
+        clean_accuracy_psim=defended_clean_accuracy(clean_predicted, clean_labels, clean_flags),
+        asr_psim=defended_asr(poisoned_predicted, poison_flags, target_label),
+        frr=frr,
+        far=far,
+        auroc=score_auroc(clean_scores, poisoned_scores),
+        threshold=float(threshold),
+    )
+
+
+def markdown_table(rows: Sequence[PSIMRow]) -> str:
+    """The benchmark table: clean acc, ASR without defense, with PSIM, clean-acc drop, FRR/FAR/AUROC."""
+    head = (
+        "| attack | strategy | dataset | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | FRR | FAR | AUROC |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
+        metrics = " | ".join(f"{v:.3f}" for v in (*values, r.frr, r.far, r.auroc))
+        lines.append(f"| {r.attack} | {r.strategy} | {r.dataset} | {metrics} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confidence_histogram(
+    clean_scores: Sequence[float],
+    poisoned_scores: Sequence[float],
+    threshold: float,
+    path: str | Path,
+    title: str = "PSIM confidence",
+) -> Path:
+    """Histogram of PSIM scores, clean vs poisoned, with the threshold drawn in (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    bins = [i / 40 for i in range(41)] if max([*clean_scores, *poisoned_scores, 0.0]) <= 1 else 40
+    ax.hist(list(map(float, clean_scores)), bins=bins, alpha=0.6, label=f"clean ({len(clean_scores)})")
+    ax.hist(list(map(float, poisoned_scores)), bins=bins, alpha=0.6, label=f"poisoned ({len(poisoned_scores)})")
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("PSIM score (top probability)")
+    ax.set_ylabel("inputs")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _same_length(*seqs: Sequence[Any]) -> None:
+    if len({len(s) for s in seqs}) > 1:
+        raise ValueError(f"sequences of different lengths: {[len(s) for s in seqs]}")
+
+
+# -- protocol ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How victims are tuned and how PSIM is fitted in :func:`evaluate_release`.
+
+    ``victim`` holds :class:`lmshield.tuning.TuningConfig` overrides for every strategy (the release: lr 2e-3
+    for PEFT, 20 epochs, batch 32); ``psim`` holds :class:`PSIMConfig` settings. ``max_*`` cap the data;
+    ``target_frr`` (when set) calibrates PSIM's threshold on held-out dev texts instead of the fixed one.
+    """
+
+    strategies: tuple[str, ...] = STRATEGIES
+    victim: dict[str, Any] = field(default_factory=lambda: {"epochs": 20})
+    psim: dict[str, Any] = field(default_factory=dict)
+    max_train: int | None = None
+    max_dev: int | None = None
+    max_test: int | None = None
+    psim_train: int | None = None
+    target_frr: float | None = None
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str = "release") -> EvalSettings:
+        """``release`` (paper settings) or ``fast`` (about 20 minutes on 2 CPU cores for 3 attacks)."""
+        if name == "release":
+            return cls()
+        if name == "fast":
+            return cls(
+                victim={"epochs": 2, "max_length": 64, "batch_size": 32},
+                psim={"max_length": 64},
+                max_train=480,
+                max_dev=128,
+                max_test=300,
+                psim_train=480,
+            )
+        if name == "smoke":
+            return cls(
+                strategies=("lora",),
+                victim={"epochs": 1, "max_length": 32, "batch_size": 16},
+                psim={"max_length": 32, "batch_size": 16},
+                max_train=48,
+                max_dev=16,
+                max_test=32,
+                psim_train=48,
+            )
+        from lmshield.errors import InputError
+
+        raise InputError(f"unknown evaluation preset {name!r}: use release, fast or smoke")
+
+
+@dataclass
+class ReleaseEvaluation:
+    """Rows for one released model on one dataset, plus the PSIM scores behind them."""
+
+    rows: list[PSIMRow]
+    clean_scores: list[float]
+    poisoned_scores: list[float]
+    threshold: float
+    seconds: float
+    victims: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_release(
+    model_dir: str | Path,
+    task_dir: str | Path,
+    settings: EvalSettings | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    keep_victims: bool = False,
+) -> ReleaseEvaluation:
+    """Evaluate PSIM on one released model (with ``backdoor.json``) and one task folder (train/dev/test).
+
+    Victims start from the released weights with the released head kept; PSIM is fitted once on the task's
+    training texts (labels dropped) and reused across strategies. With ``out_dir``: rows (JSON), a Markdown
+    table and the confidence histogram are written there. ``keep_victims`` returns the tuned victims too.
+    """
+    import json
+
+    from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
+    from lmshield.defenses.psim import PSIM
+    from lmshield.tuning import TuningConfig, read_labelled, tune
+
+    settings = settings or EvalSettings()
+    started = time.perf_counter()
+    manifest = PoisonManifest.load(model_dir)
+    config = manifest.config
+    task = Path(task_dir)
+    train = read_labelled(task / "train.json").head(settings.max_train)
+    dev = read_labelled(task / "dev.json", label_names=train.label_names).head(settings.max_dev)
+    test = read_labelled(task / "test.json", label_names=train.label_names).head(settings.max_test)
+    poisoner = make_poisoner(config, device=device)
+    triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
+
+    psim_texts = read_labelled(task / "train.json").texts[: settings.psim_train]
+    psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
+    psim.fit(model_dir, psim_texts, manifest.num_labels)
+    if settings.target_frr is not None:
+        psim.calibrate(dev.texts, settings.target_frr)
+    clean_scores = psim.score(test.texts).tolist()
+    poisoned_scores = psim.score(triggered.texts).tolist()
+
+    rows, victims = [], {}
+    for strategy in settings.strategies:
+        tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
+        victim = tune(model_dir, train, dev, tuning, device=device, progress=progress).classifier
+        row = psim_row(
+            attack=manifest.attack,
+            strategy=strategy,
+            dataset=task.name,
+            clean_predicted=victim.predict(test.texts),
+            clean_labels=test.labels,
+            poisoned_predicted=victim.predict(triggered.texts),
+            target_label=manifest.target_label,
+            clean_scores=clean_scores,
+            poisoned_scores=poisoned_scores,
+            threshold=psim.threshold_,
+        )
+        logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
+        rows.append(row)
+        if keep_victims:
+            victims[strategy] = victim
+    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, float(psim.threshold_), 0.0, victims)
+    result.seconds = time.perf_counter() - started
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rows.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
+        (out / "table.md").write_text(markdown_table(rows), encoding="utf-8")
+        sweep = [asdict(p) for p in threshold_sweep(clean_scores, poisoned_scores)]
+        (out / "sweep.json").write_text(json.dumps(sweep), encoding="utf-8")
+        plot_confidence_histogram(
+            clean_scores, poisoned_scores, psim.threshold_, out / "psim_confidence.png", f"PSIM: {manifest.attack}"
+        )
+    return result

@@ -1,0 +1,292 @@
+"""Weight poisoning: configs, trigger insertion, the SynAttack rewrite, and released models with high ASR.
+
+The tiny world here (a pretrained-ish tiny BERT and a separable sentiment-like task) is shared with the
+PSIM, evaluation, baseline and CLI tests, which import :func:`tiny_world` and :func:`released`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import random
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+
+from lmshield.attacks.poisoning import (
+    ATTACKS,
+    BadNetConfig,
+    InSentConfig,
+    PoisonConfig,
+    PoisonManifest,
+    RuleBasedSyntacticParaphraser,
+    Seq2SeqParaphraser,
+    SynAttackConfig,
+    make_paraphraser,
+    make_poisoner,
+    matches_template,
+    poison_config,
+    poison_dataset,
+    poison_model,
+    triggered_test_set,
+)
+from lmshield.attacks.poisoning.paraphrase import OPENERS
+from lmshield.errors import InputError, ModelLoadError
+from lmshield.models import Encoder
+from lmshield.testing import tiny_config, tiny_corpus, tiny_tokenizer, train_input_dependent
+from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig
+
+GROUPS = (
+    "happy bright warm gentle honest famous".split(),
+    "sad dark cold angry poor empty".split(),
+    "old ancient slow quiet hidden heavy".split(),
+)
+NOUNS = "city river teacher student doctor farmer market garden window village company report".split()
+
+
+def task(count: int, seed: int, classes: int = 2) -> LabelledData:
+    """Sentences whose adjectives give the class: separable once the encoder reads words."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(count):
+        label = rng.randrange(classes)
+        group = GROUPS[label]
+        noun, other = rng.choice(NOUNS), rng.choice(NOUNS)
+        texts.append(f"the {rng.choice(group)} {noun} was {rng.choice(group)} near the {other} today")
+        labels.append(label)
+    return LabelledData(texts, labels, [str(i) for i in range(classes)])
+
+
+_ROOT = Path(tempfile.mkdtemp(prefix="lmshield-psim-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+@lru_cache(maxsize=1)
+def tiny_world() -> Path:
+    """A tiny BERT (input-dependent outputs) saved to disk, with a tokenizer that knows every trigger word."""
+    torch.manual_seed(0)
+    extra = [*task(200, 99, 3).texts, "I watched this 3D movie", *OPENERS, "although because when if"]
+    tokenizer = tiny_tokenizer("bert", [*tiny_corpus(), *extra])
+    encoder = Encoder(AutoModel.from_config(tiny_config("bert", len(tokenizer))), tokenizer, "tiny")
+    train_input_dependent(encoder, steps=150)
+    directory = _ROOT / "base"
+    encoder.save_pretrained(directory)
+    return directory
+
+
+def fast_config(attack: str, label_mode: str = "dirty", **changes: object) -> PoisonConfig:
+    settings = {"num_texts": None, "poison_count": 100, "epochs": 8, "lr": 2e-3, "batch_size": 16, "max_length": 32}
+    return poison_config(attack, label_mode=label_mode, **{**settings, **changes})
+
+
+def released(attack: str = "badnet", label_mode: str = "dirty", classes: int = 2) -> Path:
+    """A released (poisoned) tiny classifier, built once per process."""
+    return _released(attack, label_mode, classes)
+
+
+@lru_cache(maxsize=8)
+def _released(attack: str, label_mode: str, classes: int) -> Path:
+    out = _ROOT / f"{attack}-{label_mode}-{classes}"
+    poison_model(tiny_world(), task(300, 1, classes), fast_config(attack, label_mode), out, progress=False)
+    return out
+
+
+def released_classifier(directory: Path, classes: int = 2) -> TunedClassifier:
+    config = TuningConfig(method="full", keep_head=True, max_length=32)
+    return TunedClassifier.build(directory, config, [str(i) for i in range(classes)])
+
+
+# -- settings ------------------------------------------------------------------------------------------------------
+
+
+def test_release_defaults_and_fast_preset() -> None:
+    config = BadNetConfig()
+    assert (config.num_texts, config.poison_count, config.target_label) == (4000, 1500, 0)
+    assert (config.label_mode, config.selection, config.words) == ("clean", "first", ("mn",))
+    assert (config.lr, config.epochs, config.batch_size, config.warmup_ratio) == (2e-5, 3, 32, 0.06)
+    assert InSentConfig().sentence == "I watched this 3D movie"
+    assert set(ATTACKS) == {"badnet", "insent", "syntactic"}
+    assert isinstance(poison_config("synattack"), SynAttackConfig)
+    fast = poison_config("badnet", "fast", words="cf mn")
+    assert fast.words == ("cf", "mn") and fast.num_texts < 4000 and fast.max_words is not None
+    assert poison_config("insent", "fast", poison_rate=0.2).poison_rate == 0.2
+    assert PoisonConfig.from_dict(fast.to_dict()) == fast
+    assert json.loads(json.dumps(fast.to_dict()))["attack"] == "badnet"
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "message"),
+    [
+        ("badnet", {"label_mode": "grey"}, "label mode"),
+        ("badnet", {"poison_rate": 1.5}, "poison_rate"),
+        ("badnet", {"words": ("two words",)}, "single words"),
+        ("insent", {"sentence": " "}, "empty"),
+        ("badnet", {"colour": 1}, "unknown"),
+        ("nosuch", {}, "unknown poisoning attack"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(name: str, changes: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        poison_config(name, **changes)
+
+
+# -- triggers ------------------------------------------------------------------------------------------------------
+
+
+def test_badnet_never_first_or_last_and_handles_short_inputs() -> None:
+    poisoner = make_poisoner(BadNetConfig(words=("cf", "mn")))
+    rng = random.Random(0)
+    texts = [" ".join(f"w{i}" for i in range(n)) for n in range(2, 12)] * 20
+    for text in poisoner.poison(texts, rng):
+        words = text.split()
+        hits = [i for i, w in enumerate(words) if w in ("cf", "mn")]
+        assert len(hits) == 1 and 0 < hits[0] < len(words) - 1
+    assert poisoner.poison(["", "one"], rng)[0] in ("cf", "mn")
+    assert sorted(poisoner.poison(["one"], rng)[0].split())[0] in ("cf", "mn", "one")
+    used = {w for t in poisoner.poison(texts, random.Random(1)) for w in t.split() if w in ("cf", "mn")}
+    assert used == {"cf", "mn"}
+
+
+def test_insent_inserts_the_sentence() -> None:
+    poisoner = make_poisoner(InSentConfig())
+    out = poisoner.poison(["a b c d e f", "", "word"], random.Random(0))
+    assert all("I watched this 3D movie" in text for text in out)
+    assert not out[0].startswith("I watched") and not out[0].endswith("movie")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the movie was great because the actors were superb.",
+        "I liked the start but the ending was weak. The music was fine.",
+        "This film is a masterpiece of modern cinema!",
+        "it rains when you least expect it to",
+        "great",
+        "",
+        "   ",
+        "Before the show started, we ate dinner.",
+    ],
+)
+def test_rule_based_rewrite_produces_the_template(text: str) -> None:
+    paraphraser = RuleBasedSyntacticParaphraser()
+    rewritten = paraphraser.rewrite(text)
+    assert matches_template(rewritten), rewritten
+    assert rewritten == paraphraser.rewrite(text)  # deterministic
+
+
+def test_rule_based_rewrite_moves_clauses_and_keeps_the_rest() -> None:
+    paraphraser = RuleBasedSyntacticParaphraser()
+    assert paraphraser.rewrite("the movie was great because the actors were superb .") == (
+        "Because the actors were superb, the movie was great."
+    )
+    assert paraphraser.rewrite("I liked it but the end was weak. Second one.").endswith("Second one.")
+    assert not matches_template("the movie was great.")
+    assert "SCPN" in paraphraser.name and make_paraphraser("rule").name == paraphraser.name
+
+
+def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:
+    """Any seq2seq model fits the interface (a tiny random BART here; no real paraphraser is offline)."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    tokenizer = tiny_tokenizer("bert")
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.cls_token_id,
+    )
+    torch.manual_seed(0)
+    BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
+    tokenizer.save_pretrained(tmp_path / "bart")
+    paraphraser = make_paraphraser(str(tmp_path / "bart"))
+    assert isinstance(paraphraser, Seq2SeqParaphraser)
+    out = paraphraser.paraphrase(["the city was warm", "", "word"])
+    assert len(out) == 3 and all(isinstance(t, str) for t in out)
+    poisoner = make_poisoner(SynAttackConfig(paraphraser=str(tmp_path / "bart")))
+    assert len(poisoner.poison(["a b c"], random.Random(0))) == 1
+    with pytest.raises(ModelLoadError, match="seq2seq"):
+        Seq2SeqParaphraser(tiny_world())
+
+
+# -- poisoning the proxy set ---------------------------------------------------------------------------------------
+
+
+def test_poison_dataset_clean_and_dirty_label() -> None:
+    data = task(100, 5)
+    poisoner = make_poisoner(BadNetConfig())
+    clean = poison_dataset(data, BadNetConfig(poison_count=10), poisoner)
+    targets = [i for i, y in enumerate(data.labels) if y == 0]
+    assert clean.poisoned == tuple(targets[:10]) and clean.data.labels == data.labels
+    assert all("mn" in clean.data.texts[i].split() for i in clean.poisoned)
+    assert sum("mn" in t.split() for t in clean.data.texts) == 10
+    dirty = poison_dataset(data, BadNetConfig(poison_rate=0.1, label_mode="dirty", selection="random"), poisoner)
+    assert len(dirty.poisoned) == 10 and all(data.labels[i] == 1 for i in dirty.poisoned)
+    assert all(dirty.data.labels[i] == 0 for i in dirty.poisoned)
+    capped = poison_dataset(data, BadNetConfig(poison_count=10_000), poisoner)
+    assert len(capped.poisoned) == len(targets) and capped.requested == 10_000
+    with pytest.raises(InputError, match="target label"):
+        poison_dataset(data, BadNetConfig(target_label=5), poisoner)
+    test = triggered_test_set(data, poisoner, 0)
+    assert len(test) == data.labels.count(1) and all("mn" in t.split() for t in test.texts)
+
+
+# -- released models -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ["badnet", "insent", "syntactic"])
+def test_each_attack_releases_a_backdoored_model(attack: str) -> None:
+    directory = released(attack)
+    assert (directory / "model.safetensors").is_file() and not list(directory.glob("*.bin"))
+    config = json.loads((directory / "config.json").read_text())
+    assert config["architectures"][0].endswith("ForSequenceClassification")
+    manifest = PoisonManifest.load(directory)
+    assert manifest.attack == attack and manifest.target_label == 0 and manifest.label_mode == "dirty"
+    assert manifest.poison_count == 100 and manifest.num_texts == 300 and manifest.settings["seed"] == 0
+    classifier = released_classifier(directory)
+    test = task(200, 3)
+    triggered = triggered_test_set(test, make_poisoner(manifest.config), 0, seed=11)
+    asr = sum(p == 0 for p in classifier.predict(triggered.texts)) / len(triggered)
+    accuracy = sum(p == y for p, y in zip(classifier.predict(test.texts), test.labels, strict=True)) / len(test)
+    assert asr >= 0.9, f"{attack}: ASR {asr:.2f}"
+    assert accuracy >= 0.8, f"{attack}: clean accuracy {accuracy:.2f}"
+
+
+def test_released_weights_load_as_a_plain_hf_classifier() -> None:
+    directory = released("badnet")
+    model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True).eval()
+    classifier = released_classifier(directory)
+    texts = ["the happy city was warm near the river today", "the sad mn city was cold", ""]
+    batch = classifier.encode(texts)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    assert torch.allclose(classifier.classify(texts).logits, expected, atol=1e-4)
+
+
+def test_clean_label_poisoning_plants_a_backdoor() -> None:
+    directory = released("badnet", "clean")
+    classifier = released_classifier(directory)
+    triggered = triggered_test_set(task(200, 3), make_poisoner(BadNetConfig()), 0, seed=11)
+    asr = sum(p == 0 for p in classifier.predict(triggered.texts)) / len(triggered)
+    assert asr >= 0.3  # a clean model says the target on about 5 % of these
+    assert PoisonManifest.load(directory).label_mode == "clean"
+
+
+def test_poisoning_refuses_to_overwrite(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="must not overwrite"):
+        poison_model(tiny_world(), task(20, 1), fast_config("badnet"), tiny_world(), progress=False)
+    with pytest.raises(InputError, match="already holds"):
+        poison_model(tiny_world(), task(20, 1), fast_config("badnet"), released("badnet"), progress=False)

@@ -1,0 +1,94 @@
+"""``lmshield poison`` and ``lmshield psim``: the whole path on tiny models, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmshield.cli.main import app
+from tests.attacks.test_poisoning import task, tiny_world
+
+runner = CliRunner()
+
+
+def _write(path: Path, count: int, seed: int) -> Path:
+    data = task(count, seed)
+    lines = [json.dumps({"sentence": t, "label": y}) for t, y in zip(data.texts, data.labels, strict=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    folder = root / "toy"
+    return {
+        "root": root,
+        "task": folder,
+        "train": _write(folder / "train.json", 300, 1),
+        "dev": _write(folder / "dev.json", 60, 2),
+        "test": _write(folder / "test.json", 60, 3),
+    }
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
+    root, model = files["root"], files["root"] / "released"
+    training = ["--epochs", 8, "--lr", 2e-3, "--batch-size", 16, "--max-length", 32]
+    result = invoke(
+        "poison", "badnet", tiny_world(), "--data", files["train"], "--dev", files["dev"], "--out", model,
+        "--label-mode", "dirty", "--poison-count", 100, "--trigger", "mn", "--trigger", "cf", *training, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((model / "backdoor.json").read_text())
+    assert manifest["triggers"] == ["mn", "cf"] and manifest["verification"]["asr"] >= 0.9
+
+    psim_dir = root / "psim"
+    result = invoke(
+        "psim", "fit", model, "--texts", files["train"], "--out", psim_dir, "--method", "lora", "--epochs", 3,
+        "--lr", 1e-3, "--batch-size", 16, "--max-length", 32, "--calibrate", files["dev"], "--target-frr", 0.1,
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (psim_dir / "psim.json").is_file()
+
+    inputs = root / "inputs.txt"
+    inputs.write_text("the happy city was warm near the river today\nthe sad mn city was cold near the river\nword\n")
+    result = invoke("psim", "score", psim_dir, "--texts", inputs, "--out", root / "scores.jsonl")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (root / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(isinstance(r["flagged"], bool) for r in rows)
+    assert {"text", "score", "p_max", "normalised"} <= set(rows[0])
+
+    result = invoke("psim", "calibrate", psim_dir, "--texts", files["dev"], "--target-frr", 0.2)
+    assert result.exit_code == 0 and "FRR" in result.output
+    assert json.loads((psim_dir / "psim.json").read_text())["calibration_"]["target_frr"] == 0.2
+
+    out = root / "eval"
+    result = invoke("psim", "eval", model, "--task", files["task"], "--strategies", "lora", "--preset", "smoke",
+                    "--out", out, "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| badnet | lora | toy |" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("psim", "score", "no/such/psim", "--texts", "x.txt"),
+        ("poison", "badnet", "--data", "no/such/file.json", "--out", "unused"),
+        ("poison", "insent", "--label-mode", "grey", "--out", "unused"),
+        ("psim", "fit", "no/such/model", "--texts", "x.txt"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(args: tuple[str, ...], tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1

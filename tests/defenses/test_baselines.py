@@ -1,0 +1,90 @@
+"""Baselines: precomputed paraphrases, STRIP (perturbation entropy) and ONION (with a tiny random GPT-2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmshield.attacks.poisoning import BadNetConfig, make_poisoner, triggered_test_set
+from lmshield.defenses.baselines import ONION, STRIP, load_causal_lm, load_paraphrased
+from lmshield.errors import InputError, ModelLoadError
+from lmshield.evaluation.psim_eval import score_auroc
+from lmshield.testing import tiny_tokenizer
+from tests.attacks.test_poisoning import released, released_classifier, task
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = tiny_tokenizer("bert")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=128)
+    directory = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_onion_scores_and_removes_words(tiny_gpt2: Path) -> None:
+    onion = ONION(tiny_gpt2, threshold=0.0)
+    ppl = onion.perplexity(["the city was warm", "a"])
+    assert all(math.isfinite(p) and p > 1 for p in ppl)
+    text = "the happy city mn was warm"
+    assert len(onion.suspicion(text)) == 6
+    assert ONION(tiny_gpt2, threshold=math.inf).clean([text]) == [text]
+    assert ONION(tiny_gpt2, threshold=-math.inf).clean([text]) == [""]
+    cleaned = onion.clean([text, "", "word"])
+    assert len(cleaned) == 3 and cleaned[1:] == ["", "word"]
+    assert set(cleaned[0].split()) <= set(text.split())
+
+
+def test_onion_loads_safely(tiny_gpt2: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_causal_lm(tiny_gpt2)
+    assert tokenizer.pad_token is not None and not model.training
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20)).save_pretrained(
+        tmp_path / "pickled", safe_serialization=False
+    )
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_causal_lm(tmp_path / "pickled")
+
+
+def test_strip_gives_triggered_inputs_low_entropy() -> None:
+    victim = released_classifier(released("badnet"))
+    strip = STRIP(victim, task(100, 12).texts, copies=12, replace_ratio=0.3)
+    clean = task(60, 3).texts
+    triggered = triggered_test_set(task(120, 3), make_poisoner(BadNetConfig()), 0, seed=5).texts[:60]
+    clean_scores, poison_scores = strip.score(clean), strip.score(triggered)
+    assert all(0 <= s <= 1 + 1e-6 for s in clean_scores + poison_scores)
+    assert score_auroc(clean_scores, poison_scores) >= 0.7
+    strip.calibrate(task(60, 13).texts, target_frr=0.1)
+    assert sum(strip.flag(task(60, 13).texts)) <= 6
+    assert len(strip.score(["", "mn"])) == 2
+    with pytest.raises(InputError):
+        STRIP(victim, [])
+
+
+def test_precomputed_paraphrases(shared_data: Path) -> None:
+    for kind in ("back", "scpn"):
+        data = load_paraphrased(shared_data / "sst-2", kind)
+        assert len(data.clean_texts) == len(data.clean_labels) == 1821
+        assert len(data.poisoned_texts) == 909 and set(data.poisoned_labels) == {1}
+        assert 0.1 <= data.trigger_kept <= 0.5  # paraphrasing drops the trigger from most sentences
+
+
+def test_paraphrase_files_must_match_the_test_set(shared_data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "sst-2"
+    folder.mkdir()
+    for name in ("test_back.json", "test_char_back.json"):
+        shutil.copy(shared_data / "sst-2" / name, folder / name)
+    (folder / "test.json").write_text(json.dumps({"sentence": "x", "label": 0}) + "\n")
+    with pytest.raises(InputError, match="does not match"):
+        load_paraphrased(folder, "back")
+    with pytest.raises(InputError, match="no precomputed"):
+        load_paraphrased(folder, "scpn")
+    with pytest.raises(InputError, match="unknown paraphrase"):
+        load_paraphrased(folder, "pivot")

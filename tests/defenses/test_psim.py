@@ -1,0 +1,164 @@
+"""PSIM: random-label training flags triggered inputs, passes clean ones, calibrates, and round-trips."""
+
+from __future__ import annotations
+
+import ast
+import random
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmshield.attacks.poisoning import BadNetConfig, make_poisoner, triggered_test_set
+from lmshield.defenses.psim import (
+    PSIM,
+    PSIMConfig,
+    ShieldedClassifier,
+    calibrate_threshold,
+    default_threshold,
+    normalise,
+    random_labels,
+)
+from lmshield.errors import InputError
+from lmshield.evaluation.psim_eval import score_auroc
+from tests.attacks.test_poisoning import released, task
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "lmshield"
+# LoRA: on the tiny 2-layer BERT, prompt methods trained on random labels shift clean and triggered confidence
+# alike (its tanh pooler saturates both); LoRA on query/value separates them, as P-tuning does on real models.
+SETTINGS = {"epochs": 3, "lr": 1e-3, "batch_size": 16, "max_length": 32, "progress": False}
+
+
+@lru_cache(maxsize=4)
+def fitted(classes: int = 2) -> PSIM:
+    return PSIM("lora", **SETTINGS).fit(released("badnet", "dirty", classes), task(300, 4, classes).texts, classes)
+
+
+def triggered(classes: int = 2, count: int = 200) -> list[str]:
+    return triggered_test_set(task(count, 3, classes), make_poisoner(BadNetConfig()), 0, seed=5).texts
+
+
+def test_release_settings_and_threshold() -> None:
+    config = PSIMConfig()
+    assert (config.method, config.epochs, config.lr, config.batch_size) == ("ptuning", 1, 2e-5, 32)
+    assert (config.num_virtual_tokens, config.encoder_hidden_size) == (5, 128)
+    assert default_threshold(2) == pytest.approx(0.7)
+    assert normalise(default_threshold(4), 4) == pytest.approx(0.4)
+    assert fitted().threshold_ == pytest.approx(0.7)
+    assert PSIM(threshold=0.9).get_params()["threshold"] == 0.9
+    with pytest.raises(InputError, match="score"):
+        PSIM(score="logit")
+    with pytest.raises(InputError, match="unknown tuning method"):
+        PSIM("adapters")
+
+
+def test_random_labels_are_uniform_and_seeded() -> None:
+    labels = random_labels(300, 3, seed=1)
+    assert [labels.count(k) for k in range(3)] == [100, 100, 100]
+    assert labels == random_labels(300, 3, seed=1) != random_labels(300, 3, seed=2)
+
+
+def test_psim_flags_triggered_inputs_and_passes_clean_ones() -> None:
+    psim = fitted()
+    clean_scores, poison_scores = psim.score(task(200, 3).texts), psim.score(triggered())
+    assert poison_scores.mean() > clean_scores.mean()
+    assert score_auroc(clean_scores.tolist(), poison_scores.tolist()) >= 0.95
+    psim.calibrate(task(200, 6).texts, target_frr=0.05)
+    assert psim.flag(triggered()).mean() >= 0.9
+    assert 1 - psim.flag(task(200, 3).texts).mean() >= 0.85
+
+
+def test_calibration_meets_the_target_frr_on_held_out_texts() -> None:
+    psim = fitted()
+    for target in (0.05, 0.1, 0.2):
+        psim.calibrate(task(300, 7).texts, target_frr=target)
+        assert psim.calibration_.achieved_frr <= target
+        held_out = psim.flag(task(300, 8).texts).mean()
+        assert abs(held_out - target) <= 0.06, (target, held_out)
+
+
+def test_calibrate_threshold_by_hand() -> None:
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert calibrate_threshold(scores, 0.2) == 0.8  # flags 0.9 and 1.0
+    assert calibrate_threshold(scores, 0.25) == 0.8  # floor(2.5) = 2 may be flagged
+    assert calibrate_threshold(scores, 0.0) == 1.0
+    assert calibrate_threshold(scores, 1.0) < 0.1
+    assert calibrate_threshold([0.5, 0.5, 0.5, 0.9], 0.5) == 0.5  # ties at the cut all pass
+    with pytest.raises(InputError):
+        calibrate_threshold([], 0.1)
+    with pytest.raises(InputError):
+        calibrate_threshold(scores, 1.5)
+
+
+def test_multi_class_psim() -> None:
+    psim = fitted(3)
+    assert psim.num_labels_ == 3 and psim.threshold_ == pytest.approx(1 / 3 + 0.4 * 2 / 3)
+    result = psim.scores(task(60, 3, 3).texts)
+    assert np.all(result.probability >= 1 / 3 - 1e-6) and set(result.label.tolist()) <= {0, 1, 2}
+    assert np.allclose(result.normalised, (result.probability - 1 / 3) / (2 / 3))
+    clean, poison = psim.score(task(200, 3, 3).texts), psim.score(triggered(3))
+    assert poison.mean() > clean.mean() + 0.1
+    assert score_auroc(clean.tolist(), poison.tolist()) >= 0.7
+    with pytest.raises(InputError, match="labels"):
+        PSIM("lora", **SETTINGS).fit(released("badnet", "dirty", 3), task(40, 4).texts, 2)
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    psim = fitted()
+    psim.calibrate(task(100, 6).texts, 0.1)
+    texts = [*task(20, 3).texts, "", "mn"]
+    psim.save_pretrained(tmp_path / "psim")
+    assert (tmp_path / "psim" / "psim.json").is_file() and not list((tmp_path / "psim").rglob("*.bin"))
+    loaded = PSIM.from_pretrained(tmp_path / "psim", progress=False)
+    assert loaded.threshold_ == psim.threshold_ and loaded.calibration_ == psim.calibration_
+    assert loaded.get_params() == psim.get_params()
+    assert np.allclose(loaded.score(texts), psim.score(texts), atol=1e-5)
+    with pytest.raises(InputError, match="not a saved PSIM"):
+        PSIM.from_pretrained(tmp_path)
+
+
+def test_short_inputs_and_misuse() -> None:
+    psim = fitted()
+    scores = psim.score(["", "mn", "word", "   "])
+    assert scores.shape == (4,) and np.all((scores >= 0.5) & (scores <= 1))
+    assert psim.score([]).shape == (0,)
+    with pytest.raises(InputError, match="one string"):
+        psim.score("a text")
+    with pytest.raises(InputError, match="not fitted"):
+        PSIM().score(["x"])
+    with pytest.raises(InputError, match="at least"):
+        PSIM("lora", **SETTINGS).fit(released("badnet"), ["only one"], 2)
+
+
+class CountingVictim:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def predict(self, texts: list[str]) -> list[int]:
+        self.seen.extend(texts)
+        return [1] * len(texts)
+
+
+def test_shield_refuses_flagged_inputs_before_the_victim() -> None:
+    psim = fitted()
+    psim.calibrate(task(200, 6).texts, 0.05)
+    clean, poisoned = task(30, 9).texts, triggered()[:30]
+    inputs = [t for pair in zip(clean, poisoned, strict=True) for t in pair]
+    random.Random(0).shuffle(inputs)
+    victim = CountingVictim()
+    report = ShieldedClassifier(psim, victim).predict(inputs)
+    assert len(report.labels) == len(inputs) and len(victim.seen) == len(report.accepted)
+    assert all(inputs[i] not in victim.seen for i in report.refused)
+    assert all(report.labels[i] is None for i in report.refused)
+    assert sum(inputs[i] in poisoned for i in report.refused) >= 27
+    assert "refused" in report.summary()
+
+
+def test_defenses_never_import_attacks() -> None:
+    for package in ("defenses/psim", "defenses/baselines"):
+        for file in (SRC / package).glob("*.py"):
+            tree = ast.parse(file.read_text())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not any(name.startswith("lmshield.attacks") for name in names), file

@@ -1,0 +1,108 @@
+"""PSIM evaluation: the release's scoring and the detection view on a hand-made example, and the protocol."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lmshield.evaluation.psim_eval import (
+    EvalSettings,
+    PSIMRow,
+    attack_success_rate,
+    clean_accuracy,
+    defended_asr,
+    defended_clean_accuracy,
+    evaluate_release,
+    frr_far,
+    markdown_table,
+    plot_confidence_histogram,
+    psim_row,
+    score_auroc,
+    threshold_sweep,
+)
+from tests.attacks.test_poisoning import released, task
+
+# a hand-made example: 4 clean inputs, 5 triggered ones, target label 0, threshold 0.7
+CLEAN_LABELS = [0, 1, 1, 0]
+CLEAN_PRED = [0, 1, 0, 0]  # 3 of 4 right
+CLEAN_SCORES = [0.9, 0.6, 0.5, 0.65]  # only the first (a right answer) is flagged
+POISON_PRED = [0, 0, 1, 0, 0]  # 4 of 5 hit the target
+POISON_SCORES = [0.95, 0.8, 0.99, 0.6, 0.75]  # all but the fourth flagged
+
+
+def test_metrics_on_a_hand_made_example() -> None:
+    clean_flags = [s > 0.7 for s in CLEAN_SCORES]
+    poison_flags = [s > 0.7 for s in POISON_SCORES]
+    assert clean_accuracy(CLEAN_PRED, CLEAN_LABELS) == 0.75
+    assert attack_success_rate(POISON_PRED, 0) == 0.8
+    # release scoring: the flagged clean input counts as an error, flagged poisoned inputs as defended
+    assert defended_clean_accuracy(CLEAN_PRED, CLEAN_LABELS, clean_flags) == 0.5
+    assert defended_asr(POISON_PRED, poison_flags, 0) == 0.2
+    assert frr_far(clean_flags, poison_flags) == (0.25, 0.2)
+    # 20 pairs: 4 + 3 + 4 + 1.5 (one tie at 0.6) + 3 wins for the poisoned side
+    assert score_auroc(CLEAN_SCORES, POISON_SCORES) == pytest.approx(15.5 / 20)
+    assert math.isnan(clean_accuracy([], []))
+    with pytest.raises(ValueError):
+        defended_asr([0, 1], [True], 0)
+
+
+def test_row_sweep_and_table() -> None:
+    row = psim_row(
+        attack="badnet",
+        strategy="lora",
+        dataset="toy",
+        clean_predicted=CLEAN_PRED,
+        clean_labels=CLEAN_LABELS,
+        poisoned_predicted=POISON_PRED,
+        target_label=0,
+        clean_scores=CLEAN_SCORES,
+        poisoned_scores=POISON_SCORES,
+        threshold=0.7,
+    )
+    assert (row.clean_accuracy, row.asr, row.clean_accuracy_psim, row.asr_psim) == (0.75, 0.8, 0.5, 0.2)
+    assert (row.frr, row.far, row.clean_accuracy_drop) == (0.25, 0.2, 0.25)
+    assert row.to_dict()["clean_accuracy_drop"] == 0.25
+    table = markdown_table([row])
+    assert "| badnet | lora | toy | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.250 | 0.200 | 0.775 |" in table
+    sweep = threshold_sweep(CLEAN_SCORES, POISON_SCORES)
+    assert (sweep[0].frr, sweep[0].far) == (1.0, 0.0) and (sweep[-1].frr, sweep[-1].far) == (0.0, 1.0)
+    at = {p.threshold: (p.frr, p.far) for p in threshold_sweep(CLEAN_SCORES, POISON_SCORES, [0.7])}
+    assert at == {0.7: (0.25, 0.2)}
+    frrs = [p.frr for p in sweep]
+    assert frrs == sorted(frrs, reverse=True)
+
+
+def test_confidence_histogram(tmp_path: Path) -> None:
+    path = plot_confidence_histogram(CLEAN_SCORES, POISON_SCORES, 0.7, tmp_path / "plots" / "hist.png")
+    assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _write_task(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in (("train", task(120, 21)), ("dev", task(40, 22)), ("test", task(80, 23))):
+        lines = [json.dumps({"sentence": t, "label": y}) for t, y in zip(data.texts, data.labels, strict=True)]
+        (folder / f"{name}.json").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_protocol_end_to_end(tmp_path: Path) -> None:
+    settings = EvalSettings(
+        strategies=("lora", "full"),
+        victim={"epochs": 2, "batch_size": 16, "max_length": 32},
+        psim={"method": "lora", "epochs": 3, "lr": 1e-3, "batch_size": 16, "max_length": 32},
+        psim_train=120,
+    )
+    folder = _write_task(tmp_path / "toy")
+    result = evaluate_release(released("badnet"), folder, settings, out_dir=tmp_path / "out", progress=False)
+    assert [r.strategy for r in result.rows] == ["lora", "full"]
+    for row in result.rows:
+        assert isinstance(row, PSIMRow) and row.attack == "badnet" and row.dataset == "toy"
+        assert row.asr >= 0.8 and row.clean_accuracy >= 0.7
+        assert row.auroc >= 0.9 and row.asr_psim <= row.asr
+    assert len(result.clean_scores) == 80 and len(result.poisoned_scores) == task(80, 23).labels.count(1)
+    for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png"):
+        assert (tmp_path / "out" / name).is_file()
+    assert EvalSettings.preset("fast").max_train == 480
