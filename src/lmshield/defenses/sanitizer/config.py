@@ -40,7 +40,7 @@ class SanitizerConfig:
     max_insert_word: int = 32
     # carrier text and batching
     num_carriers: int = 256
-    max_length: int = 40
+    max_length: int = 32
     batch_size: int = 32
     seeds_in_parallel: int = 4
     # optimisation
@@ -122,7 +122,7 @@ class SanitizerConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # smoke-test speed: fewer carriers and steps, still the same decision rules
-    "fast": {"num_carriers": 128, "max_length": 32, "epochs": 3, "max_seeds": 8},
+    "fast": {"num_carriers": 128, "max_length": 24, "epochs": 3, "max_seeds": 8},
     # the authors' release, BERT settings: 2,000 carriers of length 128, absolute thresholds
     "release": {
         "num_carriers": 2000,
