@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,18 @@ def _broken(kind: str, clean: Path, tmp_path: Path) -> list[str]:
         return [str(clean), "--position", "middle"]
     if kind == "bad preset":
         return [str(clean), "--preset", "turbo"]
+    broken = tmp_path / "broken"
+    shutil.copytree(clean, broken)
+    if kind == "corrupt weights":
+        (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    elif kind == "no weights":
+        (broken / "model.safetensors").unlink()
+    elif kind == "no tokenizer":
+        (broken / "tokenizer.json").unlink()
+    elif kind == "unsupported":
+        config = (broken / "config.json").read_text().replace('"model_type": "bert"', '"model_type": "gpt2"')
+        (broken / "config.json").write_text(config)
+    return [str(broken)]
     raise AssertionError(kind)
 
 
@@ -74,6 +87,10 @@ def _broken(kind: str, clean: Path, tmp_path: Path) -> list[str]:
         ("empty text file", "empty"),
         ("bad position", "unknown position"),
         ("bad preset", "unknown preset"),
+        ("corrupt weights", "corrupted or truncated"),
+        ("no weights", "no weights found"),
+        ("no tokenizer", "tokenizer missing"),
+        ("unsupported", "supported: "),
     ],
 )
 def test_bad_input_is_one_line_and_exit_two(kind: str, message: str, saved_pair, tmp_path: Path):

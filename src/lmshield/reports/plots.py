@@ -33,7 +33,7 @@ def plot_seeds(result: ScanResult, path: str | Path) -> Path:
     ax.axvline(config.distance_threshold, color="tab:red", linestyle="--", linewidth=1, label="distance threshold")
     ax.axvline(config.abandon_threshold, color="tab:gray", linestyle=":", linewidth=1, label="abandon threshold")
     ax.axhline(config.collapse_threshold, color="tab:blue", linestyle="--", linewidth=1, label="collapse threshold")
-    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xscale("log")
     ax.set_xlabel(f"distance from clean output ({config.distance_scale})")
     ax.set_ylabel("collapse (entropy / ln batch)")
     ax.set_title(f"PV mining seeds: {result.verdict}")
