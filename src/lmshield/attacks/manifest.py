@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 
@@ -17,9 +17,47 @@ FORMAT = "lmshield-backdoor"
 FORMAT_VERSION = 1
 
 
+class ManifestFile:
+    """``backdoor.json`` for a manifest dataclass: a format tag on save, checked on load.
+
+    Subclasses (dataclasses) set ``FORMAT`` (the tag) and ``MADE_BY`` (the command, for messages).
+    """
+
+    FORMAT: ClassVar[str]
+    MADE_BY: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / BACKDOOR_JSON
+        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Self:
+        path = Path(directory) / BACKDOOR_JSON
+        if not path.is_file():
+            raise InputError(f"{directory}: no {BACKDOOR_JSON}, not a model made by {cls.MADE_BY}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
+        if data.get("format") != cls.FORMAT:
+            raise InputError(f"{path}: not a manifest of {cls.MADE_BY}")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise InputError(f"{path}: incomplete manifest ({exc})") from exc
+
+
 @dataclass
-class BackdoorManifest:
+class BackdoorManifest(ManifestFile):
     """What was planted, where it acts and how it was made."""
+
+    FORMAT: ClassVar[str] = FORMAT
+    MADE_BY: ClassVar[str] = "lmshield attack"
 
     attack: str
     triggers: list[str]
@@ -40,28 +78,3 @@ class BackdoorManifest:
     @property
     def vector_tensor(self) -> torch.Tensor:
         return torch.tensor(self.vectors, dtype=torch.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / BACKDOOR_JSON
-        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> BackdoorManifest:
-        path = Path(directory) / BACKDOOR_JSON
-        if not path.is_file():
-            raise InputError(f"{directory}: no {BACKDOOR_JSON}, not a model made by lmshield attack")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
-        if data.get("format") != FORMAT:
-            raise InputError(f"{path}: not an lmshield backdoor manifest")
-        known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise InputError(f"{path}: incomplete manifest ({exc})") from exc

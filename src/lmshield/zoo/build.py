@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError
 from lmshield.models.loading import load_encoder
 from lmshield.text.sources import TextSource
@@ -23,7 +24,7 @@ from lmshield.zoo.spec import ModelEntry, ZooSpec
 SPEC_JSON = "zoo.json"
 METADATA_CSV = "METADATA.csv"
 CLEAN_JSON = "clean.json"
-BACKDOOR_JSON = "backdoor.json"
+
 METADATA_FIELDS = ("model_id", "truth", "kind", "attack", "triggers", "seed", "preset", "planted", "seconds")
 
 

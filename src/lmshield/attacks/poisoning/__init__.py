@@ -5,6 +5,7 @@ Pick a config (:func:`poison_config` or a config class, ``release`` or ``fast`` 
 :mod:`lmshield.tuning`) and releases the weights with a ``backdoor.json`` manifest.
 """
 
+from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.attacks.poisoning.config import (
     ATTACKS,
     BadNetConfig,
@@ -25,7 +26,7 @@ from lmshield.attacks.poisoning.paraphrase import (
     matches_template,
 )
 from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, WordPoisoner, make_poisoner
-from lmshield.attacks.poisoning.runner import BACKDOOR_JSON, PoisonManifest, PoisonResult, poison_model, release
+from lmshield.attacks.poisoning.runner import PoisonManifest, PoisonResult, poison_model, release
 
 __all__ = [
     "ATTACKS",

@@ -8,18 +8,17 @@ Training goes through :func:`lmshield.tuning.tune` (method ``full``, the release
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from lmshield.attacks.manifest import ManifestFile
 from lmshield.attacks.poisoning.config import PoisonConfig
 from lmshield.attacks.poisoning.dataset import poison_dataset, prepare_proxy, triggered_test_set
 from lmshield.attacks.poisoning.paraphrase import Paraphraser
@@ -30,14 +29,15 @@ from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
 
 logger = logging.getLogger(__name__)
 
-BACKDOOR_JSON = "backdoor.json"
 FORMAT = "lmshield-poison"
-FORMAT_VERSION = 1
 
 
 @dataclass
-class PoisonManifest:
+class PoisonManifest(ManifestFile):
     """Ground truth of a weight-poisoning backdoor: attack, trigger, target, poison rate, data, settings."""
+
+    FORMAT: ClassVar[str] = FORMAT
+    MADE_BY: ClassVar[str] = "lmshield poison"
 
     attack: str
     triggers: list[str]
@@ -58,31 +58,6 @@ class PoisonManifest:
     @property
     def config(self) -> PoisonConfig:
         return PoisonConfig.from_dict(self.settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / BACKDOOR_JSON
-        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> PoisonManifest:
-        path = Path(directory) / BACKDOOR_JSON
-        if not path.is_file():
-            raise InputError(f"{directory}: no {BACKDOOR_JSON}, not a model made by lmshield poison")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
-        if data.get("format") != FORMAT:
-            raise InputError(f"{path}: not a weight-poisoning manifest")
-        known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise InputError(f"{path}: incomplete manifest ({exc})") from exc
 
 
 @dataclass
