@@ -7,7 +7,8 @@ import math
 import torch
 
 from lmshield.defenses.sanitizer.carriers import insert_soft_triggers, insertion_slots
-from lmshield.defenses.sanitizer.mining import entropy_across_batch, sign_agreement
+from lmshield.defenses.sanitizer.mining import entropy_across_batch
+from lmshield.defenses.sanitizer.monitor import sign_match
 
 
 def test_soft_trigger_insertion_matches_a_python_loop():
@@ -45,4 +46,16 @@ def test_collapse_entropy_reaches_its_ceiling_only_when_outputs_collapse():
 def test_sign_agreement_counts_matching_signs():
     outputs = torch.tensor([[1.0, -2.0, 3.0, -4.0], [1.0, 1.0, 1.0, 1.0]])
     vectors = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
-    assert sign_agreement(outputs, vectors).squeeze(1).tolist() == [1.0, 0.5]
+    assert sign_match(outputs, vectors).squeeze(1).tolist() == [1.0, 0.5]
+
+
+def test_mask_tokens_survive_truncation():
+    from lmshield.defenses.sanitizer.carriers import add_mask_tokens
+    from lmshield.testing import tiny_encoder
+
+    encoder = tiny_encoder("bert")
+    long_texts = [" ".join(["the old dog watched a river"] * 8)] * 20
+    masked = add_mask_tokens(encoder, long_texts, token_budget=12, seed=0)
+    ids = encoder.tokenize(masked, 12)["input_ids"]
+    assert bool((ids == encoder.mask_token_id).any(dim=1).all())
+    assert all(text.count(encoder.tokenizer.mask_token) == 1 for text in masked)

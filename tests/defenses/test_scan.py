@@ -9,7 +9,7 @@ import torch
 
 from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
 from lmshield.defenses.sanitizer import mining as mining_module
-from lmshield.defenses.sanitizer.mining import sign_agreement
+from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.errors import InputError
 from lmshield.testing import TINY_ARCHITECTURES, tiny_encoder
 from tests.tiny_pairs import TINY_SCAN
@@ -29,7 +29,7 @@ def test_search_recovers_a_planted_vector(model_pair):
     _, backdoored, vectors = model_pair
     result = scan(backdoored, TINY_SCAN.replace(mode="search", max_seeds=8), progress=False)
     assert len(result.trace) == 8
-    best = sign_agreement(result.pvs, vectors).max(dim=1).values
+    best = sign_match(result.pvs, vectors).max(dim=1).values
     assert float(best.max()) >= 0.9, best
     pairwise = torch.cdist(result.pvs, result.pvs).pow(2) / result.pvs.shape[1] / result.spread
     off_diagonal = pairwise[~torch.eye(len(pairwise), dtype=torch.bool)]
@@ -124,7 +124,7 @@ def test_mask_position_scans_a_mask_backdoor():
     result = scan(encoder, TINY_SCAN.replace(mode="search"), position="mask", progress=False)
     assert result.position == "mask"
     assert result.verdict == "backdoored"
-    assert float(sign_agreement(result.pvs, vectors).max()) > 0.8  # what the monitor's sign rule needs
+    assert float(sign_match(result.pvs, vectors).max()) > 0.8  # what the monitor's sign rule needs
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ import torch
 
 from lmshield.attacks.manifest import BackdoorManifest
 from lmshield.attacks.task_agnostic import insert_trigger, with_mask
+from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD as MONITOR_THRESHOLD
+from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.errors import LmshieldError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
@@ -17,13 +19,7 @@ from lmshield.models.positions import WatchedPosition
 from lmshield.text.grammar import grammar_sentences
 
 PLANTED_AGREEMENT = 0.9  # planted when every trigger's mean sign agreement reaches this
-MONITOR_MATCH = 0.8  # LMSanitator's monitor flags an output matching a PV's signs on more than this share
 CLOSE_COSINE = 0.8  # clean outputs "stayed close" when their mean cosine to the original's reaches this
-
-
-def sign_agreement(outputs: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """Share of dimensions whose signs match, ``(N, H), (K, H) -> (N, K)``."""
-    return (torch.sign(outputs)[:, None, :] == torch.sign(vectors)[None, :, :]).float().mean(dim=-1)
 
 
 @dataclass
@@ -121,17 +117,17 @@ def verify_backdoor(
     vectors = manifest.vector_tensor
     insertion = str(manifest.settings.get("insertion", "once"))
     clean_out = model.watched_outputs(clean, position, max_length)
-    clean_match = sign_agreement(clean_out, vectors)
+    clean_match = sign_match(clean_out, vectors)
     checks = []
     for k, trigger in enumerate(manifest.triggers):
         triggered = [insert_trigger(insertion, text, trigger, rng) for text in clean]
-        agree = sign_agreement(model.watched_outputs(triggered, position, max_length), vectors[k : k + 1])[:, 0]
+        agree = sign_match(model.watched_outputs(triggered, position, max_length), vectors[k : k + 1])[:, 0]
         checks.append(
             TriggerCheck(
                 trigger=trigger,
                 triggered_agreement=float(agree.mean()),
                 clean_agreement=float(clean_match[:, k].mean()),
-                triggered_flagged=float((agree > MONITOR_MATCH).float().mean()),
+                triggered_flagged=float((agree > MONITOR_THRESHOLD).float().mean()),
             )
         )
     name = original or manifest.base_model
@@ -143,7 +139,7 @@ def verify_backdoor(
     return Verification(
         planted=all(c.planted(threshold) for c in checks),
         triggers=checks,
-        clean_flagged=float((clean_match > MONITOR_MATCH).any(dim=1).float().mean()),
+        clean_flagged=float((clean_match > MONITOR_THRESHOLD).any(dim=1).float().mean()),
         clean_cosine=cosine,
         clean_close=None if cosine is None else cosine >= CLOSE_COSINE,
         original=name,

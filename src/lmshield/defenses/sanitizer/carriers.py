@@ -29,10 +29,24 @@ class PreparedCarriers:
         return int(self.input_ids.shape[0])
 
 
-def add_mask_tokens(texts: list[str], mask_token: str, seed: int) -> list[str]:
-    """Insert one mask token per text at a random word position (for mask-position backdoors)."""
+def add_mask_tokens(encoder: Encoder, texts: list[str], token_budget: int, seed: int) -> list[str]:
+    """Insert one mask token per text at a random word position that survives truncation to the budget.
+
+    Where truncation would cut the mask off, it is placed again within the first half of the words that
+    fit, then the first quarter, and finally right at the start.
+    """
     rng = random.Random(seed)
-    return [insert_words(text, mask_token, rng) for text in texts]
+    mask = encoder.tokenizer.mask_token
+    masked = [insert_words(text, mask, rng) for text in texts]
+    for attempt in range(1, 4):
+        ids = encoder.tokenize(masked, token_budget)["input_ids"].cpu()
+        missing = (~(ids == encoder.mask_token_id).any(dim=1)).nonzero().squeeze(1).tolist()
+        if not missing:
+            break
+        for i in missing:
+            limit = 0 if attempt == 3 else len(texts[i].split()) // 2**attempt
+            masked[i] = insert_words(texts[i], mask, rng, max_position=limit)
+    return masked
 
 
 def insertion_slots(
@@ -73,13 +87,13 @@ def prepare_carriers(
     """Tokenise carriers, locate insertion slots and the watched token, compute clean targets once."""
     if len(texts) < 2:
         raise InputError(f"PV mining needs at least 2 carrier texts, got {len(texts)}")
-    if position.kind == "mask":
-        if encoder.tokenizer.mask_token is None:
-            raise InputError("position 'mask' needs a tokenizer with a mask token")
-        texts = add_mask_tokens(texts, encoder.tokenizer.mask_token, seed)
     token_budget = max_length - trigger_length
     if token_budget < 4:
         raise InputError(f"max_length {max_length} leaves no room for a trigger of {trigger_length} vectors")
+    if position.kind == "mask":
+        if encoder.tokenizer.mask_token is None:
+            raise InputError("position 'mask' needs a tokenizer with a mask token")
+        texts = add_mask_tokens(encoder, texts, token_budget, seed)
     batch = encoder.tokenize(texts, token_budget)
     cpu = {k: v.cpu() for k, v in batch.items()}
     slots, counts = insertion_slots(cpu["word_ids"], cpu["attention_mask"], max_insert_word)

@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from lmshield.defenses.sanitizer.carriers import PreparedCarriers, insert_soft_triggers
 from lmshield.defenses.sanitizer.config import SanitizerConfig
+from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, sign_match
 from lmshield.defenses.sanitizer.result import SeedTrace
 from lmshield.models.encoder import Encoder
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-SIGN_MATCH = 0.8
 
 
 @dataclass
@@ -67,11 +67,6 @@ def entropy_across_batch(outputs: torch.Tensor) -> torch.Tensor:
     """Mean over hidden dimensions of the entropy of a softmax across the batch; ``(S, B, H) -> (S,)``."""
     log_p = torch.log_softmax(outputs, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1).mean(dim=1)
-
-
-def sign_agreement(outputs: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """Share of dimensions where signs match, for every output/vector pair: ``(N, H), (K, H) -> (N, K)``."""
-    return (torch.sign(outputs)[:, None, :] == torch.sign(vectors)[None, :, :]).float().mean(dim=-1)
 
 
 def nearest_tokens(encoder: Encoder, trigger: torch.Tensor, count: int) -> list[list[str]]:
@@ -273,7 +268,8 @@ class PVMiner:
         """The candidate PV is the mean watched output over the seed's whole last epoch."""
         pv = outputs.mean(dim=0)
         trace = self._trace(state, i, history, started)
-        trace.sign_consistency = float((sign_agreement(outputs, pv[None]).squeeze(1) >= SIGN_MATCH).float().mean())
+        flagged = sign_match(outputs, pv[None]).squeeze(1) > DEFAULT_THRESHOLD  # as the monitor would
+        trace.sign_consistency = float(flagged.float().mean())
         return SeedOutcome(trace, pv=pv.clone(), trigger=state.triggers[i].detach().float().cpu().clone())
 
 
