@@ -42,7 +42,7 @@ class SanitizerConfig:
     num_carriers: int = 256
     max_length: int = 32
     batch_size: int = 32
-    seeds_in_parallel: int = 4
+    seeds_in_parallel: int | None = None  # None: 4 in detect mode, 1 in search mode
     # optimisation
     epochs: int = 4
     abandon_after_epoch: int = 2
@@ -78,11 +78,12 @@ class SanitizerConfig:
             "num_carriers",
             "max_length",
             "batch_size",
-            "seeds_in_parallel",
             "epochs",
         ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seeds_in_parallel is not None and self.seeds_in_parallel < 1:
+            raise InputError(f"seeds_in_parallel must be at least 1, got {self.seeds_in_parallel}")
         if self.batch_size < 2:
             raise InputError("batch_size must be at least 2: collapse is measured across the batch")
         if self.max_seeds < 1:
@@ -98,6 +99,18 @@ class SanitizerConfig:
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r}: use {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def group_size(self) -> int:
+        """Seeds optimised together in one batch.
+
+        Detect mode batches 4 seeds for a fast verdict. Search mode runs seeds one after another so each
+        one's repetition loss knows every PV found before it: on MiniLM-L6 with six planted POR vectors,
+        8 sequential seeds recovered 3 of them (sign agreement >= 0.99), 8 seeds in groups of 4 only 1.
+        """
+        if self.seeds_in_parallel is not None:
+            return self.seeds_in_parallel
+        return 4 if self.mode == "detect" else 1
 
     def replace(self, **changes: Any) -> SanitizerConfig:
         return dataclasses.replace(self, **changes)
@@ -115,8 +128,9 @@ class SanitizerConfig:
 
     def search_fingerprint(self) -> dict[str, Any]:
         """The settings that change what one seed computes (resume is only valid when they match)."""
-        ignored = {"mode", "max_seeds", "nearest_tokens"}
-        return {k: v for k, v in self.to_dict().items() if k not in ignored}
+        ignored = {"mode", "max_seeds", "nearest_tokens", "seeds_in_parallel"}
+        kept = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        return {**kept, "group_size": self.group_size, "refines": self.mode == "search"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

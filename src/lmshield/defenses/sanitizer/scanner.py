@@ -151,7 +151,7 @@ def scan(
 
     while not done():
         remaining = all_seeds[len(outcomes) :]
-        group = remaining[: config.seeds_in_parallel]
+        group = remaining[: config.group_size]
         known = _accepted_pvs(outcomes, encoder.hidden_size)
         for outcome in miner.run_group(group, known, progress=progress):
             judge(outcome, _accepted_pvs(outcomes, encoder.hidden_size), config, scale)
