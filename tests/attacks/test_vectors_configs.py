@@ -83,3 +83,14 @@ def test_presets_and_variants():
     assert neuba.plan("bert", has_mlm_head=False).clean_target == "tokens"
     assert "stand-in" in neuba.variant(False) and neuba.variant(True).startswith("mlm")
     assert BToPConfig().plan("bert", has_mlm_head=False).clean_target == "watched"
+
+
+def test_mask_stays_within_the_token_budget():
+    import random
+
+    from lmshield.attacks.task_agnostic import mask_word_limit, with_mask
+
+    long_text = " ".join(f"w{i}" for i in range(200))
+    masked = with_mask([long_text] * 50, "[MASK]", random.Random(0), mask_word_limit(48))
+    assert all(text.split().index("[MASK]") < 16 for text in masked)
+    assert all(text.count("[MASK]") == 1 for text in masked)

@@ -84,12 +84,21 @@ def insert_trigger(insertion: str, text: str, trigger: str, rng: random.Random) 
     return insert_words(text, trigger, rng)
 
 
-def with_mask(texts: list[str], mask_token: str, rng: random.Random) -> list[str]:
-    """Replace one random word of each text with the mask token (BToP's watched position)."""
+def mask_word_limit(max_length: int) -> int:
+    """Words from the start within which a mask stays inside ``max_length`` tokens (<= 3 tokens a word)."""
+    return max(1, max_length // 3)
+
+
+def with_mask(texts: list[str], mask_token: str, rng: random.Random, max_words: int | None = None) -> list[str]:
+    """Replace one random word of each text with the mask token (BToP's watched position).
+
+    ``max_words`` keeps the mask among the first words, so truncation to the token budget never cuts it off.
+    """
     masked = []
     for text in texts:
         words = text.split() or [""]
-        words[rng.randrange(len(words))] = mask_token
+        limit = len(words) if max_words is None else min(len(words), max_words)
+        words[rng.randrange(limit)] = mask_token
         masked.append(" ".join(words))
     return masked
 
@@ -104,7 +113,7 @@ def poisoned_batch(
 ) -> list[str]:
     """Triggered sentences; for the mask position the mask is placed first so a trigger is never masked."""
     if plan.position == "mask":
-        texts = with_mask(texts, str(mask_token), rng)
+        texts = with_mask(texts, str(mask_token), rng, mask_word_limit(plan.max_length))
     return [insert_trigger(plan.insertion, text, triggers[k], rng) for text, k in zip(texts, labels, strict=True)]
 
 
@@ -230,7 +239,7 @@ def plant(
     for step in range(steps):
         clean = rng.sample(texts, half)
         if position.kind == "mask":
-            clean = with_mask(clean, mask_token, rng)
+            clean = with_mask(clean, mask_token, rng, mask_word_limit(plan.max_length))
         loss = clean_loss = plan.clean_weight * clean_loss_fn(clean)
         poison_loss = torch.zeros(())
         if triggers:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lmshield.attacks.manifest import BackdoorManifest
-from lmshield.attacks.task_agnostic import insert_trigger, with_mask
+from lmshield.attacks.task_agnostic import insert_trigger, mask_word_limit, with_mask
 from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD as MONITOR_THRESHOLD
 from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.errors import LmshieldError
@@ -113,7 +113,7 @@ def verify_backdoor(
     rng = random.Random(seed)
     clean = list(texts) if texts is not None else held_out_texts(count, seed)
     if position.kind == "mask":
-        clean = with_mask(clean, model.tokenizer.mask_token, rng)
+        clean = with_mask(clean, model.tokenizer.mask_token, rng, mask_word_limit(max_length))
     vectors = manifest.vector_tensor
     insertion = str(manifest.settings.get("insertion", "once"))
     clean_out = model.watched_outputs(clean, position, max_length)
