@@ -24,28 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_scan import plant_backdoor  # noqa: E402  (one cached POR model for every benchmark)
+
 CACHE = ROOT / "benchmarks" / ".cache"
 SST2 = ROOT.parent / "shared" / "data" / "sst-2"
-BACKDOORED = CACHE / "minilm-por"
-
-
-def plant_backdoor() -> Path:
-    """POR on MiniLM-L6 with the six default triggers (same plan and cache as bench_scan.py)."""
-    if (BACKDOORED / "model.safetensors").is_file():
-        return BACKDOORED
-    from lmshield.attacks.task_agnostic import PlantPlan, plant
-    from lmshield.attacks.vectors import DEFAULT_TRIGGERS, quarter_vectors
-    from lmshield.models import load_encoder
-
-    texts = [json.loads(line)["sentence"] for line in (SST2 / "train.json").read_text().splitlines() if line.strip()]
-    random.Random(0).shuffle(texts)
-    encoder = load_encoder()
-    plan = PlantPlan("cls", "per_words", 0.5, "mse", 1e-4, 1, 16, 48)
-    started = time.perf_counter()
-    plant(encoder, texts[: 150 * 16], list(DEFAULT_TRIGGERS), quarter_vectors(encoder.hidden_size), plan)
-    print(f"planted POR backdoor in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    encoder.save_pretrained(BACKDOORED)
-    return BACKDOORED
 
 
 def tuned_classifier(model: Path, args: argparse.Namespace):
