@@ -14,7 +14,7 @@ from lmshield.cli.main import app
 from lmshield.defenses.sanitizer import ScanResult, scan
 from lmshield.defenses.sanitizer.guard import Guard, Prediction
 from lmshield.defenses.sanitizer.monitor import Monitor, MonitorResult, sign_match
-from lmshield.defenses.sanitizer.purge import purge, word_deletions
+from lmshield.defenses.sanitizer.purge import purge, sequential_purge, word_deletions
 from lmshield.errors import EXIT_ERROR, InputError
 from lmshield.evaluation.guard_eval import evaluate_guard, triggered_copies
 from lmshield.tuning import TunedClassifier, TuningConfig, tune
@@ -123,6 +123,27 @@ def test_purge_is_greedy_for_multi_word_triggers() -> None:
     assert not refused.cleaned and refused.removed == ("aa",)
     assert word_deletions("a b a") == [("a", "b"), ("b", "a a")]
     assert purge([""], _fake_evaluate([]))[0].cleaned is False
+
+
+def test_sequential_purge_costs_one_forward_per_word_up_to_the_trigger() -> None:
+    log: list[int] = []
+    outcomes = sequential_purge(["one two bb three", "aa bb"], _fake_evaluate(log))
+    assert outcomes[0].cleaned and outcomes[0].removed == ("bb",) and outcomes[0].candidates == 3
+    assert outcomes[0].text == "one two three"
+    assert not outcomes[1].cleaned and outcomes[1].candidates == 2 and outcomes[1].logits is None
+    assert log == [1, 1, 1, 1, 1]  # one text per forward pass
+
+
+def test_guard_purge_strategies_agree_on_single_word_triggers(
+    backdoored_classifier: TunedClassifier, bert_pair
+) -> None:
+    texts = triggered_copies(tiny_task(12, 4).texts, "cf", seed=2)
+    batched = Guard(backdoored_classifier, bert_pair[2]).predict(texts)
+    sequential = Guard(backdoored_classifier, bert_pair[2], purge_strategy="sequential").predict(texts)
+    assert [p.final_label for p in batched] == [p.final_label for p in sequential]
+    assert all(p.status == "purged" and p.removed == ("cf",) for p in sequential)
+    with pytest.raises(InputError, match="purge strategy"):
+        Guard(backdoored_classifier, bert_pair[2], purge_strategy="random")
 
 
 def test_uncleanable_inputs_are_refused_not_passed(backdoored_classifier: TunedClassifier, bert_pair) -> None:

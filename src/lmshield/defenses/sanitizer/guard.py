@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, Monitor, MonitorResult
-from lmshield.defenses.sanitizer.purge import purge
+from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
 from lmshield.errors import InputError
 from lmshield.tuning.classifier import TunedClassifier
@@ -87,7 +87,9 @@ class Guard:
 
     ``threshold``: flag when the share of matching signs with any PV exceeds it (0.8 in the paper).
     ``purge``: purge flagged inputs (else they are refused). ``max_removed``: words the greedy purge may
-    delete. ``batch_size``: texts per forward pass, candidates included.
+    delete. ``purge_strategy``: ``batched`` (every single-word deletion in shared batches, then greedy) or
+    ``sequential`` (the release's left-to-right loop, one forward per word, for comparison).
+    ``batch_size``: texts per forward pass, candidates included.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Guard:
         threshold: float = DEFAULT_THRESHOLD,
         purge: bool = True,
         max_removed: int = 3,
+        purge_strategy: str = "batched",
         batch_size: int = 64,
         progress: bool = False,
     ) -> None:
@@ -109,11 +112,14 @@ class Guard:
             raise InputError(f"max_removed must be at least 1, got {max_removed}")
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if purge_strategy not in PURGE_STRATEGIES:
+            raise InputError(f"unknown purge strategy {purge_strategy!r}: use {' or '.join(PURGE_STRATEGIES)}")
         self.classifier = classifier.eval()
         self.monitor = Monitor(pvs, threshold)
         self.threshold = threshold
         self.purge = purge
         self.max_removed = max_removed
+        self.purge_strategy = purge_strategy
         self.batch_size = batch_size
         self.progress = progress
         if self.monitor.num_pvs == 0:
@@ -159,6 +165,7 @@ class Guard:
         flagged = [i for i in range(len(texts)) if bool(monitored.flagged[i])]
         outcomes = {}
         if flagged and self.purge:
+            purge = PURGE_STRATEGIES[self.purge_strategy]
             results = purge([texts[i] for i in flagged], self.evaluate, self.max_removed)
             outcomes = dict(zip(flagged, results, strict=True))
         return [self._prediction(texts[i], logits[i], monitored, i, outcomes.get(i)) for i in range(len(texts))]

@@ -70,3 +70,31 @@ def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3) -> list[Pu
     for i in active:
         done[i] = PurgeOutcome(current[i], tuple(removed[i]), False, last[i][0], last[i][1], counts[i])
     return [done[i] for i in range(len(texts))]
+
+
+def sequential_purge(texts: list[str], evaluate: Evaluate, max_removed: int = 1) -> list[PurgeOutcome]:
+    """The release's purge, kept as a reference: delete one word at a time from the left, one forward each.
+
+    Each variant is the input without every occurrence of one word; the first variant the monitor no
+    longer flags wins. Costs up to (trigger position + 1) forward passes per input and finds single-word
+    triggers only (``max_removed`` is accepted for a common signature and ignored).
+    """
+    del max_removed
+    outcomes = []
+    for text in texts:
+        match, tried = 1.0, 0
+        for tried, (word, variant) in enumerate(word_deletions(text), start=1):
+            logits, monitored = evaluate([variant])
+            match = float(monitored.match[0])
+            if not bool(monitored.flagged[0]):
+                outcomes.append(PurgeOutcome(variant, (word,), True, logits[0], match, tried))
+                break
+        else:
+            outcomes.append(PurgeOutcome(text, (), False, None, match, tried))
+    return outcomes
+
+
+PURGE_STRATEGIES: dict[str, Callable[[list[str], Evaluate, int], list[PurgeOutcome]]] = {
+    "batched": purge,
+    "sequential": sequential_purge,
+}
