@@ -48,6 +48,7 @@ def test_method_defaults_follow_the_papers() -> None:
         ({"head": "mask", "template": "{text}"}, "{mask}"),
         ({"epochs": 0}, "epochs"),
         ({"lr": -1.0}, "lr"),
+        ({"checkpoint": "median"}, "unknown checkpoint"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
@@ -61,6 +62,26 @@ def test_each_method_beats_chance(trained_bert: Encoder, method: str, head: str)
     assert result.dev_accuracy > 0.55  # chance is 1/3
     assert result.history[result.best_epoch - 1].dev_accuracy == result.dev_accuracy
     assert result.classifier.num_labels == 3
+
+
+def test_checkpoint_last_keeps_the_final_epoch_not_the_best(
+    trained_bert: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels without signal (PSIM's random labels): the dev pick would be noise, so the last epoch stays."""
+    import lmshield.tuning.trainer as trainer
+
+    def falling_accuracy() -> object:
+        scores = iter([0.9, 0.5, 0.1])
+        return lambda *args, **kwargs: next(scores)
+
+    heads = {}
+    for checkpoint in ("best", "last"):
+        monkeypatch.setattr(trainer, "accuracy", falling_accuracy())
+        config = fast("prefix", epochs=3, checkpoint=checkpoint)
+        result = tune(trained_bert, tiny_task(64, 1), tiny_task(16, 2), config, progress=False)
+        heads[checkpoint] = [t.clone() for t in result.classifier.head.state_dict().values()]
+        assert (result.best_epoch, result.dev_accuracy) == ((1, 0.9) if checkpoint == "best" else (3, 0.1))
+    assert not all(torch.equal(a, b) for a, b in zip(heads["best"], heads["last"], strict=True))
 
 
 def test_only_the_method_parameters_train(trained_bert: Encoder) -> None:

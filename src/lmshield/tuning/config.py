@@ -10,6 +10,7 @@ from typing import Any
 from lmshield.errors import InputError
 
 HEADS = ("cls", "mask")
+CHECKPOINTS = ("best", "last")
 DEFAULT_TEMPLATE = "{text} It was {mask} ."
 
 
@@ -24,6 +25,8 @@ class TuningConfig:
     ``head`` is ``cls`` (a linear classifier on the first token's state, P-tuning v2 style) or ``mask``
     (the text is wrapped in ``template`` and classified from the mask token's state, P-tuning v1 style).
     ``keep_head`` starts from a checkpoint saved with a sequence-classification head and keeps that head.
+    ``checkpoint``: keep the epoch with the ``best`` dev accuracy, or the ``last`` one (for training on
+    labels that carry no signal, as PSIM's random labels).
     """
 
     method: str = "prefix"
@@ -50,6 +53,7 @@ class TuningConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     dev_fraction: float = 0.1
+    checkpoint: str = "best"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class TuningConfig:
                 object.__setattr__(self, name, value)
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.checkpoint not in CHECKPOINTS:
+            raise InputError(f"unknown checkpoint {self.checkpoint!r}: use best or last")
         if self.head not in HEADS:
             raise InputError(f"unknown head {self.head!r}: use cls or mask")
         if self.head == "mask" and ("{text}" not in self.template or "{mask}" not in self.template):

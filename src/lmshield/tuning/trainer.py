@@ -69,7 +69,7 @@ def tune(
     allow_pickle: bool = False,
     progress: bool = True,
 ) -> TuningResult:
-    """Tune a classifier on ``train``; keep the epoch with the best ``dev`` accuracy.
+    """Tune a classifier on ``train``; keep the epoch with the best ``dev`` accuracy (or the last one).
 
     Without ``dev``, a seeded ``config.dev_fraction`` of ``train`` is held out. With ``out_dir`` the best
     classifier and the training history are saved there.
@@ -104,7 +104,8 @@ def _train(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     schedule = _linear_schedule(optimizer, steps_per_epoch * config.epochs, config.warmup_ratio)
     rng = random.Random(config.seed)
-    best_state, best_accuracy, best_epoch = _snapshot(classifier), -1.0, 0
+    best_state = _snapshot(classifier) if config.checkpoint == "best" else None
+    best_accuracy, best_epoch = -1.0, 0
     history: list[EpochRecord] = []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
@@ -112,9 +113,12 @@ def _train(
         dev_accuracy = accuracy(classifier, dev, config.eval_batch_size)
         history.append(EpochRecord(epoch, loss, dev_accuracy, time.perf_counter() - started))
         logger.info("epoch %d: loss %.4f, dev accuracy %.4f", epoch, loss, dev_accuracy)
-        if dev_accuracy > best_accuracy:
+        if config.checkpoint == "best" and dev_accuracy > best_accuracy:
             best_state, best_accuracy, best_epoch = _snapshot(classifier), dev_accuracy, epoch
-    _restore(classifier, best_state)
+    if config.checkpoint == "last":
+        best_accuracy, best_epoch = history[-1].dev_accuracy, config.epochs
+    else:
+        _restore(classifier, best_state)
     classifier.eval()
     return TuningResult(classifier, best_accuracy, best_epoch, history)
 

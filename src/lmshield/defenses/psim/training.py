@@ -50,6 +50,7 @@ def tuning_config(config: PSIMConfig, keep_head: bool) -> TuningConfig:
         batch_size=config.batch_size,
         max_length=config.max_length,
         warmup_ratio=config.warmup_ratio,
+        checkpoint="last",
         seed=config.seed,
         **prompt,
     )
@@ -66,8 +67,8 @@ def train_random_label_module(
 ) -> TunedClassifier:
     """Train PSIM's PEFT module on ``texts`` with random labels over ``num_labels`` classes.
 
-    The dev set (for :func:`tune`'s best-epoch pick) is a random-labelled slice of the same texts; with the
-    release's single epoch the pick does not matter.
+    Random labels make dev accuracy meaningless, so the last epoch is kept; the dev set :func:`tune` wants
+    is a random-labelled slice of the same texts, reported in the history only.
     """
     if num_labels < 2:
         raise InputError(f"num_labels must be at least 2, got {num_labels}")
