@@ -28,10 +28,12 @@ def test_planted_backdoor_is_detected(model_pair):
 def test_search_recovers_a_planted_vector(model_pair):
     _, backdoored, vectors = model_pair
     result = scan(backdoored, TINY_SCAN.replace(mode="search", max_seeds=8), progress=False)
-    assert len(result.trace) == 8
+    seeds = [t for t in result.trace if t.parts is None]
+    assert len(seeds) == 8 and [t.seed for t in seeds] == list(range(8))
     best = sign_match(result.pvs, vectors).max(dim=1).values
     assert float(best.max()) >= 0.9, best
-    pairwise = torch.cdist(result.pvs, result.pvs).pow(2) / result.pvs.shape[1] / result.spread
+    seed_pvs = result.pvs[[t.pv_index for t in seeds if t.status == "accepted"]]
+    pairwise = torch.cdist(seed_pvs, seed_pvs).pow(2) / seed_pvs.shape[1] / result.spread
     off_diagonal = pairwise[~torch.eye(len(pairwise), dtype=torch.bool)]
     assert bool((off_diagonal > TINY_SCAN.uniqueness_threshold).all())
 

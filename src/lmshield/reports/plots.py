@@ -19,7 +19,7 @@ def plot_seeds(result: ScanResult, path: str | Path) -> Path:
     config = result.config
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for status, colour in _COLOURS.items():
-        traces = [t for t in result.trace if t.status == status]
+        traces = [t for t in result.trace if t.status == status and t.parts is None]  # seeds, not sub-triggers
         if traces:
             ax.scatter(
                 [t.final_distance for t in traces],

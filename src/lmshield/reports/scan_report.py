@@ -17,8 +17,9 @@ def _seed_table(result: ScanResult) -> list[str]:
     ]
     for t in result.trace:
         consistency = "" if t.sign_consistency is None else f"{t.sign_consistency:.2f}"
+        seed = str(t.seed) if t.parts is None else f"{t.seed} {t.parts}"
         lines.append(
-            f"| {t.seed} | {t.status} | {t.epochs} | {t.final_distance:.3f} | {t.final_collapse:.4f} "
+            f"| {seed} | {t.status} | {t.epochs} | {t.final_distance:.3f} | {t.final_collapse:.4f} "
             f"| {consistency} | {'yes' if t.legitimate else 'no'} | {t.reason} |"
         )
     return lines
@@ -28,11 +29,14 @@ def _pv_section(result: ScanResult) -> list[str]:
     if result.num_pvs == 0:
         return ["No predefined vector was found: no seed passed every check."]
     lines = []
+    parts = {t.pv_index: t.parts for t in result.trace if t.pv_index is not None}
     for index, tokens in enumerate(result.nearest_tokens):
-        hint = ", ".join("/".join(slot[:3]) for slot in tokens)
+        used = parts.get(index) or range(len(tokens))
+        hint = ", ".join("/".join(tokens[i][:3]) for i in used)
         positives = float((result.pvs[index] > 0).float().mean())
         lines.append(
             f"- **PV {index}** ({positives:.0%} positive dimensions); nearest tokens per trigger vector: {hint}"
+            + (f" (sub-trigger: vectors {parts[index]} of its seed's trigger)" if parts.get(index) else "")
         )
     return lines
 
@@ -53,7 +57,7 @@ def write_scan_report(result: ScanResult, directory: str | Path) -> Path:
         f"- watched position: `{result.position}`; carrier text: {result.text_source}",
         f"- score: **{result.score:.3f}** (distance threshold {config.distance_threshold}, "
         f"{config.distance_scale}; clean-output spread {result.spread:.4g})",
-        f"- predefined vectors found: **{result.num_pvs}** in {len(result.trace)} seed(s), mode `{config.mode}`",
+        f"- predefined vectors found: **{result.num_pvs}** in {result.num_seeds} seed(s), mode `{config.mode}`",
         f"- time: {result.timings.get('total_s', 0.0):.1f} s ({int(result.timings.get('steps', 0))} gradient steps)",
         "",
         "## Predefined vectors",

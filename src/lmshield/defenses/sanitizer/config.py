@@ -32,7 +32,9 @@ class SanitizerConfig:
 
     ``detect`` mode stops at the first group of seeds with an accepted PV and reports its PVs as they
     are after the search epochs; ``search`` mode tries every seed and refines each candidate to
-    convergence (``refine_*``), which is what a guard built from the PVs needs.
+    convergence (``refine_*``), which is what a guard built from the PVs needs, and then tries the
+    sub-triggers of up to ``split_triggers`` vectors of every candidate (0: off), so a soft trigger that
+    blends two planted triggers still yields one PV per trigger (see :mod:`.splitting`).
     """
 
     # soft trigger
@@ -54,6 +56,7 @@ class SanitizerConfig:
     refine_epochs: int = 4
     refine_lr_factor: float = 4.0
     refine_plateau: float = 0.05
+    split_triggers: int = 2
     # decisions
     distance_scale: str = "relative"
     distance_threshold: float = 3.0
@@ -82,6 +85,8 @@ class SanitizerConfig:
         ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.split_triggers < 0:
+            raise InputError(f"split_triggers must be 0 (off) or more, got {self.split_triggers}")
         if self.seeds_in_parallel is not None and self.seeds_in_parallel < 1:
             raise InputError(f"seeds_in_parallel must be at least 1, got {self.seeds_in_parallel}")
         if self.batch_size < 2:
@@ -128,7 +133,7 @@ class SanitizerConfig:
 
     def search_fingerprint(self) -> dict[str, Any]:
         """The settings that change what one seed computes (resume is only valid when they match)."""
-        ignored = {"mode", "max_seeds", "nearest_tokens", "seeds_in_parallel"}
+        ignored = {"mode", "max_seeds", "nearest_tokens", "seeds_in_parallel", "split_triggers"}
         kept = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return {**kept, "group_size": self.group_size, "refines": self.mode == "search"}
 

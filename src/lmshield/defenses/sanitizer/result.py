@@ -35,6 +35,7 @@ class SeedTrace:
     unique: bool | None = None
     pv_index: int | None = None
     seconds: float = 0.0
+    parts: list[int] | None = None  # a sub-trigger: which vectors of the seed's trigger (None: all)
 
     @property
     def final_distance(self) -> float:
@@ -70,8 +71,13 @@ class ScanResult:
     def num_pvs(self) -> int:
         return int(self.pvs.shape[0])
 
+    @property
+    def num_seeds(self) -> int:
+        """Seeds tried (sub-triggers split from a seed's trigger are not seeds of their own)."""
+        return sum(t.parts is None for t in self.trace)
+
     def summary(self) -> str:
-        seeds = len(self.trace)
+        seeds = self.num_seeds
         took = self.timings.get("total_s", 0.0)
         return (
             f"{self.verdict.upper()}: {self.num_pvs} predefined vector(s) found in {seeds} seed(s), "

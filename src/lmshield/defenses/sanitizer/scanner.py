@@ -16,6 +16,7 @@ from lmshield.defenses.sanitizer.carriers import prepare_carriers
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome, judge, nearest_tokens
 from lmshield.defenses.sanitizer.result import ScanResult, SeedTrace
+from lmshield.defenses.sanitizer.splitting import split_candidates
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
@@ -158,6 +159,8 @@ def scan(
             outcomes.append(outcome)
         checkpoint.save(outcomes)
 
+    if config.mode == "search":
+        outcomes = outcomes + split_candidates(miner, outcomes, _accepted_pvs(outcomes, encoder.hidden_size))
     result = _build_result(encoder, miner, outcomes, watched, None if given_texts else source, len(texts))
     result.timings = {
         "prepare_s": prepared - started,

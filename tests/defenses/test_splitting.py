@@ -1,0 +1,63 @@
+"""Splitting soft triggers: a trigger that blends two planted triggers yields a PV for each of them."""
+
+from __future__ import annotations
+
+import torch
+
+from lmshield.defenses.sanitizer.carriers import prepare_carriers
+from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome
+from lmshield.defenses.sanitizer.monitor import sign_match
+from lmshield.defenses.sanitizer.result import SeedTrace
+from lmshield.defenses.sanitizer.splitting import split_candidates, sub_trigger_parts
+from lmshield.models.positions import WatchedPosition
+from lmshield.testing import tiny_corpus
+from tests.tiny_pairs import TINY_SCAN
+
+CONFIG = TINY_SCAN.replace(mode="search")
+
+
+def _word_vectors(encoder, words: list[str]) -> torch.Tensor:
+    ids = [i for w in words for i in encoder.tokenizer(w, add_special_tokens=False)["input_ids"]]
+    return encoder.embedding_matrix.detach().float().cpu()[ids]
+
+
+def _blended_candidate(miner: PVMiner, encoder) -> SeedOutcome:
+    """A 7-vector soft trigger made of the 'cf' and 'mn' trigger words among filler words."""
+    parts = [_word_vectors(encoder, ["cf"]), _word_vectors(encoder, ["the", "a"]), _word_vectors(encoder, ["mn"])]
+    trigger = torch.cat(parts)
+    filler = _word_vectors(encoder, ["of", "and", "to", "in", "is"])
+    trigger = torch.cat([trigger, filler])[: CONFIG.trigger_length]
+    from lmshield.defenses.sanitizer.splitting import _evaluation_rows, sub_trigger_outputs
+
+    rows, slots = _evaluation_rows(miner)
+    outputs = sub_trigger_outputs(miner, trigger[None], rows, slots)[0]
+    distance = float((outputs - miner.carriers.targets[rows]).pow(2).mean()) / miner.distance_scale()
+    trace = SeedTrace(0, "accepted", "", 4, 0, [distance], [1.0], 1.0, True, True)
+    return SeedOutcome(trace, pv=outputs.mean(dim=0), trigger=trigger)
+
+
+def test_sub_trigger_parts_are_shorter_first() -> None:
+    parts = sub_trigger_parts(7, 2)
+    assert len(parts) == 7 + 21 and parts[0] == (0,) and parts[7] == (0, 1)
+    assert sub_trigger_parts(2, 2) == [(0,), (1,)]  # never the whole trigger again
+
+
+def test_a_blended_trigger_splits_into_one_pv_per_trigger(bert_pair) -> None:
+    _, backdoored, vectors = bert_pair  # vectors[0] belongs to 'cf', vectors[1] to 'mn'
+    carriers = prepare_carriers(
+        backdoored, tiny_corpus(96, 5), WatchedPosition.parse("cls"), max_length=32, trigger_length=7,
+        max_insert_word=32, seed=0,
+    )  # fmt: skip
+    miner = PVMiner(backdoored, carriers, CONFIG)
+    parent = _blended_candidate(miner, backdoored)
+    before = sign_match(parent.pv[None], vectors[:2]).squeeze(0)
+    assert float(before.min()) < 0.8, before  # the blend alone leaves one trigger to the monitor's blind spot
+
+    found = split_candidates(miner, [parent], parent.pv[None])
+    assert found and all(o.trace.status == "accepted" and o.trace.parts for o in found)
+    pvs = torch.stack([parent.pv] + [o.pv for o in found])
+    after = sign_match(pvs, vectors[:2]).max(dim=0).values
+    assert bool((after > 0.9).all()), after
+    assert split_candidates(miner, [parent], parent.pv[None]) and not split_candidates(
+        PVMiner(backdoored, carriers, CONFIG.replace(split_triggers=0)), [parent], parent.pv[None]
+    )
