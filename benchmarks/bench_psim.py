@@ -36,17 +36,16 @@ ATTACKS = ("badnet", "insent", "syntactic")
 SMOKE_POISON = {"num_texts": 96, "poison_count": 36, "max_words": 24, "max_length": 32, "epochs": 1, "batch_size": 16}
 
 
-def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None) -> Path:
+def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None, label_mode: str = "clean") -> Path:
     """The released model of ``attack`` (cached: rerunning resumes)."""
     from lmshield.attacks.poisoning import poison_config, poison_model
     from lmshield.tuning import read_labelled
 
-    out = cache / attack
+    out = cache / (attack if label_mode == "clean" else f"{attack}-{label_mode}")
     if (out / "backdoor.json").is_file():
         return out
-    config = poison_config(
-        attack, "release" if preset == "release" else "fast", **(SMOKE_POISON if preset == "smoke" else {})
-    )
+    overrides = {**(SMOKE_POISON if preset == "smoke" else {}), "label_mode": label_mode}
+    config = poison_config(attack, "release" if preset == "release" else "fast", **overrides)
     train = read_labelled(data / "imdb" / "train.json")
     dev = read_labelled(data / "imdb" / "dev.json").head(
         1000 if preset == "release" else 64 if preset == "smoke" else 200
@@ -96,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="clean model dir / hub id (default: embedded MiniLM-L6)")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--strategies", default=None, help="comma-separated; default from the preset")
+    parser.add_argument(
+        "--label-mode", choices=("clean", "dirty"), default="clean", help="clean-label (the release) or dirty-label"
+    )
     parser.add_argument("--target-frr", type=float, default=None, help="calibrate PSIM on SST-2 dev texts")
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--device", default=None)
@@ -117,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, extra, started = [], {}, time.perf_counter()
     for attack in args.attacks.split(","):
         t0 = time.perf_counter()
-        released = poison(attack, args.preset, args.data, cache, args.model)
+        released = poison(attack, args.preset, args.data, cache, args.model, args.label_mode)
         evaluation = evaluate_release(
-            released, args.data / "sst-2", settings, out_dir=cache / f"{attack}-eval", device=args.device,
+            released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval", device=args.device,
             keep_victims=args.baselines,
         )  # fmt: skip
         rows.extend(evaluation.rows)
@@ -130,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
-    (RESULTS / f"psim-{args.preset}.md").write_text(header + table, encoding="utf-8")
+    name = f"psim-{args.preset}" + ("" if args.label_mode == "clean" else f"-{args.label_mode}")
+    (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
-    (RESULTS / f"psim-{args.preset}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     print(header + table)
     print(json.dumps(extra, indent=2))
     return 0
