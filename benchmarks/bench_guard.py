@@ -1,13 +1,23 @@
-"""Benchmark the LMSanitator guard on the embedded all-MiniLM-L6-v2 with a planted POR backdoor.
+"""Benchmark the LMSanitator guard on the embedded all-MiniLM-L6-v2 backdoored by POR, NeuBA and BToP.
 
-    .venv/bin/python benchmarks/bench_guard.py            # full run (CPU: roughly 10-15 minutes)
+    .venv/bin/python benchmarks/bench_guard.py            # full table (2-core CPU: about 1.5 hours, cached)
+    .venv/bin/python benchmarks/bench_guard.py --attacks por --datasets sst-2 --methods prefix   # one cell
     .venv/bin/python benchmarks/bench_guard.py --smoke    # tiny encoder and tiny task, seconds
 
-Steps: plant POR (six triggers, 150 steps on SST-2 sentences, about 2 minutes; cached in
-benchmarks/.cache/minilm-por, the same model bench_scan.py uses), prefix-tune (P-tuning v2, [CLS] head) on
-an SST-2 subset (cached), scan the encoder (search mode, so several PVs; cached), then run the ASR protocol
-on SST-2 test sentences with the guard built from the mined PVs and, for reference, from the planted
-vectors themselves (the guard's ceiling, independent of how well the scan recovered them).
+Prints three tables:
+1. monitoring overhead: the guarded forward (classification and monitor from one pass, purging off)
+   against the plain classifier forward on the same clean inputs, as a ratio of medians over repeats;
+2. purge cost per flagged input, each input purged alone: forward calls and milliseconds of the batched
+   purge beside the release's sequential left-to-right purge;
+3. the defense table: attack x dataset (SST-2, CR from ../shared/data) x tuning method (prefix tuning and
+   prompt tuning by default, [CLS] head): ASR without and with the guard, clean accuracy without and
+   with it, the monitor's false-positive rate, from the PVs a search-mode scan mined from the encoder
+   (``--ceiling`` adds the same protocol with the planted vectors themselves).
+
+Everything expensive is cached under benchmarks/.cache: the backdoored encoders (POR is bench_scan.py's
+model; NeuBA and BToP use the attack runner's fast preset, default triggers, seed 0, SST-2 sentences),
+one scan per encoder and one classifier per cell. Results: benchmarks/results/guard.md and guard.json.
+Set OMP_NUM_THREADS=1 when anything else runs on the machine.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,40 +40,271 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_scan import plant_backdoor  # noqa: E402  (one cached POR model for every benchmark)
 
 CACHE = ROOT / "benchmarks" / ".cache"
-SST2 = ROOT.parent / "shared" / "data" / "sst-2"
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+ATTACKS = ("por", "neuba", "btop")
+DATASETS = ("sst-2", "cr")
+METHODS = ("prefix", "prompt")
+# BToP attacks the [MASK] state of prompt-based classification: its classifiers read [MASK] (template
+# "{text} It was [MASK] .") and its scan watches the mask position; the others read [CLS]
+HEADS = {"btop": "mask"}
+LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 5e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
-def tuned_classifier(model: Path, args: argparse.Namespace):
+@dataclass
+class Backdoor:
+    """A backdoored encoder, its triggers, the vectors planted and the PVs a scan mined."""
+
+    attack: str
+    model: Path
+    triggers: list[str]
+    planted: object  # torch.Tensor (K, hidden)
+    scan: object  # ScanResult
+
+
+def backdoored_model(attack: str) -> Path:
+    """The cached backdoored encoder of ``attack``."""
+    if attack == "por":
+        return plant_backdoor()
+    from lmshield.attacks import run_attack
+    from lmshield.text import TextSource
+
+    out = CACHE / f"minilm-{attack}"
+    if (out / "backdoor.json").is_file():
+        return out
+    source = TextSource.from_options(str(DATA / "sst-2" / "train.json"), None, field="sentence")
+    result = run_attack(attack, None, out, preset="fast", triggers="default", text_source=source, seed=0)
+    print(f"planted {attack}: {result.manifest.seconds:.0f} s", file=sys.stderr)
+    return out
+
+
+def load_backdoor(attack: str, max_seeds: int) -> Backdoor:
+    """Plant (cached), read the manifest (POR's cached model predates manifests: default triggers) and scan."""
+    import torch
+
+    from lmshield.attacks.manifest import BackdoorManifest
+    from lmshield.attacks.vectors import DEFAULT_TRIGGERS, quarter_vectors
+    from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
+
+    model = backdoored_model(attack)
+    if (model / "backdoor.json").is_file():
+        manifest = BackdoorManifest.load(model)
+        triggers, planted = list(manifest.triggers), torch.tensor(manifest.vectors)
+    else:
+        triggers, planted = list(DEFAULT_TRIGGERS), quarter_vectors(384)
+    position = "mask" if head_of(attack) == "mask" else "cls"
+    out = CACHE / (f"minilm-{attack}-scan-search-{max_seeds}" + ("" if position == "cls" else "-mask"))
+    if (out / "scan.json").is_file():
+        result = ScanResult.from_pretrained(out)
+    else:
+        started = time.perf_counter()
+        config = SanitizerConfig(mode="search", max_seeds=max_seeds)
+        result = scan(str(model), config, position=position, out_dir=out)
+        print(f"scanned {attack}: {time.perf_counter() - started:.0f} s, {result.summary()}", file=sys.stderr)
+    return Backdoor(attack, model, triggers, planted, result)
+
+
+def head_of(attack: str) -> str:
+    return HEADS.get(attack, "cls")
+
+
+def cell(attack: str, dataset: str, method: str, args: argparse.Namespace) -> str:
+    """Cache name of one table cell's classifier."""
+    head = "" if head_of(attack) == "cls" else f"-{head_of(attack)}"
+    return f"minilm-{attack}-{method}{head}-lr{LEARNING_RATES[method]:g}-{dataset}-{args.train_size}-{args.epochs}ep"
+
+
+def tuned_classifier(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace):
+    """Tune (cached) ``method`` with a [CLS] head on ``dataset`` over the frozen backdoored encoder."""
     from lmshield.tuning import TunedClassifier, TuningConfig, read_labelled, tune
 
-    out = CACHE / f"minilm-por-prefix-sst2-{args.train_size}-{args.epochs}ep"
+    name = cell(backdoor.attack, dataset, method, args)
+    out = CACHE / "guard" / name
     if (out / "tuning.json").is_file():
         return TunedClassifier.from_pretrained(out), json.loads((out / "training.json").read_text())
-    train = read_labelled(SST2 / "train.json")
-    train = train.take(random.Random(0).sample(range(len(train)), args.train_size))
-    dev = read_labelled(SST2 / "dev.json", label_names=train.label_names).head(args.dev_size)
-    config = TuningConfig(method="prefix", epochs=args.epochs, lr=args.lr, max_length=64)
+    train = read_labelled(DATA / dataset / "train.json")
+    train = train.take(random.Random(0).sample(range(len(train)), min(args.train_size, len(train))))
+    dev = read_labelled(DATA / dataset / "dev.json", label_names=train.label_names).head(args.dev_size)
+    config = TuningConfig(
+        method=method, head=head_of(backdoor.attack), epochs=args.epochs, lr=LEARNING_RATES[method], max_length=64
+    )
     started = time.perf_counter()
-    result = tune(str(model), train, dev, config, out_dir=out)
-    print(f"prefix-tuned in {time.perf_counter() - started:.0f} s: dev {result.dev_accuracy:.3f}", file=sys.stderr)
+    result = tune(str(backdoor.model), train, dev, config, out_dir=out)
+    print(f"{name}: {time.perf_counter() - started:.0f} s, dev {result.dev_accuracy:.3f}", file=sys.stderr)
     return result.classifier, result.to_dict()
 
 
-def mined_pvs(model: Path, args: argparse.Namespace):
-    from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
-
-    out = CACHE / f"minilm-por-scan-search-{args.max_seeds}"
-    if (out / "scan.json").is_file():
-        return ScanResult.from_pretrained(out)
-    config = SanitizerConfig(mode="search", max_seeds=args.max_seeds)
-    return scan(str(model), config, out_dir=out)
-
-
-def test_split(limit: int):
+def test_split(dataset: str, limit: int):
     from lmshield.tuning import read_labelled
 
-    test = read_labelled(SST2 / "test.json")
+    test = read_labelled(DATA / dataset / "test.json")
     return test.take(sorted(random.Random(1).sample(range(len(test)), min(limit, len(test)))))
+
+
+def pv_recall(backdoor: Backdoor) -> int:
+    """How many planted vectors some mined PV matches on more than 80 % of signs (the monitor's rule)."""
+    from lmshield.defenses.sanitizer.monitor import sign_match
+
+    if len(backdoor.scan.pvs) == 0:
+        return 0
+    return int((sign_match(backdoor.planted.float(), backdoor.scan.pvs).max(dim=1).values > 0.8).sum())
+
+
+# -- (1) monitoring overhead ------------------------------------------------------------------------------
+
+
+def monitoring_overhead(guard, texts: list[str], repeats: int) -> dict[str, float]:
+    """Median seconds of the plain forward and of the guarded one (purging off), alternated, and the ratio."""
+    from lmshield.defenses.sanitizer import Guard
+
+    watching = Guard(guard.classifier, guard.monitor.pvs, threshold=guard.threshold, purge=False)
+    watching.predict(texts[:8])  # warm-up
+    plain, guarded = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        guard.classifier.classify(texts, watching.batch_size)
+        plain.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        watching.predict(texts)
+        guarded.append(time.perf_counter() - started)
+    p, g = statistics.median(plain), statistics.median(guarded)
+    return {"inputs": len(texts), "repeats": repeats, "plain_s": p, "guarded_s": g, "ratio": g / p}
+
+
+# -- (2) purge cost ---------------------------------------------------------------------------------------
+
+
+class ForwardCounter:
+    """Counts the classifier's forward passes (batched calls) through a forward hook."""
+
+    def __init__(self, classifier) -> None:
+        self.calls = 0
+        self._handle = classifier.register_forward_hook(self._count)
+
+    def _count(self, *_: object) -> None:
+        self.calls += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def purge_cost(guard, texts: list[str], limit: int) -> dict[str, dict[str, float]]:
+    """Each flagged input purged alone by both strategies: forward calls and ms (medians and means)."""
+    from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
+
+    _, monitored = guard.evaluate(texts)
+    flagged = [t for t, f in zip(texts, monitored.flagged.tolist(), strict=True) if f][:limit]
+    rows = {}
+    for name, purge in PURGE_STRATEGIES.items():
+        calls, millis, cleaned = [], [], 0
+        counter = ForwardCounter(guard.classifier)
+        for text in flagged:
+            before = counter.calls
+            started = time.perf_counter()
+            outcome = purge([text], guard.evaluate, guard.max_removed)[0]
+            millis.append(1000 * (time.perf_counter() - started))
+            calls.append(counter.calls - before)
+            cleaned += outcome.cleaned
+        counter.close()
+        rows[name] = {
+            "inputs": len(flagged),
+            "median_calls": statistics.median(calls) if calls else 0.0,
+            "mean_calls": statistics.fmean(calls) if calls else 0.0,
+            "max_calls": max(calls, default=0),
+            "median_ms": statistics.median(millis) if millis else 0.0,
+            "mean_ms": statistics.fmean(millis) if millis else 0.0,
+            "cleaned": cleaned / len(flagged) if flagged else 0.0,
+        }
+    return rows
+
+
+# -- (3) the defense table --------------------------------------------------------------------------------
+
+
+def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace) -> dict:
+    from lmshield.defenses.sanitizer import Guard
+    from lmshield.evaluation.guard_eval import evaluate_guard
+
+    out = (
+        CACHE / "guard" / f"eval-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
+    )
+    if out.is_file() and not args.ceiling:
+        return json.loads(out.read_text())
+    classifier, training = tuned_classifier(backdoor, dataset, method, args)
+    test = test_split(dataset, args.test_size)
+    row = {
+        "attack": backdoor.attack,
+        "dataset": dataset,
+        "method": method,
+        "head": head_of(backdoor.attack),
+        "dev_accuracy": training["dev_accuracy"],
+    }
+    sources = [("mined", backdoor.scan.pvs)] + ([("planted", backdoor.planted)] if args.ceiling else [])
+    for name, pvs in sources:
+        if len(pvs) == 0:
+            row[name] = None
+            continue
+        guard = Guard.from_scan(classifier, backdoor.scan) if name == "mined" else Guard(classifier, pvs.float())
+        report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
+        print(f"\n## {backdoor.attack} / {dataset} / {method}: guard with {name} PVs ({len(pvs)})\n{report.table()}")
+        row[name] = report.to_dict()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def defense_table(rows: list[dict]) -> str:
+    lines = [
+        "| attack | data | method | dev acc | clean acc | with guard | drop (pt) | monitor FPR | ASR | ASR + guard |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        r = row.get("mined")
+        method = row["method"] + (" ([MASK] head)" if row.get("head") == "mask" else "")
+        if r is None:
+            lines.append(f"| {row['attack']} | {row['dataset']} | {method} | no PVs mined |||||||")
+            continue
+        drop = 100 * (r["clean_accuracy"] - r["guarded_clean_accuracy"])
+        lines.append(
+            f"| {row['attack']} | {row['dataset']} | {method} | {row['dev_accuracy']:.3f} | "
+            f"{r['clean_accuracy']:.3f} | {r['guarded_clean_accuracy']:.3f} | {drop:.1f} | "
+            f"{r['false_positive_rate']:.3f} | {r['asr']:.3f} | {r['guarded_asr']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def purge_table(rows: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| purge | flagged inputs | median calls | mean calls | max calls | median ms | mean ms | cleaned |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['inputs']} | {r['median_calls']:.1f} | {r['mean_calls']:.2f} | {r['max_calls']} | "
+            f"{r['median_ms']:.1f} | {r['mean_ms']:.1f} | {r['cleaned']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def costs(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace, payload: dict) -> list[str]:
+    """Sections (1) and (2): monitoring overhead and purge cost on one classifier."""
+    from lmshield.defenses.sanitizer import Guard
+    from lmshield.evaluation.guard_eval import triggered_copies
+
+    classifier, _ = tuned_classifier(backdoor, dataset, method, args)
+    guard = Guard(classifier, backdoor.scan.pvs.float())
+    test = test_split(dataset, args.test_size)
+    overhead = monitoring_overhead(guard, test.texts, args.repeats)
+    triggered = [t for trigger in backdoor.triggers for t in triggered_copies(test.texts[:20], trigger, seed=0)]
+    purging = purge_cost(guard, triggered, args.purge_inputs)
+    payload |= {"overhead": overhead, "purge": purging}
+    where = f"{backdoor.attack} / {dataset} / {method}"
+    return [
+        f"## Monitoring overhead ({where}, {len(test.texts)} clean inputs)\n\nplain forward "
+        f"{overhead['plain_s']:.3f} s, guarded {overhead['guarded_s']:.3f} s (medians of {args.repeats}): "
+        f"ratio **{overhead['ratio']:.4f}**",
+        f"## Purge cost per flagged input ({where})\n\n{purge_table(purging)}",
+    ]
 
 
 def smoke() -> None:
@@ -72,7 +315,7 @@ def smoke() -> None:
 
     from lmshield.attacks.vectors import DEFAULT_TRIGGERS
     from lmshield.defenses.sanitizer import Guard, SanitizerConfig, scan
-    from lmshield.evaluation.guard_eval import evaluate_guard
+    from lmshield.evaluation.guard_eval import evaluate_guard, triggered_copies
     from lmshield.tuning import TuningConfig, tune
 
     _, backdoored, vectors = make_pair("bert")
@@ -80,47 +323,71 @@ def smoke() -> None:
     classifier = tune(backdoored, tiny_task(240, 1), tiny_task(90, 2), config, progress=False).classifier
     result = scan(backdoored, SanitizerConfig(lr=2e-3, max_seeds=8, mode="search"), progress=False)
     test = tiny_task(60, 3)
+    guard = Guard(classifier, vectors)
+    print(json.dumps(monitoring_overhead(guard, test.texts, 3)))
+    print(purge_table(purge_cost(guard, triggered_copies(test.texts, "cf", seed=0), 10)))
     for name, pvs in (("mined PVs", result.pvs), ("planted vectors", vectors)):
         report = evaluate_guard(Guard(classifier, pvs), test.texts, test.labels, list(DEFAULT_TRIGGERS))
         print(f"\n## smoke: guard with {name} ({len(pvs)})\n{report.table()}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny encoder and task, seconds")
-    parser.add_argument("--train-size", type=int, default=2000, help="SST-2 training sentences")
-    parser.add_argument("--dev-size", type=int, default=400, help="SST-2 dev sentences for the best epoch")
-    parser.add_argument("--test-size", type=int, default=400, help="SST-2 test sentences for the ASR protocol")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--max-seeds", type=int, default=8, help="scan seeds (search mode)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "guard.json")
-    args = parser.parse_args()
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(LEARNING_RATES)}")
+    parser.add_argument("--train-size", type=int, default=1500, help="training sentences per task")
+    parser.add_argument("--dev-size", type=int, default=400, help="dev sentences for the best epoch")
+    parser.add_argument("--test-size", type=int, default=150, help="test sentences for the ASR protocol")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-seeds", type=int, default=24, help="scan seeds (search mode)")
+    parser.add_argument("--repeats", type=int, default=7, help="timing repeats of the overhead measurement")
+    parser.add_argument("--purge-inputs", type=int, default=60, help="flagged inputs timed per purge strategy")
+    parser.add_argument("--ceiling", action="store_true", help="also evaluate with the planted vectors")
+    parser.add_argument("--parts", default="costs,table", help="costs (overhead and purge), table, or both")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.smoke:
         smoke()
         return
-    from lmshield.attacks.vectors import DEFAULT_TRIGGERS, quarter_vectors
-    from lmshield.defenses.sanitizer import Guard
-    from lmshield.evaluation.guard_eval import evaluate_guard
+    if not (DATA / "sst-2" / "train.json").is_file():
+        sys.exit(f"no data at {DATA}")
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    model = plant_backdoor()
-    classifier, training = tuned_classifier(model, args)
-    scan_result = mined_pvs(model, args)
-    test = test_split(args.test_size)
-    reports = {}
-    for name, pvs in (("mined", scan_result.pvs), ("planted", quarter_vectors(classifier.hidden_size))):
-        if len(pvs) == 0:
-            print(f"\n## guard with {name} PVs: none found, skipped")
-            continue
-        guard = Guard(classifier, pvs, progress=False)
-        reports[name] = evaluate_guard(guard, test.texts, test.labels, list(DEFAULT_TRIGGERS), seed=0)
-        print(f"\n## guard with {name} PVs ({len(pvs)})\n{reports[name].table()}")
-    print(f"\nprefix tuning: dev accuracy {training['dev_accuracy']:.3f}; scan: {scan_result.summary()}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"training": training, "scan": scan_result.summary(), **{k: r.to_dict() for k, r in reports.items()}}
-    args.out.write_text(json.dumps(payload, indent=2))
-    print(f"results: {args.out}")
+    attacks, datasets, methods = (args.attacks.split(","), args.datasets.split(","), args.methods.split(","))
+    unknown = set(methods) - set(LEARNING_RATES)
+    if unknown:
+        sys.exit(f"unknown methods: {', '.join(sorted(unknown))}")
+    started = time.perf_counter()
+    backdoors = {attack: load_backdoor(attack, args.max_seeds) for attack in attacks}
+    for b in backdoors.values():
+        print(f"{b.attack}: {len(b.scan.pvs)} PVs mined, {pv_recall(b)}/{len(b.planted)} planted vectors recovered")
+
+    parts = set(args.parts.split(","))
+    sections = []
+    payload: dict = {"settings": vars(args)}
+    if "costs" in parts:
+        sections += costs(backdoors[attacks[0]], datasets[0], methods[0], args, payload)
+    if "table" in parts:
+        rows = [defense_row(backdoors[a], d, m, args) for a in attacks for d in datasets for m in methods]
+        recovery = "\n".join(
+            f"- {b.attack}: {len(b.scan.pvs)} PVs, {pv_recall(b)}/{len(b.planted)} planted recovered, "
+            f"scan {b.scan.timings.get('total_s', 0):.0f} s"
+            for b in backdoors.values()
+        )
+        sections.append(f"## Defense (mined PVs)\n\n{recovery}\n\n{defense_table(rows)}")
+        payload["rows"] = rows
+    header = f"# Guard benchmark ({args.parts}; {time.perf_counter() - started:.0f} s this run, caches reused)"
+    text = "\n\n".join([header, *sections])
+    print("\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if parts == {"costs", "table"} else "-" + "-".join(sorted(parts))
+    (RESULTS / f"guard{suffix}.md").write_text(text + "\n", encoding="utf-8")
+    (RESULTS / f"guard{suffix}.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    print(f"results: {RESULTS / f'guard{suffix}.md'}")
 
 
 if __name__ == "__main__":
