@@ -36,15 +36,21 @@ ATTACKS = ("badnet", "insent", "syntactic")
 SMOKE_POISON = {"num_texts": 96, "poison_count": 36, "max_words": 24, "max_length": 32, "epochs": 1, "batch_size": 16}
 
 
-def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None, label_mode: str = "clean") -> Path:
+def poison(
+    attack: str, preset: str, data: Path, cache: Path, model: str | None, label_mode: str, poison_count: int | None
+) -> Path:
     """The released model of ``attack`` (cached: rerunning resumes)."""
     from lmshield.attacks.poisoning import poison_config, poison_model
     from lmshield.tuning import read_labelled
 
-    out = cache / (attack if label_mode == "clean" else f"{attack}-{label_mode}")
+    name = attack if label_mode == "clean" else f"{attack}-{label_mode}"
+    name += "" if poison_count is None else f"-{poison_count}"
+    out = cache / (name if cache.name == f"psim-{preset}" else f"{name}-{preset}")
     if (out / "backdoor.json").is_file():
         return out
     overrides = {**(SMOKE_POISON if preset == "smoke" else {}), "label_mode": label_mode}
+    if poison_count is not None:
+        overrides["poison_count"] = poison_count
     config = poison_config(attack, "release" if preset == "release" else "fast", **overrides)
     train = read_labelled(data / "imdb" / "train.json")
     dev = read_labelled(data / "imdb" / "dev.json").head(
@@ -95,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="clean model dir / hub id (default: embedded MiniLM-L6)")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--strategies", default=None, help="comma-separated; default from the preset")
+    parser.add_argument("--poison-count", type=int, default=None, help="poisoned proxy texts (default: preset)")
+    parser.add_argument(
+        "--poison-preset",
+        choices=("fast", "release", "smoke"),
+        default=None,
+        help="poisoning preset (default: --preset)",
+    )
     parser.add_argument(
         "--label-mode", choices=("clean", "dirty"), default="clean", help="clean-label (the release) or dirty-label"
     )
@@ -119,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, extra, started = [], {}, time.perf_counter()
     for attack in args.attacks.split(","):
         t0 = time.perf_counter()
-        released = poison(attack, args.preset, args.data, cache, args.model, args.label_mode)
+        poison_preset = args.poison_preset or args.preset
+        released = poison(attack, poison_preset, args.data, cache, args.model, args.label_mode, args.poison_count)
         evaluation = evaluate_release(
             released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval", device=args.device,
             keep_victims=args.baselines,
@@ -133,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
     name = f"psim-{args.preset}" + ("" if args.label_mode == "clean" else f"-{args.label_mode}")
+    name += "" if args.poison_count is None else f"-{args.poison_count}"
+    name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
