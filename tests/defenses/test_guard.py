@@ -60,6 +60,39 @@ def test_sign_match_is_the_share_of_equal_signs() -> None:
         sign_match(outputs, pvs[:, :5])
 
 
+def _with_share(pv: torch.Tensor, share: float) -> torch.Tensor:
+    """A vector whose signs agree with ``pv`` on ``share`` of the dimensions."""
+    out = pv.clone()
+    flips = round((1 - share) * len(pv))
+    out[:flips] = -out[:flips]
+    return out
+
+
+def test_calibration_raises_only_the_thresholds_clean_outputs_reach() -> None:
+    torch.manual_seed(0)
+    pvs = torch.randn(2, 100).sign()
+    clean = torch.stack([_with_share(pvs[0], 0.84), _with_share(pvs[1], 0.6), torch.randn(100)])
+    triggered = torch.stack([_with_share(pvs[0], 0.95), _with_share(pvs[1], 0.85)])
+    monitor = Monitor(pvs)
+    assert monitor(clean).flagged.tolist() == [True, False, False]  # the paper's 0.8 flags a clean input
+    calibrated = monitor.calibrated(clean, margin=0.01)
+    assert calibrated.thresholds.tolist() == pytest.approx([0.85, 0.8])
+    assert calibrated(clean).flagged.tolist() == [False, False, False]
+    assert calibrated(triggered).flagged.tolist() == [True, True]
+    assert calibrated(triggered).pv_index.tolist() == [0, 1]
+    with pytest.raises(InputError, match="at least one clean input"):
+        monitor.calibrated(torch.empty(0, 100))
+
+
+def test_guard_calibration_keeps_triggered_inputs_flagged(backdoored_classifier: TunedClassifier, bert_pair) -> None:
+    guard = Guard(backdoored_classifier, bert_pair[2]).calibrate(tiny_task(60, 6).texts)
+    test = tiny_task(30, 7).texts
+    assert not any(p.flagged for p in guard.predict(test))
+    assert all(p.flagged for p in guard.predict(triggered_copies(test, "mn", seed=3)))
+    with pytest.raises(InputError, match="non-empty list"):
+        guard.calibrate([])
+
+
 def test_triggered_inputs_are_flagged_and_purged(guard: Guard) -> None:
     texts = tiny_task(24, 3).texts
     clean = guard.predict(texts)
@@ -230,3 +263,9 @@ def test_guard_eval_cli(saved, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["clean_inputs"] == 20
     both = runner.invoke(app, [*args, "--backdoor", str(backdoor), "--triggers", "cf"])
     assert both.exit_code == EXIT_ERROR and "either" in both.output
+    clean = tmp_path / "clean.txt"
+    clean.write_text("\n".join(tiny_task(30, 9).texts))
+    calibrated = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(clean)])
+    assert calibrated.exit_code == 0, calibrated.output
+    missing = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(tmp_path / "none.txt")])
+    assert missing.exit_code == EXIT_ERROR

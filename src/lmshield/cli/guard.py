@@ -33,6 +33,9 @@ def predict_command(
     out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
     field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
     threshold: Annotated[float, typer.Option(help="Monitor: flag above this share of matching signs.")] = 0.8,
+    calibrate: Annotated[
+        Path | None, typer.Option(help="Held-out clean task texts: raise the threshold of PVs they come close to.")
+    ] = None,
     purge: Annotated[bool, typer.Option(help="Purge flagged inputs (else refuse them).")] = True,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
@@ -62,6 +65,8 @@ def predict_command(
             max_removed=max_removed,
             batch_size=batch_size,
         )
+        if calibrate is not None:
+            guard.calibrate(read_texts(calibrate, field))
         rows = [p.to_dict() for p in guard.predict(items)]
         flagged = sum(r["flagged"] for r in rows)
         refused = sum(r["status"] == "refused" for r in rows)
@@ -94,6 +99,9 @@ def eval_command(
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
     limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.")] = None,
     threshold: Annotated[float, typer.Option(help="Monitor threshold.")] = 0.8,
+    calibrate: Annotated[
+        Path | None, typer.Option(help="Held-out clean task texts: raise the threshold of PVs they come close to.")
+    ] = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
@@ -115,6 +123,10 @@ def eval_command(
         max_removed=max_removed,
         batch_size=batch_size,
     )
+    if calibrate is not None:
+        from lmshield.text import read_texts
+
+        guard.calibrate(read_texts(calibrate, text_field))
     data = read_labelled(
         str(test), text_field=text_field, label_field=label_field, label_names=guard.classifier.label_names
     ).head(limit)

@@ -152,6 +152,20 @@ class Guard:
         classifier = TunedClassifier.from_pretrained(classifier_dir, device=device)
         return cls.from_scan(classifier, scan, **kwargs)
 
+    def calibrate(self, texts: list[str], margin: float = 0.01) -> Guard:
+        """Raise the threshold of PVs that clean task ``texts`` (unlabelled, held out) come close to.
+
+        Returns the guard itself. PVs no clean text comes near keep ``threshold``; see
+        :meth:`Monitor.calibrated`. Use texts of the task the classifier serves.
+        """
+        if isinstance(texts, str) or not texts:
+            raise InputError("Guard.calibrate expects a non-empty list of clean texts")
+        watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
+        self.monitor = self.monitor.calibrated(watched, margin)
+        raised = int((self.monitor.thresholds > self.threshold).sum())
+        logger.info("calibrated on %d texts: %d of %d PV thresholds raised", len(texts), raised, self.monitor.num_pvs)
+        return self
+
     def evaluate(self, texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:
         """Logits and the monitor's verdict, both from one forward pass per batch."""
         output = self.classifier.classify(texts, self.batch_size, progress=self.progress)

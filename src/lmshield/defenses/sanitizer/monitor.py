@@ -33,25 +33,49 @@ class MonitorResult:
 
 
 class Monitor:
-    """Flags watched outputs whose share of matching signs with any PV exceeds ``threshold``."""
+    """Flags watched outputs whose share of matching signs with any PV exceeds that PV's threshold.
 
-    def __init__(self, pvs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> None:
+    Every PV starts at ``threshold`` (0.8, the paper's rule). :meth:`calibrated` raises the threshold of a
+    PV that clean task inputs already come close to, just above the highest clean match seen, so a PV
+    that happens to share its sign pattern with some clean outputs stops flagging them; the others keep
+    the paper's threshold.
+    """
+
+    def __init__(
+        self, pvs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, thresholds: torch.Tensor | None = None
+    ) -> None:
         if pvs.dim() != 2:
             raise InputError(f"PVs must be a (K, hidden) tensor, got shape {tuple(pvs.shape)}")
         if not 0.0 <= threshold < 1.0:
             raise InputError(f"monitor threshold must be in [0, 1), got {threshold}")
         self.pvs = pvs.detach().float().cpu()
         self.threshold = threshold
+        self.thresholds = torch.full((self.num_pvs,), threshold) if thresholds is None else thresholds.float().cpu()
+        if self.thresholds.shape != (self.num_pvs,):
+            raise InputError(f"expected {self.num_pvs} per-PV thresholds, got shape {tuple(self.thresholds.shape)}")
 
     @property
     def num_pvs(self) -> int:
         return int(self.pvs.shape[0])
+
+    def calibrated(self, clean_outputs: torch.Tensor, margin: float = 0.01) -> Monitor:
+        """A monitor whose per-PV thresholds sit above every clean output's match (never below the base)."""
+        if clean_outputs.shape[0] == 0:
+            raise InputError("calibration needs at least one clean input")
+        if self.num_pvs == 0:
+            return self
+        highest = sign_match(clean_outputs.detach().float().cpu(), self.pvs).max(dim=0).values
+        raised = torch.maximum(self.thresholds, (highest + margin).clamp(max=0.999))
+        return Monitor(self.pvs, self.threshold, raised)
 
     def __call__(self, outputs: torch.Tensor) -> MonitorResult:
         rows = outputs.shape[0]
         if self.num_pvs == 0:
             zeros = torch.zeros(rows)
             return MonitorResult(zeros.bool(), zeros, torch.full((rows,), -1, dtype=torch.long))
-        match, index = sign_match(outputs.detach().float().cpu(), self.pvs).max(dim=1)
-        flagged = match > self.threshold
+        shares = sign_match(outputs.detach().float().cpu(), self.pvs)
+        over = shares - self.thresholds[None]
+        flagged = (over > 0).any(dim=1)
+        index = over.argmax(dim=1)
+        match = shares.max(dim=1).values
         return MonitorResult(flagged, match, torch.where(flagged, index, torch.full_like(index, -1)))
