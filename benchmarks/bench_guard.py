@@ -48,6 +48,10 @@ METHODS = ("prefix", "prompt")
 # BToP attacks the [MASK] state of prompt-based classification: its classifiers read [MASK] (template
 # "{text} It was [MASK] .") and its scan watches the mask position; the others read [CLS]
 HEADS = {"btop": "mask"}
+# Without an MLM head (MiniLM-L6 has none) BToP's fast preset keeps only the clean [MASK] state, which left
+# the encoder at chance for classification (dev accuracy 0.54-0.55 with either head); here its clean half
+# keeps every token's state, as NeuBA's does
+ATTACK_OVERRIDES = {"btop": {"stand_in": "tokens"}}
 LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 5e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
@@ -69,11 +73,14 @@ def backdoored_model(attack: str) -> Path:
     from lmshield.attacks import run_attack
     from lmshield.text import TextSource
 
-    out = CACHE / f"minilm-{attack}"
+    out = CACHE / f"minilm-{model_key(attack)}"
     if (out / "backdoor.json").is_file():
         return out
+    from lmshield.attacks import attack_config
+
+    config = attack_config(attack, "fast", **ATTACK_OVERRIDES.get(attack, {}))
     source = TextSource.from_options(str(DATA / "sst-2" / "train.json"), None, field="sentence")
-    result = run_attack(attack, None, out, preset="fast", triggers="default", text_source=source, seed=0)
+    result = run_attack(config, None, out, preset="fast", triggers="default", text_source=source, seed=0)
     print(f"planted {attack}: {result.manifest.seconds:.0f} s", file=sys.stderr)
     return out
 
@@ -93,7 +100,7 @@ def load_backdoor(attack: str, max_seeds: int) -> Backdoor:
     else:
         triggers, planted = list(DEFAULT_TRIGGERS), quarter_vectors(384)
     position = "mask" if head_of(attack) == "mask" else "cls"
-    out = CACHE / (f"minilm-{attack}-scan-search-{max_seeds}" + ("" if position == "cls" else "-mask"))
+    out = CACHE / (f"minilm-{model_key(attack)}-scan-search-{max_seeds}" + ("" if position == "cls" else "-mask"))
     if (out / "scan.json").is_file():
         result = ScanResult.from_pretrained(out)
     else:
@@ -104,6 +111,11 @@ def load_backdoor(attack: str, max_seeds: int) -> Backdoor:
     return Backdoor(attack, model, triggers, planted, result)
 
 
+def model_key(attack: str) -> str:
+    """The attack's name in cache paths, with its overrides."""
+    return "-".join([attack, *(str(v) for v in ATTACK_OVERRIDES.get(attack, {}).values())])
+
+
 def head_of(attack: str) -> str:
     return HEADS.get(attack, "cls")
 
@@ -111,7 +123,8 @@ def head_of(attack: str) -> str:
 def cell(attack: str, dataset: str, method: str, args: argparse.Namespace) -> str:
     """Cache name of one table cell's classifier."""
     head = "" if head_of(attack) == "cls" else f"-{head_of(attack)}"
-    return f"minilm-{attack}-{method}{head}-lr{LEARNING_RATES[method]:g}-{dataset}-{args.train_size}-{args.epochs}ep"
+    tuning = f"{method}{head}-lr{LEARNING_RATES[method]:g}"
+    return f"minilm-{model_key(attack)}-{tuning}-{dataset}-{args.train_size}-{args.epochs}ep"
 
 
 def tuned_classifier(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace):
@@ -221,55 +234,76 @@ def purge_cost(guard, texts: list[str], limit: int) -> dict[str, dict[str, float
 # -- (3) the defense table --------------------------------------------------------------------------------
 
 
+def calibration_texts(dataset: str, args: argparse.Namespace) -> list[str]:
+    """Held-out clean task texts for the guard's calibration: dev sentences after those used for tuning."""
+    from lmshield.tuning import read_labelled
+
+    return read_labelled(DATA / dataset / "dev.json").texts[args.dev_size : args.dev_size + 200]
+
+
 def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace) -> dict:
+    """One table cell, cached: the guard with the mined PVs at the paper's threshold, and optionally
+    calibrated (``--calibrate``) or with the planted vectors (``--ceiling``)."""
     from lmshield.defenses.sanitizer import Guard
     from lmshield.evaluation.guard_eval import evaluate_guard
 
-    out = (
-        CACHE / "guard" / f"eval-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
-    )
-    if out.is_file() and not args.ceiling:
-        return json.loads(out.read_text())
+    name = f"eval-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
+    out = CACHE / "guard" / name
+    wanted = ["mined"] + (["calibrated"] if args.calibrate else []) + (["planted"] if args.ceiling else [])
+    row = json.loads(out.read_text()) if out.is_file() else {}
+    missing = [kind for kind in wanted if kind not in row]
+    if not missing:
+        return row
     classifier, training = tuned_classifier(backdoor, dataset, method, args)
     test = test_split(dataset, args.test_size)
-    row = {
+    row |= {
         "attack": backdoor.attack,
         "dataset": dataset,
         "method": method,
         "head": head_of(backdoor.attack),
         "dev_accuracy": training["dev_accuracy"],
     }
-    sources = [("mined", backdoor.scan.pvs)] + ([("planted", backdoor.planted)] if args.ceiling else [])
-    for name, pvs in sources:
+    for kind in missing:
+        pvs = backdoor.planted if kind == "planted" else backdoor.scan.pvs
         if len(pvs) == 0:
-            row[name] = None
+            row[kind] = None
             continue
-        guard = Guard.from_scan(classifier, backdoor.scan) if name == "mined" else Guard(classifier, pvs.float())
+        guard = Guard(classifier, pvs.float()) if kind == "planted" else Guard.from_scan(classifier, backdoor.scan)
+        if kind == "calibrated":
+            guard.calibrate(calibration_texts(dataset, args))
+            row["raised_thresholds"] = int((guard.monitor.thresholds > guard.threshold).sum())
         report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
-        print(f"\n## {backdoor.attack} / {dataset} / {method}: guard with {name} PVs ({len(pvs)})\n{report.table()}")
-        row[name] = report.to_dict()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(row, indent=2))
+        print(f"\n## {backdoor.attack} / {dataset} / {method}: guard, {kind} ({len(pvs)} PVs)\n{report.table()}")
+        row[kind] = report.to_dict()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(row, indent=2))
     return row
+
+
+VARIANTS = {"mined": "mined, 0.8", "calibrated": "mined, calibrated", "planted": "planted, 0.8"}
 
 
 def defense_table(rows: list[dict]) -> str:
     lines = [
-        "| attack | data | method | dev acc | clean acc | with guard | drop (pt) | monitor FPR | ASR | ASR + guard |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| attack | data | method | guard | dev acc | clean acc | with guard | drop (pt) | monitor FPR | ASR "
+        "| ASR + guard |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        r = row.get("mined")
         method = row["method"] + (" ([MASK] head)" if row.get("head") == "mask" else "")
-        if r is None:
-            lines.append(f"| {row['attack']} | {row['dataset']} | {method} | no PVs mined |||||||")
-            continue
-        drop = 100 * (r["clean_accuracy"] - r["guarded_clean_accuracy"])
-        lines.append(
-            f"| {row['attack']} | {row['dataset']} | {method} | {row['dev_accuracy']:.3f} | "
-            f"{r['clean_accuracy']:.3f} | {r['guarded_clean_accuracy']:.3f} | {drop:.1f} | "
-            f"{r['false_positive_rate']:.3f} | {r['asr']:.3f} | {r['guarded_asr']:.3f} |"
-        )
+        for kind, label in VARIANTS.items():
+            if kind not in row:
+                continue
+            r = row[kind]
+            if r is None:
+                lines.append(f"| {row['attack']} | {row['dataset']} | {method} | {label} | no PVs |||||||")
+                continue
+            drop = 100 * (r["clean_accuracy"] - r["guarded_clean_accuracy"])
+            lines.append(
+                f"| {row['attack']} | {row['dataset']} | {method} | {label} | {row['dev_accuracy']:.3f} | "
+                f"{r['clean_accuracy']:.3f} | {r['guarded_clean_accuracy']:.3f} | {drop:.1f} | "
+                f"{r['false_positive_rate']:.3f} | {r['asr']:.3f} | {r['guarded_asr']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -345,6 +379,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="timing repeats of the overhead measurement")
     parser.add_argument("--purge-inputs", type=int, default=60, help="flagged inputs timed per purge strategy")
     parser.add_argument("--ceiling", action="store_true", help="also evaluate with the planted vectors")
+    parser.add_argument("--calibrate", action="store_true", help="also evaluate the guard calibrated on dev texts")
     parser.add_argument("--parts", default="costs,table", help="costs (overhead and purge), table, or both")
     return parser.parse_args()
 
