@@ -52,6 +52,7 @@ HEADS = {"btop": "mask"}
 # the encoder at chance for classification (dev accuracy 0.54-0.55 with either head); here its clean half
 # keeps every token's state, as NeuBA's does
 ATTACK_OVERRIDES = {"btop": {"stand_in": "tokens"}}
+CALIBRATION_TEXTS = 500  # clean task texts the --calibrate rows calibrate the guard on
 LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 5e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
@@ -235,10 +236,12 @@ def purge_cost(guard, texts: list[str], limit: int) -> dict[str, dict[str, float
 
 
 def calibration_texts(dataset: str, args: argparse.Namespace) -> list[str]:
-    """Held-out clean task texts for the guard's calibration: dev sentences after those used for tuning."""
+    """Clean task texts for the guard's calibration (labels unused): the dev sentences not used for tuning,
+    then training sentences, 500 in all; never test sentences."""
     from lmshield.tuning import read_labelled
 
-    return read_labelled(DATA / dataset / "dev.json").texts[args.dev_size : args.dev_size + 200]
+    held_out = read_labelled(DATA / dataset / "dev.json").texts[args.dev_size :]
+    return (held_out + read_labelled(DATA / dataset / "train.json").texts)[:CALIBRATION_TEXTS]
 
 
 def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace) -> dict:
@@ -410,7 +413,7 @@ def main() -> None:
         rows = [defense_row(backdoors[a], d, m, args) for a in attacks for d in datasets for m in methods]
         recovery = "\n".join(
             f"- {b.attack}: {len(b.scan.pvs)} PVs, {pv_recall(b)}/{len(b.planted)} planted recovered, "
-            f"scan {b.scan.timings.get('total_s', 0):.0f} s"
+            f"mining {sum(t.seconds for t in b.scan.trace if t.parts is None):.0f} s over {b.scan.num_seeds} seeds"
             for b in backdoors.values()
         )
         sections.append(f"## Defense (mined PVs)\n\n{recovery}\n\n{defense_table(rows)}")
