@@ -53,6 +53,9 @@ HEADS = {"btop": "mask"}
 # keeps every token's state, as NeuBA's does
 ATTACK_OVERRIDES = {"btop": {"stand_in": "tokens"}}
 CALIBRATION_TEXTS = 500  # clean task texts the --calibrate rows calibrate the guard on
+# above the 99th percentile: the maximum over 500 texts raised thresholds past a trigger's own outputs
+# (NeuBA, SST-2, prefix: 'pt' unflagged, ASR with the guard 0.080 instead of 0.001)
+CALIBRATION_QUANTILE = 0.99
 LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 5e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
@@ -273,7 +276,7 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
             continue
         guard = Guard(classifier, pvs.float()) if kind == "planted" else Guard.from_scan(classifier, backdoor.scan)
         if kind == "calibrated":
-            guard.calibrate(calibration_texts(dataset, args))
+            guard.calibrate(calibration_texts(dataset, args), quantile=CALIBRATION_QUANTILE)
             row["raised_thresholds"] = int((guard.monitor.thresholds > guard.threshold).sum())
         report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
         print(f"\n## {backdoor.attack} / {dataset} / {method}: guard, {kind} ({len(pvs)} PVs)\n{report.table()}")

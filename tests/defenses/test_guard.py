@@ -82,6 +82,11 @@ def test_calibration_raises_only_the_thresholds_clean_outputs_reach() -> None:
     assert calibrated(triggered).pv_index.tolist() == [0, 1]
     with pytest.raises(InputError, match="at least one clean input"):
         monitor.calibrated(torch.empty(0, 100))
+    many = torch.stack([_with_share(pvs[0], 0.6)] * 99 + [_with_share(pvs[0], 0.9)])
+    assert monitor.calibrated(many, quantile=1.0).thresholds[0] == pytest.approx(0.91)
+    assert monitor.calibrated(many, quantile=0.95).thresholds[0] == pytest.approx(0.8)  # one outlier ignored
+    with pytest.raises(InputError, match="quantile"):
+        monitor.calibrated(many, quantile=0.0)
 
 
 def test_guard_calibration_keeps_triggered_inputs_flagged(backdoored_classifier: TunedClassifier, bert_pair) -> None:

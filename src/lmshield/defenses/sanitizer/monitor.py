@@ -58,13 +58,21 @@ class Monitor:
     def num_pvs(self) -> int:
         return int(self.pvs.shape[0])
 
-    def calibrated(self, clean_outputs: torch.Tensor, margin: float = 0.01) -> Monitor:
-        """A monitor whose per-PV thresholds sit above every clean output's match (never below the base)."""
+    def calibrated(self, clean_outputs: torch.Tensor, margin: float = 0.01, quantile: float = 1.0) -> Monitor:
+        """A monitor whose per-PV thresholds sit ``margin`` above the ``quantile`` of the clean outputs'
+        matches with that PV (1.0: above every one), never below the base threshold.
+
+        A high quantile buys a low false-positive rate with recall: a trigger whose collapse point lies
+        near some clean outputs' sign pattern can fall under a raised threshold.
+        """
         if clean_outputs.shape[0] == 0:
             raise InputError("calibration needs at least one clean input")
+        if not 0.0 < quantile <= 1.0:
+            raise InputError(f"quantile must be in (0, 1], got {quantile}")
         if self.num_pvs == 0:
             return self
-        highest = sign_match(clean_outputs.detach().float().cpu(), self.pvs).max(dim=0).values
+        shares = sign_match(clean_outputs.detach().float().cpu(), self.pvs)
+        highest = shares.quantile(quantile, dim=0)
         raised = torch.maximum(self.thresholds, (highest + margin).clamp(max=0.999))
         return Monitor(self.pvs, self.threshold, raised)
 
