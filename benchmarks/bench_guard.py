@@ -171,21 +171,31 @@ def pv_recall(backdoor: Backdoor) -> int:
 
 
 def monitoring_overhead(guard, texts: list[str], repeats: int) -> dict[str, float]:
-    """Median seconds of the plain forward and of the guarded one (purging off), alternated, and the ratio."""
+    """Plain forward vs guarded prediction (purging off) on the same inputs, in ABBA order, best of
+    ``repeats`` each; and the guard's own work (monitor + predictions) timed on a cached forward pass."""
     from lmshield.defenses.sanitizer import Guard
 
     watching = Guard(guard.classifier, guard.monitor.pvs, threshold=guard.threshold, purge=False)
     watching.predict(texts[:8])  # warm-up
-    plain, guarded = [], []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        guard.classifier.classify(texts, watching.batch_size)
-        plain.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        watching.predict(texts)
-        guarded.append(time.perf_counter() - started)
-    p, g = statistics.median(plain), statistics.median(guarded)
-    return {"inputs": len(texts), "repeats": repeats, "plain_s": p, "guarded_s": g, "ratio": g / p}
+    times: dict[str, list[float]] = {"plain": [], "guarded": []}
+    runs = {
+        "plain": lambda: guard.classifier.classify(texts, watching.batch_size),
+        "guarded": lambda: watching.predict(texts),
+    }
+    for repeat in range(repeats):
+        for name in ("plain", "guarded") if repeat % 2 == 0 else ("guarded", "plain"):
+            started = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - started)
+    output = guard.classifier.classify(texts, watching.batch_size)
+    started = time.perf_counter()
+    monitored = watching.monitor(output.watched)
+    for i, text in enumerate(texts):
+        watching._prediction(text, output.logits[i], monitored, i, None)
+    own = time.perf_counter() - started
+    p, g = min(times["plain"]), min(times["guarded"])
+    return {"inputs": len(texts), "repeats": repeats, "plain_s": p, "guarded_s": g, "ratio": g / p,
+            "monitor_s": own, "monitor_ratio": (p + own) / p}  # fmt: skip
 
 
 # -- (2) purge cost ---------------------------------------------------------------------------------------
@@ -341,8 +351,9 @@ def costs(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespac
     where = f"{backdoor.attack} / {dataset} / {method}"
     return [
         f"## Monitoring overhead ({where}, {len(test.texts)} clean inputs)\n\nplain forward "
-        f"{overhead['plain_s']:.3f} s, guarded {overhead['guarded_s']:.3f} s (medians of {args.repeats}): "
-        f"ratio **{overhead['ratio']:.4f}**",
+        f"{overhead['plain_s']:.3f} s, guarded {overhead['guarded_s']:.3f} s (best of {args.repeats}, ABBA order): "
+        f"ratio **{overhead['ratio']:.4f}**; the guard's own work (monitor and answers) "
+        f"{1000 * overhead['monitor_s']:.1f} ms: ratio {overhead['monitor_ratio']:.4f}",
         f"## Purge cost per flagged input ({where})\n\n{purge_table(purging)}",
     ]
 
@@ -382,7 +393,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test-size", type=int, default=150, help="test sentences for the ASR protocol")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-seeds", type=int, default=24, help="scan seeds (search mode)")
-    parser.add_argument("--repeats", type=int, default=7, help="timing repeats of the overhead measurement")
+    parser.add_argument("--repeats", type=int, default=10, help="timing repeats of the overhead measurement")
     parser.add_argument("--purge-inputs", type=int, default=60, help="flagged inputs timed per purge strategy")
     parser.add_argument("--ceiling", action="store_true", help="also evaluate with the planted vectors")
     parser.add_argument("--calibrate", action="store_true", help="also evaluate the guard calibrated on dev texts")
