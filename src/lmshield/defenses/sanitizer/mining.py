@@ -189,20 +189,10 @@ class PVMiner:
         """One gradient step for the active seeds; returns their raw distance, entropy and outputs."""
         config, device, carriers = self.config, self.encoder.device, self.carriers
         active = state.active.nonzero().squeeze(1)
-        input_ids = carriers.input_ids[batch].to(device)
-        attention = carriers.attention_mask[batch].to(device)
         choice = torch.rand(len(active), len(batch), generator=state.generator)
-        slot = (choice * carriers.slot_counts[batch]).long()
-        positions = carriers.slots[batch][torch.arange(len(batch)), slot].to(device)  # (S, B)
-        watched = carriers.watched[batch].to(device)
-        watched = watched + config.trigger_length * (watched >= positions)  # (S, B)
+        slot = (choice * carriers.slot_counts[batch]).long()  # (S, B)
         triggers = state.triggers[active].clone().requires_grad_(True)
-        with torch.no_grad():
-            embeds = self.encoder.embed(input_ids)
-        inputs, mask = insert_soft_triggers(embeds, attention, triggers.to(embeds.dtype), positions)
-        hidden = self.encoder.hidden_states(inputs, mask)
-        rows = torch.arange(hidden.shape[0], device=device)
-        outputs = hidden[rows, watched.reshape(-1)].float().reshape(len(active), len(batch), -1)
+        outputs = self.triggered_outputs(triggers, batch, slot)
         target = carriers.targets[batch].to(device)
         distance = (outputs - target).pow(2).mean(dim=(1, 2))
         entropy = entropy_across_batch(outputs)
@@ -213,6 +203,22 @@ class PVMiner:
         loss.sum().backward()
         self._adam_update(state, active, triggers.grad.detach())
         return distance.detach().cpu(), entropy.detach().cpu(), outputs.detach().cpu()
+
+    def triggered_outputs(self, triggers: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Watched outputs ``(S, B, H)`` of soft ``triggers`` ``(S, L, E)`` inserted into carrier ``rows`` at
+        their word slot ``slot`` ``(S, B)``; differentiable in ``triggers``, on the encoder's device."""
+        carriers, device = self.carriers, self.encoder.device
+        input_ids = carriers.input_ids[rows].to(device)
+        attention = carriers.attention_mask[rows].to(device)
+        positions = carriers.slots[rows][torch.arange(len(rows)), slot].to(device)  # (S, B)
+        watched = carriers.watched[rows].to(device)
+        watched = watched + triggers.shape[1] * (watched >= positions)  # (S, B)
+        with torch.no_grad():
+            embeds = self.encoder.embed(input_ids)
+        inputs, mask = insert_soft_triggers(embeds, attention, triggers.to(device, embeds.dtype), positions)
+        hidden = self.encoder.hidden_states(inputs, mask)
+        index = torch.arange(hidden.shape[0], device=device)
+        return hidden[index, watched.reshape(-1)].float().reshape(len(triggers), len(rows), -1)
 
     def _adam_update(self, state: _GroupState, active: torch.Tensor, grad: torch.Tensor) -> None:
         """Adam with a per-seed step size: ``boost`` x lr until the seed's largest |grad| passes the bar."""

@@ -17,7 +17,6 @@ import itertools
 
 import torch
 
-from lmshield.defenses.sanitizer.carriers import insert_soft_triggers
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome, entropy_across_batch, judge
 from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, sign_match
@@ -53,19 +52,9 @@ def sub_trigger_parts(length: int, max_parts: int) -> list[tuple[int, ...]]:
 def sub_trigger_outputs(
     miner: PVMiner, triggers: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor
 ) -> torch.Tensor:
-    """Watched outputs ``(S, B, H)`` of equal-length ``triggers`` ``(S, L, E)`` inserted into carrier ``rows``."""
-    carriers, encoder = miner.carriers, miner.encoder
-    device = encoder.device
-    input_ids = carriers.input_ids[rows].to(device)
-    attention = carriers.attention_mask[rows].to(device)
-    positions = carriers.slots[rows][torch.arange(len(rows)), slots].to(device)[None].expand(len(triggers), -1)
-    watched = carriers.watched[rows].to(device)[None]
-    watched = watched + triggers.shape[1] * (watched >= positions)
-    embeds = encoder.embed(input_ids)
-    inputs, mask = insert_soft_triggers(embeds, attention, triggers.to(device, embeds.dtype), positions)
-    hidden = encoder.hidden_states(inputs, mask)
-    outputs = hidden[torch.arange(hidden.shape[0], device=device), watched.reshape(-1)]
-    return outputs.float().reshape(len(triggers), len(rows), -1).cpu()
+    """Watched outputs ``(S, B, H)`` of equal-length ``triggers`` ``(S, L, E)``, each inserted into carrier
+    ``rows`` at the same word ``slots`` ``(B,)``, on the CPU."""
+    return miner.triggered_outputs(triggers, rows, slots[None].expand(len(triggers), -1)).cpu()
 
 
 def _evaluation_rows(miner: PVMiner) -> tuple[torch.Tensor, torch.Tensor]:
