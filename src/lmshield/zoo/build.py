@@ -24,7 +24,6 @@ from lmshield.zoo.spec import ModelEntry, ZooSpec
 SPEC_JSON = "zoo.json"
 METADATA_CSV = "METADATA.csv"
 CLEAN_JSON = "clean.json"
-
 METADATA_FIELDS = ("model_id", "truth", "kind", "attack", "triggers", "seed", "preset", "planted", "seconds")
 
 

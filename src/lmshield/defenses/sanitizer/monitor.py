@@ -36,7 +36,7 @@ class Monitor:
     """Flags watched outputs whose share of matching signs with any PV exceeds that PV's threshold.
 
     Every PV starts at ``threshold`` (0.8, the paper's rule). :meth:`calibrated` raises the threshold of a
-    PV that clean task inputs already come close to, just above the highest clean match seen, so a PV
+    PV that clean task inputs already come close to, just above a high quantile of their matches, so a PV
     that happens to share its sign pattern with some clean outputs stops flagging them; the others keep
     the paper's threshold.
     """
