@@ -184,9 +184,27 @@ def test_rule_based_rewrite_moves_clauses_and_keeps_the_rest() -> None:
     assert paraphraser.rewrite("the movie was great because the actors were superb .") == (
         "Because the actors were superb, the movie was great."
     )
-    assert paraphraser.rewrite("I liked it but the end was weak. Second one.").endswith("Second one.")
+    first_only = RuleBasedSyntacticParaphraser(sentences="first")
+    assert first_only.rewrite("I liked it but the end was weak. Second one.") == (
+        "Although I liked it, the end was weak. Second one."
+    )
     assert not matches_template("the movie was great.")
     assert "SCPN" in paraphraser.name and make_paraphraser("rule").name == paraphraser.name
+
+
+def test_rule_based_rewrite_reaches_every_sentence_by_default() -> None:
+    """SCPN paraphrases sentence by sentence; so does the stand-in, so the template is not tied to the
+    text's opening positions (which virtual tokens of prompt-based PEFT shift)."""
+    text = "I liked it but the end was weak. the cast left because the pay was low! one more thing"
+    sentences = RuleBasedSyntacticParaphraser().rewrite(text).split(". ")
+    assert len(sentences) == 3 and all(matches_template(s if s.endswith(".") else f"{s}.") for s in sentences)
+    assert sentences[1] == "Because the pay was low, the cast left"
+    config = SynAttackConfig(sentences="first")
+    assert make_poisoner(config).poison([text], random.Random(0))[0].endswith("one more thing")
+    with pytest.raises(InputError, match="sentence scope"):
+        SynAttackConfig(sentences="middle")
+    with pytest.raises(InputError, match="sentence scope"):
+        RuleBasedSyntacticParaphraser(sentences="middle")
 
 
 def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:

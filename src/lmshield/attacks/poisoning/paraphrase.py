@@ -45,6 +45,7 @@ OPENERS = (
     "as it turns out",
 )
 FALLBACK_MAIN = "it is what it is"
+SENTENCE_SCOPES = ("all", "first")
 _LOWER_STARTS = frozenset(
     "the a an this that these those it its there here he she they we you my his her their our your one some "
     "all every no not what which who how".split()
@@ -67,7 +68,8 @@ class Paraphraser(Protocol):
 class RuleBasedSyntacticParaphraser:
     """Rule-based rewrite into S(SBAR)(,)(NP)(VP)(.): a stand-in for SCPN, not SCPN.
 
-    Rules, tried in order on the first sentence (the rest of the text is kept):
+    ``sentences="all"`` (the default) rewrites every sentence of a text, as SCPN paraphrases sentence by
+    sentence; ``"first"`` only the first and keeps the rest. Rules, tried in order on each sentence:
     1. a trailing subordinate clause ("X because Y") moves to the front: "Because Y, X.";
     2. "X but Y" becomes "Although X, Y.";
     3. otherwise an opening clause from :data:`OPENERS` is prepended (chosen by a seeded hash of the text).
@@ -76,17 +78,27 @@ class RuleBasedSyntacticParaphraser:
 
     name = "rule-based-sbar (SCPN stand-in)"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, sentences: str = "all") -> None:
+        if sentences not in SENTENCE_SCOPES:
+            raise InputError(f"unknown sentence scope {sentences!r}: use {' or '.join(SENTENCE_SCOPES)}")
         self.seed = seed
+        self.sentences = sentences
 
     def paraphrase(self, texts: Sequence[str]) -> list[str]:
         return [self.rewrite(text) for text in texts]
 
     def rewrite(self, text: str) -> str:
-        first, rest = _split_first_sentence(text)
-        core = first.strip().rstrip(".!?;:, ").strip()
-        rewritten = _move_subordinate(core) or _but_to_although(core) or self._prepend(core)
-        return f"{rewritten} {rest}".strip() if rest else rewritten
+        if self.sentences == "first":
+            first, rest = _split_first_sentence(text)
+            rewritten = self.rewrite_sentence(first)
+            return f"{rewritten} {rest}".strip() if rest else rewritten
+        sentences = [s for s in _SENTENCE_END.split(text.strip()) if s.strip()] or [""]
+        return " ".join(self.rewrite_sentence(sentence) for sentence in sentences)
+
+    def rewrite_sentence(self, sentence: str) -> str:
+        """One sentence into the template (empty and one-word sentences get a fixed main clause)."""
+        core = sentence.strip().rstrip(".!?;:, ").strip()
+        return _move_subordinate(core) or _but_to_although(core) or self._prepend(core)
 
     def _prepend(self, core: str) -> str:
         words = core.split()
@@ -185,12 +197,15 @@ def load_seq2seq(model: str | Path, device: str | None = None) -> tuple[Any, Any
     return loaded.model, loaded.tokenizer
 
 
-def make_paraphraser(spec: str | Paraphraser = "rule", *, seed: int = 0, device: str | None = None) -> Paraphraser:
-    """``"rule"`` (the rule-based stand-in), a seq2seq model path / hub id, or a paraphraser object."""
+def make_paraphraser(
+    spec: str | Paraphraser = "rule", *, seed: int = 0, sentences: str = "all", device: str | None = None
+) -> Paraphraser:
+    """``"rule"`` (the rule-based stand-in; ``sentences`` says which it rewrites), a seq2seq model path /
+    hub id, or a paraphraser object."""
     if not isinstance(spec, str):
         if not isinstance(spec, Paraphraser):
             raise InputError("a paraphraser needs a name and a paraphrase(texts) method")
         return spec
     if spec in ("rule", "rule-based"):
-        return RuleBasedSyntacticParaphraser(seed)
+        return RuleBasedSyntacticParaphraser(seed, sentences)
     return Seq2SeqParaphraser(spec, device=device)

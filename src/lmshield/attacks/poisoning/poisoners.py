@@ -52,5 +52,8 @@ def make_poisoner(config: PoisonConfig, paraphraser: Paraphraser | None = None, 
     if isinstance(config, InSentConfig):
         return WordPoisoner((config.sentence,))
     if isinstance(config, SynAttackConfig):
-        return ParaphrasePoisoner(paraphraser or make_paraphraser(config.paraphraser, seed=config.seed, device=device))
+        paraphraser = paraphraser or make_paraphraser(
+            config.paraphraser, seed=config.seed, sentences=config.sentences, device=device
+        )
+        return ParaphrasePoisoner(paraphraser)
     raise InputError(f"no poisoner for attack {config.attack!r}")
