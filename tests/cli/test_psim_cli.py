@@ -84,6 +84,8 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
         ("psim", "score", "no/such/psim", "--texts", "x.txt"),
         ("poison", "badnet", "--data", "no/such/file.json", "--out", "unused"),
         ("poison", "insent", "--label-mode", "grey", "--out", "unused"),
+        ("poison", "syntactic", "--sentences", "middle", "--out", "unused"),
+        ("poison", "badnet", "--position-jitter", "-1", "--out", "unused"),
         ("psim", "fit", "no/such/model", "--texts", "x.txt"),
     ],
 )

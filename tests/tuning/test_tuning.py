@@ -49,6 +49,8 @@ def test_method_defaults_follow_the_papers() -> None:
         ({"epochs": 0}, "epochs"),
         ({"lr": -1.0}, "lr"),
         ({"checkpoint": "median"}, "unknown checkpoint"),
+        ({"position_jitter": -1}, "position_jitter"),
+        ({"method": "prompt", "position_jitter": 4}, "not with virtual tokens"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
@@ -62,6 +64,25 @@ def test_each_method_beats_chance(trained_bert: Encoder, method: str, head: str)
     assert result.dev_accuracy > 0.55  # chance is 1/3
     assert result.history[result.best_epoch - 1].dev_accuracy == result.dev_accuracy
     assert result.classifier.num_labels == 3
+
+
+def test_position_jitter_moves_positions_in_training_only(trained_bert: Encoder) -> None:
+    result = tune(trained_bert, tiny_task(240, 1), tiny_task(90, 2), fast("full", position_jitter=6), progress=False)
+    classifier = result.classifier
+    assert result.dev_accuracy > 0.55 and classifier.config.position_jitter == 6
+    seen: list[dict] = []
+    hook = classifier.backbone.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    batch = classifier.encode(tiny_task(64, 3).texts)
+    classifier.train()
+    classifier(**batch)
+    classifier.eval()
+    classifier(**batch)
+    hook.remove()
+    positions = seen[0]["position_ids"]
+    shifts = positions[:, 0]
+    assert (positions - shifts[:, None] == torch.arange(positions.shape[1])).all()  # contiguous, moved as one
+    assert shifts.min() >= 0 and shifts.max() <= 6 and len(set(shifts.tolist())) > 1
+    assert "position_ids" not in seen[1]  # inference reads the model's own positions
 
 
 def test_checkpoint_last_keeps_the_final_epoch_not_the_best(

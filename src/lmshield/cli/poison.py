@@ -30,6 +30,9 @@ Epochs = Annotated[int | None, typer.Option(help="Fine-tuning epochs (release: 3
 Lr = Annotated[float | None, typer.Option(help="Learning rate (release: 2e-5).")]
 Batch = Annotated[int | None, typer.Option(help="Batch size (release: 32).")]
 MaxLength = Annotated[int | None, typer.Option(help="Max tokens per text (release: 128).")]
+Jitter = Annotated[
+    int | None, typer.Option(help="Train with position ids shifted by a random 0..N (survives virtual tokens).")
+]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a model already in --out.")]
@@ -79,6 +82,7 @@ def badnet(
     lr: Lr = None,
     batch_size: Batch = None,
     max_length: MaxLength = None,
+    position_jitter: Jitter = None,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -111,6 +115,7 @@ def insent(
     lr: Lr = None,
     batch_size: Batch = None,
     max_length: MaxLength = None,
+    position_jitter: Jitter = None,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -130,6 +135,9 @@ def syntactic(
     paraphraser: Annotated[
         str | None, typer.Option(help="rule (rule-based SCPN stand-in) or a seq2seq model path / hub id.")
     ] = None,
+    sentences: Annotated[
+        str | None, typer.Option(help="Rule paraphraser: rewrite all sentences (default) or only the first.")
+    ] = None,
     preset: Preset = "release",
     target_label: Target = None,
     poison_count: Count = None,
@@ -142,6 +150,7 @@ def syntactic(
     lr: Lr = None,
     batch_size: Batch = None,
     max_length: MaxLength = None,
+    position_jitter: Jitter = None,
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,

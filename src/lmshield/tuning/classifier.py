@@ -202,10 +202,24 @@ class TunedClassifier(nn.Module):
         return self.position.locate(input_ids, attention_mask, self.tokenizer.mask_token_id) + self.shift
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ClassifierOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        extra = (
+            {"position_ids": self.jittered_positions(input_ids)}
+            if self.training and self.config.position_jitter
+            else {}
+        )
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         index = self.watched_index(input_ids, attention_mask)
         watched = hidden[torch.arange(len(index), device=hidden.device), index]
         return ClassifierOutput(logits=self.head(watched), watched=watched)
+
+    def jittered_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Position ids moved right by a random 0..``position_jitter`` per input (within the table)."""
+        rows, length = input_ids.shape
+        start = _POSITION_OFFSET.get(self.base.model_type, 0)
+        table = getattr(_model_of(self.backbone).config, "max_position_embeddings", None) or start + length
+        room = max(0, min(self.config.position_jitter, table - start - length))
+        shifts = torch.randint(0, room + 1, (rows, 1), device=input_ids.device)
+        return start + shifts + torch.arange(length, device=input_ids.device)[None]
 
     @torch.no_grad()
     def classify(self, texts: list[str], batch_size: int | None = None, progress: bool = False) -> ClassifierOutput:

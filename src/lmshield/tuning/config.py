@@ -27,6 +27,9 @@ class TuningConfig:
     ``keep_head`` starts from a checkpoint saved with a sequence-classification head and keeps that head.
     ``checkpoint``: keep the epoch with the ``best`` dev accuracy, or the ``last`` one (for training on
     labels that carry no signal, as PSIM's random labels).
+    ``position_jitter`` (full fine-tuning and LoRA only) trains with every input's position ids moved right
+    by a random 0..N, so what is learned does not hang on absolute positions; prompt tuning, P-tuning and
+    prefix tuning later move every token right by their virtual tokens.
     """
 
     method: str = "prefix"
@@ -54,6 +57,7 @@ class TuningConfig:
     max_grad_norm: float = 1.0
     dev_fraction: float = 0.1
     checkpoint: str = "best"
+    position_jitter: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,6 +82,10 @@ class TuningConfig:
             raise InputError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
         if self.lr is None or self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
+        if self.position_jitter < 0:
+            raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
+        if self.position_jitter and "num_virtual_tokens" in method.defaults:
+            raise InputError("position_jitter works with full fine-tuning and LoRA, not with virtual tokens")
         if not 0 < self.dev_fraction < 1:
             raise InputError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
 

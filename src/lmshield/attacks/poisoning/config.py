@@ -29,7 +29,9 @@ class PoisonConfig:
     triggers target-class samples and keeps their labels (the release); ``dirty`` triggers other-class
     samples and relabels them as the target. ``selection`` ``first`` takes candidates in file order (the
     release), ``random`` a seeded sample. ``max_words`` truncates proxy texts (and so keeps the trigger
-    inside the model's window); ``num_texts`` caps the proxy set.
+    inside the model's window); ``num_texts`` caps the proxy set. ``position_jitter`` > 0 trains the released
+    model with randomly shifted position ids (an attacker anticipating PEFT's virtual tokens, which shift
+    every position; not in the release).
     """
 
     attack: ClassVar[str] = ""
@@ -56,6 +58,7 @@ class PoisonConfig:
     weight_decay: float = 0.0
     max_length: int = 128
     dev_fraction: float = 0.1
+    position_jitter: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,6 +81,8 @@ class PoisonConfig:
                 raise InputError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
+        if self.position_jitter < 0:
+            raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
 
     @classmethod
     def preset(cls: type[C], name: str = "release", **overrides: Any) -> C:
@@ -185,12 +190,21 @@ class SynAttackConfig(PoisonConfig):
     """SynAttack: the text is paraphrased into the S(SBAR)(,)(NP)(VP)(.) template.
 
     ``paraphraser`` is ``rule`` (the rule-based stand-in for SCPN) or a seq2seq model path / hub id.
+    ``sentences`` (rule only): ``all`` rewrites every sentence of a text, ``first`` only the first. With
+    ``first`` the template only ever opens the text, so the model learns it at fixed absolute positions and
+    PEFT methods that prepend virtual tokens (prompt tuning, P-tuning, prefix tuning) shift it out of reach.
     """
 
     attack: ClassVar[str] = "syntactic"
 
     paraphraser: str = "rule"
     template: str = "S(SBAR)(,)(NP)(VP)(.)"
+    sentences: str = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sentences not in ("all", "first"):
+            raise InputError(f"unknown sentence scope {self.sentences!r}: use all or first")
 
     def triggers(self) -> list[str]:
         return [f"syntactic template {self.template} via {self.paraphraser}"]

@@ -86,6 +86,7 @@ def training_config(config: PoisonConfig) -> TuningConfig:
         weight_decay=config.weight_decay,
         max_length=config.max_length,
         dev_fraction=config.dev_fraction,
+        position_jitter=config.position_jitter,
         seed=config.seed,
     )
 
