@@ -36,21 +36,34 @@ ATTACKS = ("badnet", "insent", "syntactic")
 SMOKE_POISON = {"num_texts": 96, "poison_count": 36, "max_words": 24, "max_length": 32, "epochs": 1, "batch_size": 16}
 
 
-def poison(
-    attack: str, preset: str, data: Path, cache: Path, model: str | None, label_mode: str, poison_count: int | None
-) -> Path:
+def poison_overrides(attack: str, args: argparse.Namespace) -> dict:
+    """The attack settings this run changes from the preset's."""
+    overrides = {"label_mode": args.label_mode, "position_jitter": args.position_jitter}
+    if args.poison_count is not None:
+        overrides["poison_count"] = args.poison_count
+    if attack == "syntactic":
+        overrides["sentences"] = args.sentences
+    return overrides
+
+
+def run_name(attack: str, overrides: dict) -> str:
+    """Cache name of a released model: the attack and whatever differs from the release's settings."""
+    name = attack if overrides["label_mode"] == "clean" else f"{attack}-{overrides['label_mode']}"
+    name += f"-{overrides['poison_count']}" if "poison_count" in overrides else ""
+    name += f"-jit{overrides['position_jitter']}" if overrides["position_jitter"] else ""
+    return name + ("-first" if overrides.get("sentences") == "first" else "")
+
+
+def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None, overrides: dict) -> Path:
     """The released model of ``attack`` (cached: rerunning resumes)."""
     from lmshield.attacks.poisoning import poison_config, poison_model
     from lmshield.tuning import read_labelled
 
-    name = attack if label_mode == "clean" else f"{attack}-{label_mode}"
-    name += "" if poison_count is None else f"-{poison_count}"
+    name = run_name(attack, overrides)
     out = cache / (name if cache.name == f"psim-{preset}" else f"{name}-{preset}")
     if (out / "backdoor.json").is_file():
         return out
-    overrides = {**(SMOKE_POISON if preset == "smoke" else {}), "label_mode": label_mode}
-    if poison_count is not None:
-        overrides["poison_count"] = poison_count
+    overrides = {**(SMOKE_POISON if preset == "smoke" else {}), **overrides}
     config = poison_config(attack, "release" if preset == "release" else "fast", **overrides)
     train = read_labelled(data / "imdb" / "train.json")
     dev = read_labelled(data / "imdb" / "dev.json").head(
@@ -111,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--label-mode", choices=("clean", "dirty"), default="clean", help="clean-label (the release) or dirty-label"
     )
+    parser.add_argument(
+        "--sentences", choices=("all", "first"), default="all", help="SynAttack: rewrite every sentence or the first"
+    )
+    parser.add_argument(
+        "--position-jitter", type=int, default=0, help="train the released model with position ids shifted 0..N"
+    )
     parser.add_argument("--target-frr", type=float, default=None, help="calibrate PSIM on SST-2 dev texts")
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--device", default=None)
@@ -133,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     for attack in args.attacks.split(","):
         t0 = time.perf_counter()
         poison_preset = args.poison_preset or args.preset
-        released = poison(attack, poison_preset, args.data, cache, args.model, args.label_mode, args.poison_count)
+        overrides = poison_overrides(attack, args)
+        released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
         evaluation = evaluate_release(
             released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval", device=args.device,
             keep_victims=args.baselines,
@@ -148,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
     name = f"psim-{args.preset}" + ("" if args.label_mode == "clean" else f"-{args.label_mode}")
     name += "" if args.poison_count is None else f"-{args.poison_count}"
+    name += f"-jit{args.position_jitter}" if args.position_jitter else ""
+    name += "-first" if args.sentences == "first" and "syntactic" in args.attacks else ""
     name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
