@@ -12,7 +12,10 @@ Prints three tables:
 3. the defense table: attack x dataset (SST-2, CR from ../shared/data) x tuning method (prefix tuning and
    prompt tuning by default, [CLS] head): ASR without and with the guard, clean accuracy without and
    with it, the monitor's false-positive rate, from the PVs a search-mode scan mined from the encoder
-   (``--ceiling`` adds the same protocol with the planted vectors themselves).
+   (``--ceiling`` adds the same protocol with the planted vectors themselves, ``--calibrate`` the guard
+   calibrated with the library's default rule on 500 clean task texts).
+``--parts sweep`` adds a fourth: the monitor's false-positive rate on held-out sentences and the lowest
+trigger recall for a grid of calibration rules (quantile, margin, ceiling), which chose the default rule.
 
 Everything expensive is cached under benchmarks/.cache: the backdoored encoders (POR is bench_scan.py's
 model; NeuBA and BToP use the attack runner's fast preset, default triggers, seed 0, SST-2 sentences),
@@ -53,9 +56,9 @@ HEADS = {"btop": "mask"}
 # keeps every token's state, as NeuBA's does
 ATTACK_OVERRIDES = {"btop": {"stand_in": "tokens"}}
 CALIBRATION_TEXTS = 500  # clean task texts the --calibrate rows calibrate the guard on
-# above the 99th percentile: the maximum over 500 texts raised thresholds past a trigger's own outputs
-# (NeuBA, SST-2, prefix: 'pt' unflagged, ASR with the guard 0.080 instead of 0.001)
-CALIBRATION_QUANTILE = 0.99
+VALIDATION_TEXTS = 400  # held-out test sentences (never in the ASR protocol's split) the sweep picks a rule on
+# the sweep's rules: (quantile, margin, ceiling); the library's default is Monitor.calibrated's
+SWEEP = [(q, m, c) for q in (0.99, 0.995, 0.998, 1.0) for m in (0.01, 0.02, 0.03) for c in (0.9, 0.97, 0.999)]
 LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 5e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
@@ -156,6 +159,16 @@ def test_split(dataset: str, limit: int):
 
     test = read_labelled(DATA / dataset / "test.json")
     return test.take(sorted(random.Random(1).sample(range(len(test)), min(limit, len(test)))))
+
+
+def validation_texts(dataset: str, args: argparse.Namespace) -> list[str]:
+    """Test sentences outside :func:`test_split`'s sample, for choosing a calibration rule."""
+    from lmshield.tuning import read_labelled
+
+    test = read_labelled(DATA / dataset / "test.json")
+    used = set(random.Random(1).sample(range(len(test)), min(args.test_size, len(test))))
+    rest = [i for i in range(len(test)) if i not in used]
+    return [test.texts[i] for i in random.Random(2).sample(rest, min(VALIDATION_TEXTS, len(rest)))]
 
 
 def pv_recall(backdoor: Backdoor) -> int:
@@ -286,7 +299,7 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
             continue
         guard = Guard(classifier, pvs.float()) if kind == "planted" else Guard.from_scan(classifier, backdoor.scan)
         if kind == "calibrated":
-            guard.calibrate(calibration_texts(dataset, args), quantile=CALIBRATION_QUANTILE)
+            guard.calibrate(calibration_texts(dataset, args))
             row["raised_thresholds"] = int((guard.monitor.thresholds > guard.threshold).sum())
         report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
         print(f"\n## {backdoor.attack} / {dataset} / {method}: guard, {kind} ({len(pvs)} PVs)\n{report.table()}")
@@ -294,6 +307,67 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=2))
     return row
+
+
+def calibration_sweep(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace) -> dict:
+    """For every rule of :data:`SWEEP`: false-positive rate on held-out validation sentences and on the
+    protocol's clean test split, and the lowest share of triggered test inputs flagged over the triggers."""
+    import torch
+
+    from lmshield.defenses.sanitizer.monitor import Monitor, sign_match
+    from lmshield.evaluation.guard_eval import triggered_copies
+
+    out = (
+        CACHE / "guard" / f"sweep-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
+    )
+    if out.is_file():
+        return json.loads(out.read_text())
+    classifier, _ = tuned_classifier(backdoor, dataset, method, args)
+    pvs = backdoor.scan.pvs.float()
+    watch = lambda texts: classifier.classify(texts).watched  # noqa: E731
+    test = test_split(dataset, args.test_size).texts
+    calibration, validation, clean = (
+        watch(calibration_texts(dataset, args)),
+        watch(validation_texts(dataset, args)),
+        watch(test),
+    )
+    triggered = [watch(triggered_copies(test, trigger, seed=0)) for trigger in backdoor.triggers]
+
+    def flag_rate(outputs: torch.Tensor, thresholds: torch.Tensor) -> float:
+        return float((sign_match(outputs, pvs) > thresholds).any(dim=1).float().mean())
+
+    rows = {}
+    for quantile, margin, ceiling in [(None, 0.0, 0.8), *SWEEP]:
+        monitor = Monitor(pvs)
+        if quantile is not None:
+            monitor = monitor.calibrated(calibration, margin, quantile, ceiling)
+        name = "0.8" if quantile is None else f"q{quantile:g} m{margin:g} c{ceiling:g}"
+        rows[name] = {
+            "validation_fpr": flag_rate(validation, monitor.thresholds),
+            "test_fpr": flag_rate(clean, monitor.thresholds),
+            "min_recall": min(flag_rate(t, monitor.thresholds) for t in triggered),
+        }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def sweep_table(cells: list[dict]) -> str:
+    """One line per rule, over the cells: mean and worst FPR, cells within 1 %, lowest trigger recall."""
+    lines = [
+        "| rule | validation FPR mean | worst | cells <= 1 % | test FPR mean | worst | cells <= 1 % | min recall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rule in cells[0]:
+        val = [c[rule]["validation_fpr"] for c in cells]
+        test = [c[rule]["test_fpr"] for c in cells]
+        recall = min(c[rule]["min_recall"] for c in cells)
+        within = lambda values: f"{sum(v <= 0.01 for v in values)}/{len(values)}"  # noqa: E731
+        lines.append(
+            f"| {rule} | {statistics.mean(val):.4f} | {max(val):.4f} | {within(val)} | {statistics.mean(test):.4f} "
+            f"| {max(test):.4f} | {within(test)} | {recall:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 VARIANTS = {"mined": "mined, 0.8", "calibrated": "mined, calibrated", "planted": "planted, 0.8"}
@@ -397,7 +471,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--purge-inputs", type=int, default=60, help="flagged inputs timed per purge strategy")
     parser.add_argument("--ceiling", action="store_true", help="also evaluate with the planted vectors")
     parser.add_argument("--calibrate", action="store_true", help="also evaluate the guard calibrated on dev texts")
-    parser.add_argument("--parts", default="costs,table", help="costs (overhead and purge), table, or both")
+    parser.add_argument(
+        "--parts",
+        default="costs,table",
+        help="comma-separated: costs (overhead and purge), table, sweep (monitor calibration rules)",
+    )
     return parser.parse_args()
 
 
@@ -432,6 +510,13 @@ def main() -> None:
         )
         sections.append(f"## Defense (mined PVs)\n\n{recovery}\n\n{defense_table(rows)}")
         payload["rows"] = rows
+    if "sweep" in parts:
+        sweeps = [calibration_sweep(backdoors[a], d, m, args) for a in attacks for d in datasets for m in methods]
+        sections.append(
+            f"## Monitor calibration rules over {len(sweeps)} cells ({CALIBRATION_TEXTS} calibration texts, "
+            f"{VALIDATION_TEXTS} validation sentences each)\n\n{sweep_table(sweeps)}"
+        )
+        payload["sweep"] = sweeps
     header = f"# Guard benchmark ({args.parts}; {time.perf_counter() - started:.0f} s this run, caches reused)"
     text = "\n\n".join([header, *sections])
     print("\n" + text)

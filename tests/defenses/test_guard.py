@@ -75,7 +75,7 @@ def test_calibration_raises_only_the_thresholds_clean_outputs_reach() -> None:
     triggered = torch.stack([_with_share(pvs[0], 0.95), _with_share(pvs[1], 0.85)])
     monitor = Monitor(pvs)
     assert monitor(clean).flagged.tolist() == [True, False, False]  # the paper's 0.8 flags a clean input
-    calibrated = monitor.calibrated(clean, margin=0.01)
+    calibrated = monitor.calibrated(clean, margin=0.01, quantile=1.0)
     assert calibrated.thresholds.tolist() == pytest.approx([0.85, 0.8])
     assert calibrated(clean).flagged.tolist() == [False, False, False]
     assert calibrated(triggered).flagged.tolist() == [True, True]
@@ -83,10 +83,25 @@ def test_calibration_raises_only_the_thresholds_clean_outputs_reach() -> None:
     with pytest.raises(InputError, match="at least one clean input"):
         monitor.calibrated(torch.empty(0, 100))
     many = torch.stack([_with_share(pvs[0], 0.6)] * 99 + [_with_share(pvs[0], 0.9)])
-    assert monitor.calibrated(many, quantile=1.0).thresholds[0] == pytest.approx(0.91)
+    assert monitor.calibrated(many, quantile=1.0, margin=0.01).thresholds[0] == pytest.approx(0.91)
     assert monitor.calibrated(many, quantile=0.95).thresholds[0] == pytest.approx(0.8)  # one outlier ignored
     with pytest.raises(InputError, match="quantile"):
         monitor.calibrated(many, quantile=0.0)
+
+
+def test_calibration_ceiling_keeps_a_pv_that_clean_texts_reach_watching() -> None:
+    torch.manual_seed(0)
+    pvs = torch.randn(1, 100).sign()
+    # 5 % of the clean texts fire the backdoor outright (a trigger-like subword in the task's own data)
+    clean = torch.stack([_with_share(pvs[0], 0.6)] * 95 + [_with_share(pvs[0], 1.0)] * 5)
+    monitor = Monitor(pvs)
+    assert monitor.calibrated(clean, quantile=1.0, ceiling=0.999).thresholds[0] == pytest.approx(0.999)
+    capped = monitor.calibrated(clean, quantile=1.0, ceiling=0.9)
+    assert capped.thresholds[0] == pytest.approx(0.9)
+    assert capped(torch.stack([_with_share(pvs[0], 0.95)])).flagged.tolist() == [True]
+    assert monitor.calibrated(clean).thresholds[0] == pytest.approx(0.97)  # default quantile 0.995 -> ceiling
+    with pytest.raises(InputError, match="ceiling"):
+        monitor.calibrated(clean, ceiling=0.5)
 
 
 def test_guard_calibration_keeps_triggered_inputs_flagged(backdoored_classifier: TunedClassifier, bert_pair) -> None:

@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, Monitor, MonitorResult
+from lmshield.defenses.sanitizer.monitor import (
+    CALIBRATION_CEILING,
+    CALIBRATION_MARGIN,
+    CALIBRATION_QUANTILE,
+    DEFAULT_THRESHOLD,
+    Monitor,
+    MonitorResult,
+)
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
 from lmshield.errors import InputError
@@ -152,7 +159,13 @@ class Guard:
         classifier = TunedClassifier.from_pretrained(classifier_dir, device=device)
         return cls.from_scan(classifier, scan, **kwargs)
 
-    def calibrate(self, texts: list[str], margin: float = 0.01, quantile: float = 1.0) -> Guard:
+    def calibrate(
+        self,
+        texts: list[str],
+        margin: float = CALIBRATION_MARGIN,
+        quantile: float = CALIBRATION_QUANTILE,
+        ceiling: float = CALIBRATION_CEILING,
+    ) -> Guard:
         """Raise the threshold of PVs that clean task ``texts`` (unlabelled, held out) come close to.
 
         Returns the guard itself. PVs no clean text comes near keep ``threshold``; see
@@ -161,7 +174,7 @@ class Guard:
         if isinstance(texts, str) or not texts:
             raise InputError("Guard.calibrate expects a non-empty list of clean texts")
         watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
-        self.monitor = self.monitor.calibrated(watched, margin, quantile)
+        self.monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
         raised = int((self.monitor.thresholds > self.threshold).sum())
         logger.info("calibrated on %d texts: %d of %d PV thresholds raised", len(texts), raised, self.monitor.num_pvs)
         return self

@@ -9,6 +9,9 @@ import torch
 from lmshield.errors import InputError
 
 DEFAULT_THRESHOLD = 0.8
+CALIBRATION_QUANTILE = 0.995
+CALIBRATION_MARGIN = 0.03
+CALIBRATION_CEILING = 0.97
 
 
 def sign_match(outputs: torch.Tensor, pvs: torch.Tensor) -> torch.Tensor:
@@ -36,9 +39,9 @@ class Monitor:
     """Flags watched outputs whose share of matching signs with any PV exceeds that PV's threshold.
 
     Every PV starts at ``threshold`` (0.8, the paper's rule). :meth:`calibrated` raises the threshold of a
-    PV that clean task inputs already come close to, just above a high quantile of their matches, so a PV
-    that happens to share its sign pattern with some clean outputs stops flagging them; the others keep
-    the paper's threshold.
+    PV that clean task inputs already come close to, just above a high quantile of their matches (capped),
+    so a PV that happens to share its sign pattern with some clean outputs stops flagging them; the others
+    keep the paper's threshold.
     """
 
     def __init__(
@@ -58,22 +61,32 @@ class Monitor:
     def num_pvs(self) -> int:
         return int(self.pvs.shape[0])
 
-    def calibrated(self, clean_outputs: torch.Tensor, margin: float = 0.01, quantile: float = 1.0) -> Monitor:
+    def calibrated(
+        self,
+        clean_outputs: torch.Tensor,
+        margin: float = CALIBRATION_MARGIN,
+        quantile: float = CALIBRATION_QUANTILE,
+        ceiling: float = CALIBRATION_CEILING,
+    ) -> Monitor:
         """A monitor whose per-PV thresholds sit ``margin`` above the ``quantile`` of the clean outputs'
-        matches with that PV (1.0: above every one), never below the base threshold.
+        matches with that PV, never below the base threshold and never above ``ceiling``.
 
-        A high quantile buys a low false-positive rate with recall: a trigger whose collapse point lies
-        near some clean outputs' sign pattern can fall under a raised threshold.
+        The quantile (not the maximum) keeps a few clean texts that really fire the backdoor (a trigger-like
+        subword such as the ``##mm`` of "35mm") from raising a PV out of reach; the ceiling keeps a PV that
+        many clean texts reach watching at all. The defaults were chosen on 400 held-out sentences in each of
+        the 12 guard benchmark cells (``benchmarks/bench_guard.py --parts sweep``).
         """
         if clean_outputs.shape[0] == 0:
             raise InputError("calibration needs at least one clean input")
         if not 0.0 < quantile <= 1.0:
             raise InputError(f"quantile must be in (0, 1], got {quantile}")
+        if not self.threshold <= ceiling < 1.0:
+            raise InputError(f"ceiling must be in [{self.threshold}, 1), got {ceiling}")
         if self.num_pvs == 0:
             return self
         shares = sign_match(clean_outputs.detach().float().cpu(), self.pvs)
         highest = shares.quantile(quantile, dim=0)
-        raised = torch.maximum(self.thresholds, (highest + margin).clamp(max=0.999))
+        raised = torch.maximum(self.thresholds, (highest + margin).clamp(max=ceiling))
         return Monitor(self.pvs, self.threshold, raised)
 
     def __call__(self, outputs: torch.Tensor) -> MonitorResult:
