@@ -301,9 +301,12 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
         if kind == "calibrated":
             guard.calibrate(calibration_texts(dataset, args))
             row["raised_thresholds"] = int((guard.monitor.thresholds > guard.threshold).sum())
-        report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
-        print(f"\n## {backdoor.attack} / {dataset} / {method}: guard, {kind} ({len(pvs)} PVs)\n{report.table()}")
-        row[kind] = report.to_dict()
+        if kind == "calibrated" and row["raised_thresholds"] == 0 and row.get("mined"):
+            row[kind] = row["mined"]  # the same monitor: the same (deterministic) evaluation
+        else:
+            report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
+            print(f"\n## {backdoor.attack} / {dataset} / {method}: guard, {kind} ({len(pvs)} PVs)\n{report.table()}")
+            row[kind] = report.to_dict()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=2))
     return row
