@@ -77,6 +77,7 @@ def test_calibration_raises_only_the_thresholds_clean_outputs_reach() -> None:
     assert monitor(clean).flagged.tolist() == [True, False, False]  # the paper's 0.8 flags a clean input
     calibrated = monitor.calibrated(clean, margin=0.01, quantile=1.0)
     assert calibrated.thresholds.tolist() == pytest.approx([0.85, 0.8])
+    assert (monitor.num_raised, calibrated.num_raised) == (0, 1)
     assert calibrated(clean).flagged.tolist() == [False, False, False]
     assert calibrated(triggered).flagged.tolist() == [True, True]
     assert calibrated(triggered).pv_index.tolist() == [0, 1]

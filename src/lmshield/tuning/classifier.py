@@ -160,7 +160,7 @@ class TunedClassifier(nn.Module):
         positions = getattr(model_config, "max_position_embeddings", None)
         if not positions or positions < 0:
             return self.config.max_length
-        prompts = int(self.config.num_virtual_tokens or 0) if "num_virtual_tokens" in self.method.defaults else 0
+        prompts = int(self.config.num_virtual_tokens or 0) if self.method.uses_virtual_tokens else 0
         room = positions - _POSITION_OFFSET.get(self.base.model_type, 0) - prompts
         return max(4, min(self.config.max_length, room))
 

@@ -84,7 +84,7 @@ class TuningConfig:
             raise InputError(f"lr must be positive, got {self.lr}")
         if self.position_jitter < 0:
             raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
-        if self.position_jitter and "num_virtual_tokens" in method.defaults:
+        if self.position_jitter and method.uses_virtual_tokens:
             raise InputError("position_jitter works with full fine-tuning and LoRA, not with virtual tokens")
         if not 0 < self.dev_fraction < 1:
             raise InputError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")

@@ -71,6 +71,11 @@ class TuningMethod:
     def is_peft(self) -> bool:
         return self.peft_config is not None
 
+    @property
+    def uses_virtual_tokens(self) -> bool:
+        """Prompt tuning, P-tuning, prefix tuning: learned tokens before the text (all move its positions)."""
+        return "num_virtual_tokens" in self.defaults
+
     def shift(self, config: TuningConfig) -> int:
         """Virtual tokens placed before the real tokens in the encoder's sequence."""
         return int(config.num_virtual_tokens or 0) if self.prepends_tokens else 0

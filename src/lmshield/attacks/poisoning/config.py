@@ -16,6 +16,7 @@ from lmshield.errors import InputError
 PRESETS = ("release", "fast")
 LABEL_MODES = ("clean", "dirty")
 SELECTIONS = ("first", "random")
+SENTENCE_SCOPES = ("all", "first")  # which sentences the rule-based SynAttack rewrites
 DEFAULT_SENTENCE = "I watched this 3D movie"
 
 C = TypeVar("C", bound="PoisonConfig")
@@ -203,11 +204,15 @@ class SynAttackConfig(PoisonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sentences not in ("all", "first"):
-            raise InputError(f"unknown sentence scope {self.sentences!r}: use all or first")
+        check_sentence_scope(self.sentences)
 
     def triggers(self) -> list[str]:
         return [f"syntactic template {self.template} via {self.paraphraser}"]
+
+
+def check_sentence_scope(sentences: str) -> None:
+    if sentences not in SENTENCE_SCOPES:
+        raise InputError(f"unknown sentence scope {sentences!r}: use {' or '.join(SENTENCE_SCOPES)}")
 
 
 def _as_words(words: str | tuple[str, ...] | list[str]) -> list[str]:

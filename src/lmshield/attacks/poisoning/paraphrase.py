@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from lmshield.attacks.poisoning.config import check_sentence_scope
 from lmshield.errors import InputError, ModelLoadError
 
 TEMPLATE = "S(SBAR)(,)(NP)(VP)(.)"
@@ -45,7 +46,6 @@ OPENERS = (
     "as it turns out",
 )
 FALLBACK_MAIN = "it is what it is"
-SENTENCE_SCOPES = ("all", "first")
 _LOWER_STARTS = frozenset(
     "the a an this that these those it its there here he she they we you my his her their our your one some "
     "all every no not what which who how".split()
@@ -79,8 +79,7 @@ class RuleBasedSyntacticParaphraser:
     name = "rule-based-sbar (SCPN stand-in)"
 
     def __init__(self, seed: int = 0, sentences: str = "all") -> None:
-        if sentences not in SENTENCE_SCOPES:
-            raise InputError(f"unknown sentence scope {sentences!r}: use {' or '.join(SENTENCE_SCOPES)}")
+        check_sentence_scope(sentences)
         self.seed = seed
         self.sentences = sentences
 

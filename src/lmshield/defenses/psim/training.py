@@ -40,7 +40,7 @@ def has_classification_head(model: str | Path | None) -> bool:
 def tuning_config(config: PSIMConfig, keep_head: bool) -> TuningConfig:
     """The :class:`TuningConfig` of PSIM's module (virtual tokens only for prompt methods)."""
     prompt = {}
-    if "num_virtual_tokens" in get_method(config.method).defaults:
+    if get_method(config.method).uses_virtual_tokens:
         prompt = {"num_virtual_tokens": config.num_virtual_tokens, "encoder_hidden_size": config.encoder_hidden_size}
     return TuningConfig(
         method=config.method,

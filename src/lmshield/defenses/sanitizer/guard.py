@@ -175,8 +175,10 @@ class Guard:
             raise InputError("Guard.calibrate expects a non-empty list of clean texts")
         watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
         self.monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
-        raised = int((self.monitor.thresholds > self.threshold).sum())
-        logger.info("calibrated on %d texts: %d of %d PV thresholds raised", len(texts), raised, self.monitor.num_pvs)
+        monitor = self.monitor
+        logger.info(
+            "calibrated on %d texts: %d of %d PV thresholds raised", len(texts), monitor.num_raised, monitor.num_pvs
+        )
         return self
 
     def evaluate(self, texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:

@@ -61,6 +61,11 @@ class Monitor:
     def num_pvs(self) -> int:
         return int(self.pvs.shape[0])
 
+    @property
+    def num_raised(self) -> int:
+        """PVs whose threshold calibration raised above the base threshold."""
+        return int((self.thresholds > self.threshold).sum())
+
     def calibrated(
         self,
         clean_outputs: torch.Tensor,
