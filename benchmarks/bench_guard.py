@@ -300,7 +300,7 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
         guard = Guard(classifier, pvs.float()) if kind == "planted" else Guard.from_scan(classifier, backdoor.scan)
         if kind == "calibrated":
             guard.calibrate(calibration_texts(dataset, args))
-            row["raised_thresholds"] = int((guard.monitor.thresholds > guard.threshold).sum())
+            row["raised_thresholds"] = guard.monitor.num_raised
         if kind == "calibrated" and row["raised_thresholds"] == 0 and row.get("mined"):
             row[kind] = row["mined"]  # the same monitor: the same (deterministic) evaluation
         else:
@@ -317,7 +317,7 @@ def calibration_sweep(backdoor: Backdoor, dataset: str, method: str, args: argpa
     protocol's clean test split, and the lowest share of triggered test inputs flagged over the triggers."""
     import torch
 
-    from lmshield.defenses.sanitizer.monitor import Monitor, sign_match
+    from lmshield.defenses.sanitizer.monitor import Monitor
     from lmshield.evaluation.guard_eval import triggered_copies
 
     out = (
@@ -336,8 +336,8 @@ def calibration_sweep(backdoor: Backdoor, dataset: str, method: str, args: argpa
     )
     triggered = [watch(triggered_copies(test, trigger, seed=0)) for trigger in backdoor.triggers]
 
-    def flag_rate(outputs: torch.Tensor, thresholds: torch.Tensor) -> float:
-        return float((sign_match(outputs, pvs) > thresholds).any(dim=1).float().mean())
+    def flag_rate(outputs: torch.Tensor, monitor: Monitor) -> float:
+        return float(monitor(outputs).flagged.float().mean())
 
     rows = {}
     for quantile, margin, ceiling in [(None, 0.0, 0.8), *SWEEP]:
@@ -346,9 +346,9 @@ def calibration_sweep(backdoor: Backdoor, dataset: str, method: str, args: argpa
             monitor = monitor.calibrated(calibration, margin, quantile, ceiling)
         name = "0.8" if quantile is None else f"q{quantile:g} m{margin:g} c{ceiling:g}"
         rows[name] = {
-            "validation_fpr": flag_rate(validation, monitor.thresholds),
-            "test_fpr": flag_rate(clean, monitor.thresholds),
-            "min_recall": min(flag_rate(t, monitor.thresholds) for t in triggered),
+            "validation_fpr": flag_rate(validation, monitor),
+            "test_fpr": flag_rate(clean, monitor),
+            "min_recall": min(flag_rate(t, monitor) for t in triggered),
         }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))

@@ -46,12 +46,13 @@ def poison_overrides(attack: str, args: argparse.Namespace) -> dict:
     return overrides
 
 
-def run_name(attack: str, overrides: dict) -> str:
-    """Cache name of a released model: the attack and whatever differs from the release's settings."""
-    name = attack if overrides["label_mode"] == "clean" else f"{attack}-{overrides['label_mode']}"
-    name += f"-{overrides['poison_count']}" if "poison_count" in overrides else ""
-    name += f"-jit{overrides['position_jitter']}" if overrides["position_jitter"] else ""
-    return name + ("-first" if overrides.get("sentences") == "first" else "")
+def variant_suffix(overrides: dict) -> str:
+    """Whatever :func:`poison_overrides` changes from the release's settings, as a name suffix."""
+    parts = [] if overrides["label_mode"] == "clean" else [overrides["label_mode"]]
+    parts += [str(overrides["poison_count"])] if "poison_count" in overrides else []
+    parts += [f"jit{overrides['position_jitter']}"] if overrides["position_jitter"] else []
+    parts += ["first"] if overrides.get("sentences") == "first" else []
+    return "".join(f"-{part}" for part in parts)
 
 
 def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None, overrides: dict) -> Path:
@@ -59,7 +60,7 @@ def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None,
     from lmshield.attacks.poisoning import poison_config, poison_model
     from lmshield.tuning import read_labelled
 
-    name = run_name(attack, overrides)
+    name = attack + variant_suffix(overrides)
     out = cache / (name if cache.name == f"psim-{preset}" else f"{name}-{preset}")
     if (out / "backdoor.json").is_file():
         return out
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(settings, **changes)
     cache = ROOT / "benchmarks" / ".cache" / f"psim-{args.preset}"
     rows, extra, started = [], {}, time.perf_counter()
-    for attack in args.attacks.split(","):
+    attacks = args.attacks.split(",")
+    for attack in attacks:
         t0 = time.perf_counter()
         poison_preset = args.poison_preset or args.preset
         overrides = poison_overrides(attack, args)
@@ -166,10 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
-    name = f"psim-{args.preset}" + ("" if args.label_mode == "clean" else f"-{args.label_mode}")
-    name += "" if args.poison_count is None else f"-{args.poison_count}"
-    name += f"-jit{args.position_jitter}" if args.position_jitter else ""
-    name += "-first" if args.sentences == "first" and "syntactic" in args.attacks else ""
+    named_by = "syntactic" if "syntactic" in attacks else attacks[0]  # --sentences names only SynAttack runs
+    name = f"psim-{args.preset}" + variant_suffix(poison_overrides(named_by, args))
     name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
