@@ -15,6 +15,7 @@ from lmshield.defenses.psim import (
     PSIM,
     PSIMConfig,
     ShieldedClassifier,
+    auto_learning_rate,
     calibrate_threshold,
     default_threshold,
     normalise,
@@ -41,7 +42,8 @@ def triggered(classes: int = 2, count: int = 200) -> list[str]:
 
 def test_release_settings_and_threshold() -> None:
     config = PSIMConfig()
-    assert (config.method, config.epochs, config.lr, config.batch_size) == ("ptuning", 1, 2e-5, 32)
+    assert (config.method, config.epochs, config.batch_size) == ("ptuning", 1, 32)
+    assert config.learning_rate(6920) == pytest.approx(2e-5)  # the release's lr on the release's data
     assert (config.num_virtual_tokens, config.encoder_hidden_size) == (5, 128)
     assert default_threshold(2) == pytest.approx(0.7)
     assert normalise(default_threshold(4), 4) == pytest.approx(0.4)
@@ -51,6 +53,20 @@ def test_release_settings_and_threshold() -> None:
         PSIM(score="logit")
     with pytest.raises(InputError, match="unknown tuning method"):
         PSIM("adapters")
+
+
+def test_default_lr_spreads_the_release_update_over_the_fit() -> None:
+    assert auto_learning_rate(1000) == pytest.approx(2e-5 * 217 / 32)
+    assert auto_learning_rate(6920, epochs=2) == pytest.approx(1e-5)
+    assert auto_learning_rate(6920, batch_size=16) == pytest.approx(1e-5, rel=0.01)
+    assert auto_learning_rate(10) == auto_learning_rate(0) == pytest.approx(3e-4)  # capped
+    assert PSIMConfig(lr=1e-3).learning_rate(50) == 1e-3
+    with pytest.raises(InputError, match="lr"):
+        PSIMConfig(lr=0.0)
+    tiny = {**SETTINGS, "epochs": 1, "lr": None}
+    texts = task(64, 4).texts
+    assert PSIM("lora", **tiny).fit(released("badnet"), texts, 2).lr_ == pytest.approx(3e-4)
+    assert fitted().lr_ == 1e-3
 
 
 def test_random_labels_are_uniform_and_seeded() -> None:
@@ -112,6 +128,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "psim" / "psim.json").is_file() and not list((tmp_path / "psim").rglob("*.bin"))
     loaded = PSIM.from_pretrained(tmp_path / "psim", progress=False)
     assert loaded.threshold_ == psim.threshold_ and loaded.calibration_ == psim.calibration_
+    assert loaded.lr_ == psim.lr_
     assert loaded.get_params() == psim.get_params()
     assert np.allclose(loaded.score(texts), psim.score(texts), atol=1e-5)
     with pytest.raises(InputError, match="not a saved PSIM"):

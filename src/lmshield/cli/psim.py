@@ -38,7 +38,9 @@ def fit(
         str, typer.Option(help="PEFT method: ptuning (release), prompt, prefix, lora, full.")
     ] = "ptuning",
     epochs: Annotated[int, typer.Option(help="Epochs (release: 1).")] = 1,
-    lr: Annotated[float, typer.Option(help="Learning rate (release: 2e-5).")] = 2e-5,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: the release's 2e-5 scaled to the data size).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     max_length: Annotated[int, typer.Option(help="Max tokens per text.")] = 128,
     threshold: Annotated[float | None, typer.Option(help="Fixed threshold (default: release 0.7, binary).")] = None,
@@ -70,7 +72,10 @@ def fit(
     if calibrate is not None:
         psim.calibrate(_texts(calibrate, field), target_frr)
     psim.save_pretrained(out)
-    typer.echo(f"PSIM fitted on {psim.n_train_} texts ({num_labels} labels), threshold {psim.threshold_:.4f}")
+    typer.echo(
+        f"PSIM fitted on {psim.n_train_} texts ({num_labels} labels, lr {psim.lr_:.2g}), "
+        f"threshold {psim.threshold_:.4f}"
+    )
     typer.echo(f"saved: {out}")
 
 

@@ -1,6 +1,6 @@
 """PSIM: poisoned-sample identification with a PEFT module trained on random labels (Zhao et al. 2024)."""
 
-from lmshield.defenses.psim.config import PSIMConfig
+from lmshield.defenses.psim.config import PSIMConfig, auto_learning_rate
 from lmshield.defenses.psim.detector import PSIM, Calibration, PSIMScores
 from lmshield.defenses.psim.shield import ShieldedClassifier, ShieldReport
 from lmshield.defenses.psim.thresholds import (
@@ -20,6 +20,7 @@ __all__ = [
     "PSIMScores",
     "ShieldReport",
     "ShieldedClassifier",
+    "auto_learning_rate",
     "calibrate_threshold",
     "default_threshold",
     "flag_scores",

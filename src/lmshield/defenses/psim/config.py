@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,22 @@ from lmshield.defenses.psim.thresholds import SCORE_KINDS
 from lmshield.errors import InputError
 
 KEEP_HEAD = ("auto", "yes", "no")
+# the release's PSIM update: 1 epoch over the 6,920 SST-2 training sentences at batch 32 and lr 2e-5
+RELEASE_LR = 2e-5
+RELEASE_STEPS = math.ceil(6920 / 32)
+# the largest automatic step; larger steps erased the backdoor with the clean signal (SynAttack, MiniLM-L6)
+MAX_AUTO_LR = 3e-4
+
+
+def auto_learning_rate(num_texts: int, batch_size: int = 32, epochs: int = 1) -> float:
+    """The release's total update (217 steps at lr 2e-5) spread over the steps of this fit, at most 3e-4.
+
+    The release's lr is tied to its data size: on 1,000 texts (32 steps) lr 2e-5 barely moves the released
+    head (SynAttack on MiniLM-L6: AUROC 0.62), the same total update does (0.91, as the release's own
+    settings on 6,920 texts).
+    """
+    steps = max(1, math.ceil(num_texts / batch_size)) * epochs
+    return min(MAX_AUTO_LR, RELEASE_LR * RELEASE_STEPS / steps)
 
 
 @dataclass(frozen=True)
@@ -17,15 +34,17 @@ class PSIMConfig:
     """How the random-label PEFT module is trained and how its confidence is read.
 
     Release defaults (Zhao et al. 2024): P-tuning, 5 virtual tokens, prompt-encoder hidden 128, 1 epoch,
-    lr 2e-5, batch 32, threshold 0.7 on the top probability (binary tasks). ``threshold`` ``None`` means the
-    release's cut carried to ``K`` classes (see :func:`default_threshold`). ``score`` ``probability`` reads
-    the top softmax probability, ``normalised`` the class-count-normalised ``(p_max - 1/K) / (1 - 1/K)``.
+    lr 2e-5, batch 32, threshold 0.7 on the top probability (binary tasks). ``lr`` ``None`` (the default)
+    scales the release's lr to the data (:func:`auto_learning_rate`): 2e-5 on the release's 6,920 texts.
+    ``threshold`` ``None`` means the release's cut carried to ``K`` classes (see :func:`default_threshold`).
+    ``score`` ``probability`` reads the top softmax probability, ``normalised`` the class-count-normalised
+    ``(p_max - 1/K) / (1 - 1/K)``.
     ``keep_head`` ``auto`` keeps the released classification head when the model has one.
     """
 
     method: str = "ptuning"
     epochs: int = 1
-    lr: float = 2e-5
+    lr: float | None = None
     batch_size: int = 32
     num_virtual_tokens: int = 5
     encoder_hidden_size: int = 128
@@ -47,7 +66,7 @@ class PSIMConfig:
         for name in ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
 
     @classmethod
@@ -57,6 +76,10 @@ class PSIMConfig:
         if name not in base:
             raise InputError(f"unknown PSIM preset {name!r}: use release or fast")
         return cls(**{**base[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def learning_rate(self, num_texts: int) -> float:
+        """The lr a fit on ``num_texts`` texts uses: ``lr`` when set, else :func:`auto_learning_rate`."""
+        return self.lr if self.lr is not None else auto_learning_rate(num_texts, self.batch_size, self.epochs)
 
     def replace(self, **changes: Any) -> PSIMConfig:
         return dataclasses.replace(self, **changes)

@@ -49,8 +49,8 @@ class PSIM:
     """Poisoned-sample identification with a PEFT module trained on random labels.
 
     Parameters are those of :class:`PSIMConfig` (plus ``device`` and ``progress``); they are stored
-    unchanged, and learned state goes to ``classifier_``, ``num_labels_``, ``threshold_`` and
-    ``calibration_``.
+    unchanged, and learned state goes to ``classifier_``, ``num_labels_``, ``lr_`` (the learning rate used,
+    see :func:`auto_learning_rate`), ``threshold_`` and ``calibration_``.
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class PSIM:
         method: str = "ptuning",
         *,
         epochs: int = 1,
-        lr: float = 2e-5,
+        lr: float | None = None,
         batch_size: int = 32,
         num_virtual_tokens: int = 5,
         encoder_hidden_size: int = 128,
@@ -127,6 +127,7 @@ class PSIM:
             model, texts, num_labels, config, device=self.device, progress=self.progress
         )
         self.num_labels_ = num_labels
+        self.lr_ = self.classifier_.config.lr
         self.threshold_ = (
             self.threshold if self.threshold is not None else default_threshold(num_labels, self.score_kind)
         )
@@ -217,6 +218,7 @@ class PSIM:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path}: unreadable ({exc})") from exc
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device)
+        psim.lr_ = psim.classifier_.config.lr
         return psim
 
 

@@ -37,15 +37,15 @@ def has_classification_head(model: str | Path | None) -> bool:
     return any(str(name).endswith("ForSequenceClassification") for name in architectures)
 
 
-def tuning_config(config: PSIMConfig, keep_head: bool) -> TuningConfig:
-    """The :class:`TuningConfig` of PSIM's module (virtual tokens only for prompt methods)."""
+def tuning_config(config: PSIMConfig, keep_head: bool, num_texts: int) -> TuningConfig:
+    """The :class:`TuningConfig` of PSIM's module on ``num_texts`` texts (virtual tokens only for prompts)."""
     prompt = {}
     if get_method(config.method).uses_virtual_tokens:
         prompt = {"num_virtual_tokens": config.num_virtual_tokens, "encoder_hidden_size": config.encoder_hidden_size}
     return TuningConfig(
         method=config.method,
         keep_head=keep_head,
-        lr=config.lr,
+        lr=config.learning_rate(num_texts),
         epochs=config.epochs,
         batch_size=config.batch_size,
         max_length=config.max_length,
@@ -80,5 +80,5 @@ def train_random_label_module(
     names = [str(i) for i in range(num_labels)]
     data = LabelledData(list(texts), random_labels(len(texts), num_labels, config.seed), names)
     dev = data.take(list(range(min(DEV_SIZE, len(data)))))
-    result = tune(model, data, dev, tuning_config(config, keep), device=device, progress=progress)
+    result = tune(model, data, dev, tuning_config(config, keep, len(texts)), device=device, progress=progress)
     return result.classifier
