@@ -51,6 +51,7 @@ def test_method_defaults_follow_the_papers() -> None:
         ({"checkpoint": "median"}, "unknown checkpoint"),
         ({"position_jitter": -1}, "position_jitter"),
         ({"method": "prompt", "position_jitter": 4}, "not with virtual tokens"),
+        ({"method": "prompt", "prompt_init": "text"}, "prompt_init"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
@@ -114,6 +115,22 @@ def test_only_the_method_parameters_train(trained_bert: Encoder) -> None:
     full = TunedClassifier.build(trained_bert, fast("full"), ["a", "b"])
     assert all(p.requires_grad for p in full.parameters())
     assert not any(p.requires_grad for p in trained_bert.model.parameters())  # the caller's encoder is untouched
+
+
+@torch.no_grad()
+def test_prompt_tuning_starts_from_word_embeddings_unless_asked(trained_bert: Encoder) -> None:
+    words = trained_bert.model.get_input_embeddings().weight
+
+    def start(prompt_init: str) -> torch.Tensor:
+        classifier = TunedClassifier.build(trained_bert, fast("prompt", prompt_init=prompt_init), ["a", "b"])
+        (weight,) = [p for name, p in classifier.named_parameters() if "prompt_encoder" in name]
+        return weight
+
+    vocab, random = start("vocab"), start("random")
+    assert TuningConfig(method="prompt").prompt_init == "vocab"
+    assert all(torch.isclose(words, row).all(dim=1).any() for row in vocab)
+    assert not any(torch.isclose(words, row).all(dim=1).any() for row in random)
+    assert random.std() > 5 * words.std()  # peft's N(0, 1) draw, far from the embeddings' scale
 
 
 def _manual_hidden(classifier: TunedClassifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:

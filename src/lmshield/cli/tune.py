@@ -26,6 +26,9 @@ def tune_command(
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 32).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Max tokens per input (default 128).")] = None,
     num_virtual_tokens: Annotated[int | None, typer.Option(help="Virtual tokens (default 5).")] = None,
+    prompt_init: Annotated[
+        str, typer.Option(help="Prompt tuning's start: vocab (random word embeddings) or random (N(0, 1)).")
+    ] = "vocab",
     text_field: Annotated[str | None, typer.Option(help="Text field (default: sentence, then text).")] = None,
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
     split: Annotated[str, typer.Option(help="Split, when --train is a dataset id.")] = "train",
@@ -50,6 +53,7 @@ def tune_command(
         method=method,
         head=head,
         keep_head=keep_head,
+        prompt_init=prompt_init,
         seed=seed,
         **{k: v for k, v in overrides.items() if v is not None},
     )

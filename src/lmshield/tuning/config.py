@@ -10,6 +10,7 @@ from typing import Any
 from lmshield.errors import InputError
 
 HEADS = ("cls", "mask")
+PROMPT_INITS = ("vocab", "random")
 CHECKPOINTS = ("best", "last")
 DEFAULT_TEMPLATE = "{text} It was {mask} ."
 
@@ -25,6 +26,9 @@ class TuningConfig:
     ``head`` is ``cls`` (a linear classifier on the first token's state, P-tuning v2 style) or ``mask``
     (the text is wrapped in ``template`` and classified from the mask token's state, P-tuning v1 style).
     ``keep_head`` starts from a checkpoint saved with a sequence-classification head and keeps that head.
+    ``prompt_init`` (prompt tuning): ``vocab`` starts every virtual token from a randomly drawn word
+    embedding, ``random`` from peft's N(0, 1) draw; on SST-2 over MiniLM-L6, vocab reached dev accuracy
+    0.76-0.81 where random stayed at 0.73.
     ``checkpoint``: keep the epoch with the ``best`` dev accuracy, or the ``last`` one (for training on
     labels that carry no signal, as PSIM's random labels).
     ``position_jitter`` (full fine-tuning and LoRA only) trains with every input's position ids moved right
@@ -37,6 +41,7 @@ class TuningConfig:
     # prompt learning
     num_virtual_tokens: int | None = None
     encoder_hidden_size: int = 128
+    prompt_init: str = "vocab"
     # LoRA
     lora_r: int = 8
     lora_alpha: int = 16
@@ -71,6 +76,8 @@ class TuningConfig:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.checkpoint not in CHECKPOINTS:
             raise InputError(f"unknown checkpoint {self.checkpoint!r}: use best or last")
+        if self.prompt_init not in PROMPT_INITS:
+            raise InputError(f"unknown prompt_init {self.prompt_init!r}: use {' or '.join(PROMPT_INITS)}")
         if self.head not in HEADS:
             raise InputError(f"unknown head {self.head!r}: use cls or mask")
         if self.head == "mask" and ("{text}" not in self.template or "{mask}" not in self.template):

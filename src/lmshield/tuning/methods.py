@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import LoraConfig, PeftConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
+from peft import (
+    LoraConfig,
+    PeftConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+)
 from transformers import PreTrainedModel
 
 from lmshield.errors import InputError
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
 PEFT_LR = 2e-3
 FULL_LR = 2e-5
 VIRTUAL_TOKENS = 5
+PROMPT_INITS = {"vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM}
 
 # encoders whose forward accepts past_key_values, which prefix tuning needs
 PREFIX_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra"})
@@ -120,6 +129,7 @@ def _prompt(model: PreTrainedModel, config: TuningConfig) -> PeftConfig:
         token_dim=dims.embedding,
         num_layers=dims.layers,
         num_attention_heads=dims.heads,
+        prompt_tuning_init=PROMPT_INITS[config.prompt_init],
     )
 
 
