@@ -59,7 +59,7 @@ CALIBRATION_TEXTS = 500  # clean task texts the --calibrate rows calibrate the g
 VALIDATION_TEXTS = 400  # held-out test sentences (never in the ASR protocol's split) the sweep picks a rule on
 # the sweep's rules: (quantile, margin, ceiling); the library's default is Monitor.calibrated's
 SWEEP = [(q, m, c) for q in (0.99, 0.995, 0.998, 1.0) for m in (0.01, 0.02, 0.03) for c in (0.9, 0.97, 0.999)]
-LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 5e-2, "ptuning": 1e-2, "lora": 5e-4}
+LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 1e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
 @dataclass
