@@ -10,7 +10,6 @@ from typing import Any
 from lmshield.errors import InputError
 
 HEADS = ("cls", "mask")
-PROMPT_INITS = ("vocab", "random")
 CHECKPOINTS = ("best", "last")
 DEFAULT_TEMPLATE = "{text} It was {mask} ."
 
@@ -66,7 +65,7 @@ class TuningConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from lmshield.tuning.methods import get_method
+        from lmshield.tuning.methods import PROMPT_INITS, get_method
 
         method = get_method(self.method)
         for name, value in method.defaults.items():

@@ -127,7 +127,6 @@ class PSIM:
             model, texts, num_labels, config, device=self.device, progress=self.progress
         )
         self.num_labels_ = num_labels
-        self.lr_ = self.classifier_.config.lr
         self.threshold_ = (
             self.threshold if self.threshold is not None else default_threshold(num_labels, self.score_kind)
         )
@@ -139,6 +138,11 @@ class PSIM:
     @property
     def is_fitted(self) -> bool:
         return hasattr(self, "classifier_")
+
+    @property
+    def lr_(self) -> float:
+        """The learning rate the module was trained with (``lr``, or :func:`auto_learning_rate`'s)."""
+        return self._check_fitted().config.lr
 
     def _check_fitted(self) -> TunedClassifier:
         if not self.is_fitted:
@@ -218,7 +222,6 @@ class PSIM:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path}: unreadable ({exc})") from exc
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device)
-        psim.lr_ = psim.classifier_.config.lr
         return psim
 
 
