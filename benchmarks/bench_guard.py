@@ -11,9 +11,10 @@ Prints three tables:
    purge beside the release's sequential left-to-right purge;
 3. the defense table: attack x dataset (SST-2, CR from ../shared/data) x tuning method (prefix tuning and
    prompt tuning by default, [CLS] head): ASR without and with the guard, clean accuracy without and
-   with it, the monitor's false-positive rate, from the PVs a search-mode scan mined from the encoder
+   with it, the monitor's false-positive rate (on the protocol's split, and on every clean test sentence
+   the calibration rule was not chosen on), from the PVs a search-mode scan mined from the encoder
    (``--ceiling`` adds the same protocol with the planted vectors themselves, ``--calibrate`` the guard
-   calibrated with the library's default rule on 500 clean task texts).
+   calibrated with the library's default rule on 1,000 clean task texts).
 ``--parts sweep`` adds a fourth: the monitor's false-positive rate on held-out sentences and the lowest
 trigger recall for a grid of calibration rules (quantile, margin, ceiling), which chose the default rule.
 
@@ -55,10 +56,10 @@ HEADS = {"btop": "mask"}
 # the encoder at chance for classification (dev accuracy 0.54-0.55 with either head); here its clean half
 # keeps every token's state, as NeuBA's does
 ATTACK_OVERRIDES = {"btop": {"stand_in": "tokens"}}
-CALIBRATION_TEXTS = 500  # clean task texts the --calibrate rows calibrate the guard on
+CALIBRATION_TEXTS = 1000  # clean task texts the --calibrate rows calibrate the guard on
 VALIDATION_TEXTS = 400  # held-out test sentences (never in the ASR protocol's split) the sweep picks a rule on
 # the sweep's rules: (quantile, margin, ceiling); the library's default is Monitor.calibrated's
-SWEEP = [(q, m, c) for q in (0.99, 0.995, 0.998, 1.0) for m in (0.01, 0.02, 0.03) for c in (0.9, 0.97, 0.999)]
+SWEEP = [(q, m, c) for q in (0.99, 0.995, 0.998, 0.999, 1.0) for m in (0.01, 0.02, 0.03) for c in (0.9, 0.97, 0.999)]
 LEARNING_RATES = {"prefix": 1.5e-2, "prompt": 1e-2, "ptuning": 1e-2, "lora": 5e-4}
 
 
@@ -140,18 +141,33 @@ def tuned_classifier(backdoor: Backdoor, dataset: str, method: str, args: argpar
 
     name = cell(backdoor.attack, dataset, method, args)
     out = CACHE / "guard" / name
-    if (out / "tuning.json").is_file():
-        return TunedClassifier.from_pretrained(out), json.loads((out / "training.json").read_text())
-    train = read_labelled(DATA / dataset / "train.json")
-    train = train.take(random.Random(0).sample(range(len(train)), min(args.train_size, len(train))))
-    dev = read_labelled(DATA / dataset / "dev.json", label_names=train.label_names).head(args.dev_size)
     config = TuningConfig(
         method=method, head=head_of(backdoor.attack), epochs=args.epochs, lr=LEARNING_RATES[method], max_length=64
     )
+    if (out / "tuning.json").is_file():
+        if not stale_settings(out, config):
+            return TunedClassifier.from_pretrained(out), json.loads((out / "training.json").read_text())
+        for evaluated in [*out.parent.glob(f"eval-{name}-*.json"), *out.parent.glob(f"sweep-{name}-*.json")]:
+            evaluated.unlink()  # made with the stale classifier
+    train = read_labelled(DATA / dataset / "train.json")
+    train = train.take(random.Random(0).sample(range(len(train)), min(args.train_size, len(train))))
+    dev = read_labelled(DATA / dataset / "dev.json", label_names=train.label_names).head(args.dev_size)
     started = time.perf_counter()
     result = tune(str(backdoor.model), train, dev, config, out_dir=out)
     print(f"{name}: {time.perf_counter() - started:.0f} s, dev {result.dev_accuracy:.3f}", file=sys.stderr)
     return result.classifier, result.to_dict()
+
+
+def stale_settings(cached: Path, config) -> dict:
+    """Settings in which a cached classifier differs from ``config`` (a changed library default, say): the
+    cell is tuned anew. Settings the cache predates cannot be compared and are assumed equal."""
+    import dataclasses
+
+    saved = json.loads((cached / "tuning.json").read_text())["config"]
+    stale = {k: (saved[k], v) for k, v in dataclasses.asdict(config).items() if k in saved and saved[k] != v}
+    if stale:
+        print(f"{cached.name}: tuned with other settings {stale}; tuning anew", file=sys.stderr)
+    return stale
 
 
 def test_split(dataset: str, limit: int):
@@ -161,14 +177,29 @@ def test_split(dataset: str, limit: int):
     return test.take(sorted(random.Random(1).sample(range(len(test)), min(limit, len(test)))))
 
 
+def validation_indices(test_size: int, size: int) -> list[int]:
+    """Test sentences outside :func:`test_split`'s sample that the sweep chose the calibration rule on."""
+    used = set(random.Random(1).sample(range(size), min(test_size, size)))
+    rest = [i for i in range(size) if i not in used]
+    return random.Random(2).sample(rest, min(VALIDATION_TEXTS, len(rest)))
+
+
 def validation_texts(dataset: str, args: argparse.Namespace) -> list[str]:
     """Test sentences outside :func:`test_split`'s sample, for choosing a calibration rule."""
     from lmshield.tuning import read_labelled
 
     test = read_labelled(DATA / dataset / "test.json")
-    used = set(random.Random(1).sample(range(len(test)), min(args.test_size, len(test))))
-    rest = [i for i in range(len(test)) if i not in used]
-    return [test.texts[i] for i in random.Random(2).sample(rest, min(VALIDATION_TEXTS, len(rest)))]
+    return [test.texts[i] for i in validation_indices(args.test_size, len(test))]
+
+
+def held_out_texts(dataset: str, args: argparse.Namespace) -> list[str]:
+    """Every clean test sentence the calibration rule was not chosen on (the protocol's split included):
+    the false-positive rate measured here resolves 1 % (the protocol's 150 sentences only 0.67 %)."""
+    from lmshield.tuning import read_labelled
+
+    test = read_labelled(DATA / dataset / "test.json")
+    chosen_on = set(validation_indices(args.test_size, len(test)))
+    return [text for i, text in enumerate(test.texts) if i not in chosen_on]
 
 
 def pv_recall(backdoor: Backdoor) -> int:
@@ -263,11 +294,23 @@ def purge_cost(guard, texts: list[str], limit: int) -> dict[str, dict[str, float
 
 def calibration_texts(dataset: str, args: argparse.Namespace) -> list[str]:
     """Clean task texts for the guard's calibration (labels unused): the dev sentences not used for tuning,
-    then training sentences, 500 in all; never test sentences."""
+    then training sentences, :data:`CALIBRATION_TEXTS` in all; never test sentences."""
     from lmshield.tuning import read_labelled
 
     held_out = read_labelled(DATA / dataset / "dev.json").texts[args.dev_size :]
     return (held_out + read_labelled(DATA / dataset / "train.json").texts)[:CALIBRATION_TEXTS]
+
+
+def calibration_rule() -> dict:
+    """The library's default calibration rule and the benchmark's calibration set size (cache keys)."""
+    from lmshield.defenses.sanitizer.monitor import CALIBRATION_CEILING, CALIBRATION_MARGIN, CALIBRATION_QUANTILE
+
+    return {
+        "texts": CALIBRATION_TEXTS,
+        "quantile": CALIBRATION_QUANTILE,
+        "margin": CALIBRATION_MARGIN,
+        "ceiling": CALIBRATION_CEILING,
+    }
 
 
 def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace) -> dict:
@@ -280,6 +323,9 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
     out = CACHE / "guard" / name
     wanted = ["mined"] + (["calibrated"] if args.calibrate else []) + (["planted"] if args.ceiling else [])
     row = json.loads(out.read_text()) if out.is_file() else {}
+    if args.calibrate and row.get("calibration") != calibration_rule():
+        row.pop("calibrated", None)  # made with another rule or calibration set
+        row.get("held_out_fpr", {}).pop("calibrated", None)
     missing = [kind for kind in wanted if kind not in row]
     if not missing:
         return row
@@ -301,6 +347,7 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
         if kind == "calibrated":
             guard.calibrate(calibration_texts(dataset, args))
             row["raised_thresholds"] = guard.monitor.num_raised
+            row["calibration"] = calibration_rule()
         if kind == "calibrated" and row["raised_thresholds"] == 0 and row.get("mined"):
             row[kind] = row["mined"]  # the same monitor: the same (deterministic) evaluation
         else:
@@ -309,6 +356,31 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
             row[kind] = report.to_dict()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def held_out_fpr(backdoor: Backdoor, dataset: str, method: str, row: dict, args: argparse.Namespace) -> dict:
+    """Adds to a table cell the monitor's false-positive rate on :func:`held_out_texts` (cached with it):
+    one forward pass per sentence, the mined PVs at 0.8 and (``--calibrate``) calibrated."""
+    from lmshield.defenses.sanitizer import Guard
+
+    kinds = ["mined"] + (["calibrated"] if args.calibrate else [])
+    fpr = row.get("held_out_fpr", {})
+    if all(kind in fpr for kind in kinds) or len(backdoor.scan.pvs) == 0:
+        return row
+    classifier, _ = tuned_classifier(backdoor, dataset, method, args)
+    texts = held_out_texts(dataset, args)
+    watched = classifier.classify(texts).watched
+    guard = Guard.from_scan(classifier, backdoor.scan)
+    fpr = {"sentences": len(texts), "mined": float(guard.monitor(watched).flagged.float().mean())}
+    if args.calibrate:
+        guard.calibrate(calibration_texts(dataset, args))
+        flagged = guard.monitor(watched).flagged
+        false_positives = [text for text, f in zip(texts, flagged.tolist(), strict=True) if f]
+        fpr |= {"calibrated": float(flagged.float().mean()), "flagged": false_positives}
+    row["held_out_fpr"] = fpr
+    name = f"eval-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
+    (CACHE / "guard" / name).write_text(json.dumps(row, indent=2))
     return row
 
 
@@ -321,7 +393,8 @@ def calibration_sweep(backdoor: Backdoor, dataset: str, method: str, args: argpa
     from lmshield.evaluation.guard_eval import triggered_copies
 
     out = (
-        CACHE / "guard" / f"sweep-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
+        CACHE / "guard" / f"sweep-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}"
+        f"-cal{CALIBRATION_TEXTS}.json"
     )
     if out.is_file():
         return json.loads(out.read_text())
@@ -378,9 +451,9 @@ VARIANTS = {"mined": "mined, 0.8", "calibrated": "mined, calibrated", "planted":
 
 def defense_table(rows: list[dict]) -> str:
     lines = [
-        "| attack | data | method | guard | dev acc | clean acc | with guard | drop (pt) | monitor FPR | ASR "
-        "| ASR + guard |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| attack | data | method | guard | dev acc | clean acc | with guard | drop (pt) | monitor FPR "
+        "| FPR held out (n) | ASR | ASR + guard |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         method = row["method"] + (" ([MASK] head)" if row.get("head") == "mask" else "")
@@ -389,13 +462,15 @@ def defense_table(rows: list[dict]) -> str:
                 continue
             r = row[kind]
             if r is None:
-                lines.append(f"| {row['attack']} | {row['dataset']} | {method} | {label} | no PVs |||||||")
+                lines.append(f"| {row['attack']} | {row['dataset']} | {method} | {label} | no PVs ||||||||")
                 continue
             drop = 100 * (r["clean_accuracy"] - r["guarded_clean_accuracy"])
+            held_out = row.get("held_out_fpr", {})
+            held_out = f"{held_out[kind]:.4f} ({held_out['sentences']})" if kind in held_out else "-"
             lines.append(
                 f"| {row['attack']} | {row['dataset']} | {method} | {label} | {row['dev_accuracy']:.3f} | "
                 f"{r['clean_accuracy']:.3f} | {r['guarded_clean_accuracy']:.3f} | {drop:.1f} | "
-                f"{r['false_positive_rate']:.3f} | {r['asr']:.3f} | {r['guarded_asr']:.3f} |"
+                f"{r['false_positive_rate']:.3f} | {held_out} | {r['asr']:.3f} | {r['guarded_asr']:.3f} |"
             )
     return "\n".join(lines)
 
@@ -505,7 +580,12 @@ def main() -> None:
     if "costs" in parts:
         sections += costs(backdoors[attacks[0]], datasets[0], methods[0], args, payload)
     if "table" in parts:
-        rows = [defense_row(backdoors[a], d, m, args) for a in attacks for d in datasets for m in methods]
+        rows = [
+            held_out_fpr(backdoors[a], d, m, defense_row(backdoors[a], d, m, args), args)
+            for a in attacks
+            for d in datasets
+            for m in methods
+        ]
         recovery = "\n".join(
             f"- {b.attack}: {len(b.scan.pvs)} PVs, {pv_recall(b)}/{len(b.planted)} planted recovered, "
             f"mining {sum(t.seconds for t in b.scan.trace if t.parts is None):.0f} s over {b.scan.num_seeds} seeds"

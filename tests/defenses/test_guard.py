@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from lmshield.attacks.vectors import DEFAULT_TRIGGERS
 from lmshield.cli.main import app
 from lmshield.defenses.sanitizer import ScanResult, scan
 from lmshield.defenses.sanitizer.guard import Guard, Prediction
-from lmshield.defenses.sanitizer.monitor import Monitor, MonitorResult, sign_match
+from lmshield.defenses.sanitizer.monitor import Monitor, MonitorResult, calibration_size, sign_match
 from lmshield.defenses.sanitizer.purge import purge, sequential_purge, word_deletions
 from lmshield.errors import EXIT_ERROR, InputError
 from lmshield.evaluation.guard_eval import evaluate_guard, triggered_copies
@@ -100,18 +101,30 @@ def test_calibration_ceiling_keeps_a_pv_that_clean_texts_reach_watching() -> Non
     capped = monitor.calibrated(clean, quantile=1.0, ceiling=0.9)
     assert capped.thresholds[0] == pytest.approx(0.9)
     assert capped(torch.stack([_with_share(pvs[0], 0.95)])).flagged.tolist() == [True]
-    assert monitor.calibrated(clean).thresholds[0] == pytest.approx(0.97)  # default quantile 0.995 -> ceiling
+    assert monitor.calibrated(clean).thresholds[0] == pytest.approx(0.97)  # default quantile 0.999 -> ceiling
     with pytest.raises(InputError, match="ceiling"):
         monitor.calibrated(clean, ceiling=0.5)
 
 
-def test_guard_calibration_keeps_triggered_inputs_flagged(backdoored_classifier: TunedClassifier, bert_pair) -> None:
-    guard = Guard(backdoored_classifier, bert_pair[2]).calibrate(tiny_task(60, 6).texts)
+def test_guard_calibration_keeps_triggered_inputs_flagged(
+    backdoored_classifier: TunedClassifier, bert_pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lmshield"):
+        guard = Guard(backdoored_classifier, bert_pair[2]).calibrate(tiny_task(60, 6).texts)
+    assert "give at least 1000" in caplog.text  # the default quantile 0.999 sets none of 60 texts aside
     test = tiny_task(30, 7).texts
     assert not any(p.flagged for p in guard.predict(test))
     assert all(p.flagged for p in guard.predict(triggered_copies(test, "mn", seed=3)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lmshield"):
+        Guard(backdoored_classifier, bert_pair[2]).calibrate(tiny_task(60, 6).texts, quantile=0.95)
+    assert "give at least" not in caplog.text
     with pytest.raises(InputError, match="non-empty list"):
         guard.calibrate([])
+
+
+def test_calibration_size_sets_one_text_aside() -> None:
+    assert [calibration_size(q) for q in (0.5, 0.995, 0.999, 1.0)] == [2, 200, 1000, 1]
 
 
 def test_triggered_inputs_are_flagged_and_purged(guard: Guard) -> None:

@@ -11,6 +11,11 @@ import typer
 from lmshield.cli._common import friendly_errors
 from lmshield.errors import InputError
 
+CalibrationTexts = Annotated[
+    Path | None,
+    typer.Option(help="Held-out clean task texts (1,000 or more): raise the thresholds of PVs they come close to."),
+]
+
 guard_app = typer.Typer(
     help="Guard a tuned classifier with a scan's PVs (monitoring and purging).", no_args_is_help=True
 )
@@ -33,9 +38,7 @@ def predict_command(
     out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
     field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
     threshold: Annotated[float, typer.Option(help="Monitor: flag above this share of matching signs.")] = 0.8,
-    calibrate: Annotated[
-        Path | None, typer.Option(help="Held-out clean task texts: raise the threshold of PVs they come close to.")
-    ] = None,
+    calibrate: CalibrationTexts = None,
     purge: Annotated[bool, typer.Option(help="Purge flagged inputs (else refuse them).")] = True,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
@@ -99,9 +102,7 @@ def eval_command(
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
     limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.")] = None,
     threshold: Annotated[float, typer.Option(help="Monitor threshold.")] = 0.8,
-    calibrate: Annotated[
-        Path | None, typer.Option(help="Held-out clean task texts: raise the threshold of PVs they come close to.")
-    ] = None,
+    calibrate: CalibrationTexts = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,

@@ -22,6 +22,7 @@ from lmshield.defenses.sanitizer.monitor import (
     DEFAULT_THRESHOLD,
     Monitor,
     MonitorResult,
+    calibration_size,
 )
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
@@ -169,10 +170,17 @@ class Guard:
         """Raise the threshold of PVs that clean task ``texts`` (unlabelled, held out) come close to.
 
         Returns the guard itself. PVs no clean text comes near keep ``threshold``; see
-        :meth:`Monitor.calibrated`. Use texts of the task the classifier serves.
+        :meth:`Monitor.calibrated`. Use texts of the task the classifier serves, at least
+        ``1 / (1 - quantile)`` of them (1,000 at the default quantile).
         """
         if isinstance(texts, str) or not texts:
             raise InputError("Guard.calibrate expects a non-empty list of clean texts")
+        if len(texts) < (enough := calibration_size(quantile)):
+            logger.warning(
+                "calibrating on %d texts: their %g quantile is close to their maximum, so one clean text that "
+                "fires the backdoor can raise a PV out of reach; give at least %d",
+                len(texts), quantile, enough,
+            )  # fmt: skip
         watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
         self.monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
         monitor = self.monitor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,9 +10,14 @@ import torch
 from lmshield.errors import InputError
 
 DEFAULT_THRESHOLD = 0.8
-CALIBRATION_QUANTILE = 0.995
+CALIBRATION_QUANTILE = 0.999
 CALIBRATION_MARGIN = 0.03
 CALIBRATION_CEILING = 0.97
+
+
+def calibration_size(quantile: float) -> int:
+    """Clean texts a calibration at ``quantile`` needs for the quantile to set aside at least one of them."""
+    return 1 if quantile >= 1.0 else math.ceil(round(1.0 / (1.0 - quantile), 6))
 
 
 def sign_match(outputs: torch.Tensor, pvs: torch.Tensor) -> torch.Tensor:
@@ -79,7 +85,8 @@ class Monitor:
         The quantile (not the maximum) keeps a few clean texts that really fire the backdoor (a trigger-like
         subword such as the ``##mm`` of "35mm") from raising a PV out of reach; the ceiling keeps a PV that
         many clean texts reach watching at all. The defaults were chosen on 400 held-out sentences in each of
-        the 12 guard benchmark cells (``benchmarks/bench_guard.py --parts sweep``).
+        the 12 guard benchmark cells (``benchmarks/bench_guard.py --parts sweep``), calibrated on 1,000 texts:
+        give at least ``1 / (1 - quantile)`` texts, or the quantile is close to the maximum.
         """
         if clean_outputs.shape[0] == 0:
             raise InputError("calibration needs at least one clean input")
