@@ -1,7 +1,7 @@
 """Benchmark PSIM on SST-2 against weight-poisoned MiniLM-L6 (proxy IMDB): BadNet, InSent, SynAttack.
 
     .venv/bin/python benchmarks/bench_psim.py --preset fast     # ~20 min on 2 CPU cores (subsets, 2 epochs)
-    .venv/bin/python benchmarks/bench_psim.py --preset release  # the paper's settings (GPU advised: hours on CPU)
+    .venv/bin/python benchmarks/bench_psim.py --preset release  # paper settings: hours on CPU, ~10 min/attack on H100
     .venv/bin/python benchmarks/bench_psim.py --preset smoke    # minutes: pipeline check, numbers meaningless
 
 Steps per attack: poison the IMDB proxy set and fully fine-tune the embedded all-MiniLM-L6-v2 (cached in
