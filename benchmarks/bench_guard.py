@@ -215,8 +215,9 @@ def pv_recall(backdoor: Backdoor) -> int:
 
 
 def monitoring_overhead(guard, texts: list[str], repeats: int) -> dict[str, float]:
-    """Plain forward vs guarded prediction (purging off) on the same inputs, in ABBA order, best of
-    ``repeats`` each; and the guard's own work (monitor + predictions) timed on a cached forward pass."""
+    """Plain forward vs guarded prediction (purging off) on the same inputs, timed in adjacent pairs (ABBA
+    order): best of ``repeats`` each, and the median of the pairs' ratios, which cancels the machine's slow
+    drifts; and the guard's own work (monitor + predictions) timed on a cached forward pass."""
     from lmshield.defenses.sanitizer import Guard
 
     watching = Guard(guard.classifier, guard.monitor.pvs, threshold=guard.threshold, purge=False)
@@ -238,8 +239,9 @@ def monitoring_overhead(guard, texts: list[str], repeats: int) -> dict[str, floa
         watching._prediction(text, output.logits[i], monitored, i, None)
     own = time.perf_counter() - started
     p, g = min(times["plain"]), min(times["guarded"])
+    paired = statistics.median(a / b for a, b in zip(times["guarded"], times["plain"], strict=True))
     return {"inputs": len(texts), "repeats": repeats, "plain_s": p, "guarded_s": g, "ratio": g / p,
-            "monitor_s": own, "monitor_ratio": (p + own) / p}  # fmt: skip
+            "paired_ratio": paired, "monitor_s": own, "monitor_ratio": (p + own) / p}  # fmt: skip
 
 
 # -- (2) purge cost ---------------------------------------------------------------------------------------
@@ -504,8 +506,9 @@ def costs(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespac
     return [
         f"## Monitoring overhead ({where}, {len(test.texts)} clean inputs)\n\nplain forward "
         f"{overhead['plain_s']:.3f} s, guarded {overhead['guarded_s']:.3f} s (best of {args.repeats}, ABBA order): "
-        f"ratio **{overhead['ratio']:.4f}**; the guard's own work (monitor and answers) "
-        f"{1000 * overhead['monitor_s']:.1f} ms: ratio {overhead['monitor_ratio']:.4f}",
+        f"ratio {overhead['ratio']:.4f}, median of the pairs' ratios **{overhead['paired_ratio']:.4f}**; "
+        f"the guard's own work (monitor and answers) {1000 * overhead['monitor_s']:.1f} ms: ratio "
+        f"{overhead['monitor_ratio']:.4f}",
         f"## Purge cost per flagged input ({where})\n\n{purge_table(purging)}",
     ]
 
