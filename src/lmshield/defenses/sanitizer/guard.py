@@ -22,7 +22,6 @@ from lmshield.defenses.sanitizer.monitor import (
     DEFAULT_THRESHOLD,
     Monitor,
     MonitorResult,
-    calibration_size,
 )
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
@@ -175,15 +174,8 @@ class Guard:
         """
         if isinstance(texts, str) or not texts:
             raise InputError("Guard.calibrate expects a non-empty list of clean texts")
-        if len(texts) < (enough := calibration_size(quantile)):
-            logger.warning(
-                "calibrating on %d texts: their %g quantile is close to their maximum, so one clean text that "
-                "fires the backdoor can raise a PV out of reach; give at least %d",
-                len(texts), quantile, enough,
-            )  # fmt: skip
         watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
-        self.monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
-        monitor = self.monitor
+        self.monitor = monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
         logger.info(
             "calibrated on %d texts: %d of %d PV thresholds raised", len(texts), monitor.num_raised, monitor.num_pvs
         )

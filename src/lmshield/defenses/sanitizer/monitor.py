@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
 from lmshield.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.8
 CALIBRATION_QUANTILE = 0.999
@@ -94,6 +97,12 @@ class Monitor:
             raise InputError(f"quantile must be in (0, 1], got {quantile}")
         if not self.threshold <= ceiling < 1.0:
             raise InputError(f"ceiling must be in [{self.threshold}, 1), got {ceiling}")
+        if (count := clean_outputs.shape[0]) < (enough := calibration_size(quantile)):
+            logger.warning(
+                "calibrating on %d texts: their %g quantile is close to their maximum, so one clean text that "
+                "fires the backdoor can raise a PV out of reach; give at least %d",
+                count, quantile, enough,
+            )  # fmt: skip
         if self.num_pvs == 0:
             return self
         shares = sign_match(clean_outputs.detach().float().cpu(), self.pvs)
