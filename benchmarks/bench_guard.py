@@ -174,12 +174,17 @@ def test_split(dataset: str, limit: int):
     from lmshield.tuning import read_labelled
 
     test = read_labelled(DATA / dataset / "test.json")
-    return test.take(sorted(random.Random(1).sample(range(len(test)), min(limit, len(test)))))
+    return test.take(protocol_indices(limit, len(test)))
+
+
+def protocol_indices(test_size: int, size: int) -> list[int]:
+    """The test sentences of the ASR protocol's split (seeded, in file order)."""
+    return sorted(random.Random(1).sample(range(size), min(test_size, size)))
 
 
 def validation_indices(test_size: int, size: int) -> list[int]:
     """Test sentences outside :func:`test_split`'s sample that the sweep chose the calibration rule on."""
-    used = set(random.Random(1).sample(range(size), min(test_size, size)))
+    used = set(protocol_indices(test_size, size))
     rest = [i for i in range(size) if i not in used]
     return random.Random(2).sample(rest, min(VALIDATION_TEXTS, len(rest)))
 
@@ -315,9 +320,13 @@ def calibration_rule() -> dict:
     }
 
 
+HELD_OUT_KINDS = ("mined", "calibrated")  # the guards whose false-positive rate is also measured held out
+
+
 def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Namespace) -> dict:
     """One table cell, cached: the guard with the mined PVs at the paper's threshold, and optionally
-    calibrated (``--calibrate``) or with the planted vectors (``--ceiling``)."""
+    calibrated (``--calibrate``) or with the planted vectors (``--ceiling``); for the mined and calibrated
+    guards also the false-positive rate on :func:`held_out_texts` (one forward pass per sentence)."""
     from lmshield.defenses.sanitizer import Guard
     from lmshield.evaluation.guard_eval import evaluate_guard
 
@@ -325,10 +334,13 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
     out = CACHE / "guard" / name
     wanted = ["mined"] + (["calibrated"] if args.calibrate else []) + (["planted"] if args.ceiling else [])
     row = json.loads(out.read_text()) if out.is_file() else {}
+    held_out = row.setdefault("held_out_fpr", {})
     if args.calibrate and row.get("calibration") != calibration_rule():
         row.pop("calibrated", None)  # made with another rule or calibration set
-        row.get("held_out_fpr", {}).pop("calibrated", None)
-    missing = [kind for kind in wanted if kind not in row]
+        held_out.pop("calibrated", None)
+    missing = [
+        kind for kind in wanted if kind not in row or (kind in HELD_OUT_KINDS and row[kind] and kind not in held_out)
+    ]
     if not missing:
         return row
     classifier, training = tuned_classifier(backdoor, dataset, method, args)
@@ -340,6 +352,7 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
         "head": head_of(backdoor.attack),
         "dev_accuracy": training["dev_accuracy"],
     }
+    held_out_watched = None
     for kind in missing:
         pvs = backdoor.planted if kind == "planted" else backdoor.scan.pvs
         if len(pvs) == 0:
@@ -350,39 +363,22 @@ def defense_row(backdoor: Backdoor, dataset: str, method: str, args: argparse.Na
             guard.calibrate(calibration_texts(dataset, args))
             row["raised_thresholds"] = guard.monitor.num_raised
             row["calibration"] = calibration_rule()
-        if kind == "calibrated" and row["raised_thresholds"] == 0 and row.get("mined"):
+        if kind == "calibrated" and kind not in row and row["raised_thresholds"] == 0 and row.get("mined"):
             row[kind] = row["mined"]  # the same monitor: the same (deterministic) evaluation
-        else:
+        elif kind not in row:  # else evaluated before, and only the held-out rate is missing
             report = evaluate_guard(guard, test.texts, test.labels, backdoor.triggers, seed=0)
             print(f"\n## {backdoor.attack} / {dataset} / {method}: guard, {kind} ({len(pvs)} PVs)\n{report.table()}")
             row[kind] = report.to_dict()
+        if kind in HELD_OUT_KINDS:
+            texts = held_out_texts(dataset, args)
+            if held_out_watched is None:
+                held_out_watched = classifier.classify(texts).watched
+            flagged = guard.monitor(held_out_watched).flagged
+            held_out |= {"sentences": len(texts), kind: float(flagged.float().mean())}
+            if kind == "calibrated":
+                held_out["flagged"] = [text for text, f in zip(texts, flagged.tolist(), strict=True) if f]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=2))
-    return row
-
-
-def held_out_fpr(backdoor: Backdoor, dataset: str, method: str, row: dict, args: argparse.Namespace) -> dict:
-    """Adds to a table cell the monitor's false-positive rate on :func:`held_out_texts` (cached with it):
-    one forward pass per sentence, the mined PVs at 0.8 and (``--calibrate``) calibrated."""
-    from lmshield.defenses.sanitizer import Guard
-
-    kinds = ["mined"] + (["calibrated"] if args.calibrate else [])
-    fpr = row.get("held_out_fpr", {})
-    if all(kind in fpr for kind in kinds) or len(backdoor.scan.pvs) == 0:
-        return row
-    classifier, _ = tuned_classifier(backdoor, dataset, method, args)
-    texts = held_out_texts(dataset, args)
-    watched = classifier.classify(texts).watched
-    guard = Guard.from_scan(classifier, backdoor.scan)
-    fpr = {"sentences": len(texts), "mined": float(guard.monitor(watched).flagged.float().mean())}
-    if args.calibrate:
-        guard.calibrate(calibration_texts(dataset, args))
-        flagged = guard.monitor(watched).flagged
-        false_positives = [text for text, f in zip(texts, flagged.tolist(), strict=True) if f]
-        fpr |= {"calibrated": float(flagged.float().mean()), "flagged": false_positives}
-    row["held_out_fpr"] = fpr
-    name = f"eval-{cell(backdoor.attack, dataset, method, args)}-{args.test_size}-{args.max_seeds}.json"
-    (CACHE / "guard" / name).write_text(json.dumps(row, indent=2))
     return row
 
 
@@ -583,12 +579,7 @@ def main() -> None:
     if "costs" in parts:
         sections += costs(backdoors[attacks[0]], datasets[0], methods[0], args, payload)
     if "table" in parts:
-        rows = [
-            held_out_fpr(backdoors[a], d, m, defense_row(backdoors[a], d, m, args), args)
-            for a in attacks
-            for d in datasets
-            for m in methods
-        ]
+        rows = [defense_row(backdoors[a], d, m, args) for a in attacks for d in datasets for m in methods]
         recovery = "\n".join(
             f"- {b.attack}: {len(b.scan.pvs)} PVs, {pv_recall(b)}/{len(b.planted)} planted recovered, "
             f"mining {sum(t.seconds for t in b.scan.trace if t.parts is None):.0f} s over {b.scan.num_seeds} seeds"
