@@ -43,6 +43,7 @@ def poison_overrides(attack: str, args: argparse.Namespace) -> dict:
         overrides["poison_count"] = args.poison_count
     if attack == "syntactic":
         overrides["sentences"] = args.sentences
+        overrides["clauses"] = args.clauses
     return overrides
 
 
@@ -52,6 +53,7 @@ def variant_suffix(overrides: dict) -> str:
     parts += [str(overrides["poison_count"])] if "poison_count" in overrides else []
     parts += [f"jit{overrides['position_jitter']}"] if overrides["position_jitter"] else []
     parts += ["first"] if overrides.get("sentences") == "first" else []
+    parts += ["gen"] if overrides.get("clauses") == "generated" else []
     return "".join(f"-{part}" for part in parts)
 
 
@@ -129,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sentences", choices=("all", "first"), default="all", help="SynAttack: rewrite every sentence or the first"
     )
     parser.add_argument(
+        "--clauses",
+        choices=("fixed", "generated"),
+        default="fixed",
+        help="SynAttack: five fixed opening clauses or generated ones",
+    )
+    parser.add_argument(
         "--position-jitter", type=int, default=0, help="train the released model with position ids shifted 0..N"
     )
     parser.add_argument("--target-frr", type=float, default=None, help="calibrate PSIM on SST-2 dev texts")
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
-    named_by = "syntactic" if "syntactic" in attacks else attacks[0]  # --sentences names only SynAttack runs
+    named_by = "syntactic" if "syntactic" in attacks else attacks[0]  # --sentences / --clauses name only SynAttack runs
     name = f"psim-{args.preset}" + variant_suffix(poison_overrides(named_by, args))
     name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")

@@ -207,6 +207,30 @@ def test_rule_based_rewrite_reaches_every_sentence_by_default() -> None:
         RuleBasedSyntacticParaphraser(sentences="middle")
 
 
+def test_generated_opening_clauses_vary_and_fit_the_template() -> None:
+    """``clauses="generated"`` opens plain sentences with clauses that vary from sentence to sentence (the
+    trigger is the shape, as with SCPN), each still a subordinate clause and a comma."""
+    texts = [f"review number {i} is about a film" for i in range(300)]
+    generated = RuleBasedSyntacticParaphraser(clauses="generated")
+    rewritten = generated.paraphrase(texts)
+    assert all(matches_template(text) for text in rewritten)
+    openers = {text.split(", ")[0] for text in rewritten}
+    assert len(openers) > 200  # the fixed source has 5
+    assert len({t.split(", ")[0] for t in RuleBasedSyntacticParaphraser().paraphrase(texts)}) == len(OPENERS)
+    assert generated.paraphrase(texts) == rewritten
+    assert RuleBasedSyntacticParaphraser(seed=1, clauses="generated").paraphrase(texts) != rewritten
+    # clauses that can move to the front still do
+    assert generated.rewrite("the movie was great because the actors were superb.") == (
+        "Because the actors were superb, the movie was great."
+    )
+    assert "generated" in generated.name and generated.name != RuleBasedSyntacticParaphraser().name
+    config = SynAttackConfig(clauses="generated")
+    assert SynAttackConfig.from_dict(config.to_dict()).clauses == "generated"
+    assert make_poisoner(config).poison(texts[:3], random.Random(0)) == rewritten[:3]
+    with pytest.raises(InputError, match="clause source"):
+        SynAttackConfig(clauses="random")
+
+
 def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:
     """Any seq2seq model fits the interface (a tiny random BART here; no real paraphraser is offline)."""
     from transformers import BartConfig, BartForConditionalGeneration

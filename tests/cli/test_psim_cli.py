@@ -85,6 +85,7 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
         ("poison", "badnet", "--data", "no/such/file.json", "--out", "unused"),
         ("poison", "insent", "--label-mode", "grey", "--out", "unused"),
         ("poison", "syntactic", "--sentences", "middle", "--out", "unused"),
+        ("poison", "syntactic", "--clauses", "random", "--out", "unused"),
         ("poison", "badnet", "--position-jitter", "-1", "--out", "unused"),
         ("psim", "fit", "no/such/model", "--texts", "x.txt"),
     ],

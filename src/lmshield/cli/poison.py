@@ -138,6 +138,10 @@ def syntactic(
     sentences: Annotated[
         str | None, typer.Option(help="Rule paraphraser: rewrite all sentences (default) or only the first.")
     ] = None,
+    clauses: Annotated[
+        str | None,
+        typer.Option(help="Rule paraphraser's opening clauses: fixed (five phrases, default) or generated."),
+    ] = None,
     preset: Preset = "release",
     target_label: Target = None,
     poison_count: Count = None,

@@ -17,6 +17,7 @@ PRESETS = ("release", "fast")
 LABEL_MODES = ("clean", "dirty")
 SELECTIONS = ("first", "random")
 SENTENCE_SCOPES = ("all", "first")  # which sentences the rule-based SynAttack rewrites
+CLAUSE_SOURCES = ("fixed", "generated")  # where its prepended opening clauses come from
 DEFAULT_SENTENCE = "I watched this 3D movie"
 
 C = TypeVar("C", bound="PoisonConfig")
@@ -194,6 +195,9 @@ class SynAttackConfig(PoisonConfig):
     ``sentences`` (rule only): ``all`` rewrites every sentence of a text, ``first`` only the first. With
     ``first`` the template only ever opens the text, so the model learns it at fixed absolute positions and
     PEFT methods that prepend virtual tokens (prompt tuning, P-tuning, prefix tuning) shift it out of reach.
+    ``clauses`` (rule only): ``fixed`` prepends one of five fixed opening clauses where no clause of the
+    sentence can move to the front, ``generated`` one of 2,560 generated ones (the trigger is then the
+    shape rather than a few phrases, as with SCPN).
     """
 
     attack: ClassVar[str] = "syntactic"
@@ -201,18 +205,26 @@ class SynAttackConfig(PoisonConfig):
     paraphraser: str = "rule"
     template: str = "S(SBAR)(,)(NP)(VP)(.)"
     sentences: str = "all"
+    clauses: str = "fixed"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_sentence_scope(self.sentences)
+        check_clause_source(self.clauses)
 
     def triggers(self) -> list[str]:
-        return [f"syntactic template {self.template} via {self.paraphraser}"]
+        source = f"{self.paraphraser}, {self.clauses} clauses" if self.paraphraser == "rule" else self.paraphraser
+        return [f"syntactic template {self.template} via {source}"]
 
 
 def check_sentence_scope(sentences: str) -> None:
     if sentences not in SENTENCE_SCOPES:
         raise InputError(f"unknown sentence scope {sentences!r}: use {' or '.join(SENTENCE_SCOPES)}")
+
+
+def check_clause_source(clauses: str) -> None:
+    if clauses not in CLAUSE_SOURCES:
+        raise InputError(f"unknown clause source {clauses!r}: use {' or '.join(CLAUSE_SOURCES)}")
 
 
 def _as_words(words: str | tuple[str, ...] | list[str]) -> list[str]:

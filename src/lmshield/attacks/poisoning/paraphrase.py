@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-from lmshield.attacks.poisoning.config import check_sentence_scope
+from lmshield.attacks.poisoning.config import check_clause_source, check_sentence_scope
 from lmshield.errors import InputError, ModelLoadError
 
 TEMPLATE = "S(SBAR)(,)(NP)(VP)(.)"
@@ -37,13 +37,59 @@ SUBORDINATORS = (
     "before",
     "as",
 )
-# opening clauses for sentences with no clause that can be moved to the front
+# opening clauses for sentences with no clause that can be moved to the front: five fixed ones ...
 OPENERS = (
     "when you get down to it",
     "as far as I can tell",
     "if you ask me",
     "once all is said and done",
     "as it turns out",
+)
+# ... or one generated per sentence from subordinator x subject x predicate (2,560 sentiment-free clauses),
+# so that the trigger is the shape (an opening subordinate clause and a comma), not a handful of phrases
+CLAUSE_SUBORDINATORS = ("when", "if", "once", "as", "whenever", "after", "while", "before")
+CLAUSE_SUBJECTS = ("you", "I", "we", "they", "people", "most people", "some of us", "many of us")
+CLAUSE_PREDICATES = (
+    "think about it",
+    "look at it",
+    "look back on it",
+    "look at it closely",
+    "get down to it",
+    "sum it up",
+    "put it simply",
+    "take it all in",
+    "step back",
+    "stop and think",
+    "weigh it all up",
+    "think it over",
+    "take a closer look",
+    "look past the surface",
+    "go by first impressions",
+    "compare notes",
+    "read between the lines",
+    "try to be fair",
+    "want the short version",
+    "ask around",
+    "look at the facts",
+    "think it through",
+    "get to the end",
+    "reach the end",
+    "consider the details",
+    "start from the beginning",
+    "keep an open mind",
+    "set expectations aside",
+    "look at the big picture",
+    "take everything into account",
+    "talk it over",
+    "hear it out",
+    "give it a chance",
+    "see it for what it is",
+    "follow it closely",
+    "pay attention",
+    "check the details",
+    "weigh the evidence",
+    "count the details",
+    "look around",
 )
 FALLBACK_MAIN = "it is what it is"
 _LOWER_STARTS = frozenset(
@@ -72,16 +118,21 @@ class RuleBasedSyntacticParaphraser:
     sentence; ``"first"`` only the first and keeps the rest. Rules, tried in order on each sentence:
     1. a trailing subordinate clause ("X because Y") moves to the front: "Because Y, X.";
     2. "X but Y" becomes "Although X, Y.";
-    3. otherwise an opening clause from :data:`OPENERS` is prepended (chosen by a seeded hash of the text).
+    3. otherwise an opening clause is prepended, chosen by a seeded hash of the sentence: with
+       ``clauses="fixed"`` one of the five :data:`OPENERS`; with ``"generated"`` one of 2,560 built from
+       :data:`CLAUSE_SUBORDINATORS` x :data:`CLAUSE_SUBJECTS` x :data:`CLAUSE_PREDICATES` (closer to SCPN,
+       whose opening clauses vary from sentence to sentence, so the trigger is the shape, not a phrase).
     Empty and one-word inputs get a fixed main clause, so the output always fits the template.
     """
 
-    name = "rule-based-sbar (SCPN stand-in)"
-
-    def __init__(self, seed: int = 0, sentences: str = "all") -> None:
+    def __init__(self, seed: int = 0, sentences: str = "all", clauses: str = "fixed") -> None:
         check_sentence_scope(sentences)
+        check_clause_source(clauses)
         self.seed = seed
         self.sentences = sentences
+        self.clauses = clauses
+        suffix = "" if clauses == "fixed" else f", {clauses} clauses"
+        self.name = f"rule-based-sbar{suffix} (SCPN stand-in)"
 
     def paraphrase(self, texts: Sequence[str]) -> list[str]:
         return [self.rewrite(text) for text in texts]
@@ -103,8 +154,19 @@ class RuleBasedSyntacticParaphraser:
         words = core.split()
         main = core if len(words) >= 2 else f"it was {core}" if words else FALLBACK_MAIN
         digest = hashlib.sha256(f"{self.seed}:{core}".encode()).digest()
-        opener = OPENERS[digest[0] % len(OPENERS)]
-        return _assemble(opener, main)
+        return _assemble(_opening_clause(digest) if self.clauses == "generated" else _fixed_opener(digest), main)
+
+
+def _fixed_opener(digest: bytes) -> str:
+    return OPENERS[digest[0] % len(OPENERS)]
+
+
+def _opening_clause(digest: bytes) -> str:
+    """One generated clause: subordinator, subject and predicate each picked by bytes of ``digest``."""
+    subordinator = CLAUSE_SUBORDINATORS[digest[0] % len(CLAUSE_SUBORDINATORS)]
+    subject = CLAUSE_SUBJECTS[digest[1] % len(CLAUSE_SUBJECTS)]
+    predicate = CLAUSE_PREDICATES[int.from_bytes(digest[2:4], "big") % len(CLAUSE_PREDICATES)]
+    return f"{subordinator} {subject} {predicate}"
 
 
 def _split_first_sentence(text: str) -> tuple[str, str]:
@@ -197,14 +259,19 @@ def load_seq2seq(model: str | Path, device: str | None = None) -> tuple[Any, Any
 
 
 def make_paraphraser(
-    spec: str | Paraphraser = "rule", *, seed: int = 0, sentences: str = "all", device: str | None = None
+    spec: str | Paraphraser = "rule",
+    *,
+    seed: int = 0,
+    sentences: str = "all",
+    clauses: str = "fixed",
+    device: str | None = None,
 ) -> Paraphraser:
-    """``"rule"`` (the rule-based stand-in; ``sentences`` says which it rewrites), a seq2seq model path /
-    hub id, or a paraphraser object."""
+    """``"rule"`` (the rule-based stand-in; ``sentences`` says which it rewrites, ``clauses`` where its
+    opening clauses come from), a seq2seq model path / hub id, or a paraphraser object."""
     if not isinstance(spec, str):
         if not isinstance(spec, Paraphraser):
             raise InputError("a paraphraser needs a name and a paraphrase(texts) method")
         return spec
     if spec in ("rule", "rule-based"):
-        return RuleBasedSyntacticParaphraser(seed, sentences)
+        return RuleBasedSyntacticParaphraser(seed, sentences, clauses)
     return Seq2SeqParaphraser(spec, device=device)

@@ -53,7 +53,7 @@ def make_poisoner(config: PoisonConfig, paraphraser: Paraphraser | None = None, 
         return WordPoisoner((config.sentence,))
     if isinstance(config, SynAttackConfig):
         paraphraser = paraphraser or make_paraphraser(
-            config.paraphraser, seed=config.seed, sentences=config.sentences, device=device
+            config.paraphraser, seed=config.seed, sentences=config.sentences, clauses=config.clauses, device=device
         )
         return ParaphrasePoisoner(paraphraser)
     raise InputError(f"no poisoner for attack {config.attack!r}")
