@@ -9,7 +9,8 @@ benchmarks/.cache/psim-<preset>/<attack>); fit PSIM once on SST-2 training texts
 victim per strategy (full, LoRA, prompt, P-tuning, prefix) from the released weights with the released head
 kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim (``--baselines``): STRIP
 (calibrated to the same FRR as PSIM) and, for BadNet ``mn`` with target 0, the precomputed back-translation
-and SCPN paraphrases. The SynAttack here uses the rule-based stand-in for SCPN, not SCPN.
+and SCPN paraphrases. The SynAttack here uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated``
+gives it varied opening clauses (a shape trigger rather than five fixed phrases).
 Results: benchmarks/results/psim-<preset>.md and .json, histograms under the cache folder.
 Set OMP_NUM_THREADS=1 on a shared machine.
 """
