@@ -78,6 +78,19 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert "| badnet | lora | toy |" in (out / "table.md").read_text()
 
 
+def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None:
+    """The CLI passes the stand-in's clause source through to the paraphraser and the manifest."""
+    out = files["root"] / "syntactic"
+    result = invoke(
+        "poison", "syntactic", tiny_world(), "--data", files["train"], "--out", out, "--clauses", "generated",
+        "--poison-count", 40, "--epochs", 1, "--batch-size", 16, "--max-length", 32, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "backdoor.json").read_text())
+    assert manifest["settings"]["clauses"] == "generated"
+    assert "generated clauses" in manifest["paraphraser"] and "generated clauses" in manifest["triggers"][0]
+
+
 @pytest.mark.parametrize(
     "args",
     [
