@@ -4,6 +4,10 @@
 model with random labels; ``score`` reads its top softmax probability (or the class-count-normalised
 variant); ``flag`` marks inputs whose score exceeds the threshold as poisoned. Learned state lives in
 attributes ending in ``_``.
+
+PSIM sees backdoors that make the released model extremely confident, which word and sentence triggers
+do. A syntactic trigger whose words vary (the stand-in's generated clauses, like SCPN's) moved the
+released MiniLM-L6 to the target without that confidence and went through (README, PSIM benchmark).
 """
 
 from __future__ import annotations
