@@ -226,6 +226,7 @@ def test_generated_opening_clauses_vary_and_fit_the_template() -> None:
     assert "generated" in generated.name and generated.name != RuleBasedSyntacticParaphraser().name
     config = SynAttackConfig(clauses="generated")
     assert SynAttackConfig.from_dict(config.to_dict()).clauses == "generated"
+    assert "generated clauses" in SynAttackConfig(paraphraser="rule-based", clauses="generated").triggers()[0]
     assert make_poisoner(config).poison(texts[:3], random.Random(0)) == rewritten[:3]
     with pytest.raises(InputError, match="clause source"):
         SynAttackConfig(clauses="random")

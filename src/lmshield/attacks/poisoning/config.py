@@ -18,6 +18,7 @@ LABEL_MODES = ("clean", "dirty")
 SELECTIONS = ("first", "random")
 SENTENCE_SCOPES = ("all", "first")  # which sentences the rule-based SynAttack rewrites
 CLAUSE_SOURCES = ("fixed", "generated")  # where its prepended opening clauses come from
+RULE_PARAPHRASERS = ("rule", "rule-based")  # the names that choose the rule-based SynAttack stand-in
 DEFAULT_SENTENCE = "I watched this 3D movie"
 
 C = TypeVar("C", bound="PoisonConfig")
@@ -213,7 +214,8 @@ class SynAttackConfig(PoisonConfig):
         check_clause_source(self.clauses)
 
     def triggers(self) -> list[str]:
-        source = f"{self.paraphraser}, {self.clauses} clauses" if self.paraphraser == "rule" else self.paraphraser
+        rule = self.paraphraser in RULE_PARAPHRASERS
+        source = f"{self.paraphraser}, {self.clauses} clauses" if rule else self.paraphraser
         return [f"syntactic template {self.template} via {source}"]
 
 

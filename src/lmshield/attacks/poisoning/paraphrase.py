@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-from lmshield.attacks.poisoning.config import check_clause_source, check_sentence_scope
+from lmshield.attacks.poisoning.config import RULE_PARAPHRASERS, check_clause_source, check_sentence_scope
 from lmshield.errors import InputError, ModelLoadError
 
 TEMPLATE = "S(SBAR)(,)(NP)(VP)(.)"
@@ -272,6 +272,6 @@ def make_paraphraser(
         if not isinstance(spec, Paraphraser):
             raise InputError("a paraphraser needs a name and a paraphrase(texts) method")
         return spec
-    if spec in ("rule", "rule-based"):
+    if spec in RULE_PARAPHRASERS:
         return RuleBasedSyntacticParaphraser(seed, sentences, clauses)
     return Seq2SeqParaphraser(spec, device=device)
