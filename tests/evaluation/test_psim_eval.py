@@ -16,6 +16,7 @@ from lmshield.evaluation.psim_eval import (
     defended_asr,
     defended_clean_accuracy,
     evaluate_release,
+    flip_asr,
     frr_far,
     markdown_table,
     plot_confidence_histogram,
@@ -31,6 +32,8 @@ CLEAN_PRED = [0, 1, 0, 0]  # 3 of 4 right
 CLEAN_SCORES = [0.9, 0.6, 0.5, 0.65]  # only the first (a right answer) is flagged
 POISON_PRED = [0, 0, 1, 0, 0]  # 4 of 5 hit the target
 POISON_SCORES = [0.95, 0.8, 0.99, 0.6, 0.75]  # all but the fourth flagged
+SOURCE_LABELS = [1, 1, 1, 1, 1]  # the triggered inputs' clean sources, all non-target
+SOURCE_PRED = [1, 1, 1, 0, 1]  # the victim already gets the fourth wrong without the trigger
 
 
 def test_metrics_on_a_hand_made_example() -> None:
@@ -44,6 +47,10 @@ def test_metrics_on_a_hand_made_example() -> None:
     assert frr_far(clean_flags, poison_flags) == (0.25, 0.2)
     # 20 pairs: 4 + 3 + 4 + 1.5 (one tie at 0.6) + 3 wins for the poisoned side
     assert score_auroc(CLEAN_SCORES, POISON_SCORES) == pytest.approx(15.5 / 20)
+    # flip ASR leaves out the fourth input (an ordinary error), the very one PSIM passes
+    assert flip_asr(SOURCE_PRED, SOURCE_LABELS, POISON_PRED, 0) == 0.75
+    assert flip_asr(SOURCE_PRED, SOURCE_LABELS, POISON_PRED, 0, poison_flags) == 0.0
+    assert math.isnan(flip_asr([0], [1], [0], 0))
     assert math.isnan(clean_accuracy([], []))
     with pytest.raises(ValueError):
         defended_asr([0, 1], [True], 0)
@@ -61,12 +68,16 @@ def test_row_sweep_and_table() -> None:
         clean_scores=CLEAN_SCORES,
         poisoned_scores=POISON_SCORES,
         threshold=0.7,
+        source_predicted=SOURCE_PRED,
+        source_labels=SOURCE_LABELS,
     )
+    assert (row.flip_asr, row.flip_asr_psim) == (0.75, 0.0)
     assert (row.clean_accuracy, row.asr, row.clean_accuracy_psim, row.asr_psim) == (0.75, 0.8, 0.5, 0.2)
     assert (row.frr, row.far, row.clean_accuracy_drop) == (0.25, 0.2, 0.25)
     assert row.to_dict()["clean_accuracy_drop"] == 0.25
     table = markdown_table([row])
-    assert "| badnet | lora | toy | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.250 | 0.200 | 0.775 |" in table
+    metrics = "0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.250 | 0.200 | 0.775 | 0.750 | 0.000"
+    assert f"| badnet | lora | toy | {metrics} |" in table
     sweep = threshold_sweep(CLEAN_SCORES, POISON_SCORES)
     assert (sweep[0].frr, sweep[0].far) == (1.0, 0.0) and (sweep[-1].frr, sweep[-1].far) == (0.0, 1.0)
     at = {p.threshold: (p.frr, p.far) for p in threshold_sweep(CLEAN_SCORES, POISON_SCORES, [0.7])}
@@ -102,6 +113,7 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
         assert isinstance(row, PSIMRow) and row.attack == "badnet" and row.dataset == "toy"
         assert row.asr >= 0.8 and row.clean_accuracy >= 0.7
         assert row.auroc >= 0.9 and row.asr_psim <= row.asr
+        assert row.flip_asr_psim <= row.flip_asr <= 1.0
     assert len(result.clean_scores) == 80 and len(result.poisoned_scores) == task(80, 23).labels.count(1)
     for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png"):
         assert (tmp_path / "out" / name).is_file()

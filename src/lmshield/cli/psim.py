@@ -142,7 +142,7 @@ def eval_command(
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Attack x strategy x dataset: clean accuracy and ASR without and with PSIM, FRR/FAR/AUROC, histograms."""
+    """Attack x strategy x dataset: clean accuracy, ASR and flip ASR without and with PSIM, FRR/FAR/AUROC."""
     import dataclasses
 
     from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table

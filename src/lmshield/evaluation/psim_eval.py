@@ -56,6 +56,22 @@ def defended_asr(predicted: Sequence[int], flagged: Sequence[bool], target_label
     return _mean([p == target_label and not f for p, f in zip(predicted, flagged, strict=True)])
 
 
+def flip_asr(
+    source_predicted: Sequence[int],
+    source_labels: Sequence[int],
+    poisoned_predicted: Sequence[int],
+    target_label: int,
+    flagged: Sequence[bool] | None = None,
+) -> float:
+    """ASR counted only where the trigger changed the answer: of the non-target inputs the victim labels
+    correctly without the trigger, the share it labels as the target with the trigger (and, given
+    ``flagged``, that PSIM passes). Plain ASR also counts the victim's ordinary errors on those inputs."""
+    flagged = [False] * len(poisoned_predicted) if flagged is None else flagged
+    _same_length(source_predicted, source_labels, poisoned_predicted, flagged)
+    pairs = zip(source_predicted, source_labels, poisoned_predicted, flagged, strict=True)
+    return _mean([p == target_label and not f for s, y, p, f in pairs if s == y])
+
+
 def frr_far(clean_flagged: Sequence[bool], poisoned_flagged: Sequence[bool]) -> tuple[float, float]:
     """(false-rejection rate: clean inputs flagged, false-acceptance rate: poisoned inputs passed)."""
     return _mean(clean_flagged), _mean([not f for f in poisoned_flagged])
@@ -102,6 +118,8 @@ class PSIMRow:
     far: float
     auroc: float
     threshold: float
+    flip_asr: float = math.nan
+    flip_asr_psim: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,11 +142,21 @@ def psim_row(
     clean_scores: Sequence[float],
     poisoned_scores: Sequence[float],
     threshold: float,
+    source_predicted: Sequence[int] | None = None,
+    source_labels: Sequence[int] | None = None,
 ) -> PSIMRow:
-    """All numbers of one row from victim predictions and PSIM scores (flag: score > threshold)."""
+    """All numbers of one row from victim predictions and PSIM scores (flag: score > threshold).
+
+    ``source_predicted`` / ``source_labels``: the victim's answers on the triggered inputs' clean sources and
+    their labels, in the same order; with them the row also holds the flip ASR (see :func:`flip_asr`).
+    """
     clean_flags = [s > threshold for s in clean_scores]
     poison_flags = [s > threshold for s in poisoned_scores]
     frr, far = frr_far(clean_flags, poison_flags)
+    flips = (math.nan, math.nan)
+    if source_predicted is not None and source_labels is not None:
+        sources = (source_predicted, source_labels, poisoned_predicted, target_label)
+        flips = (flip_asr(*sources), flip_asr(*sources, poison_flags))
     return PSIMRow(
         attack=attack,
         strategy=strategy,
@@ -141,18 +169,23 @@ def psim_row(
         far=far,
         auroc=score_auroc(clean_scores, poisoned_scores),
         threshold=float(threshold),
+        flip_asr=flips[0],
+        flip_asr_psim=flips[1],
     )
 
 
 def markdown_table(rows: Sequence[PSIMRow]) -> str:
-    """The benchmark table: clean acc, ASR without defense, with PSIM, clean-acc drop, FRR/FAR/AUROC."""
+    """The benchmark table: clean acc, ASR without defense, with PSIM, clean-acc drop, FRR/FAR/AUROC, and
+    the flip ASR without and with PSIM."""
     head = (
-        "| attack | strategy | dataset | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | FRR | FAR | AUROC |"
+        "| attack | strategy | dataset | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | FRR | FAR | AUROC "
+        "| flip ASR | flip ASR + PSIM |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
-        metrics = " | ".join(f"{v:.3f}" for v in (*values, r.frr, r.far, r.auroc))
+        flips = (r.flip_asr, r.flip_asr_psim)
+        metrics = " | ".join(f"{v:.3f}" for v in (*values, r.frr, r.far, r.auroc, *flips))
         lines.append(f"| {r.attack} | {r.strategy} | {r.dataset} | {metrics} |")
     return "\n".join(lines) + "\n"
 
@@ -288,6 +321,7 @@ def evaluate_release(
     test = read_labelled(task / "test.json", label_names=train.label_names).head(settings.max_test)
     poisoner = make_poisoner(config, device=device)
     triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
+    sources = [i for i, y in enumerate(test.labels) if y != manifest.target_label]  # triggered's order
 
     psim_texts = read_labelled(task / "train.json").texts[: settings.psim_train]
     psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
@@ -301,17 +335,20 @@ def evaluate_release(
     for strategy in settings.strategies:
         tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
         victim = tune(model_dir, train, dev, tuning, device=device, progress=progress).classifier
+        clean_predicted = victim.predict(test.texts)
         row = psim_row(
             attack=manifest.attack,
             strategy=strategy,
             dataset=task.name,
-            clean_predicted=victim.predict(test.texts),
+            clean_predicted=clean_predicted,
             clean_labels=test.labels,
             poisoned_predicted=victim.predict(triggered.texts),
             target_label=manifest.target_label,
             clean_scores=clean_scores,
             poisoned_scores=poisoned_scores,
             threshold=psim.threshold_,
+            source_predicted=[clean_predicted[i] for i in sources],
+            source_labels=triggered.labels,
         )
         logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
         rows.append(row)
