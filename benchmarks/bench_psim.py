@@ -11,7 +11,8 @@ kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim 
 (calibrated to the same FRR as PSIM) and, for BadNet ``mn`` with target 0, the precomputed back-translation
 and SCPN paraphrases. The SynAttack here uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated``
 gives it varied opening clauses (a shape trigger rather than five fixed phrases).
-Results: benchmarks/results/psim-<preset>.md and .json, histograms under the cache folder.
+Results: benchmarks/results/psim-<preset>.md and .json; the fitted PSIM, histograms and per-strategy progress
+under the cache folder (<attack>-eval-<settings digest>), so an interrupted run resumes where it stopped.
 Set OMP_NUM_THREADS=1 on a shared machine.
 """
 
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = poison_overrides(attack, args)
         released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
         evaluation = evaluate_release(
-            released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval", device=args.device,
+            released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval-{settings.digest()}",
+            device=args.device,
             keep_victims=args.baselines,
         )  # fmt: skip
         rows.extend(evaluation.rows)

@@ -76,6 +76,12 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
                     "--out", out, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "| badnet | lora | toy |" in (out / "table.md").read_text()
+    # the progress kept in --out belongs to seed 0: another seed needs --fresh
+    again = ("psim", "eval", model, "--task", files["task"], "--strategies", "lora", "--preset", "smoke",
+             "--out", out, "--quiet", "--seed", 1)  # fmt: skip
+    result = invoke(*again)
+    assert result.exit_code == 2 and "--fresh" in result.output
+    assert invoke(*again, "--fresh").exit_code == 0
 
 
 def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import lmshield.tuning
+from lmshield.defenses.psim import PSIM
+from lmshield.errors import InputError
 from lmshield.evaluation.psim_eval import (
     EvalSettings,
     PSIMRow,
@@ -118,3 +122,43 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
     for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png"):
         assert (tmp_path / "out" / name).is_file()
     assert EvalSettings.preset("fast").max_train == 480
+
+
+def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = EvalSettings(
+        strategies=("lora", "full"),
+        victim={"epochs": 1, "batch_size": 16, "max_length": 32},
+        psim={"method": "lora", "epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 32},
+        psim_train=48,
+        max_train=48,
+        max_test=40,
+    )
+    folder, out = _write_task(tmp_path / "toy"), tmp_path / "out"
+    real_tune, tuned = lmshield.tuning.tune, []
+
+    def tune_until_full(*args, **kwargs):
+        if args[3].method == "full":
+            raise KeyboardInterrupt
+        return real_tune(*args, **kwargs)
+
+    monkeypatch.setattr(lmshield.tuning, "tune", tune_until_full)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_release(released("badnet"), folder, settings, out_dir=out, progress=False)
+    saved = json.loads((out / "progress.json").read_text())
+    assert list(saved["rows"]) == ["lora"] and (out / "psim" / "psim.json").is_file()
+
+    def counted_tune(*args, **kwargs):
+        tuned.append(args[3].method)
+        return real_tune(*args, **kwargs)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("PSIM fitted again")
+
+    monkeypatch.setattr(lmshield.tuning, "tune", counted_tune)
+    monkeypatch.setattr(PSIM, "fit", no_fit)
+    result = evaluate_release(released("badnet"), folder, settings, out_dir=out, progress=False)
+    assert tuned == ["full"] and [r.strategy for r in result.rows] == ["lora", "full"]
+    assert result.rows[0].to_dict() == saved["rows"]["lora"]
+    assert result.clean_scores == saved["psim"]["clean"]
+    with pytest.raises(InputError, match="--fresh"):
+        evaluate_release(released("badnet"), folder, replace(settings, seed=1), out_dir=out, progress=False)

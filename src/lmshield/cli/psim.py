@@ -139,6 +139,7 @@ def eval_command(
     preset: Annotated[str, typer.Option(help="release, fast or smoke.")] = "release",
     target_frr: Annotated[float | None, typer.Option(help="Calibrate PSIM to this FRR on dev texts.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -159,6 +160,7 @@ def eval_command(
                 out_dir=out / f"{model.name}-{folder.name}",
                 device=_device(device),
                 progress=not quiet,
+                fresh=fresh,
             )
             rows.extend(result.rows)
     table = markdown_table(rows)

@@ -11,11 +11,13 @@ per release and fills one :class:`PSIMRow` per victim strategy. It reads the att
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,12 @@ class PSIMRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "clean_accuracy_drop": self.clean_accuracy_drop}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PSIMRow:
+        """Inverse of :meth:`to_dict` (the derived drop is recomputed)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def psim_row(
@@ -276,6 +284,67 @@ class EvalSettings:
 
         raise InputError(f"unknown evaluation preset {name!r}: use release, fast or smoke")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        """Eight hex digits that name these settings, for result folders."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+PROGRESS_JSON = "progress.json"
+
+
+class _EvalProgress:
+    """What an interrupted :func:`evaluate_release` finished (PSIM's scores, one row per strategy), kept in its
+    output folder so that a rerun with the same model, task and settings resumes."""
+
+    def __init__(self, directory: Path | None, identity: dict[str, Any]) -> None:
+        self.path = None if directory is None else directory / PROGRESS_JSON
+        self.identity = json.loads(json.dumps(identity))
+        self.state: dict[str, Any] = {"identity": self.identity, "psim": None, "rows": {}}
+
+    def load(self, fresh: bool) -> _EvalProgress:
+        from lmshield.errors import InputError
+
+        if self.path is None or not self.path.is_file() or fresh:
+            return self
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{self.path}: unreadable progress ({exc}); pass --fresh to discard it") from exc
+        if saved.get("identity") != self.identity:
+            raise InputError(
+                f"{self.path.parent} holds progress of an evaluation with another model, task or settings; "
+                "use another --out or pass --fresh to discard it"
+            )
+        self.state = saved
+        return self
+
+    @property
+    def psim(self) -> dict[str, Any] | None:
+        return self.state["psim"]
+
+    def row(self, strategy: str) -> PSIMRow | None:
+        saved = self.state["rows"].get(strategy)
+        return None if saved is None else PSIMRow.from_dict(saved)
+
+    def save_psim(self, clean_scores: list[float], poisoned_scores: list[float], threshold: float) -> None:
+        self.state["psim"] = {"clean": clean_scores, "poisoned": poisoned_scores, "threshold": threshold}
+        self._write()
+
+    def save_row(self, row: PSIMRow) -> None:
+        self.state["rows"][row.strategy] = row.to_dict()
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".tmp")
+            partial.write_text(json.dumps(self.state), encoding="utf-8")
+            partial.replace(self.path)
+
 
 @dataclass
 class ReleaseEvaluation:
@@ -298,15 +367,16 @@ def evaluate_release(
     device: str | None = None,
     progress: bool = True,
     keep_victims: bool = False,
+    fresh: bool = False,
 ) -> ReleaseEvaluation:
     """Evaluate PSIM on one released model (with ``backdoor.json``) and one task folder (train/dev/test).
 
     Victims start from the released weights with the released head kept; PSIM is fitted once on the task's
-    training texts (labels dropped) and reused across strategies. With ``out_dir``: rows (JSON), a Markdown
-    table and the confidence histogram are written there. ``keep_victims`` returns the tuned victims too.
+    training texts (labels dropped) and reused across strategies. With ``out_dir``: the fitted PSIM
+    (``psim/``), rows (JSON), a Markdown table and the confidence histogram are written there, and progress
+    is kept after PSIM and after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims``
+    returns the tuned victims too (strategies are then tuned again on a rerun).
     """
-    import json
-
     from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
     from lmshield.defenses.psim import PSIM
     from lmshield.tuning import TuningConfig, read_labelled, tune
@@ -323,16 +393,31 @@ def evaluate_release(
     triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
     sources = [i for i, y in enumerate(test.labels) if y != manifest.target_label]  # triggered's order
 
-    psim_texts = read_labelled(task / "train.json").texts[: settings.psim_train]
-    psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
-    psim.fit(model_dir, psim_texts, manifest.num_labels)
-    if settings.target_frr is not None:
-        psim.calibrate(dev.texts, settings.target_frr)
-    clean_scores = psim.score(test.texts).tolist()
-    poisoned_scores = psim.score(triggered.texts).tolist()
+    out = None if out_dir is None else Path(out_dir)
+    identity = {"model": str(Path(model_dir).resolve()), "manifest": manifest.to_dict(), "task": str(task.resolve())}
+    shared = {k: v for k, v in settings.to_dict().items() if k != "strategies"}  # a rerun may add strategies
+    saved = _EvalProgress(out, {**identity, "settings": shared}).load(fresh)
+    if saved.psim is None:
+        psim_texts = read_labelled(task / "train.json").texts[: settings.psim_train]
+        psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
+        psim.fit(model_dir, psim_texts, manifest.num_labels)
+        if settings.target_frr is not None:
+            psim.calibrate(dev.texts, settings.target_frr)
+        if out is not None:
+            psim.save_pretrained(out / "psim")
+        saved.save_psim(psim.score(test.texts).tolist(), psim.score(triggered.texts).tolist(), psim.threshold_)
+    else:
+        logger.info("resuming: PSIM's scores from %s", out)
+    clean_scores, poisoned_scores = saved.psim["clean"], saved.psim["poisoned"]
+    threshold = float(saved.psim["threshold"])
 
     rows, victims = [], {}
     for strategy in settings.strategies:
+        done = None if keep_victims else saved.row(strategy)
+        if done is not None:
+            logger.info("resuming: %s / %s already evaluated", manifest.attack, strategy)
+            rows.append(done)
+            continue
         tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
         victim = tune(model_dir, train, dev, tuning, device=device, progress=progress).classifier
         clean_predicted = victim.predict(test.texts)
@@ -346,24 +431,23 @@ def evaluate_release(
             target_label=manifest.target_label,
             clean_scores=clean_scores,
             poisoned_scores=poisoned_scores,
-            threshold=psim.threshold_,
+            threshold=threshold,
             source_predicted=[clean_predicted[i] for i in sources],
             source_labels=triggered.labels,
         )
         logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
+        saved.save_row(row)
         rows.append(row)
         if keep_victims:
             victims[strategy] = victim
-    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, float(psim.threshold_), 0.0, victims)
+    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims)
     result.seconds = time.perf_counter() - started
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         (out / "rows.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
         (out / "table.md").write_text(markdown_table(rows), encoding="utf-8")
         sweep = [asdict(p) for p in threshold_sweep(clean_scores, poisoned_scores)]
         (out / "sweep.json").write_text(json.dumps(sweep), encoding="utf-8")
         plot_confidence_histogram(
-            clean_scores, poisoned_scores, psim.threshold_, out / "psim_confidence.png", f"PSIM: {manifest.attack}"
+            clean_scores, poisoned_scores, threshold, out / "psim_confidence.png", f"PSIM: {manifest.attack}"
         )
     return result
