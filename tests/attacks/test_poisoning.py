@@ -333,3 +333,31 @@ def test_poisoning_refuses_to_overwrite(tmp_path: Path) -> None:
         poison_model(tiny_world(), task(20, 1), fast_config("badnet"), tiny_world(), progress=False)
     with pytest.raises(InputError, match="already holds"):
         poison_model(tiny_world(), task(20, 1), fast_config("badnet"), released("badnet"), progress=False)
+
+
+def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed during the fine-tune, the same command picks up after the last finished epoch."""
+    import lmshield.tuning.trainer as trainer
+    from lmshield.attacks.manifest import BACKDOOR_JSON
+
+    class Interrupted(Exception):
+        pass
+
+    real, state = trainer._run_epoch, {"interrupt": True, "ran": []}
+
+    def run_epoch(*args, **kwargs):
+        if args[7] == 3 and state["interrupt"]:
+            raise Interrupted
+        state["ran"].append(args[7])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_run_epoch", run_epoch)
+    config, out = fast_config("badnet", epochs=3, poison_count=30), tmp_path / "release"
+    with pytest.raises(Interrupted):
+        poison_model(tiny_world(), task(60, 1), config, out, progress=False)
+    assert (out / "checkpoint" / "progress.json").is_file() and not (out / "config.json").exists()
+    state.update(interrupt=False, ran=[])
+    poison_model(tiny_world(), task(60, 1), config, out, progress=False)
+    assert state["ran"] == [3]  # epochs 1 and 2 came from the checkpoint
+    assert (out / "config.json").is_file() and (out / BACKDOOR_JSON).is_file()
+    assert not (out / "checkpoint").exists()

@@ -77,3 +77,10 @@ def test_tune_cli(trained_bert_dir: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, [*args, "--method", "adapterz"])
     assert bad.exit_code == EXIT_ERROR and "unknown tuning method" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+    # an interrupted run's checkpoint with other settings is refused until --fresh discards it
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "progress.json").write_text('{"identity": {"config": "another run"}}')
+    again = [*args, "--method", "lora", "--epochs", "1", "--quiet"]
+    stale = runner.invoke(app, again)
+    assert stale.exit_code == EXIT_ERROR and "--fresh" in stale.output
+    assert runner.invoke(app, [*again, "--fresh"]).exit_code == 0 and not (out / "checkpoint").exists()

@@ -35,6 +35,7 @@ def tune_command(
     limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
     keep_head: Annotated[bool, typer.Option(help="Keep the checkpoint's sequence-classification head.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fresh: Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -66,7 +67,9 @@ def tune_command(
     if not quiet:
         logging.getLogger("lmshield.tuning").setLevel(logging.INFO)
     typer.echo(f"tuning {method} ({head} head) on {len(train_data)} examples, {train_data.num_labels} labels")
-    result = tune(model, train_data, dev_data, config, out_dir=out, device=resolve_device(device), progress=not quiet)
+    result = tune(
+        model, train_data, dev_data, config, out_dir=out, fresh=fresh, device=resolve_device(device), progress=not quiet
+    )
     typer.secho(
         f"dev accuracy {result.dev_accuracy:.4f} (best epoch {result.best_epoch}/{config.epochs}); saved to {out}",
         fg=typer.colors.GREEN,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
+from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest
 from lmshield.tuning.classifier import TunedClassifier
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.data import LabelledData
@@ -23,6 +25,8 @@ from lmshield.tuning.data import LabelledData
 logger = logging.getLogger(__name__)
 
 HISTORY_JSON = "training.json"
+CHECKPOINT_DIR = "checkpoint"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 @dataclass
@@ -65,6 +69,8 @@ def tune(
     config: TuningConfig | None = None,
     *,
     out_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    fresh: bool = False,
     device: str | torch.device | None = None,
     allow_pickle: bool = False,
     progress: bool = True,
@@ -72,7 +78,10 @@ def tune(
     """Tune a classifier on ``train``; keep the epoch with the best ``dev`` accuracy (or the last one).
 
     Without ``dev``, a seeded ``config.dev_fraction`` of ``train`` is held out. With ``out_dir`` the best
-    classifier and the training history are saved there.
+    classifier and the training history are saved there. Each finished epoch is checkpointed in
+    ``checkpoint_dir`` (default ``out_dir/checkpoint``), so a rerun with the same model, data and settings
+    resumes and ends with the same weights; ``fresh`` discards an earlier run's checkpoint. The checkpoint is
+    removed when training ends.
     """
     config = config or TuningConfig()
     if dev is None:
@@ -80,11 +89,42 @@ def tune(
     _check_data(train, dev)
     seed_everything(config.seed)
     classifier = TunedClassifier.build(model, config, train.label_names, device=device, allow_pickle=allow_pickle)
-    result = _train(classifier, train, dev, config, progress)
+    if checkpoint_dir is None and out_dir is not None:
+        checkpoint_dir = Path(out_dir) / CHECKPOINT_DIR
+    identity = {}
+    if checkpoint_dir is not None:
+        identity = {
+            "model": _model_identity(model),
+            "config": config.to_dict(),
+            "train": data_digest(train.texts, train.labels),
+            "dev": data_digest(dev.texts, dev.labels),
+        }
+    checkpoint = EpochCheckpoint(checkpoint_dir, identity)
+    result = _train(classifier, train, dev, config, progress, checkpoint, fresh)
     if out_dir is not None:
         out = classifier.save_pretrained(out_dir)
         (out / HISTORY_JSON).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    checkpoint.clear()
     return result
+
+
+def _model_identity(model: Encoder | str | Path | None) -> str:
+    """What names the starting weights: their sha256 for local files, else the hub id (or the default)."""
+    if model is None:
+        return "embedded default"
+    if isinstance(model, Encoder):
+        return model.fingerprint
+    path = Path(model)
+    files = sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES) if path.is_dir() else [path]
+    if not path.exists() or not files:
+        return str(model)
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_data(train: LabelledData, dev: LabelledData) -> None:
@@ -97,28 +137,40 @@ def _check_data(train: LabelledData, dev: LabelledData) -> None:
 
 
 def _train(
-    classifier: TunedClassifier, train: LabelledData, dev: LabelledData, config: TuningConfig, progress: bool
+    classifier: TunedClassifier,
+    train: LabelledData,
+    dev: LabelledData,
+    config: TuningConfig,
+    progress: bool,
+    checkpoint: EpochCheckpoint | None = None,
+    fresh: bool = False,
 ) -> TuningResult:
+    checkpoint = checkpoint or EpochCheckpoint(None, {})
     params = classifier.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     schedule = _linear_schedule(optimizer, steps_per_epoch * config.epochs, config.warmup_ratio)
     rng = random.Random(config.seed)
-    best_state = _snapshot(classifier) if config.checkpoint == "best" else None
-    best_accuracy, best_epoch = -1.0, 0
-    history: list[EpochRecord] = []
-    for epoch in range(1, config.epochs + 1):
+    state = checkpoint.restore(fresh, classifier, optimizer, schedule, rng)
+    if state.best_state is None and config.checkpoint == "best":
+        state.best_state = _snapshot(classifier)
+    history = [EpochRecord(**record) for record in state.history]
+    for epoch in range(state.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         loss = _run_epoch(classifier, train, optimizer, schedule, params, rng, config, epoch, progress)
         dev_accuracy = accuracy(classifier, dev, config.eval_batch_size)
         history.append(EpochRecord(epoch, loss, dev_accuracy, time.perf_counter() - started))
         logger.info("epoch %d: loss %.4f, dev accuracy %.4f", epoch, loss, dev_accuracy)
-        if config.checkpoint == "best" and dev_accuracy > best_accuracy:
-            best_state, best_accuracy, best_epoch = _snapshot(classifier), dev_accuracy, epoch
+        if config.checkpoint == "best" and dev_accuracy > state.best_accuracy:
+            state.best_state, state.best_accuracy, state.best_epoch = _snapshot(classifier), dev_accuracy, epoch
+        state.epoch, state.history = epoch, [asdict(r) for r in history]
+        if epoch < config.epochs:
+            checkpoint.save(state, classifier, optimizer, schedule, rng)
     if config.checkpoint == "last":
         best_accuracy, best_epoch = history[-1].dev_accuracy, config.epochs
     else:
-        _restore(classifier, best_state)
+        _restore(classifier, state.best_state)
+        best_accuracy, best_epoch = state.best_accuracy, state.best_epoch
     classifier.eval()
     return TuningResult(classifier, best_accuracy, best_epoch, history)
 

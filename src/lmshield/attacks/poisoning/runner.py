@@ -26,6 +26,7 @@ from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, m
 from lmshield.errors import InputError
 from lmshield.models.loading import load_pretrained
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
+from lmshield.tuning.trainer import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def poison_model(
     """Poison ``train``, fully fine-tune ``model`` on it and release the result in ``out_dir``.
 
     ``dev`` (clean, labelled) picks the best epoch and measures clean accuracy and ASR of the release.
+    Finished epochs are checkpointed in ``out_dir/checkpoint``: an interrupted run resumes when started again
+    with the same settings (``overwrite`` starts afresh).
     """
     started = time.perf_counter()
     out = _check_out_dir(model, out_dir, overwrite)
@@ -120,7 +123,10 @@ def poison_model(
         dev = prepare_proxy(dev, config.replace(num_texts=None))
     with tempfile.TemporaryDirectory(prefix="lmshield-poison-") as tmp:
         start_dir = _with_head(model, proxy.num_labels, Path(tmp), config.seed)
-        result = tune(start_dir, poisoned.data, dev, training_config(config), device=device, progress=progress)
+        result = tune(
+            start_dir, poisoned.data, dev, training_config(config), checkpoint_dir=out / CHECKPOINT_DIR,
+            fresh=overwrite, device=device, progress=progress,
+        )  # fmt: skip
         release(result.classifier, start_dir, out)
     classifier = result.classifier
     manifest = PoisonManifest(

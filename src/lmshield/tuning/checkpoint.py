@@ -1,0 +1,163 @@
+"""Epoch checkpoints of a tuning run, so that an interrupted run resumes where it stopped.
+
+After each epoch the trainable tensors, the best ones so far, the optimizer and scheduler state and the random
+number generators go to one safetensors file, the rest (history, identity) to ``progress.json``. A rerun with
+the same model, data and settings continues from the last finished epoch and ends with the same weights as an
+uninterrupted run; anything else is refused unless the caller asks for a fresh start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmshield.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_JSON = "progress.json"
+
+
+def data_digest(texts: list[str], labels: list[int]) -> str:
+    """sha256 of a labelled data set (texts and labels, in order)."""
+    return hashlib.sha256(json.dumps([texts, labels]).encode()).hexdigest()
+
+
+@dataclass
+class Progress:
+    """What a resumed run starts from."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_accuracy: float = -1.0
+    best_epoch: int = 0
+
+
+class EpochCheckpoint:
+    """Reads and writes the epoch checkpoints of one run in ``directory`` (``None``: keeps nothing)."""
+
+    def __init__(self, directory: str | Path | None, identity: dict[str, Any]) -> None:
+        self.directory = None if directory is None else Path(directory)
+        self.identity = json.loads(json.dumps(identity))
+
+    def restore(
+        self,
+        fresh: bool,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        rng: random.Random,
+    ) -> Progress:
+        """Load the last checkpoint into the given objects; an empty :class:`Progress` when there is none."""
+        if self.directory is None or not (self.directory / PROGRESS_JSON).is_file():
+            return Progress()
+        if fresh:
+            self.clear()
+            return Progress()
+        saved = self._read_json()
+        if saved.get("identity") != self.identity:
+            raise InputError(
+                f"{self.directory} holds an interrupted training run with another model, data or settings; "
+                "discard it (--fresh / --overwrite) or use another output folder"
+            )
+        tensors = load_file(str(self.directory / saved["tensors"]))
+        _load_trainable(model, _with_prefix(tensors, "param."))
+        optimizer.load_state_dict(
+            {"state": _optimizer_state(tensors, saved["optimizer_scalars"]), "param_groups": saved["param_groups"]}
+        )
+        schedule.load_state_dict(saved["schedule"])
+        version, state, gauss = saved["python_rng"]
+        rng.setstate((version, tuple(state), gauss))
+        torch.set_rng_state(tensors["rng.torch"])
+        if torch.cuda.is_available() and "rng.cuda.0" in tensors:
+            torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
+        best = _with_prefix(tensors, "best.") or None
+        logger.info("resuming after epoch %d from %s", saved["epoch"], self.directory)
+        return Progress(saved["epoch"], saved["history"], best, saved["best_accuracy"], saved["best_epoch"])
+
+    def save(
+        self,
+        progress: Progress,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        rng: random.Random,
+    ) -> None:
+        """Write the state after ``progress.epoch``; the previous epoch's file goes once the new one is in place."""
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"param.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        tensors |= {f"best.{n}": t for n, t in (progress.best_state or {}).items()}
+        optim = optimizer.state_dict()
+        scalars: dict[str, Any] = {}
+        for index, values in optim["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{index}.{key}"] = value
+                else:
+                    scalars[f"{index}.{key}"] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+        name = f"epoch-{progress.epoch}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(self.directory / name))
+        payload = {
+            "identity": self.identity,
+            "epoch": progress.epoch,
+            "history": progress.history,
+            "best_accuracy": progress.best_accuracy,
+            "best_epoch": progress.best_epoch,
+            "tensors": name,
+            "optimizer_scalars": scalars,
+            "param_groups": optim["param_groups"],
+            "schedule": schedule.state_dict(),  # a plain function's lr_lambdas entry is None: JSON-safe
+            "python_rng": rng.getstate(),
+        }
+        partial = self.directory / (PROGRESS_JSON + ".tmp")
+        partial.write_text(json.dumps(payload), encoding="utf-8")
+        partial.replace(self.directory / PROGRESS_JSON)
+        for old in self.directory.glob("epoch-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+
+    def clear(self) -> None:
+        """Remove the checkpoints (a finished run needs none)."""
+        if self.directory is not None and self.directory.is_dir():
+            shutil.rmtree(self.directory)
+
+    def _read_json(self) -> dict[str, Any]:
+        path = self.directory / PROGRESS_JSON
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: unreadable training progress ({exc}); discard it and start again") from exc
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in state:
+                p.copy_(state[name])
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*_with_prefix(tensors, "optim.").items(), *scalars.items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return state

@@ -1,0 +1,82 @@
+"""Epoch checkpoints: an interrupted tuning run resumes and ends with the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import lmshield.tuning.trainer as trainer
+from lmshield.errors import InputError
+from lmshield.models import Encoder
+from lmshield.tuning import TuningConfig, tune
+from tests.tuning.helpers import tiny_task
+
+# LoRA with dropout: resuming must restore the optimizer, the schedule, the data order and torch's RNG
+RUN_EPOCH = trainer._run_epoch
+CONFIG = TuningConfig(method="lora", epochs=3, batch_size=16, max_length=32, lr=3e-2, lora_dropout=0.1)
+
+
+def _trainable(result: trainer.TuningResult) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in result.classifier.named_parameters() if p.requires_grad}
+
+
+class Interrupted(Exception):
+    """Stands in for Ctrl-C or a killed job (pytest keeps KeyboardInterrupt for itself)."""
+
+
+def _interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, stop: int) -> list[int]:
+    """Make ``_run_epoch`` raise :class:`Interrupted` at epoch ``stop``; returns the epochs it ran."""
+    ran = []
+
+    def run_epoch(*args, **kwargs):
+        epoch = args[7]
+        if epoch == stop:
+            raise Interrupted
+        ran.append(epoch)
+        return RUN_EPOCH(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_run_epoch", run_epoch)
+    return ran
+
+
+def test_interrupted_run_resumes_to_the_same_weights(
+    trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, dev = tiny_task(64, 1), tiny_task(24, 2)
+    expected = tune(trained_bert, train, dev, CONFIG, progress=False)
+
+    checkpoint = tmp_path / "checkpoint"
+    _interrupt_at_epoch(monkeypatch, stop=3)
+    with pytest.raises(Interrupted):
+        tune(trained_bert, train, dev, CONFIG, checkpoint_dir=checkpoint, progress=False)
+    assert [f.name for f in checkpoint.glob("*.safetensors")] == ["epoch-2.safetensors"]
+
+    ran = _interrupt_at_epoch(monkeypatch, stop=0)  # no interruption now
+    resumed = tune(trained_bert, train, dev, CONFIG, checkpoint_dir=checkpoint, progress=False)
+    assert ran == [3]
+    assert [r.epoch for r in resumed.history] == [1, 2, 3]
+    assert (resumed.best_epoch, resumed.dev_accuracy) == (expected.best_epoch, expected.dev_accuracy)
+    got, want = _trainable(resumed), _trainable(expected)
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+    assert not checkpoint.exists()  # a finished run keeps no checkpoint
+
+
+def test_other_settings_are_refused_unless_fresh(
+    trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, dev = tiny_task(48, 1), tiny_task(16, 2)
+    _interrupt_at_epoch(monkeypatch, stop=2)
+    with pytest.raises(Interrupted):
+        tune(trained_bert, train, dev, CONFIG, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint" / "progress.json").is_file()
+
+    ran = _interrupt_at_epoch(monkeypatch, stop=0)
+    other = CONFIG.replace(seed=1)
+    with pytest.raises(InputError, match="--fresh"):
+        tune(trained_bert, train, dev, other, out_dir=tmp_path, progress=False)
+    with pytest.raises(InputError, match="--fresh"):
+        tune(trained_bert, tiny_task(48, 3), dev, CONFIG, out_dir=tmp_path, progress=False)
+    tune(trained_bert, train, dev, other, out_dir=tmp_path, fresh=True, progress=False)
+    assert ran == [1, 2, 3] and (tmp_path / "training.json").is_file()
