@@ -119,7 +119,7 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
         assert row.auroc >= 0.9 and row.asr_psim <= row.asr
         assert row.flip_asr_psim <= row.flip_asr <= 1.0
     assert len(result.clean_scores) == 80 and len(result.poisoned_scores) == task(80, 23).labels.count(1)
-    for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png"):
+    for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png", "report.md", "psim/psim.json"):
         assert (tmp_path / "out" / name).is_file()
     assert EvalSettings.preset("fast").max_train == 480
 

@@ -373,9 +373,10 @@ def evaluate_release(
 
     Victims start from the released weights with the released head kept; PSIM is fitted once on the task's
     training texts (labels dropped) and reused across strategies. With ``out_dir``: the fitted PSIM
-    (``psim/``), rows (JSON), a Markdown table and the confidence histogram are written there, and progress
-    is kept after PSIM and after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims``
-    returns the tuned victims too (strategies are then tuned again on a rerun).
+    (``psim/``), rows (JSON), a Markdown table, the threshold sweep, the confidence histogram and
+    ``report.md`` (a readable summary of them all) are written there, and progress is kept after PSIM and
+    after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims`` returns the tuned
+    victims too (strategies are then tuned again on a rerun).
     """
     from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
     from lmshield.defenses.psim import PSIM
@@ -445,9 +446,16 @@ def evaluate_release(
     if out is not None:
         (out / "rows.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
         (out / "table.md").write_text(markdown_table(rows), encoding="utf-8")
-        sweep = [asdict(p) for p in threshold_sweep(clean_scores, poisoned_scores)]
-        (out / "sweep.json").write_text(json.dumps(sweep), encoding="utf-8")
+        sweep = threshold_sweep(clean_scores, poisoned_scores)
+        (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
         plot_confidence_histogram(
             clean_scores, poisoned_scores, threshold, out / "psim_confidence.png", f"PSIM: {manifest.attack}"
         )
+        if rows:
+            from lmshield.reports.psim_report import write_psim_report
+
+            write_psim_report(
+                out, rows=rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
+                threshold=threshold, model=str(model_dir),
+            )  # fmt: skip
     return result

@@ -1,0 +1,101 @@
+"""A Markdown report of one PSIM evaluation (a released model on a task), written beside its table and plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmshield.evaluation.psim_eval import PSIMRow, SweepPoint
+
+PSIM_REPORT_FILE = "report.md"
+SWEEP_FRRS = (0.01, 0.02, 0.05, 0.10)
+
+
+def far_at_frr(sweep: Sequence[SweepPoint], frr: float) -> tuple[float, float] | None:
+    """(threshold, FAR) of the lowest threshold whose FRR is at most ``frr``; ``None`` when none is."""
+    allowed = [p for p in sweep if p.frr <= frr]
+    if not allowed:
+        return None
+    best = min(allowed, key=lambda p: p.threshold)
+    return best.threshold, best.far
+
+
+def _sweep_lines(sweep: Sequence[SweepPoint]) -> list[str]:
+    lines = ["| FRR at most | threshold | FAR (triggered inputs passed) |", "|---:|---:|---:|"]
+    for frr in SWEEP_FRRS:
+        point = far_at_frr(sweep, frr)
+        if point is not None:
+            lines.append(f"| {frr:.0%} | {point[0]:.4f} | {point[1]:.3f} |")
+    return lines
+
+
+def _settings_line(settings: dict[str, Any], threshold: float) -> str:
+    psim = {"method": "ptuning", "epochs": 1, **settings.get("psim", {})}
+    how = (
+        f"calibrated to {settings['target_frr']:.1%} FRR on held-out dev texts"
+        if settings.get("target_frr") is not None
+        else "the release's fixed cut"
+    )
+    texts = settings.get("psim_train") or "all"
+    return (
+        f"- PSIM: {psim['method']}, {psim['epochs']} epoch(s) on {texts} training texts with random labels; "
+        f"threshold **{threshold:.4f}** ({how})"
+    )
+
+
+def write_psim_report(
+    directory: str | Path,
+    *,
+    rows: Sequence[PSIMRow],
+    sweep: Sequence[SweepPoint],
+    manifest: dict[str, Any],
+    settings: dict[str, Any],
+    threshold: float,
+    model: str,
+    histogram: str = "psim_confidence.png",
+) -> Path:
+    """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path."""
+    first = rows[0]
+    lines = [
+        f"# lmshield PSIM evaluation: {first.attack} on {first.dataset}",
+        "",
+        f"- released model: `{model}`",
+        f"- attack (ground truth from backdoor.json; PSIM never sees it): {manifest.get('attack')}, "
+        f"trigger {', '.join(map(str, manifest.get('triggers', [])))}, target label {manifest.get('target_label')}, "
+        f"{manifest.get('label_mode')}-label, {manifest.get('poison_count')} of {manifest.get('num_texts')} texts",
+        _settings_line(settings, threshold),
+        f"- detection: FRR **{first.frr:.1%}** of clean test inputs flagged, FAR **{first.far:.1%}** of triggered "
+        f"inputs passed, ROC-AUC **{first.auroc:.3f}**",
+        "",
+        "## Victims",
+        "",
+        "| strategy | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | flip ASR | flip ASR + PSIM |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
+        metrics = " | ".join(f"{v:.3f}" for v in (*values, r.flip_asr, r.flip_asr_psim))
+        lines.append(f"| {r.strategy} | {metrics} |")
+    lines += [
+        "",
+        "How to read it:",
+        "- *with PSIM* uses the release's scoring: a flagged triggered input counts as defended, a flagged clean "
+        "input as an error, so the clean-accuracy drop is the price of the defense.",
+        "- *ASR* counts every triggered non-target input labelled as the target; *flip ASR* only those the victim "
+        "labels correctly without the trigger, leaving out its ordinary errors.",
+        "- FRR, FAR and ROC-AUC describe PSIM alone and are the same for every victim.",
+        "",
+        "## Threshold sweep (clean and triggered test inputs)",
+        "",
+        *_sweep_lines(sweep),
+        "",
+        f"![PSIM confidence, clean vs triggered]({histogram})",
+        "",
+    ]
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PSIM_REPORT_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,41 @@
+"""The PSIM report: the victims' table, the detection line and the sweep at fixed FRRs, from a hand-made example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmshield.evaluation.psim_eval import psim_row, threshold_sweep
+from lmshield.reports import write_psim_report
+from lmshield.reports.psim_report import far_at_frr
+
+CLEAN, POISONED = [0.9, 0.6, 0.5, 0.65], [0.95, 0.8, 0.99, 0.6, 0.75]
+MANIFEST = {"attack": "badnet", "triggers": ["mn"], "target_label": 0, "label_mode": "clean", "poison_count": 3,
+            "num_texts": 8}  # fmt: skip
+
+
+def test_far_at_frr_takes_the_lowest_threshold_within_the_budget() -> None:
+    sweep = threshold_sweep(CLEAN, POISONED)
+    assert far_at_frr(sweep, 0.25) == (0.65, 0.2)  # flags 0.9 of the clean, passes only the 0.6 triggered
+    assert far_at_frr(sweep, 0.0) == (0.9, 0.6)
+    assert far_at_frr(sweep, -1.0) is None
+
+
+def test_report_holds_the_rows_detection_and_sweep(tmp_path: Path) -> None:
+    row = psim_row(
+        attack="badnet", strategy="lora", dataset="toy", clean_predicted=[0, 1, 0, 0], clean_labels=[0, 1, 1, 0],
+        poisoned_predicted=[0, 0, 1, 0, 0], target_label=0, clean_scores=CLEAN, poisoned_scores=POISONED,
+        threshold=0.7, source_predicted=[1, 1, 1, 0, 1], source_labels=[1] * 5,
+    )  # fmt: skip
+    settings = {"psim": {"method": "lora"}, "target_frr": 0.02, "psim_train": 120}
+    path = write_psim_report(
+        tmp_path, rows=[row], sweep=threshold_sweep(CLEAN, POISONED), manifest=MANIFEST, settings=settings,
+        threshold=0.7, model="runs/poison/badnet",
+    )  # fmt: skip
+    text = path.read_text()
+    assert text.startswith("# lmshield PSIM evaluation: badnet on toy")
+    assert "trigger mn, target label 0, clean-label, 3 of 8 texts" in text
+    assert "lora, 1 epoch(s) on 120 training texts" in text and "calibrated to 2.0% FRR" in text
+    assert "FRR **25.0%**" in text and "FAR **20.0%**" in text and "ROC-AUC **0.775**" in text
+    assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.750 | 0.000 |" in text
+    assert "| 2% | 0.9000 | 0.600 |" in text and "![PSIM confidence" in text
+
