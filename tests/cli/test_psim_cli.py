@@ -83,6 +83,26 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert result.exit_code == 2 and "--fresh" in result.output
     assert invoke(*again, "--fresh").exit_code == 0
 
+    # a victim tuned from the release, served behind PSIM: triggered inputs are refused, clean ones answered
+    victim = root / "victim"
+    result = invoke("tune", "--model", model, "--train", files["train"], "--dev", files["dev"], "--method", "lora",
+                    "--keep-head", "--epochs", 2, "--lr", 1e-2, "--batch-size", 16, "--max-length", 32,
+                    "--out", victim, "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = task(60, 5)
+    clean = [t for t, y in zip(data.texts, data.labels, strict=True) if y == 1][:20]
+    triggered = [" ".join([*t.split()[:3], "mn", *t.split()[3:]]) for t in clean]
+    served = root / "served.txt"
+    served.write_text("\n".join(clean + triggered) + "\n")
+    result = invoke("predict", victim, served, "--psim", psim_dir, "--out", root / "served.jsonl")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (root / "served.jsonl").read_text().splitlines()]
+    refused = [r["status"] == "refused" for r in rows]
+    assert all((r["final_label"] is None) == r["flagged"] for r in rows)
+    assert sum(refused[len(clean) :]) >= 0.6 * len(triggered) and sum(refused[: len(clean)]) <= 0.2 * len(clean)
+    both = invoke("predict", victim, served, "--psim", psim_dir, "--scan", root)
+    assert both.exit_code == 2 and "not both" in both.output
+
 
 def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None:
     """The CLI passes the stand-in's clause source through to the paraphraser and the manifest."""

@@ -38,4 +38,3 @@ def test_report_holds_the_rows_detection_and_sweep(tmp_path: Path) -> None:
     assert "FRR **25.0%**" in text and "FAR **20.0%**" in text and "ROC-AUC **0.775**" in text
     assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.750 | 0.000 |" in text
     assert "| 2% | 0.9000 | 0.600 |" in text and "![PSIM confidence" in text
-

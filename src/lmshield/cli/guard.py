@@ -1,4 +1,4 @@
-"""``lmshield predict`` and ``lmshield guard eval``: a tuned classifier guarded by a scan's PVs."""
+"""``lmshield predict`` and ``lmshield guard eval``: a tuned classifier guarded by a scan's PVs (or by PSIM)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def predict_command(
     classifier: Annotated[Path, typer.Argument(help="Tuned classifier directory (lmshield tune --out).")],
     texts: Annotated[Path, typer.Argument(help="Texts: a text file (one a line) or JSON Lines.")],
     scan: Annotated[Path | None, typer.Option(help="Scan result directory: guard predictions with its PVs.")] = None,
+    psim: Annotated[
+        Path | None, typer.Option(help="Saved PSIM directory: refuse the inputs it flags as poisoned.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
     field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
     threshold: Annotated[float, typer.Option(help="Monitor: flag above this share of matching signs.")] = 0.8,
@@ -44,14 +47,20 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Classify a file of texts, guarded when --scan is given; writes one JSON object per text."""
+    """Classify a file of texts, guarded by a scan (--scan) or PSIM (--psim); one JSON object per text."""
     from lmshield.defenses.sanitizer.guard import Guard
     from lmshield.devices import resolve_device
     from lmshield.text import read_texts
     from lmshield.tuning import TunedClassifier
 
+    if scan is not None and psim is not None:
+        raise InputError("give --scan or --psim, not both")
+    if psim is not None and calibrate is not None:
+        raise InputError("--calibrate goes with --scan; set a PSIM's threshold with lmshield psim calibrate")
     items = read_texts(texts, field)
-    if scan is None:
+    if psim is not None:
+        rows = _psim_rows(classifier, psim, items, resolve_device(device))
+    elif scan is None:
         model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device))
         output = model.classify(items, batch_size)
         rows = [
@@ -75,6 +84,30 @@ def predict_command(
         refused = sum(r["status"] == "refused" for r in rows)
         typer.secho(f"{len(rows)} texts: {flagged} flagged, {refused} refused", err=True)
     _write_jsonl(rows, out)
+
+
+def _psim_rows(classifier: Path, psim_dir: Path, items: list[str], device: str | None) -> list[dict]:
+    """The victim's answers behind PSIM: refused inputs get no label."""
+    from lmshield.defenses.psim import PSIM, ShieldedClassifier
+    from lmshield.tuning import TunedClassifier
+
+    victim = TunedClassifier.from_pretrained(classifier, device=device)
+    psim = PSIM.from_pretrained(psim_dir, device=device, progress=False)
+    if psim.num_labels_ != len(victim.label_names):
+        raise InputError(f"the PSIM knows {psim.num_labels_} labels, the classifier {len(victim.label_names)}")
+    report = ShieldedClassifier(psim, victim).predict(items)
+    typer.secho(report.summary(), err=True)
+    return [
+        {
+            "text": text,
+            "status": "refused" if label is None else "clean",
+            "final_label": label,
+            "label_name": None if label is None else victim.label_names[label],
+            "flagged": label is None,
+            "psim_score": score,
+        }
+        for text, label, score in zip(items, report.labels, report.scores, strict=True)
+    ]
 
 
 def _triggers(backdoor: Path | None, triggers: str | None) -> list[str]:
