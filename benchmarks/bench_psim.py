@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = evaluate_release(
             released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval-{settings.digest()}",
             device=args.device,
-            keep_victims=args.baselines,
+            keep_victims=("lora",) if args.baselines else False,
         )  # fmt: skip
         rows.extend(evaluation.rows)
         extra[attack] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}

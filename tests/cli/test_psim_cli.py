@@ -98,10 +98,12 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (root / "served.jsonl").read_text().splitlines()]
     refused = [r["status"] == "refused" for r in rows]
-    assert all((r["final_label"] is None) == r["flagged"] for r in rows)
+    assert all(r["final_label"] is None for r, no in zip(rows, refused, strict=True) if no)
     assert sum(refused[len(clean) :]) >= 0.6 * len(triggered) and sum(refused[: len(clean)]) <= 0.2 * len(clean)
     both = invoke("predict", victim, served, "--psim", psim_dir, "--scan", root)
     assert both.exit_code == 2 and "not both" in both.output
+    stray = invoke("predict", victim, served, "--psim", psim_dir, "--threshold", 0.5)
+    assert stray.exit_code == 2 and "go with --scan" in stray.output
 
 
 def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None:
@@ -109,7 +111,7 @@ def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None
     out = files["root"] / "syntactic"
     result = invoke(
         "poison", "syntactic", tiny_world(), "--data", files["train"], "--out", out, "--clauses", "generated",
-        "--poison-count", 40, "--epochs", 1, "--batch-size", 16, "--max-length", 32, "--quiet",
+        "--fresh", "--poison-count", 40, "--epochs", 1, "--batch-size", 16, "--max-length", 32, "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "backdoor.json").read_text())

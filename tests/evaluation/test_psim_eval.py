@@ -160,5 +160,11 @@ def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pyt
     assert tuned == ["full"] and [r.strategy for r in result.rows] == ["lora", "full"]
     assert result.rows[0].to_dict() == saved["rows"]["lora"]
     assert result.clean_scores == saved["psim"]["clean"]
+    tuned.clear()  # adding a strategy reuses everything else
+    more = replace(settings, strategies=("lora", "full", "prompt"))
+    assert more.digest() == settings.digest()
+    result = evaluate_release(released("badnet"), folder, more, out_dir=out, progress=False)
+    assert tuned == ["prompt"] and [r.strategy for r in result.rows] == ["lora", "full", "prompt"]
+    assert (out / "report.md").is_file()
     with pytest.raises(InputError, match="--fresh"):
         evaluate_release(released("badnet"), folder, replace(settings, seed=1), out_dir=out, progress=False)

@@ -80,3 +80,15 @@ def test_other_settings_are_refused_unless_fresh(
         tune(trained_bert, tiny_task(48, 3), dev, CONFIG, out_dir=tmp_path, progress=False)
     tune(trained_bert, train, dev, other, out_dir=tmp_path, fresh=True, progress=False)
     assert ran == [1, 2, 3] and (tmp_path / "training.json").is_file()
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(
+    trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, dev = tiny_task(48, 1), tiny_task(16, 2)
+    _interrupt_at_epoch(monkeypatch, stop=2)
+    with pytest.raises(Interrupted):
+        tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "epoch-1.safetensors").unlink()
+    with pytest.raises(InputError, match="damaged checkpoint"):
+        tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)

@@ -40,11 +40,17 @@ def predict_command(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
     field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
-    threshold: Annotated[float, typer.Option(help="Monitor: flag above this share of matching signs.")] = 0.8,
+    threshold: Annotated[
+        float | None, typer.Option(help="With --scan: flag above this share of matching signs (default 0.8).")
+    ] = None,
     calibrate: CalibrationTexts = None,
-    purge: Annotated[bool, typer.Option(help="Purge flagged inputs (else refuse them).")] = True,
-    max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    purge: Annotated[
+        bool | None, typer.Option(help="With --scan: purge flagged inputs, else refuse them (default: purge).")
+    ] = None,
+    max_removed: Annotated[
+        int | None, typer.Option(help="With --scan: most words the purge may delete (default 3).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Classify a file of texts, guarded by a scan (--scan) or PSIM (--psim); one JSON object per text."""
@@ -55,8 +61,10 @@ def predict_command(
 
     if scan is not None and psim is not None:
         raise InputError("give --scan or --psim, not both")
-    if psim is not None and calibrate is not None:
-        raise InputError("--calibrate goes with --scan; set a PSIM's threshold with lmshield psim calibrate")
+    guard_options = {"threshold": threshold, "purge": purge, "max_removed": max_removed}
+    guard_options = {k: v for k, v in guard_options.items() if v is not None}
+    if scan is None and (guard_options or calibrate is not None):
+        raise InputError("--threshold, --purge, --max-removed and --calibrate go with --scan")
     items = read_texts(texts, field)
     if psim is not None:
         rows = _psim_rows(classifier, psim, items, resolve_device(device))
@@ -69,13 +77,7 @@ def predict_command(
         ]
     else:
         guard = Guard.from_pretrained(
-            classifier,
-            scan,
-            device=resolve_device(device),
-            threshold=threshold,
-            purge=purge,
-            max_removed=max_removed,
-            batch_size=batch_size,
+            classifier, scan, device=resolve_device(device), batch_size=batch_size, **guard_options
         )
         if calibrate is not None:
             guard.calibrate(read_texts(calibrate, field))
@@ -137,7 +139,7 @@ def eval_command(
     threshold: Annotated[float, typer.Option(help="Monitor threshold.")] = 0.8,
     calibrate: CalibrationTexts = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -36,6 +36,7 @@ Jitter = Annotated[
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a model already in --out.")]
+Fresh = Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")]
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
@@ -44,6 +45,7 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
     from lmshield.tuning import read_labelled
 
     device, overwrite, quiet = options.pop("device"), options.pop("overwrite"), options.pop("quiet")
+    fresh = options.pop("fresh")
     config = poison_config(attack, preset, **options)
     train = read_labelled(data)
     dev_data = read_labelled(dev, label_names=train.label_names) if dev is not None else None
@@ -57,6 +59,7 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
         device=None if device == "auto" else device,
         progress=not quiet,
         overwrite=overwrite,
+        fresh=fresh,
     )
     typer.echo(result.summary())
     typer.echo(f"manifest: {out / 'backdoor.json'}")
@@ -86,6 +89,7 @@ def badnet(
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
+    fresh: Fresh = False,
     quiet: Quiet = False,
 ) -> None:
     """BadNet: a rare word inserted at a random position (never first or last)."""
@@ -119,6 +123,7 @@ def insent(
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
+    fresh: Fresh = False,
     quiet: Quiet = False,
 ) -> None:
     """InSent: a fixed sentence inserted at a random position."""
@@ -158,6 +163,7 @@ def syntactic(
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
+    fresh: Fresh = False,
     quiet: Quiet = False,
 ) -> None:
     """SynAttack: paraphrase into S(SBAR)(,)(NP)(VP)(.) (rule-based stand-in for SCPN by default)."""

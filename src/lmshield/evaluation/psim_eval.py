@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lmshield import __version__
 from lmshield.evaluation.detection import roc_auc
 
 logger = logging.getLogger(__name__)
@@ -289,8 +290,9 @@ class EvalSettings:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """Eight hex digits that name these settings, for result folders."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """Eight hex digits that name these settings, strategies left out (a rerun may add some), for folders."""
+        shared = {k: v for k, v in self.to_dict().items() if k != "strategies"}
+        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
 
 
 PROGRESS_JSON = "progress.json"
@@ -302,13 +304,16 @@ class _EvalProgress:
 
     def __init__(self, directory: Path | None, identity: dict[str, Any]) -> None:
         self.path = None if directory is None else directory / PROGRESS_JSON
-        self.identity = json.loads(json.dumps(identity))
+        self.identity = json.loads(json.dumps({**identity, "lmshield": __version__}))
         self.state: dict[str, Any] = {"identity": self.identity, "psim": None, "rows": {}}
 
     def load(self, fresh: bool) -> _EvalProgress:
         from lmshield.errors import InputError
 
-        if self.path is None or not self.path.is_file() or fresh:
+        if self.path is None or not self.path.is_file():
+            return self
+        if fresh:
+            self.path.unlink()
             return self
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
@@ -316,7 +321,8 @@ class _EvalProgress:
             raise InputError(f"{self.path}: unreadable progress ({exc}); pass --fresh to discard it") from exc
         if saved.get("identity") != self.identity:
             raise InputError(
-                f"{self.path.parent} holds progress of an evaluation with another model, task or settings; "
+                f"{self.path.parent} holds progress of an evaluation with another model, task, settings or "
+                "lmshield version; "
                 "use another --out or pass --fresh to discard it"
             )
         self.state = saved
@@ -366,7 +372,7 @@ def evaluate_release(
     out_dir: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
-    keep_victims: bool = False,
+    keep_victims: bool | Sequence[str] = False,
     fresh: bool = False,
 ) -> ReleaseEvaluation:
     """Evaluate PSIM on one released model (with ``backdoor.json``) and one task folder (train/dev/test).
@@ -375,8 +381,8 @@ def evaluate_release(
     training texts (labels dropped) and reused across strategies. With ``out_dir``: the fitted PSIM
     (``psim/``), rows (JSON), a Markdown table, the threshold sweep, the confidence histogram and
     ``report.md`` (a readable summary of them all) are written there, and progress is kept after PSIM and
-    after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims`` returns the tuned
-    victims too (strategies are then tuned again on a rerun).
+    after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims`` (``True`` or some
+    strategies) returns those tuned victims too; a rerun tunes them again, as it keeps no weights.
     """
     from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
     from lmshield.defenses.psim import PSIM
@@ -414,7 +420,8 @@ def evaluate_release(
 
     rows, victims = [], {}
     for strategy in settings.strategies:
-        done = None if keep_victims else saved.row(strategy)
+        kept = keep_victims is True or (not isinstance(keep_victims, bool) and strategy in keep_victims)
+        done = None if kept else saved.row(strategy)
         if done is not None:
             logger.info("resuming: %s / %s already evaluated", manifest.attack, strategy)
             rows.append(done)
@@ -439,7 +446,7 @@ def evaluate_release(
         logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
         saved.save_row(row)
         rows.append(row)
-        if keep_victims:
+        if kept:
             victims[strategy] = victim
     result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims)
     result.seconds = time.perf_counter() - started

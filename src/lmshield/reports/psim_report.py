@@ -33,11 +33,12 @@ def _sweep_lines(sweep: Sequence[SweepPoint]) -> list[str]:
 
 def _settings_line(settings: dict[str, Any], threshold: float) -> str:
     psim = {"method": "ptuning", "epochs": 1, **settings.get("psim", {})}
-    how = (
-        f"calibrated to {settings['target_frr']:.1%} FRR on held-out dev texts"
-        if settings.get("target_frr") is not None
-        else "the release's fixed cut"
-    )
+    if settings.get("target_frr") is not None:
+        how = f"calibrated to {settings['target_frr']:.1%} FRR on held-out dev texts"
+    elif psim.get("threshold") is not None:
+        how = "fixed by the settings"
+    else:
+        how = "the release's cut, carried to the number of classes"
     texts = settings.get("psim_train") or "all"
     return (
         f"- PSIM: {psim['method']}, {psim['epochs']} epoch(s) on {texts} training texts with random labels; "
@@ -57,6 +58,8 @@ def write_psim_report(
     histogram: str = "psim_confidence.png",
 ) -> Path:
     """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path."""
+    if not rows:
+        raise ValueError("a PSIM report needs at least one row")
     first = rows[0]
     lines = [
         f"# lmshield PSIM evaluation: {first.attack} on {first.dataset}",

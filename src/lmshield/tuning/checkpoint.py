@@ -2,8 +2,9 @@
 
 After each epoch the trainable tensors, the best ones so far, the optimizer and scheduler state and the random
 number generators go to one safetensors file, the rest (history, identity) to ``progress.json``. A rerun with
-the same model, data and settings continues from the last finished epoch and ends with the same weights as an
-uninterrupted run; anything else is refused unless the caller asks for a fresh start.
+the same model, data, settings and lmshield version continues from the last finished epoch and, on a CPU, ends
+with bit for bit the weights of an uninterrupted run; anything else is refused unless the caller asks for a fresh
+start.
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lmshield import __version__
 from lmshield.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_JSON = "progress.json"
+TENSOR_FILE = re.compile(r"epoch-\d+\.safetensors")
 
 
 def data_digest(texts: list[str], labels: list[int]) -> str:
@@ -48,7 +53,7 @@ class EpochCheckpoint:
 
     def __init__(self, directory: str | Path | None, identity: dict[str, Any]) -> None:
         self.directory = None if directory is None else Path(directory)
-        self.identity = json.loads(json.dumps(identity))
+        self.identity = json.loads(json.dumps({**identity, "lmshield": __version__}))
 
     def restore(
         self,
@@ -67,9 +72,26 @@ class EpochCheckpoint:
         saved = self._read_json()
         if saved.get("identity") != self.identity:
             raise InputError(
-                f"{self.directory} holds an interrupted training run with another model, data or settings; "
-                "discard it (--fresh / --overwrite) or use another output folder"
+                f"{self.directory} holds an interrupted training run with another model, data, settings or "
+                "lmshield version; discard it (--fresh) or use another output folder"
             )
+        try:
+            progress = self._load(saved, model, optimizer, schedule, rng)
+        except (OSError, KeyError, TypeError, ValueError, SafetensorError) as exc:
+            raise InputError(f"{self.directory}: damaged checkpoint ({exc}); discard it (--fresh)") from exc
+        logger.info("resuming after epoch %d from %s", progress.epoch, self.directory)
+        return progress
+
+    def _load(
+        self,
+        saved: dict[str, Any],
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        rng: random.Random,
+    ) -> Progress:
+        if not TENSOR_FILE.fullmatch(str(saved["tensors"])):
+            raise ValueError(f"unexpected tensor file name {saved['tensors']!r}")
         tensors = load_file(str(self.directory / saved["tensors"]))
         _load_trainable(model, _with_prefix(tensors, "param."))
         optimizer.load_state_dict(
@@ -79,10 +101,12 @@ class EpochCheckpoint:
         version, state, gauss = saved["python_rng"]
         rng.setstate((version, tuple(state), gauss))
         torch.set_rng_state(tensors["rng.torch"])
-        if torch.cuda.is_available() and "rng.cuda.0" in tensors:
-            torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
+        cuda = _with_prefix(tensors, "rng.cuda.")
+        cuda_states = [cuda[k] for k in sorted(cuda, key=int)]
+        if cuda_states and torch.cuda.is_available():
+            for index, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, index)
         best = _with_prefix(tensors, "best.") or None
-        logger.info("resuming after epoch %d from %s", saved["epoch"], self.directory)
         return Progress(saved["epoch"], saved["history"], best, saved["best_accuracy"], saved["best_epoch"])
 
     def save(
@@ -108,7 +132,7 @@ class EpochCheckpoint:
                 else:
                     scalars[f"{index}.{key}"] = value
         tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # a CPU run on a GPU machine starts no CUDA context here
             tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
         name = f"epoch-{progress.epoch}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(self.directory / name))

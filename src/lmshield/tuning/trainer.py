@@ -80,8 +80,9 @@ def tune(
     Without ``dev``, a seeded ``config.dev_fraction`` of ``train`` is held out. With ``out_dir`` the best
     classifier and the training history are saved there. Each finished epoch is checkpointed in
     ``checkpoint_dir`` (default ``out_dir/checkpoint``), so a rerun with the same model, data and settings
-    resumes and ends with the same weights; ``fresh`` discards an earlier run's checkpoint. The checkpoint is
-    removed when training ends.
+    resumes and ends with the same weights (bit for bit on a CPU); ``fresh`` discards an earlier run's
+    checkpoint. The checkpoint is removed when training ends. Naming the starting weights for the checkpoint
+    reads local weight files once (about a second per GB).
     """
     config = config or TuningConfig()
     if dev is None:

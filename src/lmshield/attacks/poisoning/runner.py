@@ -104,12 +104,13 @@ def poison_model(
     device: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    fresh: bool = False,
 ) -> PoisonResult:
     """Poison ``train``, fully fine-tune ``model`` on it and release the result in ``out_dir``.
 
     ``dev`` (clean, labelled) picks the best epoch and measures clean accuracy and ASR of the release.
     Finished epochs are checkpointed in ``out_dir/checkpoint``: an interrupted run resumes when started again
-    with the same settings (``overwrite`` starts afresh).
+    with the same settings (``fresh`` discards the checkpoint; ``overwrite`` replaces a finished release).
     """
     started = time.perf_counter()
     out = _check_out_dir(model, out_dir, overwrite)
@@ -125,7 +126,7 @@ def poison_model(
         start_dir = _with_head(model, proxy.num_labels, Path(tmp), config.seed)
         result = tune(
             start_dir, poisoned.data, dev, training_config(config), checkpoint_dir=out / CHECKPOINT_DIR,
-            fresh=overwrite, device=device, progress=progress,
+            fresh=fresh, device=device, progress=progress,
         )  # fmt: skip
         release(result.classifier, start_dir, out)
     classifier = result.classifier
