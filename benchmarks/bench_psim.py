@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "--position-jitter", type=int, default=0, help="train the released model with position ids shifted 0..N"
     )
     parser.add_argument("--target-frr", type=float, default=None, help="calibrate PSIM on SST-2 dev texts")
+    parser.add_argument("--victim-train", type=int, default=None, help="SST-2 sentences per victim (default: preset)")
+    parser.add_argument("--victim-epochs", type=int, default=None, help="victim epochs (default: preset)")
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = EvalSettings.preset(args.preset)
     changes = {"target_frr": args.target_frr}
+    if args.victim_train is not None:
+        changes["max_train"] = args.victim_train
+    if args.victim_epochs is not None:
+        changes["victim"] = {**settings.victim, "epochs": args.victim_epochs}
     if args.strategies:
         changes["strategies"] = tuple(s for s in args.strategies.split(",") if s)
     if args.baselines and "lora" not in (changes.get("strategies") or settings.strategies):
@@ -182,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     named_by = "syntactic" if "syntactic" in attacks else attacks[0]  # --sentences / --clauses name only SynAttack runs
     name = f"psim-{args.preset}" + variant_suffix(poison_overrides(named_by, args))
     name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
+    name += "" if args.victim_train is None else f"-victims{args.victim_train}"
+    name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
