@@ -41,6 +41,13 @@ def _interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, stop: int) -> list[int]
     return ran
 
 
+def _start_and_interrupt(monkeypatch: pytest.MonkeyPatch, encoder: Encoder, train, dev, **where: Path) -> None:
+    """Tune with CONFIG until epoch 2 starts, then interrupt: the checkpoint holds epoch 1."""
+    _interrupt_at_epoch(monkeypatch, stop=2)
+    with pytest.raises(Interrupted):
+        tune(encoder, train, dev, CONFIG, progress=False, **where)
+
+
 def test_interrupted_run_resumes_to_the_same_weights(
     trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,9 +74,7 @@ def test_other_settings_are_refused_unless_fresh(
     trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     train, dev = tiny_task(48, 1), tiny_task(16, 2)
-    _interrupt_at_epoch(monkeypatch, stop=2)
-    with pytest.raises(Interrupted):
-        tune(trained_bert, train, dev, CONFIG, out_dir=tmp_path, progress=False)
+    _start_and_interrupt(monkeypatch, trained_bert, train, dev, out_dir=tmp_path)
     assert (tmp_path / "checkpoint" / "progress.json").is_file()
 
     ran = _interrupt_at_epoch(monkeypatch, stop=0)
@@ -86,9 +91,7 @@ def test_a_damaged_checkpoint_is_a_one_line_error(
     trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     train, dev = tiny_task(48, 1), tiny_task(16, 2)
-    _interrupt_at_epoch(monkeypatch, stop=2)
-    with pytest.raises(Interrupted):
-        tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
+    _start_and_interrupt(monkeypatch, trained_bert, train, dev, checkpoint_dir=tmp_path)
     (tmp_path / "epoch-1.safetensors").unlink()
     with pytest.raises(InputError, match="damaged checkpoint"):
         tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
