@@ -10,7 +10,8 @@ victim per strategy (full, LoRA, prompt, P-tuning, prefix) from the released wei
 kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim (``--baselines``): STRIP
 (calibrated to the same FRR as PSIM) and, for BadNet ``mn`` with target 0, the precomputed back-translation
 and SCPN paraphrases. The SynAttack here uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated``
-gives it varied opening clauses (a shape trigger rather than five fixed phrases).
+gives it varied opening clauses (a shape trigger rather than five fixed phrases). ``--victim-train N
+--victim-epochs E`` train the victims on more data than the preset's.
 Results: benchmarks/results/psim-<preset>.md and .json; the fitted PSIM, histograms and per-strategy progress
 under the cache folder (<attack>-eval-<settings digest>), so an interrupted run resumes where it stopped.
 Set OMP_NUM_THREADS=1 on a shared machine.
