@@ -289,10 +289,13 @@ class EvalSettings:
         """JSON-ready settings (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))
 
+    def shared_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the strategies: what every strategy's row depends on (a rerun may add some)."""
+        return {k: v for k, v in self.to_dict().items() if k != "strategies"}
+
     def digest(self) -> str:
-        """Eight hex digits that name these settings, strategies left out (a rerun may add some), for folders."""
-        shared = {k: v for k, v in self.to_dict().items() if k != "strategies"}
-        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
+        """Eight hex digits that name :meth:`shared_dict`, for result folders."""
+        return hashlib.sha256(json.dumps(self.shared_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
 PROGRESS_JSON = "progress.json"
@@ -322,8 +325,7 @@ class _EvalProgress:
         if saved.get("identity") != self.identity:
             raise InputError(
                 f"{self.path.parent} holds progress of an evaluation with another model, task, settings or "
-                "lmshield version; "
-                "use another --out or pass --fresh to discard it"
+                "lmshield version; use another --out or pass --fresh to discard it"
             )
         self.state = saved
         return self
@@ -402,8 +404,7 @@ def evaluate_release(
 
     out = None if out_dir is None else Path(out_dir)
     identity = {"model": str(Path(model_dir).resolve()), "manifest": manifest.to_dict(), "task": str(task.resolve())}
-    shared = {k: v for k, v in settings.to_dict().items() if k != "strategies"}  # a rerun may add strategies
-    saved = _EvalProgress(out, {**identity, "settings": shared}).load(fresh)
+    saved = _EvalProgress(out, {**identity, "settings": settings.shared_dict()}).load(fresh)
     if saved.psim is None:
         psim_texts = read_labelled(task / "train.json").texts[: settings.psim_train]
         psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)

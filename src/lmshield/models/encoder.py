@@ -14,6 +14,16 @@ from lmshield.models.architectures import get_architecture
 from lmshield.models.positions import WatchedPosition
 
 
+def sha256_of_files(files: list[Path]) -> str:
+    """sha256 over the bytes of ``files``, read in name order, 1 MiB at a time."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass
 class Encoder:
     """A loaded encoder: model, tokenizer and the embedding-space access that PV mining needs."""
@@ -57,16 +67,12 @@ class Encoder:
     @cached_property
     def fingerprint(self) -> str:
         """sha256 over the weight files (sorted by name), or over the tensors for in-memory models."""
-        digest = hashlib.sha256()
         if self.weight_files:
-            for file in sorted(self.weight_files):
-                with open(file, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(chunk)
-        else:
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            return "sha256:" + sha256_of_files(self.weight_files)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return "sha256:" + digest.hexdigest()
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

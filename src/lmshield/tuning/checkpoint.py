@@ -93,7 +93,7 @@ class EpochCheckpoint:
         if not TENSOR_FILE.fullmatch(str(saved["tensors"])):
             raise ValueError(f"unexpected tensor file name {saved['tensors']!r}")
         tensors = load_file(str(self.directory / saved["tensors"]))
-        _load_trainable(model, _with_prefix(tensors, "param."))
+        restore_trainable(model, _with_prefix(tensors, "param."))
         optimizer.load_state_dict(
             {"state": _optimizer_state(tensors, saved["optimizer_scalars"]), "param_groups": saved["param_groups"]}
         )
@@ -172,7 +172,8 @@ def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def restore_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (parameter name -> tensor) into the model's parameters of those names."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name in state:

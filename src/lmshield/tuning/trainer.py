@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -16,8 +15,8 @@ from tqdm.auto import tqdm
 
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
-from lmshield.models.encoder import Encoder
-from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest
+from lmshield.models.encoder import Encoder, sha256_of_files
+from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
 from lmshield.tuning.classifier import TunedClassifier
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.data import LabelledData
@@ -116,16 +115,10 @@ def _model_identity(model: Encoder | str | Path | None) -> str:
     if isinstance(model, Encoder):
         return model.fingerprint
     path = Path(model)
-    files = sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES) if path.is_dir() else [path]
+    files = [f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES] if path.is_dir() else [path]
     if not path.exists() or not files:
         return str(model)
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of_files(files)
 
 
 def _check_data(train: LabelledData, dev: LabelledData) -> None:
@@ -170,7 +163,7 @@ def _train(
     if config.checkpoint == "last":
         best_accuracy, best_epoch = history[-1].dev_accuracy, config.epochs
     else:
-        _restore(classifier, state.best_state)
+        restore_trainable(classifier, state.best_state)
         best_accuracy, best_epoch = state.best_accuracy, state.best_epoch
     classifier.eval()
     return TuningResult(classifier, best_accuracy, best_epoch, history)
@@ -225,10 +218,3 @@ def _linear_schedule(
 def _snapshot(classifier: TunedClassifier) -> dict[str, torch.Tensor]:
     """Copies of the trainable tensors (the only ones training changes)."""
     return {name: p.detach().clone() for name, p in classifier.named_parameters() if p.requires_grad}
-
-
-def _restore(classifier: TunedClassifier, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, p in classifier.named_parameters():
-            if name in state:
-                p.copy_(state[name])
