@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The behaviour tests train tiny models whose margins were set on the CPU; CUDA draws dropout from other random
+# streams, so they run on the CPU everywhere. tests/test_cuda.py checks the CUDA paths against the CPU.
+os.environ.setdefault("LMSHIELD_DEVICE", "cpu")
 
 from pathlib import Path
 

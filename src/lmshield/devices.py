@@ -1,22 +1,33 @@
-"""Device selection: CUDA when present, else CPU; an explicit choice always wins."""
+"""Device selection: CUDA when present, else CPU; ``LMSHIELD_DEVICE`` sets the default; an explicit choice wins."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from lmshield.errors import InputError
 
+DEVICE_VARIABLE = "LMSHIELD_DEVICE"
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """Return the torch device to use; ``None`` or ``"auto"`` picks CUDA when available."""
+    """Return the torch device to use.
+
+    ``None`` or ``"auto"`` takes the ``LMSHIELD_DEVICE`` environment variable when it is set (``cpu``,
+    ``cuda``, ``cuda:N``), else CUDA when available, else the CPU.
+    """
+    source = "device"
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device, source = os.environ.get(DEVICE_VARIABLE, "").strip() or "auto", DEVICE_VARIABLE
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+        raise InputError(f"unknown {source} {str(device)!r}: use auto, cpu, cuda or cuda:N") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available on this machine")
+        raise InputError(f"{source} {str(device)!r} requested but CUDA is not available on this machine")
     return resolved
 
 

@@ -310,8 +310,9 @@ def test_each_attack_releases_a_backdoored_model(attack: str) -> None:
 
 def test_released_weights_load_as_a_plain_hf_classifier() -> None:
     directory = released("badnet")
-    model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True).eval()
     classifier = released_classifier(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+    model = model.to(classifier.device).eval()
     texts = ["the happy city was warm near the river today", "the sad mn city was cold", ""]
     batch = classifier.encode(texts)
     with torch.no_grad():

@@ -247,7 +247,7 @@ def released_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_kept_head_is_the_released_head(released_dir: Path) -> None:
     classifier = TunedClassifier.build(str(released_dir), fast("lora", keep_head=True), ["a", "b", "c"]).eval()
     assert isinstance(classifier.head, ReleasedHead)
-    released = AutoModelForSequenceClassification.from_pretrained(released_dir).eval()
+    released = AutoModelForSequenceClassification.from_pretrained(released_dir).to(classifier.device).eval()
     batch = classifier.encode(["the dog slept.", "a quiet city"])
     # LoRA starts as the identity, so the kept head must reproduce the released model exactly
     assert torch.allclose(classifier(**batch).logits, released(**batch).logits, atol=1e-5)

@@ -42,6 +42,13 @@ def zoo(zoo_base, tmp_path_factory):
     return spec_file, out
 
 
+@pytest.fixture(scope="module")
+def scanned(zoo):
+    """The zoo scanned once (the CLI test reuses its results folder, whichever test runs first)."""
+    _, out = zoo
+    return scan_zoo(out, progress=False)
+
+
 def test_spec_expands_lists_into_models(tmp_path):
     spec = parse_spec(
         {
@@ -93,9 +100,9 @@ def test_build_resumes_and_rebuilds_unfinished(zoo):
     assert (out / "id-0000" / "clean.json").is_file() and len(rows) == 4
 
 
-def test_scan_measures_detection(zoo):
+def test_scan_measures_detection(zoo, scanned):
     _, out = zoo
-    found = scan_zoo(out, progress=False)
+    found = scanned
     verdicts = [r["verdict"] for r in found.rows]
     assert verdicts == ["clean", "clean", "clean", "backdoored"], found.markdown()
     assert found.metrics.accuracy == 1.0 and found.metrics.fpr == 0.0 and found.metrics.fnr == 0.0
@@ -110,7 +117,7 @@ def test_scan_measures_detection(zoo):
         scan_zoo(out, overrides={"max_seeds": 2}, progress=False)
 
 
-def test_cli_scan_prints_the_table(zoo, tmp_path):
+def test_cli_scan_prints_the_table(zoo, scanned, tmp_path):
     _, out = zoo
     shutil.copytree(out / "scans", tmp_path / "scans")
     result = CliRunner().invoke(app, ["zoo", "scan", str(out), "--results", str(tmp_path / "scans"), "--quiet"])
