@@ -104,6 +104,19 @@ def test_progress_of_other_settings_is_not_reused(bert_pair, tmp_path: Path):
     assert scan(clean, TINY_SCAN.replace(lr=1e-3), progress=False, out_dir=tmp_path, fresh=True).verdict == "clean"
 
 
+def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):
+    clean, _, _ = bert_pair
+    config = TINY_SCAN.replace(max_seeds=2)
+    scan(clean, config, progress=False, out_dir=tmp_path)
+    (tmp_path / "progress.safetensors").write_bytes(b"not tensors")
+    with pytest.raises(InputError, match=r"damaged scan progress.*--fresh"):
+        scan(clean, config, progress=False, out_dir=tmp_path)
+    (tmp_path / "progress.json").write_text("{", encoding="utf-8")
+    with pytest.raises(InputError, match=r"unreadable progress.*--fresh"):
+        scan(clean, config, progress=False, out_dir=tmp_path)
+    assert scan(clean, config, progress=False, out_dir=tmp_path, fresh=True).verdict == "clean"
+
+
 @pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
 def test_every_architecture_can_be_scanned(model_type: str):
     encoder = tiny_encoder(model_type)

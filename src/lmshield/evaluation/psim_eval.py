@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lmshield import __version__
 from lmshield.evaluation.detection import roc_auc
+from lmshield.progress import read_progress, stamp, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -307,27 +307,16 @@ class _EvalProgress:
 
     def __init__(self, directory: Path | None, identity: dict[str, Any]) -> None:
         self.path = None if directory is None else directory / PROGRESS_JSON
-        self.identity = json.loads(json.dumps({**identity, "lmshield": __version__}))
+        self.identity = stamp(identity)
         self.state: dict[str, Any] = {"identity": self.identity, "psim": None, "rows": {}}
 
     def load(self, fresh: bool) -> _EvalProgress:
-        from lmshield.errors import InputError
-
         if self.path is None or not self.path.is_file():
             return self
         if fresh:
             self.path.unlink()
             return self
-        try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{self.path}: unreadable progress ({exc}); pass --fresh to discard it") from exc
-        if saved.get("identity") != self.identity:
-            raise InputError(
-                f"{self.path.parent} holds progress of an evaluation with another model, task, settings or "
-                "lmshield version; use another --out or pass --fresh to discard it"
-            )
-        self.state = saved
+        self.state = read_progress(self.path, self.identity, "an evaluation")
         return self
 
     @property
@@ -348,10 +337,7 @@ class _EvalProgress:
 
     def _write(self) -> None:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(".tmp")
-            partial.write_text(json.dumps(self.state), encoding="utf-8")
-            partial.replace(self.path)
+            write_json(self.path, self.state)
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmshield import __version__
 from lmshield.errors import InputError
+from lmshield.progress import FRESH_HINT, read_progress, stamp, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class EpochCheckpoint:
 
     def __init__(self, directory: str | Path | None, identity: dict[str, Any]) -> None:
         self.directory = None if directory is None else Path(directory)
-        self.identity = json.loads(json.dumps({**identity, "lmshield": __version__}))
+        self.identity = stamp(identity)
 
     def restore(
         self,
@@ -69,16 +69,11 @@ class EpochCheckpoint:
         if fresh:
             self.clear()
             return Progress()
-        saved = self._read_json()
-        if saved.get("identity") != self.identity:
-            raise InputError(
-                f"{self.directory} holds an interrupted training run with another model, data, settings or "
-                "lmshield version; discard it (--fresh) or use another output folder"
-            )
+        saved = read_progress(self.directory / PROGRESS_JSON, self.identity, "a training run")
         try:
             progress = self._load(saved, model, optimizer, schedule, rng)
         except (OSError, KeyError, TypeError, ValueError, SafetensorError) as exc:
-            raise InputError(f"{self.directory}: damaged checkpoint ({exc}); discard it (--fresh)") from exc
+            raise InputError(f"{self.directory}: damaged checkpoint ({exc}); {FRESH_HINT}") from exc
         logger.info("resuming after epoch %d from %s", progress.epoch, self.directory)
         return progress
 
@@ -148,9 +143,7 @@ class EpochCheckpoint:
             "schedule": schedule.state_dict(),  # a plain function's lr_lambdas entry is None: JSON-safe
             "python_rng": rng.getstate(),
         }
-        partial = self.directory / (PROGRESS_JSON + ".tmp")
-        partial.write_text(json.dumps(payload), encoding="utf-8")
-        partial.replace(self.directory / PROGRESS_JSON)
+        write_json(self.directory / PROGRESS_JSON, payload)
         for old in self.directory.glob("epoch-*.safetensors"):
             if old.name != name:
                 old.unlink()
@@ -159,13 +152,6 @@ class EpochCheckpoint:
         """Remove the checkpoints (a finished run needs none)."""
         if self.directory is not None and self.directory.is_dir():
             shutil.rmtree(self.directory)
-
-    def _read_json(self) -> dict[str, Any]:
-        path = self.directory / PROGRESS_JSON
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: unreadable training progress ({exc}); discard it and start again") from exc
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmshield.defenses.sanitizer.carriers import prepare_carriers
@@ -21,6 +21,7 @@ from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
+from lmshield.progress import FRESH_HINT, atomic_write, read_progress, stamp, write_json
 from lmshield.text.sources import TextSource
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class _Checkpoint:
 
     def __init__(self, directory: Path | None, identity: dict[str, Any]) -> None:
         self.directory = directory
-        self.identity = identity
+        self.identity = stamp(identity)
 
     def load(self, fresh: bool) -> list[SeedOutcome]:
         if self.directory is None or not (self.directory / PROGRESS_JSON).is_file():
@@ -42,18 +43,15 @@ class _Checkpoint:
         if fresh:
             self.clear()
             return []
-        saved = json.loads((self.directory / PROGRESS_JSON).read_text(encoding="utf-8"))
-        if saved.get("identity") != self.identity:
-            raise InputError(
-                f"{self.directory} holds progress of a scan with other settings or another model; "
-                "use another --out or pass --fresh to discard it"
-            )
-        tensors = load_file(str(self.directory / PROGRESS_TENSORS)) if saved["outcomes"] else {}
-        outcomes = []
-        for number, item in enumerate(saved["outcomes"]):
-            trace = SeedTrace(**item)
-            pv, trigger = tensors.get(f"pv.{number}"), tensors.get(f"trigger.{number}")
-            outcomes.append(SeedOutcome(trace, pv=pv, trigger=trigger))
+        saved = read_progress(self.directory / PROGRESS_JSON, self.identity, "a scan")
+        try:
+            tensors = load_file(str(self.directory / PROGRESS_TENSORS)) if saved["outcomes"] else {}
+            outcomes = []
+            for number, item in enumerate(saved["outcomes"]):
+                pv, trigger = tensors.get(f"pv.{number}"), tensors.get(f"trigger.{number}")
+                outcomes.append(SeedOutcome(SeedTrace(**item), pv=pv, trigger=trigger))
+        except (OSError, KeyError, TypeError, ValueError, SafetensorError) as exc:
+            raise InputError(f"{self.directory}: damaged scan progress ({exc}); {FRESH_HINT}") from exc
         return outcomes
 
     def save(self, outcomes: list[SeedOutcome]) -> None:
@@ -65,21 +63,15 @@ class _Checkpoint:
             if outcome.pv is not None and outcome.trigger is not None:
                 tensors[f"pv.{number}"] = outcome.pv.contiguous()
                 tensors[f"trigger.{number}"] = outcome.trigger.contiguous()
+        atomic_write(self.directory / PROGRESS_TENSORS, lambda p: save_file(tensors, str(p)))
         payload = {"identity": self.identity, "outcomes": [vars(o.trace) for o in outcomes]}
-        _atomic_write(self.directory / PROGRESS_TENSORS, lambda p: save_file(tensors, str(p)))
-        _atomic_write(self.directory / PROGRESS_JSON, lambda p: p.write_text(json.dumps(payload), encoding="utf-8"))
+        write_json(self.directory / PROGRESS_JSON, payload)
 
     def clear(self) -> None:
         if self.directory is None:
             return
         for name in (PROGRESS_JSON, PROGRESS_TENSORS):
             (self.directory / name).unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def _accepted_pvs(outcomes: list[SeedOutcome], hidden_size: int) -> torch.Tensor:
