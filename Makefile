@@ -30,7 +30,7 @@ scan: install
 	$(BIN)/lmshield scan --out runs/scan-default
 
 test: dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
