@@ -1,4 +1,4 @@
-"""What every command shares: error handling and exit codes."""
+"""What every command shares: error handling, exit codes and the ``--device`` option."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from lmshield.errors import EXIT_ERROR, LmshieldError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+Device = Annotated[
+    str, typer.Option(help="auto (LMSHIELD_DEVICE when set, else CUDA when present), cpu, cuda or cuda:N.")
+]
 
 
 def quiet_libraries() -> None:

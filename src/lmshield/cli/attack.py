@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import friendly_errors
+from lmshield.cli._common import Device, friendly_errors
 from lmshield.errors import InputError
 
 app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
@@ -67,7 +67,7 @@ def _attack_command(name: str) -> Callable[..., None]:
         batch_size: Annotated[int | None, typer.Option(help="Sentences per half batch.")] = None,
         max_length: Annotated[int | None, typer.Option(help="Token length limit.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        device: Device = "auto",
         allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
         verify: Annotated[bool, typer.Option(help="Verify the backdoor after planting.")] = True,
         quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import friendly_errors
+from lmshield.cli._common import Device, friendly_errors
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -51,7 +51,7 @@ def predict_command(
         int | None, typer.Option(help="With --scan: most words the purge may delete (default 3).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Classify a file of texts, guarded by a scan (--scan) or PSIM (--psim); one JSON object per text."""
     from lmshield.defenses.sanitizer.guard import Guard
@@ -142,7 +142,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""
     from lmshield.defenses.sanitizer.guard import Guard

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmshield.cli._common import friendly_errors
+from lmshield.cli._common import Device, friendly_errors
 
 app = typer.Typer(
     help="Weight poisoning: poison a labelled proxy set, fully fine-tune, release weights + backdoor.json.",
@@ -34,7 +34,6 @@ Jitter = Annotated[
     int | None, typer.Option(help="Train with position ids shifted by a random 0..N (survives virtual tokens).")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a model already in --out.")]
 Fresh = Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")]
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import friendly_errors
+from lmshield.cli._common import Device, friendly_errors
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
 
@@ -39,7 +39,7 @@ def scan_command(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Result directory (resumable); default scans/<model>.")] = None,
     fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     allow_pickle: Annotated[
         bool, typer.Option(help="Load pickle weights (weights_only=True). Unsafe formats only.")
     ] = False,

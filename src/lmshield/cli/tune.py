@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import friendly_errors
+from lmshield.cli._common import Device, friendly_errors
 
 
 @friendly_errors
@@ -36,7 +36,7 @@ def tune_command(
     keep_head: Annotated[bool, typer.Option(help="Keep the checkpoint's sequence-classification head.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     fresh: Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Tune a classifier (prompt tuning, P-tuning, prefix tuning, LoRA or full fine-tuning)."""
