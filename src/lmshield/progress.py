@@ -17,6 +17,7 @@ from typing import Any
 from lmshield import __version__
 from lmshield.errors import InputError
 
+PROGRESS_JSON = "progress.json"  # the file name every resumable job keeps its progress under
 FRESH_HINT = "use another output folder or pass --fresh to discard it"
 
 

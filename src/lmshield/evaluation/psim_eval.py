@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.evaluation.detection import roc_auc
-from lmshield.progress import read_progress, stamp, write_json
+from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -296,9 +296,6 @@ class EvalSettings:
     def digest(self) -> str:
         """Eight hex digits that name :meth:`shared_dict`, for result folders."""
         return hashlib.sha256(json.dumps(self.shared_dict(), sort_keys=True).encode()).hexdigest()[:8]
-
-
-PROGRESS_JSON = "progress.json"
 
 
 class _EvalProgress:

@@ -24,11 +24,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmshield.errors import InputError
-from lmshield.progress import FRESH_HINT, read_progress, stamp, write_json
+from lmshield.progress import FRESH_HINT, PROGRESS_JSON, read_progress, stamp, write_json
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_JSON = "progress.json"
 TENSOR_FILE = re.compile(r"epoch-\d+\.safetensors")
 
 

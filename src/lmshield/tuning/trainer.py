@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder, sha256_of_files
+from lmshield.models.loading import find_weights
 from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
 from lmshield.tuning.classifier import TunedClassifier
 from lmshield.tuning.config import TuningConfig
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 HISTORY_JSON = "training.json"
 CHECKPOINT_DIR = "checkpoint"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 @dataclass
@@ -115,10 +115,9 @@ def _model_identity(model: Encoder | str | Path | None) -> str:
     if isinstance(model, Encoder):
         return model.fingerprint
     path = Path(model)
-    files = [f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES] if path.is_dir() else [path]
-    if not path.exists() or not files:
-        return str(model)
-    return sha256_of_files(files)
+    if path.is_dir():
+        return sha256_of_files(find_weights(path, allow_pickle=True)[0])
+    return sha256_of_files([path]) if path.is_file() else str(model)
 
 
 def _check_data(train: LabelledData, dev: LabelledData) -> None:

@@ -21,12 +21,11 @@ from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
-from lmshield.progress import FRESH_HINT, atomic_write, read_progress, stamp, write_json
+from lmshield.progress import FRESH_HINT, PROGRESS_JSON, atomic_write, read_progress, stamp, write_json
 from lmshield.text.sources import TextSource
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_JSON = "progress.json"
 PROGRESS_TENSORS = "progress.safetensors"
 
 
