@@ -40,6 +40,15 @@ def test_method_defaults_follow_the_papers() -> None:
     )
 
 
+def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -> None:
+    prefix = TuningConfig(method="prefix")
+    full = prefix.replace(method="full")
+    assert (full.lr, full.num_virtual_tokens) == (2e-5, None)
+    assert full.replace(method="prompt").lr == 2e-3
+    assert TuningConfig(method="prefix", lr=0.1).replace(method="full").lr == 0.1
+    assert prefix.replace(method="full", lr=1e-4).lr == 1e-4
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

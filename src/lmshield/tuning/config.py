@@ -96,6 +96,14 @@ class TuningConfig:
             raise InputError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
 
     def replace(self, **changes: Any) -> TuningConfig:
+        """A copy with ``changes``; on a change of ``method``, fields still at the old method's defaults
+        (lr, virtual tokens) take the new method's defaults instead of carrying the old ones over."""
+        from lmshield.tuning.methods import get_method
+
+        if changes.get("method", self.method) != self.method:
+            for name, value in get_method(self.method).defaults.items():
+                if name not in changes and getattr(self, name) == value:
+                    changes[name] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
