@@ -43,6 +43,13 @@ def test_onion_scores_and_removes_words(tiny_gpt2: Path) -> None:
     assert set(cleaned[0].split()) <= set(text.split())
 
 
+def test_onion_compares_long_texts_with_their_scored_words(tiny_gpt2: Path) -> None:
+    onion = ONION(tiny_gpt2, max_words=6)
+    head = "the film was a quiet delight"
+    long_text = head + " and the cast carried every scene with ease"
+    assert onion.suspicion(long_text) == pytest.approx(onion.suspicion(head))
+
+
 def test_onion_loads_safely(tiny_gpt2: Path, tmp_path: Path) -> None:
     model, tokenizer = load_causal_lm(tiny_gpt2)
     assert tokenizer.pad_token is not None and not model.training

@@ -72,7 +72,7 @@ class ONION:
         words = text.split()[: self.max_words]
         if len(words) < 2:
             return [0.0] * len(words)
-        variants = [text, *(" ".join(words[:i] + words[i + 1 :]) for i in range(len(words)))]
+        variants = [" ".join(words), *(" ".join(words[:i] + words[i + 1 :]) for i in range(len(words)))]
         ppl = self.perplexity(variants)
         return [ppl[0] - p for p in ppl[1:]]
 
