@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
 from lmshield.defenses.sanitizer import mining as mining_module
@@ -65,6 +68,45 @@ def test_result_round_trips_through_safetensors_and_json(bert_pair, tmp_path: Pa
     assert loaded.config == result.config
     assert [t.status for t in loaded.trace] == [t.status for t in result.trace]
     assert not list((tmp_path / "scan").glob("*.pkl"))
+
+
+def _damage_json(scan_dir: Path, edit) -> None:
+    data = json.loads((scan_dir / "scan.json").read_text())
+    edit(data)
+    (scan_dir / "scan.json").write_text(json.dumps(data))
+
+
+def _wrong_size_pvs(scan_dir: Path) -> None:
+    save_file({"pvs": torch.zeros(1, 5), "triggers": torch.zeros(1, 2, 5)}, str(scan_dir / "pvs.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, backdoored, _ = bert_pair
+    out = tmp_path_factory.mktemp("saved") / "scan"
+    assert scan(backdoored, TINY_SCAN.replace(max_seeds=4), progress=False, out_dir=out).num_pvs >= 1
+    return out
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "scan.json").write_text("{not json"), "unreadable scan result"),
+        (lambda d: _damage_json(d, lambda j: j.pop("verdict")), "unreadable scan result"),
+        (lambda d: _damage_json(d, lambda j: j["trace"].append({"bogus": 1})), "unreadable scan result"),
+        (lambda d: _damage_json(d, lambda j: j.update(verdict="maybe")), "unknown verdict"),
+        (lambda d: _damage_json(d, lambda j: j.update(verdict="clean")), r"with \d+ PV"),
+        (lambda d: (d / "pvs.safetensors").write_bytes(b"\x00" * 20), "unreadable scan result"),
+        (_wrong_size_pvs, "hidden size"),
+    ],
+)
+def test_damaged_result_is_a_one_line_error(saved_scan: Path, tmp_path: Path, damage, message: str):
+    copy = Path(shutil.copytree(saved_scan, tmp_path / "scan"))
+    ScanResult.from_pretrained(copy)
+    damage(copy)
+    with pytest.raises(InputError, match=message) as caught:
+        ScanResult.from_pretrained(copy)
+    assert "\n" not in str(caught.value)
 
 
 def test_interrupted_scan_resumes_from_finished_seeds(bert_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

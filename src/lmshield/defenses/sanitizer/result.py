@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmshield.defenses.sanitizer.config import SanitizerConfig
@@ -17,6 +18,7 @@ from lmshield.errors import InputError
 SCAN_JSON = "scan.json"
 PVS_FILE = "pvs.safetensors"
 FORMAT_VERSION = 1
+VERDICTS = ("backdoored", "clean")
 
 
 @dataclass
@@ -118,21 +120,37 @@ class ScanResult:
         try:
             data = json.loads((out / SCAN_JSON).read_text(encoding="utf-8"))
             tensors = load_file(str(out / PVS_FILE))
-        except (json.JSONDecodeError, OSError, Exception) as exc:
-            raise InputError(f"{directory}: unreadable scan result ({exc})") from exc
-        return cls(
-            verdict=data["verdict"],
-            score=float(data["score"]),
-            pvs=tensors["pvs"],
-            triggers=tensors["triggers"],
-            nearest_tokens=data["nearest_tokens"],
-            trace=[SeedTrace(**t) for t in data["trace"]],
-            config=SanitizerConfig.from_dict(data["config"]),
-            model=data["model"],
-            position=data["position"],
-            text_source=data["text_source"],
-            spread=float(data["spread"]),
-            timings=data.get("timings", {}),
-        )
+            result = cls(
+                verdict=data["verdict"],
+                score=float(data["score"]),
+                pvs=tensors["pvs"],
+                triggers=tensors["triggers"],
+                nearest_tokens=data["nearest_tokens"],
+                trace=[SeedTrace(**t) for t in data["trace"]],
+                config=SanitizerConfig.from_dict(data["config"]),
+                model=data["model"],
+                position=data["position"],
+                text_source=data["text_source"],
+                spread=float(data["spread"]),
+                timings=data.get("timings", {}),
+            )
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError, SafetensorError) as exc:
+            raise InputError(f"{directory}: unreadable scan result ({type(exc).__name__}: {exc})") from exc
+        result._check_consistent(directory)
+        return result
+
+    def _check_consistent(self, directory: str | Path) -> None:
+        if self.verdict not in VERDICTS:
+            raise InputError(f"{directory}: unknown verdict {self.verdict!r} in {SCAN_JSON}")
+        hidden = self.model.get("hidden_size") if isinstance(self.model, dict) else None
+        if self.pvs.ndim != 2 or self.triggers.ndim != 3 or self.pvs.shape[0] != self.triggers.shape[0]:
+            raise InputError(
+                f"{directory}: {PVS_FILE} holds pvs {tuple(self.pvs.shape)} and triggers "
+                f"{tuple(self.triggers.shape)}; expected (K, hidden) and (K, length, embedding)"
+            )
+        if hidden is not None and self.pvs.shape[0] and self.pvs.shape[1] != hidden:
+            raise InputError(f"{directory}: PVs of size {self.pvs.shape[1]} for a model of hidden size {hidden}")
+        if (self.verdict == "backdoored") != bool(self.pvs.shape[0]):
+            raise InputError(f"{directory}: verdict {self.verdict!r} with {self.pvs.shape[0]} PV(s) in {PVS_FILE}")
 
     load = from_pretrained
