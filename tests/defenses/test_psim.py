@@ -50,9 +50,24 @@ def test_release_settings_and_threshold() -> None:
     assert fitted().threshold_ == pytest.approx(0.7)
     assert PSIM(threshold=0.9).get_params()["threshold"] == 0.9
     with pytest.raises(InputError, match="score"):
-        PSIM(score="logit")
+        PSIM(score_kind="logit")
     with pytest.raises(InputError, match="unknown tuning method"):
         PSIM("adapters")
+
+
+def test_parameters_follow_the_scikit_learn_protocol() -> None:
+    psim = PSIM("prompt", epochs=2, score_kind="normalised", threshold=0.5)
+    params = psim.get_params(deep=True)
+    assert all(getattr(psim, name) == value for name, value in params.items())
+    clone = type(psim)(**params)  # what sklearn.base.clone does
+    assert clone.get_params() == params and not clone.is_fitted
+    assert psim.set_params(lr=1e-4, seed=3) is psim and (psim.lr, psim.seed) == (1e-4, 3)
+    with pytest.raises(InputError, match="unknown PSIM parameter"):
+        psim.set_params(temperature=2)
+    with pytest.raises(InputError, match="score kind"):
+        psim.set_params(score_kind="logit")
+    assert psim.score_kind == "normalised"
+    assert PSIMConfig.from_dict({"score": "normalised"}).score_kind == "normalised"  # saved before the rename
 
 
 def test_default_lr_spreads_the_release_update_over_the_fit() -> None:

@@ -62,7 +62,7 @@ def fit(
         batch_size=batch_size,
         max_length=max_length,
         threshold=threshold,
-        score=score,
+        score_kind=score,
         seed=seed,
         device=_device(device),
         progress=not quiet,
@@ -112,8 +112,8 @@ def score_command(
     psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False)
     items = _texts(texts, field)
     result = psim.scores(items)
-    scores = psim.score(items)
-    flags = scores > psim.threshold_
+    scores = result.select(psim.score_kind)
+    flags = psim.flags(scores)
     lines = [
         json.dumps({"text": t, "score": float(s), "p_max": float(p), "normalised": float(n), "flagged": bool(f)})
         for t, s, p, n, f in zip(items, scores, result.probability, result.normalised, flags, strict=True)

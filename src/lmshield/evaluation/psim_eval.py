@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lmshield.defenses.psim.thresholds import flag_scores
 from lmshield.evaluation.detection import roc_auc
 from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_json
 
@@ -101,7 +102,7 @@ def threshold_sweep(
         thresholds = [-math.inf, *sorted({*map(float, clean_scores), *map(float, poisoned_scores)})]
     points = []
     for t in thresholds:
-        frr, far = frr_far([s > t for s in clean_scores], [s > t for s in poisoned_scores])
+        frr, far = frr_far(flag_scores(clean_scores, t), flag_scores(poisoned_scores, t))
         points.append(SweepPoint(float(t), frr, far))
     return points
 
@@ -159,8 +160,8 @@ def psim_row(
     ``source_predicted`` / ``source_labels``: the victim's answers on the triggered inputs' clean sources and
     their labels, in the same order; with them the row also holds the flip ASR (see :func:`flip_asr`).
     """
-    clean_flags = [s > threshold for s in clean_scores]
-    poison_flags = [s > threshold for s in poisoned_scores]
+    clean_flags = flag_scores(clean_scores, threshold)
+    poison_flags = flag_scores(poisoned_scores, threshold)
     frr, far = frr_far(clean_flags, poison_flags)
     flips = (math.nan, math.nan)
     if source_predicted is not None and source_labels is not None:

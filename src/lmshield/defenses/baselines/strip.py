@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from lmshield.defenses.psim.thresholds import calibrate_threshold
+from lmshield.defenses.psim.thresholds import calibrate_threshold, flag_scores
 from lmshield.errors import InputError
 
 
@@ -78,4 +78,4 @@ class STRIP:
     def flag(self, texts: Sequence[str]) -> list[bool]:
         if self.threshold_ is None:
             raise InputError("STRIP has no threshold: call calibrate(clean_texts, target_frr) first")
-        return [s > self.threshold_ for s in self.score(texts)]
+        return flag_scores(self.score(texts), self.threshold_)

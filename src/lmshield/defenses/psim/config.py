@@ -37,7 +37,7 @@ class PSIMConfig:
     lr 2e-5, batch 32, threshold 0.7 on the top probability (binary tasks). ``lr`` ``None`` (the default)
     scales the release's lr to the data (:func:`auto_learning_rate`): 2e-5 on the release's 6,920 texts.
     ``threshold`` ``None`` means the release's cut carried to ``K`` classes (see :func:`default_threshold`).
-    ``score`` ``probability`` reads the top softmax probability, ``normalised`` the class-count-normalised
+    ``score_kind`` ``probability`` reads the top softmax probability, ``normalised`` the class-count-normalised
     ``(p_max - 1/K) / (1 - 1/K)``.
     ``keep_head`` ``auto`` keeps the released classification head when the model has one.
     """
@@ -50,7 +50,7 @@ class PSIMConfig:
     encoder_hidden_size: int = 128
     max_length: int = 128
     threshold: float | None = None
-    score: str = "probability"
+    score_kind: str = "probability"
     keep_head: str = "auto"
     warmup_ratio: float = 0.06
     seed: int = 0
@@ -59,8 +59,8 @@ class PSIMConfig:
         from lmshield.tuning import get_method
 
         get_method(self.method)
-        if self.score not in SCORE_KINDS:
-            raise InputError(f"unknown PSIM score {self.score!r}: use {' or '.join(SCORE_KINDS)}")
+        if self.score_kind not in SCORE_KINDS:
+            raise InputError(f"unknown PSIM score kind {self.score_kind!r}: use {' or '.join(SCORE_KINDS)}")
         if self.keep_head not in KEEP_HEAD:
             raise InputError(f"keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
         for name in ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length"):
@@ -89,5 +89,7 @@ class PSIMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PSIMConfig:
+        """Settings from :meth:`to_dict` (``score``, the field's name before 0.2, is read as ``score_kind``)."""
+        data = {"score_kind": data["score"], **data} if "score" in data else data
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

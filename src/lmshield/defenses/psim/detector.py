@@ -13,14 +13,20 @@ released MiniLM-L6 to the target without that confidence and went through (READM
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmshield.defenses.psim.config import PSIMConfig
-from lmshield.defenses.psim.thresholds import calibrate_threshold, default_threshold, normalise
+from lmshield.defenses.psim.thresholds import (
+    SCORE_KINDS,
+    calibrate_threshold,
+    default_threshold,
+    flag_scores,
+    normalise,
+)
 from lmshield.defenses.psim.training import train_random_label_module
 from lmshield.errors import InputError
 from lmshield.tuning import TunedClassifier
@@ -48,13 +54,20 @@ class PSIMScores:
     normalised: np.ndarray
     label: np.ndarray
 
+    def select(self, kind: str) -> np.ndarray:
+        """The scores of one kind: ``probability`` or ``normalised``."""
+        if kind not in SCORE_KINDS:
+            raise InputError(f"unknown score kind {kind!r}: use {' or '.join(SCORE_KINDS)}")
+        return getattr(self, kind)
+
 
 class PSIM:
     """Poisoned-sample identification with a PEFT module trained on random labels.
 
-    Parameters are those of :class:`PSIMConfig` (plus ``device`` and ``progress``); they are stored
-    unchanged, and learned state goes to ``classifier_``, ``num_labels_``, ``lr_`` (the learning rate used,
-    see :func:`auto_learning_rate`), ``threshold_`` and ``calibration_``.
+    Parameters are those of :class:`PSIMConfig` (plus ``device`` and ``progress``), stored unchanged under
+    their own names as in scikit-learn (so ``sklearn.base.clone`` works); learned state goes to
+    ``classifier_``, ``num_labels_``, ``lr_`` (the learning rate used, see :func:`auto_learning_rate`),
+    ``threshold_`` and ``calibration_``.
     """
 
     def __init__(
@@ -68,7 +81,7 @@ class PSIM:
         encoder_hidden_size: int = 128,
         max_length: int = 128,
         threshold: float | None = None,
-        score: str = "probability",
+        score_kind: str = "probability",
         keep_head: str = "auto",
         warmup_ratio: float = 0.06,
         seed: int = 0,
@@ -83,39 +96,36 @@ class PSIM:
         self.encoder_hidden_size = encoder_hidden_size
         self.max_length = max_length
         self.threshold = threshold
-        self.score_kind = score
+        self.score_kind = score_kind
         self.keep_head = keep_head
         self.warmup_ratio = warmup_ratio
         self.seed = seed
         self.device = device
         self.progress = progress
-        self.config  # noqa: B018 - validate the settings now
+        self.config  # noqa: B018 - validate the settings now: a bad value fails here, not after training
 
     @classmethod
     def from_config(cls, config: PSIMConfig, **kwargs: Any) -> PSIM:
-        params = config.to_dict()
-        return cls(**params, **kwargs)
+        return cls(**config.to_dict(), **kwargs)
 
     @property
     def config(self) -> PSIMConfig:
         """The settings as a validated frozen config."""
-        return PSIMConfig(
-            method=self.method,
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            num_virtual_tokens=self.num_virtual_tokens,
-            encoder_hidden_size=self.encoder_hidden_size,
-            max_length=self.max_length,
-            threshold=self.threshold,
-            score=self.score_kind,
-            keep_head=self.keep_head,
-            warmup_ratio=self.warmup_ratio,
-            seed=self.seed,
-        )
+        return PSIMConfig(**{f.name: getattr(self, f.name) for f in fields(PSIMConfig)})
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (scikit-learn's estimator protocol; ``deep`` has nothing to recurse)."""
         return {**self.config.to_dict(), "device": self.device, "progress": self.progress}
+
+    def set_params(self, **params: Any) -> PSIM:
+        """Change parameters (validated as in the constructor); refit afterwards for them to take effect."""
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise InputError(f"unknown PSIM parameter(s): {', '.join(unknown)}")
+        PSIMConfig.from_dict({**self.config.to_dict(), **params})
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
 
     def __repr__(self) -> str:
         fitted = f", fitted on {self.num_labels_} labels" if self.is_fitted else ""
@@ -165,24 +175,23 @@ class PSIM:
         return PSIMScores(top, normalise(top, self.num_labels_), label)
 
     def score(self, texts: list[str], kind: str | None = None) -> np.ndarray:
-        """The poison score per text: higher means more likely poisoned (``kind`` overrides ``score``)."""
-        kind = kind or self.score_kind
-        result = self.scores(texts)
-        if kind == "probability":
-            return result.probability
-        if kind == "normalised":
-            return result.normalised
-        raise InputError(f"unknown score kind {kind!r}: use probability or normalised")
+        """The poison score per text: higher means more likely poisoned (``kind`` overrides ``score_kind``)."""
+        return self.scores(texts).select(kind or self.score_kind)
 
     def flag(self, texts: list[str]) -> np.ndarray:
         """``True`` for texts PSIM refuses (score above ``threshold_``)."""
-        return self.score(texts) > self.threshold_
+        return self.flags(self.score(texts))
+
+    def flags(self, scores: np.ndarray) -> np.ndarray:
+        """``True`` where a score is above ``threshold_``: the one rule by which PSIM refuses an input."""
+        self._check_fitted()
+        return np.asarray(flag_scores(scores, self.threshold_), dtype=bool)
 
     def calibrate(self, texts: list[str], target_frr: float = 0.05) -> PSIM:
         """Set ``threshold_`` so that at most ``target_frr`` of held-out clean task texts are flagged."""
         scores = self.score(_as_texts(texts))
         self.threshold_ = calibrate_threshold(scores.tolist(), target_frr)
-        achieved = float(np.mean(scores > self.threshold_))
+        achieved = float(np.mean(self.flags(scores)))
         self.calibration_ = Calibration(target_frr, achieved, len(scores))
         return self
 

@@ -47,8 +47,9 @@ class ShieldedClassifier:
     def predict(self, texts: list[str]) -> ShieldReport:
         scores = self.psim.score(texts)
         threshold = float(self.psim.threshold_)
-        refused = [i for i, s in enumerate(scores) if s > threshold]
-        accepted = [i for i, s in enumerate(scores) if s <= threshold]
+        flagged = self.psim.flags(scores)
+        refused = [i for i, f in enumerate(flagged) if f]
+        accepted = [i for i, f in enumerate(flagged) if not f]
         labels: list[int | None] = [None] * len(texts)
         if accepted:
             answers = self.victim.predict([texts[i] for i in accepted])
