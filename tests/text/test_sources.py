@@ -11,6 +11,7 @@ import pytest
 from lmshield.errors import InputError
 from lmshield.testing import tiny_tokenizer
 from lmshield.text import TextSource, grammar_sentences, insert_per_words, insert_words, read_texts
+from lmshield.tuning import read_labelled
 
 
 def test_generated_text_is_reproducible_and_varied():
@@ -35,6 +36,17 @@ def test_plain_text_and_jsonl_files(tmp_path: Path):
     jsonl.write_text("\n".join(json.dumps({"sentence": s, "label": 1}) for s in ["x y", "z"]))
     assert read_texts(jsonl) == ["x y", "z"]
     assert TextSource.from_options(jsonl).load(1) == ["x y"]
+
+
+def test_csv_and_json_array_files_are_read_by_field_like_labelled_data(tmp_path: Path):
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text('text,sentence,label\n"a, b",first,1\nc,second,0\n')
+    assert read_texts(csv_file) == ["a, b", "c"]  # the header and the label column are not texts
+    assert read_texts(csv_file, field="sentence") == ["first", "second"]
+    assert read_labelled(csv_file).texts == read_texts(csv_file)  # one field order for texts and labelled data
+    array = tmp_path / "d.json"
+    array.write_text(json.dumps([{"review": "long one"}, {"review": ""}]))
+    assert read_texts(array) == ["long one"]
 
 
 @pytest.mark.parametrize(

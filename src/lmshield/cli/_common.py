@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from lmshield.errors import EXIT_ERROR, LmshieldError
+from lmshield.errors import LmshieldError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,14 +30,15 @@ def quiet_libraries() -> None:
 
 
 def friendly_errors(command: F) -> F:
-    """Turn an :class:`LmshieldError` into one line on stderr and its exit code; no traceback."""
+    """Turn an :class:`LmshieldError` into one line on stderr (lines joined) and its exit code; no traceback."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except LmshieldError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.secho("interrupted: rerun the same command to resume", err=True)
@@ -46,8 +46,3 @@ def friendly_errors(command: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
-
-def fail(message: str) -> None:
-    """Stop with one error line and the error exit code."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    sys.exit(EXIT_ERROR)

@@ -6,11 +6,13 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmshield.errors import InputError
 from lmshield.text.grammar import grammar_sentences, vocabulary_sentences
 
-TEXT_FIELDS = ("text", "sentence", "content", "review")
+TEXT_FIELDS = ("text", "sentence", "content", "review")  # tried in this order when no field is named
+RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 GENERATORS = ("grammar", "vocab")
 
 
@@ -66,15 +68,17 @@ class TextSource:
                     raise InputError("the vocab generator needs the model's tokenizer")
                 return vocabulary_sentences(tokenizer, count, seed)
             return grammar_sentences(count, seed)
-        texts = read_texts(self.path) if self.kind == "file" else _dataset_texts(self)  # type: ignore[arg-type]
+        texts = read_texts(self.path) if self.kind == "file" else _dataset_texts(self)
         return texts[:count]
 
 
 def read_texts(path: str | Path, field: str | None = None) -> list[str]:
-    """Read a plain-text file (one text a line) or a JSON Lines file (``.jsonl``/``.json``)."""
+    """Read a plain-text file (one text a line) or records (JSON Lines, a JSON array, CSV/TSV) by ``field``."""
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{path}: no such file")
+    if file.suffix.lower() in RECORD_SUFFIXES or field is not None:
+        return _texts_from_records(file, field)
     try:
         lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as exc:
@@ -82,9 +86,18 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     lines = [line for line in lines if line]
     if not lines:
         raise InputError(f"{path}: empty, no texts to read")
-    if file.suffix in (".jsonl", ".json") or (field is not None) or lines[0].startswith("{"):
-        return _texts_from_jsonl(lines, file, field)
+    if lines[0].startswith(("{", "[")):
+        return _texts_from_records(file, field)
     return lines
+
+
+def find_text_field(columns: list[str], given: str | None, where: str | Path) -> str:
+    """The text field of records with these ``columns``: ``given``, else the first of :data:`TEXT_FIELDS`."""
+    key = given or next((name for name in TEXT_FIELDS if name in columns), None)
+    if key is None or key not in columns:
+        tried = given or ", ".join(TEXT_FIELDS)
+        raise InputError(f"{where}: no text field ({tried}); fields: {', '.join(map(str, columns))}")
+    return key
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -130,28 +143,29 @@ def _json_line(line: str, path: str | Path, number: int) -> dict:
     return record
 
 
-def _texts_from_jsonl(lines: list[str], file: Path, field: str | None) -> list[str]:
+def _texts_from_records(file: Path, field: str | None) -> list[str]:
     records = read_records(file)
-    key = field or next((name for name in TEXT_FIELDS if name in records[0]), None)
-    if key is None:
-        raise InputError(f"{file}: no text field found; name it (tried {', '.join(TEXT_FIELDS)})")
-    texts = [str(record.get(key, "")).strip() for record in records]
+    key = find_text_field(list(records[0]), field, file)
+    texts = [str(record.get(key) or "").strip() for record in records]
     texts = [text for text in texts if text]
     if not texts:
         raise InputError(f"{file}: field {key!r} is empty in every record")
     return texts
 
 
-def _dataset_texts(source: TextSource) -> list[str]:
+def load_dataset_split(name: str, split: str) -> Any:
+    """A Hugging Face dataset split, with one-line errors when ``datasets`` is missing or the id fails."""
     try:
         import datasets
     except ImportError as exc:
-        raise InputError("dataset ids need the datasets package: pip install 'lmshield[datasets]'") from exc
+        raise InputError(f"{name}: dataset ids need the datasets package: pip install 'lmshield[datasets]'") from exc
     try:
-        data = datasets.load_dataset(source.dataset, split=source.split)
-    except Exception as exc:
-        raise InputError(f"dataset {source.dataset}[{source.split}] cannot be loaded ({exc})") from exc
-    column = source.column or next((c for c in TEXT_FIELDS if c in data.column_names), None)
-    if column is None or column not in data.column_names:
-        raise InputError(f"dataset {source.dataset}: no text column (columns: {', '.join(data.column_names)})")
+        return datasets.load_dataset(name, split=split)
+    except Exception as exc:  # the datasets library raises many exception types
+        raise InputError(f"dataset {name}[{split}] cannot be loaded ({type(exc).__name__}: {exc})") from exc
+
+
+def _dataset_texts(source: TextSource) -> list[str]:
+    data = load_dataset_split(str(source.dataset), source.split)
+    column = find_text_field(list(data.column_names), source.column, f"dataset {source.dataset}")
     return [str(t) for t in data[column] if str(t).strip()]

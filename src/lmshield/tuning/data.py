@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
-from lmshield.text.sources import read_records
+from lmshield.text.sources import RECORD_SUFFIXES, find_text_field, load_dataset_split, read_records
 
-TEXT_FIELDS = ("sentence", "text")
 LABEL_FIELD = "label"
 
 
@@ -62,18 +61,16 @@ def read_labelled(
 ) -> LabelledData:
     """Read labelled texts from a file (``.jsonl``/``.json``/``.csv``/``.tsv``) or a dataset id.
 
-    The text field defaults to ``sentence``, then ``text``. Integer labels are kept as they are (names
-    ``"0"``, ``"1"``, ...); other labels are mapped to indices in sorted order. Pass ``label_names`` (the
-    training set's) to read a dev or test file with the same mapping.
+    The text field defaults to the first of ``lmshield.text.sources.TEXT_FIELDS`` present. Integer
+    labels are kept as they are (names ``"0"``, ``"1"``, ...); other labels are mapped to indices in
+    sorted order. Pass ``label_names`` (the training set's) to read a dev or test file with the same
+    mapping.
     """
     path = Path(source)
     records = read_records(path) if path.exists() else _read_dataset(str(source), split)
     if not records:
         raise InputError(f"{source}: no records")
-    key = text_field or next((name for name in TEXT_FIELDS if name in records[0]), None)
-    if key is None or key not in records[0]:
-        tried = text_field or ", ".join(TEXT_FIELDS)
-        raise InputError(f"{source}: no text field ({tried}); fields: {', '.join(map(str, records[0]))}")
+    key = find_text_field(list(records[0]), text_field, source)
     if label_field not in records[0]:
         raise InputError(f"{source}: no label field {label_field!r}; fields: {', '.join(map(str, records[0]))}")
     texts, raw = [], []
@@ -112,14 +109,6 @@ def _is_int(text: str) -> bool:
 
 
 def _read_dataset(name: str, split: str) -> list[dict[str, Any]]:
-    if name.startswith((".", "/", "~")) or Path(name).suffix in (".json", ".jsonl", ".csv", ".tsv"):
+    if name.startswith((".", "/", "~")) or Path(name).suffix in RECORD_SUFFIXES:
         raise InputError(f"{name}: no such file")
-    try:
-        import datasets
-    except ImportError as exc:
-        raise InputError(f"{name}: not a file; dataset ids need: pip install 'lmshield[datasets]'") from exc
-    try:
-        data = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # the datasets library raises many exception types
-        raise InputError(f"{name}: not a file and not loadable as a dataset ({type(exc).__name__})") from exc
-    return [dict(row) for row in data]
+    return [dict(row) for row in load_dataset_split(name, split)]
