@@ -18,6 +18,10 @@ Device = Annotated[
     str, typer.Option(help="auto (LMSHIELD_DEVICE when set, else CUDA when present), cpu, cuda or cuda:N.")
 ]
 
+TextField = Annotated[
+    str | None, typer.Option(help="Text field of the records (default: the first of text, sentence, content, review).")
+]
+
 
 def quiet_libraries() -> None:
     """Keep transformers' load-time chatter out of the user's terminal."""
@@ -45,4 +49,3 @@ def friendly_errors(command: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-

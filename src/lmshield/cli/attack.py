@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors
 from lmshield.errors import InputError
 
 app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
@@ -55,7 +55,7 @@ def _attack_command(name: str) -> Callable[..., None]:
             Path | None, typer.Option(help="PVs: safetensors or JSON (default: quarter vectors).")
         ] = None,
         texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file or JSON Lines.")] = None,
-        field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
+        field: TextField = None,
         dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
         split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
         column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,

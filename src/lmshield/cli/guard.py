@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -39,7 +39,7 @@ def predict_command(
         Path | None, typer.Option(help="Saved PSIM directory: refuse the inputs it flags as poisoned.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
-    field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
+    field: TextField = None,
     threshold: Annotated[
         float | None, typer.Option(help="With --scan: flag above this share of matching signs (default 0.8).")
     ] = None,
@@ -133,13 +133,13 @@ def eval_command(
     test: Annotated[Path, typer.Option(help="Labelled test data (JSON Lines, JSON, CSV) or dataset id.")],
     backdoor: Annotated[Path | None, typer.Option(help="An attack's backdoor.json (field 'triggers').")] = None,
     triggers: Annotated[str | None, typer.Option(help="Comma-separated triggers instead of --backdoor.")] = None,
-    text_field: Annotated[str | None, typer.Option(help="Text field (default: sentence, then text).")] = None,
+    text_field: TextField = None,
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
     limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.")] = None,
-    threshold: Annotated[float, typer.Option(help="Monitor threshold.")] = 0.8,
+    threshold: Annotated[float, typer.Option(help="Monitor threshold (the paper's 0.8).")] = 0.8,
     calibrate: CalibrationTexts = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
     device: Device = "auto",

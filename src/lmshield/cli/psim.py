@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors
 
 app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
 
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
-Field = Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")]
 
 
 def _device(device: str) -> str | None:
@@ -47,7 +46,7 @@ def fit(
     calibrate: Annotated[Path | None, typer.Option(help="Held-out clean texts to calibrate the threshold.")] = None,
     target_frr: Annotated[float, typer.Option(help="Target false-rejection rate for --calibrate.")] = 0.05,
     limit: Annotated[int | None, typer.Option(help="Use at most this many training texts.")] = None,
-    field: Field = None,
+    field: TextField = None,
     seed: Annotated[int, typer.Option(help="Seed of the random labels and the module.")] = 0,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -84,7 +83,7 @@ def calibrate_command(
     psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
     texts: Annotated[Path, typer.Option(help="Held-out clean task texts.")],
     target_frr: Annotated[float, typer.Option(help="Target false-rejection rate.")] = 0.05,
-    field: Field = None,
+    field: TextField = None,
     device: Device = "auto",
 ) -> None:
     """Set the threshold to a target false-rejection rate on held-out clean texts (saved in place)."""
@@ -103,7 +102,7 @@ def score_command(
     psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
     texts: Annotated[Path, typer.Option(help="Texts to check (text file or JSON Lines).")],
     out: Annotated[Path | None, typer.Option(help="Write one JSON line per text here.")] = None,
-    field: Field = None,
+    field: TextField = None,
     device: Device = "auto",
 ) -> None:
     """Score and flag texts; flagged texts would be refused."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
 
@@ -24,7 +24,7 @@ def scan_command(
     ] = None,
     position: Annotated[str, typer.Option(help="Watched output: auto, cls, mask, last or a token index.")] = "auto",
     texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file (one a line) or JSON Lines.")] = None,
-    field: Annotated[str | None, typer.Option(help="Text field of a JSON Lines file.")] = None,
+    field: TextField = None,
     dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
     split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
     column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors
 
 
 @friendly_errors
@@ -29,7 +29,7 @@ def tune_command(
     prompt_init: Annotated[
         str, typer.Option(help="Prompt tuning's start: vocab (random word embeddings) or random (N(0, 1)).")
     ] = "vocab",
-    text_field: Annotated[str | None, typer.Option(help="Text field (default: sentence, then text).")] = None,
+    text_field: TextField = None,
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
     split: Annotated[str, typer.Option(help="Split, when --train is a dataset id.")] = "train",
     limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,

@@ -1,1 +1,2 @@
-"""Defenses: LMSanitator (sanitizer) and, later, PSIM and baselines. Defenses never import attacks."""
+"""Defenses: LMSanitator (sanitizer), PSIM and the baselines (STRIP, ONION, paraphrase). Defenses never import
+attacks."""

@@ -29,7 +29,6 @@ hf_logging.disable_progress_bar()
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-SAFETENSORS_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -1,8 +1,8 @@
-"""LMSanitator: PV mining (scan), and later monitoring and purging."""
+"""LMSanitator: PV mining (scan) and the guard that monitors outputs and purges triggers at inference."""
 
 from lmshield.defenses.sanitizer.config import PRESETS, SanitizerConfig
-from lmshield.defenses.sanitizer.guard import Guard as Guard
+from lmshield.defenses.sanitizer.guard import Guard
 from lmshield.defenses.sanitizer.result import ScanResult, SeedTrace
 from lmshield.defenses.sanitizer.scanner import scan
 
-__all__ = ["PRESETS", "SanitizerConfig", "ScanResult", "SeedTrace", "scan"]
+__all__ = ["PRESETS", "Guard", "SanitizerConfig", "ScanResult", "SeedTrace", "scan"]

@@ -30,8 +30,6 @@ from lmshield.tuning.classifier import TunedClassifier
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("clean", "purged", "refused")
-
 
 @dataclass(frozen=True)
 class Prediction:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from lmshield.defenses.sanitizer.carriers import PreparedCarriers, insert_soft_triggers
 from lmshield.defenses.sanitizer.config import SanitizerConfig
-from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, sign_match
+from lmshield.defenses.sanitizer.monitor import sign_consistency
 from lmshield.defenses.sanitizer.result import SeedTrace
 from lmshield.models.encoder import Encoder
 
@@ -274,8 +274,7 @@ class PVMiner:
         """The candidate PV is the mean watched output over the seed's whole last epoch."""
         pv = outputs.mean(dim=0)
         trace = self._trace(state, i, history, started)
-        flagged = sign_match(outputs, pv[None]).squeeze(1) > DEFAULT_THRESHOLD  # as the monitor would
-        trace.sign_consistency = float(flagged.float().mean())
+        trace.sign_consistency = sign_consistency(outputs, pv)
         return SeedOutcome(trace, pv=pv.clone(), trigger=state.triggers[i].detach().float().cpu().clone())
 
 

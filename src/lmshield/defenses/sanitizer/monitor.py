@@ -35,6 +35,11 @@ def sign_match(outputs: torch.Tensor, pvs: torch.Tensor) -> torch.Tensor:
     return matches / outputs.shape[-1]
 
 
+def sign_consistency(outputs: torch.Tensor, pv: torch.Tensor) -> float:
+    """Share of ``outputs`` (N, H) that the monitor's default rule would flag against one ``pv`` (H,)."""
+    return float((sign_match(outputs, pv[None]).squeeze(1) > DEFAULT_THRESHOLD).float().mean())
+
+
 @dataclass(frozen=True)
 class MonitorResult:
     """Per input: flagged, the highest sign-match share over the PVs, and which PV gave it (-1: none)."""

@@ -152,5 +152,3 @@ class ScanResult:
             raise InputError(f"{directory}: PVs of size {self.pvs.shape[1]} for a model of hidden size {hidden}")
         if (self.verdict == "backdoored") != bool(self.pvs.shape[0]):
             raise InputError(f"{directory}: verdict {self.verdict!r} with {self.pvs.shape[0]} PV(s) in {PVS_FILE}")
-
-    load = from_pretrained

@@ -19,7 +19,7 @@ import torch
 
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome, entropy_across_batch, judge
-from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD, sign_match
+from lmshield.defenses.sanitizer.monitor import sign_consistency, sign_match
 from lmshield.defenses.sanitizer.result import SeedTrace
 
 CHUNK = 8  # sub-triggers per forward pass
@@ -77,7 +77,7 @@ def _sub_outcome(
     batches = outputs[:whole].reshape(-1, config.batch_size, outputs.shape[-1])
     collapse = float(entropy_across_batch(batches).mean()) / miner.entropy_ceiling
     pv = outputs.mean(dim=0)
-    consistency = float((sign_match(outputs, pv[None]).squeeze(1) > DEFAULT_THRESHOLD).float().mean())
+    consistency = sign_consistency(outputs, pv)
     trace = SeedTrace(
         seed=parent.trace.seed,
         status="candidate",
