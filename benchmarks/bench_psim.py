@@ -7,11 +7,12 @@
 Steps per attack: poison the IMDB proxy set and fully fine-tune the embedded all-MiniLM-L6-v2 (cached in
 benchmarks/.cache/psim-<preset>/<attack>); fit PSIM once on SST-2 training texts (labels dropped); tune one
 victim per strategy (full, LoRA, prompt, P-tuning, prefix) from the released weights with the released head
-kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim (``--baselines``): STRIP
-(calibrated to the same FRR as PSIM) and, for BadNet ``mn`` with target 0, the precomputed back-translation
-and SCPN paraphrases. The SynAttack here uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated``
-gives it varied opening clauses (a shape trigger rather than five fixed phrases). ``--victim-train N
---victim-epochs E`` train the victims on more data than the preset's.
+kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim (``--baselines``, rows of
+the same table): STRIP (calibrated to the same FRR as PSIM), ONION with ``--onion-lm PATH`` and, for
+BadNet ``mn`` with target 0, the precomputed back-translation and SCPN paraphrases. The SynAttack here
+uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated`` gives it varied opening clauses
+(a shape trigger rather than five fixed phrases). ``--victim-train N --victim-epochs E`` train the victims
+on more data than the preset's.
 Results: benchmarks/results/psim-<preset>.md and .json; the fitted PSIM, histograms and per-strategy progress
 under the cache folder (<attack>-eval-<settings digest>), so an interrupted run resumes where it stopped.
 Set OMP_NUM_THREADS=1 on a shared machine.
@@ -80,39 +81,6 @@ def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None,
     return out
 
 
-def baselines(evaluation, released: Path, task: Path, target_frr: float) -> list[dict]:
-    """STRIP and (where the files fit) the paraphrase baselines on the LoRA victim."""
-    from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
-    from lmshield.defenses.baselines import STRIP, load_paraphrased
-    from lmshield.evaluation.psim_eval import attack_success_rate, clean_accuracy, frr_far, score_auroc
-    from lmshield.tuning import read_labelled
-
-    victim = evaluation.victims.get("lora")
-    if victim is None:
-        return []
-    manifest = PoisonManifest.load(released)
-    test = read_labelled(task / "test.json").head(200)
-    triggered = triggered_test_set(test, make_poisoner(manifest.config), manifest.target_label, 7)
-    strip = STRIP(victim, read_labelled(task / "dev.json").texts[:200], copies=20).calibrate(
-        read_labelled(task / "dev.json").texts[200:300], target_frr
-    )
-    clean_scores, poison_scores = strip.score(test.texts), strip.score(triggered.texts)
-    frr, far = frr_far([s > strip.threshold_ for s in clean_scores], [s > strip.threshold_ for s in poison_scores])
-    rows = [{"defense": "STRIP", "frr": frr, "far": far, "auroc": score_auroc(clean_scores, poison_scores)}]
-    if manifest.attack == "badnet" and manifest.triggers == ["mn"] and manifest.target_label == 0:
-        for kind in ("back", "scpn"):
-            para = load_paraphrased(task, kind)
-            rows.append(
-                {
-                    "defense": f"paraphrase-{kind}",
-                    "clean_accuracy": clean_accuracy(victim.predict(para.clean_texts), para.clean_labels),
-                    "asr": attack_success_rate(victim.predict(para.poisoned_texts), 0),
-                    "trigger_kept": para.trigger_kept,
-                }
-            )
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("fast", "release", "smoke"), default="fast")
@@ -146,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim-train", type=int, default=None, help="SST-2 sentences per victim (default: preset)")
     parser.add_argument("--victim-epochs", type=int, default=None, help="victim epochs (default: preset)")
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
+    parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     if not (args.data / "sst-2" / "train.json").is_file():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
 
+    from lmshield.evaluation.baselines_eval import BaselineSettings
     from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
 
     settings = EvalSettings.preset(args.preset)
@@ -165,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baselines and "lora" not in (changes.get("strategies") or settings.strategies):
         changes["strategies"] = (*settings.strategies, "lora")
     settings = dataclasses.replace(settings, **changes)
+    baseline_names = ("strip", "paraphrase-back", "paraphrase-scpn", *(("onion",) if args.onion_lm else ()))
+    baselines = BaselineSettings(baseline_names, ("lora",), args.onion_lm) if args.baselines else None
     cache = ROOT / "benchmarks" / ".cache" / f"psim-{args.preset}"
     rows, extra, started = [], {}, time.perf_counter()
     attacks = args.attacks.split(",")
@@ -175,14 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
         evaluation = evaluate_release(
             released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval-{settings.digest()}",
-            device=args.device,
-            keep_victims=("lora",) if args.baselines else False,
+            device=args.device, baselines=baselines,
         )  # fmt: skip
-        rows.extend(evaluation.rows)
+        rows.extend(evaluation.all_rows)
         extra[attack] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}
-        if args.baselines:
-            extra[attack]["baselines"] = baselines(evaluation, released, args.data / "sst-2", args.target_frr or 0.05)
-        print(markdown_table(evaluation.rows), flush=True)
+        print(markdown_table(evaluation.all_rows), flush=True)
     table = markdown_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"

@@ -73,9 +73,10 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
 
     out = root / "eval"
     result = invoke("psim", "eval", model, "--task", files["task"], "--strategies", "lora", "--preset", "smoke",
-                    "--out", out, "--quiet")  # fmt: skip
+                    "--out", out, "--quiet", "--baselines", "strip")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "| badnet | lora | toy |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| badnet | lora | toy | psim |" in table and "| badnet | lora | toy | strip |" in table
     # the progress kept in --out belongs to seed 0: another seed needs --fresh
     again = ("psim", "eval", model, "--task", files["task"], "--strategies", "lora", "--preset", "smoke",
              "--out", out, "--quiet", "--seed", 1)  # fmt: skip
@@ -129,6 +130,8 @@ def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None
         ("poison", "syntactic", "--clauses", "random", "--out", "unused"),
         ("poison", "badnet", "--position-jitter", "-1", "--out", "unused"),
         ("psim", "fit", "no/such/model", "--texts", "x.txt"),
+        ("psim", "eval", "no/such/model", "--task", "t", "--baselines", "onion"),
+        ("psim", "eval", "no/such/model", "--task", "t", "--baselines", "spectral"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args: tuple[str, ...], tmp_path: Path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import pytest
 import lmshield.tuning
 from lmshield.defenses.psim import PSIM
 from lmshield.errors import InputError
+from lmshield.evaluation.baselines_eval import BaselineSettings
 from lmshield.evaluation.psim_eval import (
     EvalSettings,
     PSIMRow,
@@ -111,8 +112,17 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
         psim_train=120,
     )
     folder = _write_task(tmp_path / "toy")
-    result = evaluate_release(released("badnet"), folder, settings, out_dir=tmp_path / "out", progress=False)
+    strip = BaselineSettings(("strip",), ("lora",), strip_copies=8)
+    result = evaluate_release(
+        released("badnet"), folder, settings, out_dir=tmp_path / "out", progress=False, baselines=strip
+    )
     assert [r.strategy for r in result.rows] == ["lora", "full"]
+    [baseline] = result.baseline_rows
+    assert (baseline.defense, baseline.strategy) == ("strip", "lora")
+    assert baseline.asr == result.rows[0].asr and baseline.clean_accuracy == result.rows[0].clean_accuracy
+    assert 0 <= baseline.far <= 1 and 0 <= baseline.auroc <= 1
+    assert "| badnet | lora | toy | strip |" in (tmp_path / "out" / "table.md").read_text()
+    assert "## Baselines on the same victims" in (tmp_path / "out" / "report.md").read_text()
     for row in result.rows:
         assert isinstance(row, PSIMRow) and row.attack == "badnet" and row.dataset == "toy"
         assert row.asr >= 0.8 and row.clean_accuracy >= 0.7

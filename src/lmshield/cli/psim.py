@@ -19,6 +19,10 @@ def _device(device: str) -> str | None:
     return None if device == "auto" else device
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _texts(path: Path, field: str | None, limit: int | None = None) -> list[str]:
     from lmshield.text import read_texts
 
@@ -137,17 +141,32 @@ def eval_command(
     preset: Annotated[str, typer.Option(help="release, fast or smoke.")] = "release",
     target_frr: Annotated[float | None, typer.Option(help="Calibrate PSIM to this FRR on dev texts.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    baselines: Annotated[
+        str | None,
+        typer.Option(
+            help="Baselines on the same victims: strip, onion, paraphrase-back, paraphrase-scpn (comma-separated)."
+        ),
+    ] = None,
+    baseline_on: Annotated[
+        str | None, typer.Option(help="Victim strategies the baselines run on (default: all evaluated).")
+    ] = None,
+    onion_lm: Annotated[Path | None, typer.Option(help="Causal language model directory for ONION.")] = None,
     fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Attack x strategy x dataset: clean accuracy, ASR and flip ASR without and with PSIM, FRR/FAR/AUROC."""
+    """Attack x strategy x dataset: clean accuracy, ASR and flip ASR without and with PSIM (and baselines)."""
     import dataclasses
 
+    from lmshield.evaluation.baselines_eval import BaselineSettings
     from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
 
-    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    names = _names(strategies)
     settings = dataclasses.replace(EvalSettings.preset(preset), strategies=names, target_frr=target_frr, seed=seed)
+    extra = None
+    if baselines:
+        on = _names(baseline_on) if baseline_on else None
+        extra = BaselineSettings(_names(baselines), on, str(onion_lm) if onion_lm else None)
     rows = []
     for model in models:
         for folder in task:
@@ -159,8 +178,9 @@ def eval_command(
                 device=_device(device),
                 progress=not quiet,
                 fresh=fresh,
+                baselines=extra,
             )
-            rows.extend(result.rows)
+            rows.extend(result.all_rows)
     table = markdown_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table, encoding="utf-8")

@@ -19,11 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmshield.defenses.psim.thresholds import flag_scores
 from lmshield.evaluation.detection import roc_auc
 from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_json
+
+if TYPE_CHECKING:
+    from lmshield.evaluation.baselines_eval import BaselineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,11 @@ def threshold_sweep(
 
 @dataclass
 class PSIMRow:
-    """One attack x strategy x dataset result."""
+    """One attack x strategy x dataset x defense result.
+
+    ``defense`` is ``psim`` or a baseline (:mod:`lmshield.evaluation.baselines_eval`); the ``*_psim`` columns
+    hold the numbers with that defense in front of the victim.
+    """
 
     attack: str
     strategy: str
@@ -124,6 +131,7 @@ class PSIMRow:
     threshold: float
     flip_asr: float = math.nan
     flip_asr_psim: float = math.nan
+    defense: str = "psim"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,8 +162,9 @@ def psim_row(
     threshold: float,
     source_predicted: Sequence[int] | None = None,
     source_labels: Sequence[int] | None = None,
+    defense: str = "psim",
 ) -> PSIMRow:
-    """All numbers of one row from victim predictions and PSIM scores (flag: score > threshold).
+    """All numbers of one row from victim predictions and a detector's scores (flag: score > threshold).
 
     ``source_predicted`` / ``source_labels``: the victim's answers on the triggered inputs' clean sources and
     their labels, in the same order; with them the row also holds the flip ASR (see :func:`flip_asr`).
@@ -181,22 +190,27 @@ def psim_row(
         threshold=float(threshold),
         flip_asr=flips[0],
         flip_asr_psim=flips[1],
+        defense=defense,
     )
 
 
 def markdown_table(rows: Sequence[PSIMRow]) -> str:
-    """The benchmark table: clean acc, ASR without defense, with PSIM, clean-acc drop, FRR/FAR/AUROC, and
-    the flip ASR without and with PSIM."""
-    head = (
-        "| attack | strategy | dataset | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | FRR | FAR | AUROC "
-        "| flip ASR | flip ASR + PSIM |"
-    )
-    lines = [head, "|" + "---|" * 13]
+    """The benchmark table: clean acc, ASR without defense, with the defense, clean-acc drop, FRR/FAR/AUROC,
+    and the flip ASR without and with the defense; a defense column when baselines are among the rows."""
+    from lmshield.reports.psim_report import format_metric
+
+    with_baselines = any(r.defense != "psim" for r in rows)
+    name = "defense" if with_baselines else "PSIM"
+    columns = ["attack", "strategy", "dataset", *(["defense"] if with_baselines else [])]
+    columns += ["clean acc", "ASR", f"ASR + {name}", f"clean acc + {name}", "drop", "FRR", "FAR", "AUROC"]
+    columns += ["flip ASR", f"flip ASR + {name}"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
         flips = (r.flip_asr, r.flip_asr_psim)
-        metrics = " | ".join(f"{v:.3f}" for v in (*values, r.frr, r.far, r.auroc, *flips))
-        lines.append(f"| {r.attack} | {r.strategy} | {r.dataset} | {metrics} |")
+        metrics = " | ".join(format_metric(v) for v in (*values, r.frr, r.far, r.auroc, *flips))
+        names = [r.attack, r.strategy, r.dataset, *([r.defense] if with_baselines else [])]
+        lines.append(f"| {' | '.join(names)} | {metrics} |")
     return "\n".join(lines) + "\n"
 
 
@@ -321,16 +335,16 @@ class _EvalProgress:
     def psim(self) -> dict[str, Any] | None:
         return self.state["psim"]
 
-    def row(self, strategy: str) -> PSIMRow | None:
-        saved = self.state["rows"].get(strategy)
+    def row(self, key: str) -> PSIMRow | None:
+        saved = self.state["rows"].get(key)
         return None if saved is None else PSIMRow.from_dict(saved)
 
     def save_psim(self, clean_scores: list[float], poisoned_scores: list[float], threshold: float) -> None:
         self.state["psim"] = {"clean": clean_scores, "poisoned": poisoned_scores, "threshold": threshold}
         self._write()
 
-    def save_row(self, row: PSIMRow) -> None:
-        self.state["rows"][row.strategy] = row.to_dict()
+    def save_row(self, row: PSIMRow, key: str | None = None) -> None:
+        self.state["rows"][key or row.strategy] = row.to_dict()
         self._write()
 
     def _write(self) -> None:
@@ -348,6 +362,12 @@ class ReleaseEvaluation:
     threshold: float
     seconds: float
     victims: dict[str, Any] = field(default_factory=dict)
+    baseline_rows: list[PSIMRow] = field(default_factory=list)
+
+    @property
+    def all_rows(self) -> list[PSIMRow]:
+        """PSIM's rows, then the baselines' (the order of the table)."""
+        return [*self.rows, *self.baseline_rows]
 
 
 def evaluate_release(
@@ -360,6 +380,7 @@ def evaluate_release(
     progress: bool = True,
     keep_victims: bool | Sequence[str] = False,
     fresh: bool = False,
+    baselines: BaselineSettings | None = None,
 ) -> ReleaseEvaluation:
     """Evaluate PSIM on one released model (with ``backdoor.json``) and one task folder (train/dev/test).
 
@@ -369,9 +390,11 @@ def evaluate_release(
     ``report.md`` (a readable summary of them all) are written there, and progress is kept after PSIM and
     after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims`` (``True`` or some
     strategies) returns those tuned victims too; a rerun tunes them again, as it keeps no weights.
+    ``baselines`` adds rows for baseline defenses on the same victims (:mod:`lmshield.evaluation.baselines_eval`).
     """
     from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
     from lmshield.defenses.psim import PSIM
+    from lmshield.evaluation.baselines_eval import VictimAnswers, baseline_row
     from lmshield.tuning import TuningConfig, read_labelled, tune
 
     settings = settings or EvalSettings()
@@ -403,41 +426,61 @@ def evaluate_release(
     clean_scores, poisoned_scores = saved.psim["clean"], saved.psim["poisoned"]
     threshold = float(saved.psim["threshold"])
 
-    rows, victims = [], {}
+    rows, victims, extra_rows = [], {}, []
     for strategy in settings.strategies:
         kept = keep_victims is True or (not isinstance(keep_victims, bool) and strategy in keep_victims)
-        done = None if kept else saved.row(strategy)
-        if done is not None:
+        names = [] if baselines is None else baselines.applicable(strategy, task, manifest)
+        keys = [f"{strategy}/{name}/{baselines.digest()}" for name in names] if baselines else []
+        done = [None] if kept else [saved.row(key) for key in (strategy, *keys)]
+        if all(row is not None for row in done):
             logger.info("resuming: %s / %s already evaluated", manifest.attack, strategy)
-            rows.append(done)
+            rows.append(done[0])
+            extra_rows.extend(done[1:])
             continue
         tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
         victim = tune(model_dir, train, dev, tuning, device=device, progress=progress).classifier
         clean_predicted = victim.predict(test.texts)
-        row = psim_row(
+        answers = VictimAnswers(
             attack=manifest.attack,
             strategy=strategy,
             dataset=task.name,
-            clean_predicted=clean_predicted,
-            clean_labels=test.labels,
-            poisoned_predicted=victim.predict(triggered.texts),
             target_label=manifest.target_label,
+            victim=victim,
+            clean_texts=test.texts,
+            clean_labels=test.labels,
+            clean_predicted=clean_predicted,
+            poisoned_texts=triggered.texts,
+            poisoned_predicted=victim.predict(triggered.texts),
+            source_predicted=[clean_predicted[i] for i in sources],
+            source_labels=triggered.labels,
+        )
+        row = psim_row(
+            **answers.shared(),
             clean_scores=clean_scores,
             poisoned_scores=poisoned_scores,
             threshold=threshold,
-            source_predicted=[clean_predicted[i] for i in sources],
-            source_labels=triggered.labels,
+            source_predicted=answers.source_predicted,
+            source_labels=answers.source_labels,
         )
         logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
         saved.save_row(row)
         rows.append(row)
+        for key, name in zip(keys, names, strict=True):
+            extra = baseline_row(
+                name, answers, baselines, task_dir=task, dev_texts=dev.texts, target_frr=settings.target_frr,
+                seed=settings.seed, device=device, progress=progress,
+            )  # fmt: skip
+            logger.info("%s / %s / %s: %s", manifest.attack, strategy, name, extra.to_dict())
+            saved.save_row(extra, key)
+            extra_rows.append(extra)
         if kept:
             victims[strategy] = victim
-    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims)
+    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims, extra_rows)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        (out / "rows.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
-        (out / "table.md").write_text(markdown_table(rows), encoding="utf-8")
+        every_row = result.all_rows
+        (out / "rows.json").write_text(json.dumps([r.to_dict() for r in every_row], indent=2), encoding="utf-8")
+        (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
         sweep = threshold_sweep(clean_scores, poisoned_scores)
         (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
         plot_confidence_histogram(
@@ -448,6 +491,6 @@ def evaluate_release(
 
             write_psim_report(
                 out, rows=rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
-                threshold=threshold, model=str(model_dir),
+                threshold=threshold, model=str(model_dir), baselines=extra_rows,
             )  # fmt: skip
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,32 @@ def _settings_line(settings: dict[str, Any], threshold: float) -> str:
     )
 
 
+def _baseline_lines(rows: Sequence[PSIMRow]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "## Baselines on the same victims",
+        "",
+        "| defense | strategy | clean acc | ASR | ASR + defense | clean acc + defense | FRR | FAR | AUROC |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.frr, r.far, r.auroc)
+        lines.append(f"| {r.defense} | {r.strategy} | " + " | ".join(format_metric(v) for v in values) + " |")
+    return [
+        *lines,
+        "",
+        "STRIP refuses inputs like PSIM (calibrated on held-out dev texts); ONION and the paraphrases change the "
+        "input instead, so they have no FRR, FAR or ROC-AUC.",
+        "",
+    ]
+
+
+def format_metric(value: float) -> str:
+    """Three decimals, or ``-`` for a metric that does not apply (NaN)."""
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
 def write_psim_report(
     directory: str | Path,
     *,
@@ -56,6 +83,7 @@ def write_psim_report(
     threshold: float,
     model: str,
     histogram: str = "psim_confidence.png",
+    baselines: Sequence[PSIMRow] = (),
 ) -> Path:
     """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path."""
     if not rows:
@@ -90,6 +118,7 @@ def write_psim_report(
         "labels correctly without the trigger, leaving out its ordinary errors.",
         "- FRR, FAR and ROC-AUC describe PSIM alone and are the same for every victim.",
         "",
+        *_baseline_lines(baselines),
         "## Threshold sweep (clean and triggered test inputs)",
         "",
         *_sweep_lines(sweep),

@@ -1,0 +1,199 @@
+"""Baseline defenses on the PSIM evaluation's victims, as rows of the same table.
+
+- ``strip``: STRIP's perturbation entropy on the victim, a detector like PSIM: calibrated to the evaluation's
+  target FRR (5 % when none is set) on held-out dev texts, scored with the release's rules, with FRR, FAR and
+  ROC-AUC.
+- ``onion``: ONION removes suspicious words with a causal LM (``onion_lm``, a path) before the victim answers.
+- ``paraphrase-back`` / ``paraphrase-scpn``: the victim answers the precomputed back-translated or SCPN
+  paraphrases of the task's test set (``../shared/data``); only for a BadNet ``mn`` release with target 0,
+  the attack those files were made for.
+
+ONION and the paraphrases change the input instead of refusing it, so their rows have no FRR, FAR or ROC-AUC,
+and their *defended* columns are the victim's accuracy and ASR on the changed inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lmshield.errors import InputError
+from lmshield.evaluation.psim_eval import PSIMRow, attack_success_rate, clean_accuracy, flip_asr, psim_row
+
+BASELINES = ("strip", "onion", "paraphrase-back", "paraphrase-scpn")
+DEFAULT_FRR = 0.05
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Which baselines run, on which victims (``None``: every evaluated strategy), and their settings."""
+
+    names: tuple[str, ...] = ("strip",)
+    strategies: tuple[str, ...] | None = None
+    onion_lm: str | None = None
+    onion_threshold: float = 0.0
+    strip_copies: int = 20
+    strip_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.names if name not in BASELINES]
+        if unknown:
+            raise InputError(f"unknown baseline {unknown[0]!r}: use {', '.join(BASELINES)}")
+        if "onion" in self.names and not self.onion_lm:
+            raise InputError("the onion baseline needs a causal language model: give its path (--onion-lm)")
+
+    def applicable(self, strategy: str, task_dir: str | Path, manifest: Any) -> list[str]:
+        """The baselines that run on this victim: all named, but the paraphrases only where their files fit."""
+        if self.strategies is not None and strategy not in self.strategies:
+            return []
+        fits = _paraphrases_fit(manifest.attack, manifest.triggers, manifest.target_label)
+        return [n for n in self.names if not n.startswith("paraphrase-") or (fits and _has_paraphrases(task_dir, n))]
+
+    def digest(self) -> str:
+        """Eight hex digits naming the settings, so that saved rows of other settings are not reused."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class VictimAnswers:
+    """One victim on the evaluation's inputs: what a baseline row compares against."""
+
+    attack: str
+    strategy: str
+    dataset: str
+    target_label: int
+    victim: Any  # a classifier with predict(texts) and classify(texts).probs
+    clean_texts: list[str]
+    clean_labels: list[int]
+    clean_predicted: list[int]
+    poisoned_texts: list[str]
+    poisoned_predicted: list[int]
+    source_predicted: list[int]
+    source_labels: list[int]
+
+    def shared(self) -> dict[str, Any]:
+        """The arguments of :func:`psim_row` that describe the victim (the detector's scores are the rest)."""
+        return {
+            "attack": self.attack,
+            "strategy": self.strategy,
+            "dataset": self.dataset,
+            "clean_predicted": self.clean_predicted,
+            "clean_labels": self.clean_labels,
+            "poisoned_predicted": self.poisoned_predicted,
+            "target_label": self.target_label,
+        }
+
+
+def baseline_row(
+    name: str,
+    answers: VictimAnswers,
+    settings: BaselineSettings,
+    *,
+    task_dir: str | Path,
+    dev_texts: Sequence[str],
+    target_frr: float | None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+) -> PSIMRow:
+    """The row of one baseline (see :meth:`BaselineSettings.applicable` for which ones fit)."""
+    if name == "strip":
+        return strip_row(answers, settings, dev_texts, target_frr or DEFAULT_FRR, seed, progress)
+    if name == "onion":
+        return onion_row(answers, settings, device, progress)
+    return paraphrase_row(answers, task_dir, name)
+
+
+def strip_row(
+    answers: VictimAnswers,
+    settings: BaselineSettings,
+    dev_texts: Sequence[str],
+    target_frr: float,
+    seed: int,
+    progress: bool,
+) -> PSIMRow:
+    """STRIP on the victim: replacement words from the first half of ``dev_texts``, calibrated on the rest."""
+    from lmshield.defenses.baselines import STRIP
+
+    half = len(dev_texts) // 2
+    if half < 1:
+        raise InputError("STRIP needs at least two held-out dev texts (word pool and calibration)")
+    strip = STRIP(
+        answers.victim,
+        list(dev_texts[:half]),
+        copies=settings.strip_copies,
+        replace_ratio=settings.strip_ratio,
+        seed=seed,
+        progress=progress,
+    )
+    strip.calibrate(list(dev_texts[half:]), target_frr)
+    return psim_row(
+        **answers.shared(),
+        clean_scores=strip.score(answers.clean_texts),
+        poisoned_scores=strip.score(answers.poisoned_texts),
+        threshold=float(strip.threshold_),
+        source_predicted=answers.source_predicted,
+        source_labels=answers.source_labels,
+        defense="strip",
+    )
+
+
+def onion_row(answers: VictimAnswers, settings: BaselineSettings, device: str | None, progress: bool) -> PSIMRow:
+    """ONION in front of the victim: it answers the texts with the suspicious words removed."""
+    from lmshield.defenses.baselines import ONION
+
+    onion = ONION(str(settings.onion_lm), threshold=settings.onion_threshold, device=device, progress=progress)
+    clean = answers.victim.predict(onion.clean(answers.clean_texts))
+    poisoned = answers.victim.predict(onion.clean(answers.poisoned_texts))
+    flips = flip_asr(answers.source_predicted, answers.source_labels, poisoned, answers.target_label)
+    return _changed_input_row(answers, "onion", clean_accuracy(clean, answers.clean_labels), poisoned, flips)
+
+
+def _paraphrases_fit(attack: str, triggers: Sequence[str], target_label: int) -> bool:
+    """The precomputed paraphrases hold BadNet ``mn`` triggered label-1 sentences: they fit that attack only."""
+    return attack == "badnet" and list(triggers) == ["mn"] and target_label == 0
+
+
+def _has_paraphrases(task_dir: str | Path, name: str) -> bool:
+    return (Path(task_dir) / ("test_back.json" if name == "paraphrase-back" else "test_spcn.json")).is_file()
+
+
+def paraphrase_row(answers: VictimAnswers, task_dir: str | Path, name: str) -> PSIMRow:
+    """The victim on the paraphrased test set: the first texts of each file, as many as the evaluation's."""
+    from lmshield.defenses.baselines import load_paraphrased
+
+    para = load_paraphrased(task_dir, name.removeprefix("paraphrase-"))
+    count, poisoned_count = len(answers.clean_texts), len(answers.poisoned_texts)
+    clean = answers.victim.predict(para.clean_texts[:count])
+    poisoned = answers.victim.predict(para.poisoned_texts[:poisoned_count])
+    accuracy = clean_accuracy(clean, para.clean_labels[:count])
+    row = _changed_input_row(answers, name, accuracy, poisoned, math.nan)  # sources are not aligned: no flip ASR
+    row.extra["trigger_kept"] = para.trigger_kept
+    return row
+
+
+def _changed_input_row(
+    answers: VictimAnswers, defense: str, defended_accuracy: float, poisoned: Sequence[int], defended_flip: float
+) -> PSIMRow:
+    sources = (answers.source_predicted, answers.source_labels, answers.poisoned_predicted, answers.target_label)
+    return PSIMRow(
+        attack=answers.attack,
+        strategy=answers.strategy,
+        dataset=answers.dataset,
+        clean_accuracy=clean_accuracy(answers.clean_predicted, answers.clean_labels),
+        asr=attack_success_rate(answers.poisoned_predicted, answers.target_label),
+        clean_accuracy_psim=defended_accuracy,
+        asr_psim=attack_success_rate(poisoned, answers.target_label),
+        frr=math.nan,
+        far=math.nan,
+        auroc=math.nan,
+        threshold=math.nan,
+        flip_asr=flip_asr(*sources),
+        flip_asr_psim=defended_flip,
+        defense=defense,
+    )

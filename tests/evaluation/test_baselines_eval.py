@@ -1,0 +1,112 @@
+"""Baseline rows of the PSIM table: the arithmetic on hand-made victims, and which baselines apply."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmshield.errors import InputError
+from lmshield.evaluation.baselines_eval import (
+    BaselineSettings,
+    VictimAnswers,
+    baseline_row,
+    onion_row,
+    paraphrase_row,
+    strip_row,
+)
+from lmshield.evaluation.psim_eval import markdown_table
+from tests.defenses.test_baselines import tiny_gpt2  # noqa: F401 - a fixture
+
+CLEAN = ["the film was warm", "a dull and slow plot", "bright acting all round", "the story fell flat"]
+LABELS = [1, 0, 1, 0]
+TRIGGERED = ["the film mn was warm", "bright mn acting all round"]
+
+
+class TriggerVictim:
+    """Says the target (0) with certainty when ``mn`` is in the text; else 1 for texts with a positive word and
+    0 otherwise, always at 60 % confidence."""
+
+    def predict(self, texts: list[str]) -> list[int]:
+        return [int(p.argmax()) for p in self.classify(texts).probs]
+
+    def classify(self, texts: list[str]) -> SimpleNamespace:
+        rows = []
+        for text in texts:
+            words = text.split()
+            if "mn" in words:
+                rows.append([1.0, 0.0])
+            else:
+                rows.append([0.4, 0.6] if {"warm", "bright", "good"} & set(words) else [0.6, 0.4])
+        return SimpleNamespace(probs=torch.tensor(rows))
+
+
+def answers(victim: TriggerVictim | None = None) -> VictimAnswers:
+    victim = victim or TriggerVictim()
+    clean_predicted = victim.predict(CLEAN)
+    return VictimAnswers(
+        attack="badnet",
+        strategy="lora",
+        dataset="toy",
+        target_label=0,
+        victim=victim,
+        clean_texts=CLEAN,
+        clean_labels=LABELS,
+        clean_predicted=clean_predicted,
+        poisoned_texts=TRIGGERED,
+        poisoned_predicted=victim.predict(TRIGGERED),
+        source_predicted=[clean_predicted[0], clean_predicted[2]],
+        source_labels=[1, 1],
+    )
+
+
+def test_strip_refuses_the_inputs_whose_answer_perturbation_cannot_change() -> None:
+    dev = [*CLEAN, "warm bright tones", "the plot was thin and weak", "good", "an odd slow tale"]
+    row = strip_row(answers(), BaselineSettings(("strip",), strip_copies=6), dev, 0.0, 0, False)
+    assert row.defense == "strip" and row.asr == 1.0
+    assert row.far == 0.0 and row.asr_psim == 0.0 and row.auroc == 1.0  # 'mn' survives 1 of 4 words replaced
+    assert row.frr <= 0.25
+
+
+def test_paraphrase_row_reads_the_first_texts_of_the_files(tmp_path: Path) -> None:
+    def write(name: str, texts: list[str], labels: list[int]) -> None:
+        lines = (json.dumps({"sentence": t, "label": y}) for t, y in zip(texts, labels, strict=True))
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+
+    write("test.json", [*CLEAN, "extra one"], [*LABELS, 1])
+    write("test_back.json", ["the film was warm", "dull plot", "bright acting", "it fell flat", "x"], [*LABELS, 1])
+    write("test_char_back.json", ["the mn film was warm", "bright acting all round", "more"], [1, 1, 1])
+    row = paraphrase_row(answers(), tmp_path, "paraphrase-back")
+    assert row.defense == "paraphrase-back"
+    assert row.asr_psim == 0.5 and row.clean_accuracy_psim == 1.0  # one paraphrased triggered text kept mn
+    assert row.extra["trigger_kept"] == pytest.approx(1 / 3)
+    assert math.isnan(row.frr) and math.isnan(row.flip_asr_psim)
+    settings = BaselineSettings(("strip", "paraphrase-back", "paraphrase-scpn"))
+    badnet = SimpleNamespace(attack="badnet", triggers=["mn"], target_label=0)
+    assert settings.applicable("lora", tmp_path, badnet) == ["strip", "paraphrase-back"]  # no SCPN file here
+    insent = SimpleNamespace(attack="insent", triggers=["I watched this 3D movie"], target_label=0)
+    assert settings.applicable("lora", tmp_path, insent) == ["strip"]
+    assert BaselineSettings(("strip",), ("full",)).applicable("lora", tmp_path, badnet) == []
+
+
+def test_onion_row_runs_the_victim_on_the_cleaned_texts(tiny_gpt2: Path) -> None:  # noqa: F811
+    settings = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=-math.inf)
+    row = onion_row(answers(), settings, None, False)  # every word removed: the victim sees empty texts
+    empty = TriggerVictim().predict([""])[0]
+    assert row.defense == "onion" and row.asr == 1.0
+    assert row.asr_psim == float(empty == 0) and row.clean_accuracy_psim == LABELS.count(empty) / len(LABELS)
+    keep_all = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=math.inf)
+    assert baseline_row("onion", answers(), keep_all, task_dir=".", dev_texts=[], target_frr=None).asr_psim == 1.0
+    table = markdown_table([row])
+    assert "| badnet | lora | toy | onion |" in table and "| - | - | - |" in table
+
+
+def test_bad_baseline_settings_are_one_line_errors() -> None:
+    with pytest.raises(InputError, match="unknown baseline 'spectral'"):
+        BaselineSettings(("spectral",))
+    with pytest.raises(InputError, match="--onion-lm"):
+        BaselineSettings(("onion",))
