@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from lmshield.errors import ModelLoadError
 from lmshield.models import WatchedPosition, load_encoder, supported_model_types
@@ -95,6 +96,7 @@ def test_pickle_state_dict_loads_with_opt_in(tiny_bert_dir: Path, tmp_path: Path
         ("no_tokenizer", "tokenizer missing"),
         ("unsupported", "unsupported architecture 'gpt2'"),
         ("no_config", "no config.json"),
+        ("partial", "lack or misshape 2 of the model's tensors"),
     ],
 )
 def test_bad_model_directories_fail_with_one_clear_line(
@@ -115,6 +117,10 @@ def test_bad_model_directories_fail_with_one_clear_line(
         (target / "config.json").write_text(config)
     elif breakage == "no_config":
         (target / "config.json").unlink()
+    elif breakage == "partial":  # two encoder tensors gone: they must not be filled with random values
+        weights = load_file(target / "model.safetensors")
+        dropped = [k for k in weights if "layer.0.attention" in k][:2]
+        save_file({k: v for k, v in weights.items() if k not in dropped}, target / "model.safetensors")
     with pytest.raises(ModelLoadError, match=message) as info:
         load_encoder(target)
     assert "\n" not in str(info.value)

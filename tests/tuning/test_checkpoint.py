@@ -95,3 +95,12 @@ def test_a_damaged_checkpoint_is_a_one_line_error(
     (tmp_path / "epoch-1.safetensors").unlink()
     with pytest.raises(InputError, match="damaged checkpoint"):
         tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_a_finished_run_removes_only_its_own_files(trained_bert: Encoder, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "notes.txt").write_text("the user's own file")
+    config = CONFIG.replace(epochs=1)
+    tune(trained_bert, tiny_task(32, 1), tiny_task(16, 2), config, checkpoint_dir=checkpoint, progress=False)
+    assert [f.name for f in checkpoint.iterdir()] == ["notes.txt"]

@@ -30,6 +30,11 @@ hf_logging.disable_progress_bar()
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# modules a task model may add on top of an encoder: initialised fresh when the checkpoint has none
+NEW_HEAD_PARTS = frozenset(
+    {"classifier", "score", "pooler", "qa_outputs", "sequence_summary", "logits_proj"}  # task heads
+    | {"lm_head", "cls", "predictions", "lm_predictions", "generator_predictions", "generator_lm_head"}  # MLM heads
+)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -159,18 +164,40 @@ def _build_model(
     auto_class: type = AutoModel,
     **model_kwargs: Any,
 ):
-    kwargs = {"config": config, "use_safetensors": True, "trust_remote_code": False, **model_kwargs}
+    kwargs = {
+        "config": config,
+        "use_safetensors": True,
+        "trust_remote_code": False,
+        "output_loading_info": True,
+        **model_kwargs,
+    }
     try:
         if not is_pickle:
-            return auto_class.from_pretrained(directory, **kwargs)
-        with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
-            _load_pickle_as_safetensors(weights, Path(tmp))
-            config.save_pretrained(tmp)
-            return auto_class.from_pretrained(tmp, **kwargs)
+            model, info = auto_class.from_pretrained(directory, **kwargs)
+        else:
+            with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
+                _load_pickle_as_safetensors(weights, Path(tmp))
+                config.save_pretrained(tmp)
+                model, info = auto_class.from_pretrained(tmp, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"{directory}: weights do not match the config ({exc})") from exc
+    _check_complete(directory, info)
+    return model
+
+
+def _check_complete(directory: Path, info: dict[str, Any]) -> None:
+    """Refuse weights that leave parts of the model to random initialisation (a head or pooler may be new)."""
+    missing = [k for k in info.get("missing_keys", ()) if not k.split(".")[-1].endswith("_ids")]
+    missing = [k for k in missing if not any(part in NEW_HEAD_PARTS for part in k.split("."))]
+    mismatched = [str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys", ())]
+    if missing or mismatched:
+        names = sorted(missing + mismatched)
+        raise ModelLoadError(
+            f"{directory}: the weights lack or misshape {len(names)} of the model's tensors ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); refusing to fill them with random values"
+        )
 
 
 @dataclass

@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,9 +147,16 @@ class EpochCheckpoint:
                 old.unlink()
 
     def clear(self) -> None:
-        """Remove the checkpoints (a finished run needs none)."""
-        if self.directory is not None and self.directory.is_dir():
-            shutil.rmtree(self.directory)
+        """Remove the files the checkpoints wrote (a finished run needs none); the folder goes only when empty,
+        so anything else a user kept there stays."""
+        if self.directory is None or not self.directory.is_dir():
+            return
+        own = (PROGRESS_JSON, f"{PROGRESS_JSON}.tmp")
+        for file in self.directory.iterdir():
+            if file.is_file() and (TENSOR_FILE.fullmatch(file.name) or file.name in own):
+                file.unlink()
+        if not any(self.directory.iterdir()):
+            self.directory.rmdir()
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
