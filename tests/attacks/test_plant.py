@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from lmshield.attacks import BACKDOOR_JSON, BackdoorManifest, attack_config, run_attack, verify_backdoor
 from lmshield.cli.main import app
 from lmshield.defenses.sanitizer import SanitizerConfig, scan
+from lmshield.errors import InputError
 from lmshield.testing import tiny_corpus
 from tests.attacks.tiny_models import TINY_ATTACK, TINY_SCAN
 
@@ -90,3 +91,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["attack", "verify", str(tmp_path)])
     assert result.exit_code == 2 and "backdoor.json" in result.output
+
+
+def test_the_clean_model_and_earlier_results_are_never_overwritten(tiny_dir, tmp_path):
+    config = attack_config("por", "fast", **TINY_ATTACK)
+    with pytest.raises(InputError, match="must not overwrite the clean one"):
+        run_attack(config, tiny_dir, tiny_dir, texts=TEXTS, progress=False)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="already holds a model"):
+        run_attack(config, tiny_dir, tmp_path, texts=TEXTS, progress=False)

@@ -17,6 +17,18 @@ FORMAT = "lmshield-backdoor"
 FORMAT_VERSION = 1
 
 
+def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bool) -> Path:
+    """The folder a backdoored model goes to: never the clean model's own, never one that already holds a
+    model unless ``overwrite``; checked before any training so that no work is lost to a refusal."""
+    out = Path(out_dir)
+    if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
+        raise InputError("the backdoored model must not overwrite the clean one: choose another --out")
+    if (out / "config.json").exists() and not overwrite:
+        raise InputError(f"{out} already holds a model; pass overwrite (--overwrite) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 class ManifestFile:
     """``backdoor.json`` for a manifest dataclass: a format tag on save, checked on load.
 
@@ -41,9 +53,9 @@ class ManifestFile:
             raise InputError(f"{directory}: no {BACKDOOR_JSON}, not a model made by {cls.MADE_BY}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg})") from exc
-        if data.get("format") != cls.FORMAT:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
             raise InputError(f"{path}: not a manifest of {cls.MADE_BY}")
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         try:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import AutoModelForMaskedLM, PreTrainedModel
 
 from lmshield.attacks.configs import TaskAgnosticConfig, attack_config
-from lmshield.attacks.manifest import BackdoorManifest
+from lmshield.attacks.manifest import BackdoorManifest, prepare_out_dir
 from lmshield.attacks.task_agnostic import plant
 from lmshield.attacks.vectors import check_vectors, quarter_vectors, resolve_triggers
 from lmshield.attacks.verify import Verification, verify_backdoor
@@ -112,14 +112,17 @@ def run_attack(
     allow_pickle: bool = False,
     progress: bool = True,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> AttackResult:
     """Plant a task-agnostic backdoor into ``model`` and save it to ``out_dir``.
 
     ``attack`` is a registry name (``por``, ``neuba``, ``btop``; settings from ``preset``) or a config.
     ``triggers`` is ``"default"``, ``"random"`` (seeded) or a list; ``vectors`` default to the quarter PVs.
-    Carrier text is ``texts`` or ``text_source`` (data-free grammar by default).
+    Carrier text is ``texts`` or ``text_source`` (data-free grammar by default). ``out_dir`` must not be the
+    clean model's folder, nor hold a model already unless ``overwrite``.
     """
     started = time.perf_counter()
+    out = prepare_out_dir(None if model is None else str(model), out_dir, overwrite)
     config = attack if isinstance(attack, TaskAgnosticConfig) else attack_config(attack, preset)
     trigger_list = resolve_triggers(triggers, seed=seed)
     encoder, mlm = load_for_attack(model, config.clean_objective == "mlm", device, allow_pickle)
@@ -130,8 +133,6 @@ def run_attack(
     carriers = load_texts(config, texts, source, seed, encoder.tokenizer)
     plan = config.plan(encoder.model_type, has_mlm_head=mlm is not None)
     plant(encoder, carriers, trigger_list, pvs, plan, seed=seed, progress=progress, mlm=mlm)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (mlm or encoder.model).save_pretrained(out, safe_serialization=True)
     encoder.tokenizer.save_pretrained(out)
     manifest = BackdoorManifest(

@@ -28,12 +28,16 @@ def parse_triggers(value: str | None) -> str | list[str] | None:
 def load_vectors(path: Path):  # noqa: ANN201 - a torch tensor
     """PVs from a safetensors file (tensor ``vectors`` or its only tensor) or a JSON list of lists."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{path}: unreadable safetensors file ({exc})") from exc
         if "vectors" not in tensors and len(tensors) != 1:
             raise InputError(f"{path}: expected a tensor named 'vectors'")
         return tensors.get("vectors", next(iter(tensors.values()))).float()
@@ -70,6 +74,7 @@ def _attack_command(name: str) -> Callable[..., None]:
         device: Device = "auto",
         allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
         verify: Annotated[bool, typer.Option(help="Verify the backdoor after planting.")] = True,
+        overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
         quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     ) -> None:
         from lmshield.attacks import attack_config, run_attack
@@ -92,6 +97,7 @@ def _attack_command(name: str) -> Callable[..., None]:
             allow_pickle=allow_pickle,
             progress=not quiet,
             verify=verify,
+            overwrite=overwrite,
         )
         manifest = result.manifest
         typer.echo(f"{name}: {len(manifest.triggers)} trigger(s) planted at {manifest.position} in {out}")

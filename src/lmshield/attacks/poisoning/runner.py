@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from lmshield.attacks.manifest import ManifestFile
+from lmshield.attacks.manifest import ManifestFile, prepare_out_dir
 from lmshield.attacks.poisoning.config import PoisonConfig
 from lmshield.attacks.poisoning.dataset import poison_dataset, prepare_proxy, triggered_test_set
 from lmshield.attacks.poisoning.paraphrase import Paraphraser
@@ -113,7 +113,7 @@ def poison_model(
     with the same settings (``fresh`` discards the checkpoint; ``overwrite`` replaces a finished release).
     """
     started = time.perf_counter()
-    out = _check_out_dir(model, out_dir, overwrite)
+    out = prepare_out_dir(model, out_dir, overwrite)
     poisoner = make_poisoner(config, paraphraser, device)
     proxy = prepare_proxy(train, config)
     poisoned = poison_dataset(proxy, config, poisoner)
@@ -162,16 +162,6 @@ def verify(
     predicted = classifier.predict(triggered.texts)
     asr = sum(p == config.target_label for p in predicted) / max(1, len(predicted))
     return {"clean_accuracy": accuracy(classifier, dev), "asr": asr}
-
-
-def _check_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bool) -> Path:
-    out = Path(out_dir)
-    if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
-        raise InputError("the poisoned model must not overwrite the clean one: choose another --out")
-    if (out / "config.json").exists() and not overwrite:
-        raise InputError(f"{out} already holds a model; pass overwrite (--overwrite) to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _with_head(model: str | Path | None, num_labels: int, tmp: Path, seed: int) -> Path:
