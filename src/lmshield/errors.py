@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
 EXIT_CLEAN = 0
 EXIT_ERROR = 2
 EXIT_BACKDOORED = 3
@@ -19,3 +24,18 @@ class ModelLoadError(LmshieldError):
 
 class InputError(LmshieldError):
     """A text source, setting or file given by the user is unusable."""
+
+
+def reject_unknown(settings: Any, names: Iterable[str], what: str) -> None:
+    """Raise :class:`InputError` naming the first of ``names`` that is not a field of the dataclass ``settings``."""
+    known = {f.name for f in dataclasses.fields(settings)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InputError(f"unknown {what} setting(s): {', '.join(unknown)}")
+
+
+def check_finite(values: dict[str, float], *, positive: bool = False) -> None:
+    """Raise :class:`InputError` for a NaN or infinite value (or, with ``positive``, one at or below 0)."""
+    for name, value in values.items():
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise InputError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import math
 import random
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -148,6 +151,31 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert np.allclose(loaded.score(texts), psim.score(texts), atol=1e-5)
     with pytest.raises(InputError, match="not a saved PSIM"):
         PSIM.from_pretrained(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def saved_psim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fitted().save_pretrained(tmp_path_factory.mktemp("saved") / "psim")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda j: [j], "not a PSIM file"),
+        (lambda j: {**j, "threshold_": math.nan}, "would never flag"),
+        (lambda j: {**j, "threshold_": 5.0}, "would never flag"),
+        (lambda j: {**j, "num_labels_": 0}, "does not match the module's 2 labels"),
+        (lambda j: {**j, "config": []}, "unreadable"),
+    ],
+)
+def test_a_damaged_saved_psim_is_a_one_line_error(saved_psim: Path, tmp_path: Path, edit, message: str) -> None:
+    directory = Path(shutil.copytree(saved_psim, tmp_path / "psim"))
+    payload = json.loads((directory / "psim.json").read_text())
+    (directory / "psim.json").write_text(json.dumps(edit(payload)))
+    with pytest.raises(InputError, match=message):
+        PSIM.from_pretrained(directory, progress=False)
+    with pytest.raises(InputError, match=r"threshold must be in \[0, 1\)"):
+        PSIM(threshold=1.5)
 
 
 def test_short_inputs_and_misuse() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
 from lmshield.defenses.sanitizer import mining as mining_module
@@ -80,6 +81,12 @@ def _wrong_size_pvs(scan_dir: Path) -> None:
     save_file({"pvs": torch.zeros(1, 5), "triggers": torch.zeros(1, 2, 5)}, str(scan_dir / "pvs.safetensors"))
 
 
+def _nan_pvs(scan_dir: Path) -> None:
+    tensors = load_file(scan_dir / "pvs.safetensors")
+    tensors["pvs"] = torch.full_like(tensors["pvs"], math.nan)
+    save_file(tensors, str(scan_dir / "pvs.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, backdoored, _ = bert_pair
@@ -98,6 +105,7 @@ def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda d: _damage_json(d, lambda j: j.update(verdict="clean")), r"with \d+ PV"),
         (lambda d: (d / "pvs.safetensors").write_bytes(b"\x00" * 20), "unreadable scan result"),
         (_wrong_size_pvs, "hidden size"),
+        (lambda d: _nan_pvs(d), "NaN or infinite"),
     ],
 )
 def test_damaged_result_is_a_one_line_error(saved_scan: Path, tmp_path: Path, damage, message: str):
@@ -192,11 +200,16 @@ def test_mask_position_scans_a_mask_backdoor():
         ({"num_carriers": 8}, "at least batch_size"),
         ({"collapse_threshold": 1.5}, "share of the entropy ceiling"),
         ({"distance_scale": "log"}, "unknown distance scale"),
+        ({"distance_threshold": math.nan}, "distance_threshold must be a finite positive number"),
+        ({"lr": -1.0}, "lr must be a finite positive number"),
+        ({"min_sign_consistency": 2.0}, "a share"),
     ],
 )
 def test_bad_settings_are_refused(changes: dict, message: str):
     with pytest.raises(InputError, match=message):
         SanitizerConfig(**changes)
+    with pytest.raises(InputError, match="unknown scan setting"):
+        SanitizerConfig.preset("default", distance=3.0)
 
 
 def test_too_few_carrier_texts_are_refused(bert_pair):

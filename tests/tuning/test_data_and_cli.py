@@ -50,13 +50,21 @@ def test_csv_and_string_labels_share_the_training_mapping(tmp_path: Path) -> Non
         ('{"body": "a", "label": 1}\n', "no text field"),
         ('{"sentence": "a", "y": 1}\n', "no label field"),
         ('{"sentence": "a", "label": "pos"}\n{"sentence": "b", "label": "pos"}\n', "at least 2 labels"),
+        ('{"sentence": "a", "label": 0}\n{"sentence": "b", "label": 3000000}\n', "beyond 9999"),
+        ("sentence,label\n" + "x" * 200_000 + ",1\n", "not readable as CSV"),
     ],
 )
 def test_bad_files_are_one_line_errors(tmp_path: Path, content: str, message: str) -> None:
-    path = tmp_path / "data.jsonl"
+    path = tmp_path / ("data.csv" if content.startswith("sentence,") else "data.jsonl")
     path.write_text(content)
     with pytest.raises(InputError, match=message):
         read_labelled(path)
+
+
+def test_digit_like_characters_are_label_names_not_indices(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"sentence": "a", "label": "\u00b2"}\n{"sentence": "b", "label": "1"}\n')
+    assert read_labelled(path).label_names == ["1", "\u00b2"]
 
 
 def test_missing_file_is_not_mistaken_for_a_dataset(tmp_path: Path) -> None:

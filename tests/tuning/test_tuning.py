@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from lmshield.errors import InputError
@@ -213,6 +216,47 @@ def test_save_load_round_trip(trained_bert_dir: Path, tmp_path: Path, method: st
     assert torch.allclose(before.logits, after.logits, atol=1e-5)
     assert torch.allclose(before.watched, after.watched, atol=1e-5)
     assert loaded.label_names == result.classifier.label_names
+
+
+@pytest.fixture(scope="module")
+def saved_lora(trained_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("saved") / "lora"
+    tune(trained_bert_dir, tiny_task(32, 1), tiny_task(16, 2), fast("lora", epochs=1), out_dir=out, progress=False)
+    return out
+
+
+def _nan_head(directory: Path) -> None:
+    head = load_file(directory / "head.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in head.items()}, directory / "head.safetensors")
+
+
+def _edit_tuning_json(directory: Path, edit) -> None:
+    data = json.loads((directory / "tuning.json").read_text())
+    edit(data)
+    (directory / "tuning.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "tuning.json").write_bytes(b"\xff\xfe"), "unreadable"),
+        (lambda d: _edit_tuning_json(d, lambda j: j.update(config=[])), "unreadable"),
+        (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names="xyz")), "label_names must be a list"),
+        (lambda d: (d / "head.safetensors").write_bytes(b"\x08" + b"\x00" * 15), "corrupted or truncated"),
+        (_nan_head, "NaN or infinite"),
+    ],
+)
+def test_a_damaged_classifier_is_a_one_line_error(saved_lora: Path, tmp_path: Path, damage, message: str) -> None:
+    copy = Path(shutil.copytree(saved_lora, tmp_path / "copy"))
+    damage(copy)
+    with pytest.raises(InputError, match=message) as caught:
+        TunedClassifier.from_pretrained(copy)
+    assert "\n" not in str(caught.value)
+
+
+def test_batch_size_must_be_positive(saved_lora: Path) -> None:
+    with pytest.raises(InputError, match="batch_size must be at least 1"):
+        TunedClassifier.from_pretrained(saved_lora).classify(["a text"], batch_size=-1)
 
 
 def test_in_memory_base_is_saved_beside_the_adapter(trained_bert: Encoder, tmp_path: Path) -> None:

@@ -74,6 +74,23 @@ def test_spec_expands_lists_into_models(tmp_path):
         parse_spec({"models": [{"kind": "clean-finetune"}]})
     with pytest.raises(InputError, match="unknown key"):
         parse_spec({"models": [{"kind": "original", "sed": 1}]})
+    with pytest.raises(InputError, match="seed must be an integer"):
+        parse_spec({"models": [{"kind": "original", "seed": "abc"}]})
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ("model_id,truth,kind,attack\n../victim,clean,original,\n", "not of the form id-NNNN"),
+        ("model_id,truth,kind,attack\n/tmp/victim,clean,original,\n", "not of the form id-NNNN"),
+        ("foo,bar\n1,2\n", "no column 'model_id'"),
+        ("model_id,truth,kind,attack\n", "no models listed"),
+    ],
+)
+def test_metadata_cannot_point_outside_the_zoo(tmp_path, metadata: str, message: str):
+    (tmp_path / "METADATA.csv").write_text(metadata)
+    with pytest.raises(InputError, match=message):
+        read_metadata(tmp_path)
 
 
 def test_build_writes_models_metadata_and_truth(zoo):

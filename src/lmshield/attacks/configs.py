@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lmshield.attacks.task_agnostic import PlantPlan
-from lmshield.errors import InputError
+from lmshield.errors import InputError, reject_unknown
 
 # POR weighs its clean half 0.5 on BERT-like encoders and 1.0 on the others.
 BERT_LIKE = ("bert", "albert", "distilbert", "electra")
@@ -60,10 +60,7 @@ class TaskAgnosticConfig:
         """``paper`` (the papers' settings) or ``fast`` (minutes on a CPU), with optional overrides."""
         if name not in PRESET_NAMES:
             raise InputError(f"unknown preset {name!r}: use {' or '.join(PRESET_NAMES)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(f"unknown {cls.name} setting(s): {', '.join(unknown)}")
+        reject_unknown(cls, overrides, cls.name)
         base = cls.fast if name == "fast" else {}
         return cls(**{**base, **overrides})
 

@@ -112,7 +112,10 @@ def read_records(path: str | Path) -> list[dict]:
     suffix = file.suffix.lower()
     if suffix in (".csv", ".tsv"):
         rows = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        records = [dict(row) for row in rows]
+        try:
+            records = [dict(row) for row in rows]
+        except csv.Error as exc:
+            raise InputError(f"{path}: not readable as {suffix[1:].upper()} ({exc})") from exc
     elif content.lstrip().startswith("["):
         records = _json_array(content, path)
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -225,7 +226,9 @@ class TunedClassifier(nn.Module):
     def classify(self, texts: list[str], batch_size: int | None = None, progress: bool = False) -> ClassifierOutput:
         """Logits and watched outputs for ``texts`` (eval mode, batched), on the CPU."""
         self.eval()
-        size = batch_size or self.config.eval_batch_size
+        size = self.config.eval_batch_size if batch_size is None else batch_size
+        if size < 1:
+            raise InputError(f"batch_size must be at least 1, got {size}")
         logits, watched = [], []
         for start in tqdm(range(0, len(texts), size), desc="classifying", disable=not progress, unit="batch"):
             out = self(**self.encode(texts[start : start + size]))
@@ -278,9 +281,15 @@ class TunedClassifier(nn.Module):
             payload = json.loads((out / TUNING_JSON).read_text(encoding="utf-8"))
             config = TuningConfig.from_dict(payload["config"])
             base = BaseModelInfo(**payload["base"])
-            label_names = list(payload["label_names"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{out / TUNING_JSON}: unreadable ({exc})") from exc
+            label_names = payload["label_names"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"{out / TUNING_JSON}: unreadable ({type(exc).__name__}: {exc})") from exc
+        if (
+            not isinstance(label_names, list)
+            or len(label_names) < 2
+            or not all(isinstance(n, str) for n in label_names)
+        ):
+            raise InputError(f"{out / TUNING_JSON}: label_names must be a list of at least 2 names")
         source = _base_location(out, base)
         classifier = cls.build(source, config, label_names, device=device, inference=True)
         if base.directory is not None:  # a base saved inside the classifier directory is checked by loading
@@ -295,13 +304,13 @@ class TunedClassifier(nn.Module):
             file = out / ADAPTER_DIR / "adapter_model.safetensors"
             if not file.is_file():
                 raise InputError(f"{out}: adapter weights missing (expected {file.relative_to(out)})")
-            _load_adapter(self.backbone, load_file(str(file), device=str(self.device)), file)
+            _load_adapter(self.backbone, _read_tensors(file, self.device), file)
         else:
             file = out / ENCODER_DIR / "model.safetensors"
             if not file.is_file():
                 raise InputError(f"{out}: tuned encoder weights missing (expected {file.relative_to(out)})")
-            _load_state(self.backbone, load_file(str(file), device=str(self.device)), file)
-        _load_state(self.head, load_file(str(out / HEAD_FILE), device=str(self.device)), out / HEAD_FILE)
+            _load_state(self.backbone, _read_tensors(file, self.device), file)
+        _load_state(self.head, _read_tensors(out / HEAD_FILE, self.device), out / HEAD_FILE)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -379,7 +388,12 @@ def _load_adapter(backbone: nn.Module, state: dict[str, torch.Tensor], file: Pat
     """Load peft adapter weights and check that every saved tensor landed where peft reads it from."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    set_peft_model_state_dict(backbone, state)
+    try:
+        set_peft_model_state_dict(backbone, state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise InputError(
+            f"{file}: the adapter weights do not fit this model and method ({type(exc).__name__})"
+        ) from exc
     if backbone.active_peft_config.is_prompt_learning:  # peft saves the prompts as one table
         table = backbone.prompt_encoder[backbone.active_adapter].embedding.weight
         loaded = {"prompt_embeddings": table.detach()}
@@ -387,6 +401,18 @@ def _load_adapter(backbone: nn.Module, state: dict[str, torch.Tensor], file: Pat
         loaded = get_peft_model_state_dict(backbone)
     if set(loaded) != set(state) or any(not torch.equal(loaded[k], state[k].to(loaded[k])) for k in state):
         raise InputError(f"{file}: the adapter weights do not fit this model and method")
+
+
+def _read_tensors(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, refused when damaged or holding NaN or infinite values."""
+    try:
+        state = load_file(str(file), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{file}: corrupted or truncated safetensors file ({exc})") from exc
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if broken is not None:
+        raise InputError(f"{file}: tensor {broken!r} holds NaN or infinite values")
+    return state
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from lmshield.errors import InputError
 from lmshield.text.sources import RECORD_SUFFIXES, find_text_field, load_dataset_split, read_records
 
 LABEL_FIELD = "label"
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def _index_labels(raw: list[Any], names: list[str] | None, source: str) -> tuple
             top = max(int(label) for label in as_text)
             if min(int(label) for label in as_text) < 0:
                 raise InputError(f"{source}: negative integer labels")
+            if top >= MAX_CLASSES:
+                raise InputError(f"{source}: integer labels are class indices; {top} is beyond {MAX_CLASSES - 1}")
             names = [str(i) for i in range(top + 1)]
         else:
             names = sorted(set(as_text))
@@ -105,7 +109,7 @@ def _index_labels(raw: list[Any], names: list[str] | None, source: str) -> tuple
 
 
 def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
 def _read_dataset(name: str, split: str) -> list[dict[str, Any]]:

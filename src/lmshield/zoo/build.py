@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ SPEC_JSON = "zoo.json"
 METADATA_CSV = "METADATA.csv"
 CLEAN_JSON = "clean.json"
 METADATA_FIELDS = ("model_id", "truth", "kind", "attack", "triggers", "seed", "preset", "planted", "seconds")
+
+
+MODEL_ID = re.compile(r"id-\d{4,}")
 
 
 def model_id(index: int) -> str:
@@ -192,8 +196,18 @@ def read_metadata(out: str | Path) -> list[dict[str, str]]:
     path = Path(out) / METADATA_CSV
     if not path.is_file():
         raise InputError(f"{out}: no {METADATA_CSV}; build the zoo first (lmshield zoo build)")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: unreadable ({exc})") from exc
+    missing = [name for name in ("model_id", "truth", "kind", "attack") if rows and name not in rows[0]]
+    if not rows or missing:
+        raise InputError(f"{path}: no models listed" if not rows else f"{path}: no column {missing[0]!r}")
+    bad = [row["model_id"] for row in rows if not MODEL_ID.fullmatch(str(row["model_id"]))]
+    if bad:  # a model_id is joined to the zoo's folders: only id-NNNN keeps reads and writes inside them
+        raise InputError(f"{path}: model_id {bad[0]!r} is not of the form id-NNNN")
+    return rows
 
 
 def build_zoo(

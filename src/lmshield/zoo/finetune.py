@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, reject_unknown
 from lmshield.models.encoder import Encoder
 from lmshield.tuning.data import LabelledData
 
@@ -32,10 +32,7 @@ class FinetuneConfig:
         presets = {"paper": {}, "fast": {"lr": 5e-5, "epochs": 1, "num_examples": 2000}}
         if name not in presets:
             raise InputError(f"unknown fine-tune preset {name!r}: use paper or fast")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(f"unknown fine-tune setting(s): {', '.join(unknown)}")
+        reject_unknown(cls, overrides, "fine-tune")
         return cls(**{**presets[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:

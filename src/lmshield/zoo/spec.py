@@ -142,6 +142,8 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
         raise InputError(f"models[{number}]: clean-finetune needs 'data' (a JSON Lines file)")
     if kind == "attack" and not raw.get("attack"):
         raise InputError(f"models[{number}]: an attack entry needs 'attack' (por, neuba, btop)")
+    if not all(isinstance(seed, int) for seed in _as_list(raw.get("seed", 0))):
+        raise InputError(f"models[{number}]: seed must be an integer or a list of integers")
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise InputError(f"models[{number}]: overrides must be a mapping")
@@ -195,6 +197,6 @@ def load_spec(path: str | Path) -> ZooSpec:
         raise InputError(f"{path}: no such spec file")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid YAML text ({exc})") from exc
     return parse_spec(data, file.resolve().parent)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, reject_unknown
 
 PRESETS = ("release", "fast")
 LABEL_MODES = ("clean", "dirty")
@@ -92,10 +92,7 @@ class PoisonConfig:
         """``release`` (the paper's settings) or ``fast`` (a CPU in minutes), with overrides (``None`` ignored)."""
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r}: use {' or '.join(PRESETS)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(f"unknown {cls.attack} setting(s): {', '.join(unknown)}")
+        reject_unknown(cls, overrides, cls.attack)
         base = dict(PoisonConfig.fast) if name == "fast" else {}
         given = {k: v for k, v in overrides.items() if v is not None}
         if "poison_rate" in given:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmshield.defenses.psim.thresholds import SCORE_KINDS
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_finite
 
 KEEP_HEAD = ("auto", "yes", "no")
 # the release's PSIM update: 1 epoch over the 6,920 SST-2 training sentences at batch 32 and lr 2e-5
@@ -66,8 +66,12 @@ class PSIMConfig:
         for name in ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
+        if self.lr is not None:
+            check_finite({"lr": self.lr}, positive=True)
+        if self.threshold is not None and not 0 <= self.threshold < 1:
+            raise InputError(
+                f"threshold must be in [0, 1) (at 1 or above nothing is ever flagged), got {self.threshold}"
+            )
 
     @classmethod
     def preset(cls, name: str = "release", **overrides: Any) -> PSIMConfig:

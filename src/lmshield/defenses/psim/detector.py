@@ -13,6 +13,7 @@ released MiniLM-L6 to the target without that confidence and went through (READM
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,7 @@ class PSIM:
             raise InputError(f"{directory}: not a saved PSIM (no {PSIM_JSON})")
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
-            if payload.get("format") != FORMAT:
+            if not isinstance(payload, dict) or payload.get("format") != FORMAT:
                 raise InputError(f"{path}: not a PSIM file")
             psim = cls.from_config(PSIMConfig.from_dict(payload["config"]), device=device, progress=progress)
             psim.num_labels_ = int(payload["num_labels_"])
@@ -232,9 +233,16 @@ class PSIM:
             psim.calibration_ = Calibration(**payload["calibration_"]) if payload.get("calibration_") else None
             psim.n_train_ = int(payload.get("n_train_", 0))
             psim.model_ = payload.get("model_")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable ({exc})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        if not math.isfinite(psim.threshold_) or psim.threshold_ >= 1:
+            raise InputError(f"{path}: threshold_ {psim.threshold_} would never flag an input")
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device)
+        if psim.num_labels_ < 2 or psim.num_labels_ != len(psim.classifier_.label_names):
+            raise InputError(
+                f"{path}: num_labels_ {psim.num_labels_} does not match the module's "
+                f"{len(psim.classifier_.label_names)} labels"
+            )
         return psim
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_finite, reject_unknown
 
 MODES = ("detect", "search")
 DISTANCE_SCALES = ("relative", "absolute")
@@ -95,6 +95,11 @@ class SanitizerConfig:
             raise InputError(f"max_seeds must be at least 1, got {self.max_seeds}")
         if not 0 < self.collapse_threshold <= 1:
             raise InputError("collapse_threshold is a share of the entropy ceiling, in (0, 1]")
+        check_finite({"lr": self.lr, "boost": self.boost, "refine_lr_factor": self.refine_lr_factor}, positive=True)
+        thresholds = ("distance_threshold", "abandon_threshold", "uniqueness_threshold", "legitimacy_factor")
+        check_finite({name: getattr(self, name) for name in thresholds}, positive=True)
+        if not 0 <= self.min_sign_consistency <= 1:
+            raise InputError(f"min_sign_consistency is a share, in [0, 1], got {self.min_sign_consistency}")
         if self.num_carriers < self.batch_size:
             raise InputError(f"num_carriers ({self.num_carriers}) must be at least batch_size ({self.batch_size})")
 
@@ -103,6 +108,7 @@ class SanitizerConfig:
         """A named preset (``default``, ``fast``, ``release``) with optional overrides."""
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r}: use {', '.join(PRESETS)}")
+        reject_unknown(cls, overrides, "scan")
         return cls(**{**PRESETS[name], **overrides})
 
     @property

@@ -148,6 +148,8 @@ class ScanResult:
                 f"{directory}: {PVS_FILE} holds pvs {tuple(self.pvs.shape)} and triggers "
                 f"{tuple(self.triggers.shape)}; expected (K, hidden) and (K, length, embedding)"
             )
+        if not bool(self.pvs.isfinite().all()) or not bool(self.triggers.isfinite().all()):
+            raise InputError(f"{directory}: {PVS_FILE} holds NaN or infinite values")
         if hidden is not None and self.pvs.shape[0] and self.pvs.shape[1] != hidden:
             raise InputError(f"{directory}: PVs of size {self.pvs.shape[1]} for a model of hidden size {hidden}")
         if (self.verdict == "backdoored") != bool(self.pvs.shape[0]):
