@@ -71,9 +71,10 @@ def test_pickle_is_refused_without_opt_in(tiny_bert_dir: Path, tmp_path: Path):
 def test_malicious_pickle_runs_nothing_even_with_opt_in(tiny_bert_dir: Path, tmp_path: Path):
     _Exploit.marker = str(tmp_path / "pwned")
     directory = _pickle_model_dir(tiny_bert_dir, tmp_path / "evil", _Exploit())
-    with pytest.raises(ModelLoadError, match="weights-only"):
+    with pytest.raises(ModelLoadError, match="weights-only") as caught:
         load_encoder(directory, allow_pickle=True)
     assert not (tmp_path / "pwned").exists()
+    assert "weights_only=False" not in str(caught.value)  # never the library's advice to turn the guard off
 
 
 def test_pickle_state_dict_loads_with_opt_in(tiny_bert_dir: Path, tmp_path: Path):
@@ -141,3 +142,14 @@ def test_watched_position_locates_tokens(spec, expected):
 def test_embedded_default_model_loads():
     encoder = load_encoder()
     assert encoder.model_type == "bert" and encoder.hidden_size == 384
+
+
+def test_only_the_files_transformers_reads_are_weights(tiny_bert_dir: Path, tmp_path: Path):
+    target = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    fingerprint = load_encoder(target).fingerprint
+    save_file({"pvs": torch.zeros(1, 4)}, target / "pvs.safetensors")  # a scan written into the model folder
+    loaded = load_encoder(target)
+    assert [p.name for p in loaded.weight_files] == ["model.safetensors"] and loaded.fingerprint == fingerprint
+    (target / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../outside.safetensors"}}')
+    with pytest.raises(ModelLoadError, match="not a file of the model directory"):
+        load_encoder(target)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ hf_logging.disable_progress_bar()
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
+SAFETENSORS_WEIGHTS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # modules a task model may add on top of an encoder: initialised fresh when the checkpoint has none
 NEW_HEAD_PARTS = frozenset(
@@ -92,7 +95,8 @@ def load_config(directory: Path, check_architecture: bool = True) -> PretrainedC
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
-        raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({exc})") from exc
+        reason = "it asks for custom code, which lmshield never runs" if "remote_code" in str(exc) else exc
+        raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({reason})") from exc
     if check_architecture and get_architecture(config.model_type) is None:
         supported = ", ".join(supported_model_types())
         raise ModelLoadError(f"unsupported architecture {config.model_type!r}; supported: {supported}")
@@ -105,7 +109,7 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
     Safetensors files are checked for integrity (header and tensor table readable). Pickle files are
     only returned when ``allow_pickle`` is set.
     """
-    safetensors_files = sorted(directory.glob("*.safetensors"))
+    safetensors_files = _safetensors_weights(directory)
     if safetensors_files:
         for file in safetensors_files:
             _check_safetensors(file)
@@ -120,6 +124,30 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
     if pickle_files:
         return pickle_files, True
     raise ModelLoadError(f"{directory}: no weights found (expected model.safetensors)")
+
+
+def _safetensors_weights(directory: Path) -> list[Path]:
+    """The safetensors files transformers reads: the shards of ``model.safetensors.index.json``, else
+    ``model.safetensors`` (other files beside them, a scan's ``pvs.safetensors`` say, are not weights)."""
+    index = directory / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{index}: unreadable shard index ({type(exc).__name__}: {exc})") from exc
+        outside = [name for name in shards if not isinstance(name, str) or Path(name).name != name]
+        if outside:
+            raise ModelLoadError(f"{index}: shard {outside[0]!r} is not a file of the model directory")
+        missing = [name for name in shards if not (directory / name).is_file()]
+        if missing:
+            raise ModelLoadError(f"{index}: shard {missing[0]} is missing")
+        return [directory / name for name in shards]
+    if (directory / SAFETENSORS_WEIGHTS).is_file():
+        return [directory / SAFETENSORS_WEIGHTS]
+    others = sorted(p.name for p in directory.glob("*.safetensors"))
+    if others:
+        raise ModelLoadError(f"{directory}: no {SAFETENSORS_WEIGHTS} (found {', '.join(others)}, which are not read)")
+    return []
 
 
 def _check_safetensors(file: Path) -> None:
@@ -147,9 +175,14 @@ def _load_pickle_as_safetensors(pickle_files: list[Path], workdir: Path) -> None
     state: dict[str, torch.Tensor] = {}
     for file in pickle_files:
         try:
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loaded = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling errors are deliberately broad
-            raise ModelLoadError(f"{file}: refused by the weights-only loader ({exc})") from exc
+            raise ModelLoadError(
+                f"{file}: refused by the weights-only loader ({type(exc).__name__}): it holds more than tensors, "
+                "which could run code; lmshield does not load it"
+            ) from exc
         if not isinstance(loaded, dict):
             raise ModelLoadError(f"{file}: not a state dict")
         state.update({k: v.detach().contiguous().clone() for k, v in loaded.items() if torch.is_tensor(v)})
