@@ -123,6 +123,22 @@ def test_guard_calibration_keeps_triggered_inputs_flagged(
         guard.calibrate([])
 
 
+def test_a_saved_calibration_restores_the_thresholds(
+    backdoored_classifier: TunedClassifier, bert_pair, tmp_path: Path
+) -> None:
+    pvs = bert_pair[2]
+    guard = Guard(backdoored_classifier, pvs).calibrate(tiny_task(60, 6).texts, margin=0.3, quantile=1.0)
+    assert bool((guard.thresholds_ > 0.8).any())  # the margin raises some PVs for the round trip to show
+    path = guard.save_calibration(tmp_path / "calibration.safetensors")
+    restored = Guard(backdoored_classifier, pvs).load_calibration(path)
+    assert torch.equal(restored.thresholds_, guard.thresholds_)
+    with pytest.raises(InputError, match="other PVs"):
+        Guard(backdoored_classifier, pvs[:1]).load_calibration(path)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 12)
+    with pytest.raises(InputError, match="unreadable guard calibration"):
+        Guard(backdoored_classifier, pvs).load_calibration(tmp_path / "junk.safetensors")
+
+
 def test_calibration_size_sets_one_text_aside() -> None:
     assert [calibration_size(q) for q in (0.5, 0.995, 0.999, 1.0)] == [2, 200, 1000, 1]
 
@@ -299,7 +315,17 @@ def test_guard_eval_cli(saved, tmp_path: Path) -> None:
     assert both.exit_code == EXIT_ERROR and "either" in both.output
     clean = tmp_path / "clean.txt"
     clean.write_text("\n".join(tiny_task(30, 9).texts))
-    calibrated = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(clean)])
+    saved_calibration = tmp_path / "calibration.safetensors"
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    calibrated = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(clean),
+                                     "--save-calibration", str(saved_calibration), "--out", str(first)])  # fmt: skip
     assert calibrated.exit_code == 0, calibrated.output
+    reused = runner.invoke(
+        app, [*args, "--triggers", "cf", "--calibrate", str(saved_calibration), "--out", str(second)]
+    )
+    assert reused.exit_code == 0, reused.output
+    reports = [json.loads(path.read_text()) for path in (first, second)]
+    assert reports[0]["settings"]["thresholds"] == reports[1]["settings"]["thresholds"]
+    assert reports[0]["guarded_asr"] == reports[1]["guarded_asr"]
     missing = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(tmp_path / "none.txt")])
     assert missing.exit_code == EXIT_ERROR

@@ -13,8 +13,29 @@ from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
     Path | None,
-    typer.Option(help="Held-out clean task texts (1,000 or more): raise the thresholds of PVs they come close to."),
+    typer.Option(
+        help="Held-out clean task texts (1,000 or more): raise the thresholds of PVs they come close to; "
+        "or a calibration saved with --save-calibration (.safetensors)."
+    ),
 ]
+SaveCalibration = Annotated[
+    Path | None, typer.Option(help="Write the calibrated thresholds here (.safetensors), to reuse with --calibrate.")
+]
+
+
+def _calibrate(guard, calibrate: Path | None, field: str | None, save: Path | None) -> None:  # noqa: ANN001
+    """Calibrate from clean texts or load a saved calibration, then save it where asked."""
+    from lmshield.text import read_texts
+
+    if calibrate is not None and calibrate.suffix == ".safetensors":
+        guard.load_calibration(calibrate)
+    elif calibrate is not None:
+        guard.calibrate(read_texts(calibrate, field))
+    if save is not None:
+        if calibrate is None:
+            raise InputError("--save-calibration needs --calibrate")
+        typer.echo(f"calibration: {guard.save_calibration(save)}", err=True)
+
 
 guard_app = typer.Typer(
     help="Guard a tuned classifier with a scan's PVs (monitoring and purging).", no_args_is_help=True
@@ -44,6 +65,7 @@ def predict_command(
         float | None, typer.Option(help="With --scan: flag above this share of matching signs (default 0.8).")
     ] = None,
     calibrate: CalibrationTexts = None,
+    save_calibration: SaveCalibration = None,
     purge: Annotated[
         bool | None, typer.Option(help="With --scan: purge flagged inputs, else refuse them (default: purge).")
     ] = None,
@@ -63,7 +85,7 @@ def predict_command(
         raise InputError("give --scan or --psim, not both")
     guard_options = {"threshold": threshold, "purge": purge, "max_removed": max_removed}
     guard_options = {k: v for k, v in guard_options.items() if v is not None}
-    if scan is None and (guard_options or calibrate is not None):
+    if scan is None and (guard_options or calibrate is not None or save_calibration is not None):
         raise InputError("--threshold, --purge, --max-removed and --calibrate go with --scan")
     items = read_texts(texts, field)
     if psim is not None:
@@ -79,8 +101,7 @@ def predict_command(
         guard = Guard.from_pretrained(
             classifier, scan, device=resolve_device(device), batch_size=batch_size, **guard_options
         )
-        if calibrate is not None:
-            guard.calibrate(read_texts(calibrate, field))
+        _calibrate(guard, calibrate, field, save_calibration)
         rows = [p.to_dict() for p in guard.predict(items)]
         flagged = sum(r["flagged"] for r in rows)
         refused = sum(r["status"] == "refused" for r in rows)
@@ -138,6 +159,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.")] = None,
     threshold: Annotated[float, typer.Option(help="Monitor threshold (the paper's 0.8).")] = 0.8,
     calibrate: CalibrationTexts = None,
+    save_calibration: SaveCalibration = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
@@ -159,10 +181,7 @@ def eval_command(
         max_removed=max_removed,
         batch_size=batch_size,
     )
-    if calibrate is not None:
-        from lmshield.text import read_texts
-
-        guard.calibrate(read_texts(calibrate, text_field))
+    _calibrate(guard, calibrate, text_field, save_calibration)
     data = read_labelled(
         str(test), text_field=text_field, label_field=label_field, label_names=guard.classifier.label_names
     ).head(limit)

@@ -237,6 +237,7 @@ def evaluate_guard(
         "seed": seed,
         "max_position": max_position,
         "threshold": guard.threshold,
+        "thresholds": [round(float(t), 4) for t in guard.thresholds_],  # per PV, after any calibration
         "max_removed": guard.max_removed,
     }
     return summarize(clean, triggered, latency, settings)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from lmshield.defenses.sanitizer.monitor import (
     CALIBRATION_CEILING,
@@ -29,6 +31,8 @@ from lmshield.errors import InputError
 from lmshield.tuning.classifier import TunedClassifier
 
 logger = logging.getLogger(__name__)
+
+CALIBRATION_FORMAT = "lmshield-guard-calibration"
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,37 @@ class Guard:
         logger.info(
             "calibrated on %d texts: %d of %d PV thresholds raised", len(texts), monitor.num_raised, monitor.num_pvs
         )
+        return self
+
+    @property
+    def thresholds_(self) -> torch.Tensor:
+        """Each PV's threshold: ``threshold`` unless :meth:`calibrate` raised it."""
+        return self.monitor.thresholds
+
+    def save_calibration(self, path: str | Path) -> Path:
+        """Write the per-PV thresholds (and the PVs they belong to) as safetensors, for :meth:`load_calibration`."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"thresholds": self.monitor.thresholds.contiguous(), "pvs": self.monitor.pvs.contiguous()}
+        save_file(tensors, str(out), metadata={"format": CALIBRATION_FORMAT, "threshold": str(self.threshold)})
+        return out
+
+    def load_calibration(self, path: str | Path) -> Guard:
+        """Use per-PV thresholds saved by :meth:`save_calibration` for this guard's PVs; returns the guard."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a mapping
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{path}: unreadable guard calibration ({exc})") from exc
+        if metadata.get("format") != CALIBRATION_FORMAT or set(tensors) != {"thresholds", "pvs"}:
+            raise InputError(f"{path}: not a guard calibration (write one with --save-calibration)")
+        if not torch.equal(tensors["pvs"].float(), self.monitor.pvs):
+            raise InputError(f"{path}: calibrated for other PVs than this scan's")
+        thresholds = tensors["thresholds"].float()
+        if not bool(((thresholds >= self.threshold) & (thresholds < 1)).all()):
+            raise InputError(f"{path}: thresholds must lie in [{self.threshold}, 1)")
+        self.monitor = Monitor(self.monitor.pvs, self.threshold, thresholds)
         return self
 
     def evaluate(self, texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:
