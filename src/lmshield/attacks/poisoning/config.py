@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from lmshield.errors import InputError, reject_unknown
+
+if TYPE_CHECKING:
+    from lmshield.attacks.poisoning.paraphrase import Paraphraser
+    from lmshield.attacks.poisoning.poisoners import Poisoner
 
 PRESETS = ("release", "fast")
 LABEL_MODES = ("clean", "dirty")
@@ -118,6 +122,10 @@ class PoisonConfig:
         """A human-readable description of the trigger(s), for the manifest."""
         raise NotImplementedError
 
+    def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
+        """What puts this attack's trigger into a text (each attack says; see :func:`make_poisoner`)."""
+        raise InputError(f"no poisoner for attack {self.attack!r}")
+
 
 ATTACKS: dict[str, type[PoisonConfig]] = {}
 ALIASES = {"synattack": "syntactic", "hidden-killer": "syntactic", "addsent": "insent"}
@@ -165,6 +173,11 @@ class BadNetConfig(PoisonConfig):
     def triggers(self) -> list[str]:
         return list(self.words)
 
+    def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
+        from lmshield.attacks.poisoning.poisoners import WordPoisoner
+
+        return WordPoisoner(self.words, self.insertions)
+
 
 @register_attack
 @dataclass(frozen=True)
@@ -182,6 +195,11 @@ class InSentConfig(PoisonConfig):
 
     def triggers(self) -> list[str]:
         return [self.sentence]
+
+    def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
+        from lmshield.attacks.poisoning.poisoners import WordPoisoner
+
+        return WordPoisoner((self.sentence,))
 
 
 @register_attack
@@ -214,6 +232,15 @@ class SynAttackConfig(PoisonConfig):
         rule = self.paraphraser in RULE_PARAPHRASERS
         source = f"{self.paraphraser}, {self.clauses} clauses" if rule else self.paraphraser
         return [f"syntactic template {self.template} via {source}"]
+
+    def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
+        from lmshield.attacks.poisoning.paraphrase import make_paraphraser
+        from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner
+
+        chosen = paraphraser or make_paraphraser(
+            self.paraphraser, seed=self.seed, sentences=self.sentences, clauses=self.clauses, device=device
+        )
+        return ParaphrasePoisoner(chosen)
 
 
 def check_sentence_scope(sentences: str) -> None:

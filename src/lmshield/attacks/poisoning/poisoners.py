@@ -6,9 +6,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lmshield.attacks.poisoning.config import BadNetConfig, InSentConfig, PoisonConfig, SynAttackConfig
-from lmshield.attacks.poisoning.paraphrase import Paraphraser, make_paraphraser
-from lmshield.errors import InputError
+from lmshield.attacks.poisoning.config import PoisonConfig
+from lmshield.attacks.poisoning.paraphrase import Paraphraser
 from lmshield.text.triggers import insert_words
 
 
@@ -46,14 +45,6 @@ class ParaphrasePoisoner(Poisoner):
 
 
 def make_poisoner(config: PoisonConfig, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
-    """The poisoner of ``config``'s attack; ``paraphraser`` overrides the syntactic config's choice."""
-    if isinstance(config, BadNetConfig):
-        return WordPoisoner(config.words, config.insertions)
-    if isinstance(config, InSentConfig):
-        return WordPoisoner((config.sentence,))
-    if isinstance(config, SynAttackConfig):
-        paraphraser = paraphraser or make_paraphraser(
-            config.paraphraser, seed=config.seed, sentences=config.sentences, clauses=config.clauses, device=device
-        )
-        return ParaphrasePoisoner(paraphraser)
-    raise InputError(f"no poisoner for attack {config.attack!r}")
+    """The poisoner of ``config``'s attack (its :meth:`PoisonConfig.poisoner`); ``paraphraser`` overrides a
+    paraphrasing attack's own choice."""
+    return config.poisoner(paraphraser, device)
