@@ -362,3 +362,29 @@ def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert state["ran"] == [3]  # epochs 1 and 2 came from the checkpoint
     assert (out / "config.json").is_file() and (out / BACKDOOR_JSON).is_file()
     assert not (out / "checkpoint").exists()
+
+
+def test_registering_an_attack_touches_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from lmshield.attacks.poisoning import register_attack
+    from lmshield.attacks.poisoning.poisoners import WordPoisoner
+
+    monkeypatch.setattr("lmshield.attacks.poisoning.config.ATTACKS", dict(ATTACKS))
+
+    @register_attack
+    @dataclass(frozen=True)
+    class EmojiConfig(PoisonConfig):
+        attack: ClassVar[str] = "emoji"
+
+        def triggers(self) -> list[str]:
+            return ["🙂"]
+
+        def poisoner(self, paraphraser=None, device=None):
+            return WordPoisoner(("🙂",))
+
+    config = poison_config("emoji", "fast")
+    assert isinstance(config, EmojiConfig)
+    triggered = make_poisoner(config).poison(["a b c d"], random.Random(0))
+    assert "🙂" in triggered[0].split()

@@ -85,6 +85,11 @@ class TuningMethod:
         """Prompt tuning, P-tuning, prefix tuning: learned tokens before the text (all move its positions)."""
         return "num_virtual_tokens" in self.defaults
 
+    @property
+    def changes_encoder(self) -> bool:
+        """Whether tuning alters the encoder's own computation (LoRA, full), so PVs mined on it may drift."""
+        return not self.uses_virtual_tokens
+
     def shift(self, config: TuningConfig) -> int:
         """Virtual tokens placed before the real tokens in the encoder's sequence."""
         return int(config.num_virtual_tokens or 0) if self.prepends_tokens else 0

@@ -133,7 +133,7 @@ class Guard:
         self.progress = progress
         if self.monitor.num_pvs == 0:
             logger.warning("the guard has no PVs (the scan found the encoder clean): nothing will be flagged")
-        if classifier.config.method in ("lora", "full"):
+        if classifier.method.changes_encoder:
             logger.warning(
                 "%s tuning changes the encoder; the PVs describe the original encoder's outputs",
                 classifier.config.method,
