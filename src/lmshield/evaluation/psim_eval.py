@@ -220,28 +220,14 @@ def plot_confidence_histogram(
     threshold: float,
     path: str | Path,
     title: str = "PSIM confidence",
+    score_kind: str = "probability",
 ) -> Path:
     """Histogram of PSIM scores, clean vs poisoned, with the threshold drawn in (matplotlib Agg)."""
-    import matplotlib
+    from lmshield.reports.plots import plot_score_histogram
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    bins = [i / 40 for i in range(41)] if max([*clean_scores, *poisoned_scores, 0.0]) <= 1 else 40
-    ax.hist(list(map(float, clean_scores)), bins=bins, alpha=0.6, label=f"clean ({len(clean_scores)})")
-    ax.hist(list(map(float, poisoned_scores)), bins=bins, alpha=0.6, label=f"poisoned ({len(poisoned_scores)})")
-    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
-    ax.set_xlabel("PSIM score (top probability)")
-    ax.set_ylabel("inputs")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    read = "top probability" if score_kind == "probability" else "normalised top probability"
+    xlabel = f"PSIM score ({read})"
+    return plot_score_histogram(clean_scores, poisoned_scores, threshold, path, title=title, xlabel=xlabel)
 
 
 def _same_length(*seqs: Sequence[Any]) -> None:
@@ -484,8 +470,9 @@ def evaluate_release(
         sweep = threshold_sweep(clean_scores, poisoned_scores)
         (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
         plot_confidence_histogram(
-            clean_scores, poisoned_scores, threshold, out / "psim_confidence.png", f"PSIM: {manifest.attack}"
-        )
+            clean_scores, poisoned_scores, threshold, out / "psim_confidence.png", f"PSIM: {manifest.attack}",
+            settings.psim.get("score_kind", settings.psim.get("score", "probability")),
+        )  # fmt: skip
         if rows:
             from lmshield.reports.psim_report import write_psim_report
 

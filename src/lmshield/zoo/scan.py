@@ -197,25 +197,11 @@ def write_reports(out: Path, rows: list[dict[str, Any]], metrics: DetectionMetri
 
 def plot_roc(rows: list[dict[str, Any]], path: Path) -> Path:
     """ROC curve of the scan score (Agg backend, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lmshield.reports.plots import plot_roc_curve
 
     truth = [r["truth"] == "backdoored" for r in rows]
     fpr, tpr, _ = roc_curve(truth, [float(r["score"]) for r in rows])
     metrics = zoo_metrics(rows)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
     auc = "n/a" if math.isnan(metrics.roc_auc) else f"{metrics.roc_auc:.3f}"
-    ax.plot(fpr, tpr, marker="o", label=f"LMSanitator score (AUC {auc})")
-    ax.plot([0, 1], [0, 1], linestyle=":", color="gray", label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{metrics.backdoored} backdoored vs {metrics.clean} clean models")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    title = f"{metrics.backdoored} backdoored vs {metrics.clean} clean models"
+    return plot_roc_curve(fpr, tpr, f"LMSanitator score (AUC {auc})", title, path)
