@@ -85,8 +85,8 @@ def test_strip_scores_the_same_on_cuda() -> None:
     config = TuningConfig(method="full", keep_head=True, max_length=32)
     gpu = TunedClassifier.build(directory, config, ["0", "1"], device="cuda")
     pool, texts = task(50, 12).texts, [*task(8, 3).texts, *_triggered(16)[:8]]
-    cpu_scores = STRIP(released_classifier(directory), pool, copies=6).score(texts)
-    assert np.allclose(STRIP(gpu, pool, copies=6).score(texts), cpu_scores, atol=ATOL)
+    cpu_scores = STRIP(released_classifier(directory), copies=6).fit(pool).score(texts)
+    assert np.allclose(STRIP(gpu, copies=6).fit(pool).score(texts), cpu_scores, atol=ATOL)
 
 
 def test_scan_on_cuda_finds_the_planted_backdoor_and_passes_the_clean_model(bert_pair) -> None:

@@ -62,17 +62,19 @@ def test_onion_loads_safely(tiny_gpt2: Path, tmp_path: Path) -> None:
 
 def test_strip_gives_triggered_inputs_low_entropy() -> None:
     victim = released_classifier(released("badnet"))
-    strip = STRIP(victim, task(100, 12).texts, copies=12, replace_ratio=0.3)
+    strip = STRIP(victim, copies=12, replace_ratio=0.3).fit(task(100, 12).texts)
     clean = task(60, 3).texts
     triggered = triggered_test_set(task(120, 3), make_poisoner(BadNetConfig()), 0, seed=5).texts[:60]
     clean_scores, poison_scores = strip.score(clean), strip.score(triggered)
-    assert all(0 <= s <= 1 + 1e-6 for s in clean_scores + poison_scores)
+    assert all(0 <= s <= 1 + 1e-6 for s in [*clean_scores, *poison_scores])
     assert score_auroc(clean_scores, poison_scores) >= 0.7
     strip.calibrate(task(60, 13).texts, target_frr=0.1)
     assert sum(strip.flag(task(60, 13).texts)) <= 6
     assert len(strip.score(["", "mn"])) == 2
-    with pytest.raises(InputError):
-        STRIP(victim, [])
+    with pytest.raises(InputError, match="held-out clean texts"):
+        STRIP(victim).fit([])
+    with pytest.raises(InputError, match="not fitted"):
+        STRIP(victim).score(["a text"])
 
 
 def test_precomputed_paraphrases(shared_data: Path) -> None:

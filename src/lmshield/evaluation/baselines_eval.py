@@ -124,18 +124,13 @@ def strip_row(
     if half < 1:
         raise InputError("STRIP needs at least two held-out dev texts (word pool and calibration)")
     strip = STRIP(
-        answers.victim,
-        list(dev_texts[:half]),
-        copies=settings.strip_copies,
-        replace_ratio=settings.strip_ratio,
-        seed=seed,
-        progress=progress,
-    )
+        answers.victim, copies=settings.strip_copies, replace_ratio=settings.strip_ratio, seed=seed, progress=progress
+    ).fit(list(dev_texts[:half]))
     strip.calibrate(list(dev_texts[half:]), target_frr)
     return psim_row(
         **answers.shared(),
-        clean_scores=strip.score(answers.clean_texts),
-        poisoned_scores=strip.score(answers.poisoned_texts),
+        clean_scores=strip.score(answers.clean_texts).tolist(),
+        poisoned_scores=strip.score(answers.poisoned_texts).tolist(),
         threshold=float(strip.threshold_),
         source_predicted=answers.source_predicted,
         source_labels=answers.source_labels,

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,56 +27,72 @@ class ProbClassifier(Protocol):
 
 
 class STRIP:
-    """Perturbation-entropy detector around a victim classifier."""
+    """Perturbation-entropy detector around a victim classifier, with the scikit-learn feel.
+
+    ``STRIP(victim).fit(clean_texts)`` keeps the words of held-out clean texts as the replacement pool
+    (``pool_``); :meth:`calibrate` sets ``threshold_`` to a target FRR on other clean texts; :meth:`score`
+    and :meth:`flag` return one value per text.
+    """
 
     def __init__(
         self,
         victim: ProbClassifier,
-        clean_texts: Sequence[str],
         *,
         copies: int = 20,
         replace_ratio: float = 0.25,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
-        self.victim = victim
-        self.pool = [w for text in clean_texts for w in str(text).split()]
-        if not self.pool:
-            raise InputError("STRIP needs held-out clean texts to draw replacement words from")
         if copies < 1 or not 0 < replace_ratio <= 1:
             raise InputError("STRIP needs copies >= 1 and replace_ratio in (0, 1]")
+        self.victim = victim
         self.copies = copies
         self.replace_ratio = replace_ratio
         self.seed = seed
         self.progress = progress
+
+    def fit(self, clean_texts: Sequence[str]) -> STRIP:
+        """Keep the words of held-out clean texts: perturbations draw their replacements from them."""
+        pool = [w for text in clean_texts for w in str(text).split()]
+        if not pool:
+            raise InputError("STRIP needs held-out clean texts to draw replacement words from")
+        self.pool_ = pool
         self.threshold_: float | None = None
+        return self
 
     def perturb(self, text: str, rng: random.Random) -> str:
-        words = text.split() or [rng.choice(self.pool)]
+        pool = self._check_fitted()
+        words = text.split() or [rng.choice(pool)]
         count = max(1, round(self.replace_ratio * len(words)))
         for index in rng.sample(range(len(words)), min(count, len(words))):
-            words[index] = rng.choice(self.pool)
+            words[index] = rng.choice(pool)
         return " ".join(words)
 
-    def entropy(self, texts: Sequence[str]) -> list[float]:
-        """Mean prediction entropy over ``copies`` perturbed copies of each text."""
+    def entropy(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean prediction entropy over ``copies`` perturbed copies of each text (normalised to [0, 1])."""
+        self._check_fitted()
         rng = random.Random(self.seed)
         out = []
         for text in tqdm(texts, desc="STRIP", disable=not self.progress, unit="text"):
             probs = self.victim.classify([self.perturb(str(text), rng) for _ in range(self.copies)]).probs
             probs = torch.as_tensor(probs).float().clamp_min(1e-12)
             out.append(float(-(probs * probs.log()).sum(-1).mean()) / math.log(probs.shape[-1]))
-        return out
+        return np.asarray(out, dtype=np.float64)
 
-    def score(self, texts: Sequence[str]) -> list[float]:
+    def score(self, texts: Sequence[str]) -> np.ndarray:
         """Poison score: ``1 - normalised entropy`` (higher = more likely poisoned)."""
-        return [1.0 - e for e in self.entropy(texts)]
+        return 1.0 - self.entropy(texts)
 
     def calibrate(self, clean_texts: Sequence[str], target_frr: float = 0.05) -> STRIP:
-        self.threshold_ = calibrate_threshold(self.score(clean_texts), target_frr)
+        self.threshold_ = calibrate_threshold(self.score(clean_texts).tolist(), target_frr)
         return self
 
-    def flag(self, texts: Sequence[str]) -> list[bool]:
-        if self.threshold_ is None:
+    def flag(self, texts: Sequence[str]) -> np.ndarray:
+        if getattr(self, "threshold_", None) is None:
             raise InputError("STRIP has no threshold: call calibrate(clean_texts, target_frr) first")
-        return flag_scores(self.score(texts), self.threshold_)
+        return np.asarray(flag_scores(self.score(texts), self.threshold_), dtype=bool)
+
+    def _check_fitted(self) -> list[str]:
+        if not hasattr(self, "pool_"):
+            raise InputError("STRIP is not fitted: call fit(clean_texts) first")
+        return self.pool_
