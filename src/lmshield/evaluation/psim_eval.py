@@ -378,35 +378,17 @@ def evaluate_release(
     strategies) returns those tuned victims too; a rerun tunes them again, as it keeps no weights.
     ``baselines`` adds rows for baseline defenses on the same victims (:mod:`lmshield.evaluation.baselines_eval`).
     """
-    from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
-    from lmshield.defenses.psim import PSIM
-    from lmshield.evaluation.baselines_eval import VictimAnswers, baseline_row
-    from lmshield.tuning import TuningConfig, read_labelled, tune
+    from lmshield.evaluation.baselines_eval import baseline_row
 
     settings = settings or EvalSettings()
     started = time.perf_counter()
-    manifest = PoisonManifest.load(model_dir)
-    config = manifest.config
-    task = Path(task_dir)
-    train = read_labelled(task / "train.json").head(settings.max_train)
-    dev = read_labelled(task / "dev.json", label_names=train.label_names).head(settings.max_dev)
-    test = read_labelled(task / "test.json", label_names=train.label_names).head(settings.max_test)
-    poisoner = make_poisoner(config, device=device)
-    triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
-    sources = [i for i, y in enumerate(test.labels) if y != manifest.target_label]  # triggered's order
-
+    data = _EvalData.load(model_dir, task_dir, settings, device)
+    manifest, task = data.manifest, data.task
     out = None if out_dir is None else Path(out_dir)
     identity = {"model": str(Path(model_dir).resolve()), "manifest": manifest.to_dict(), "task": str(task.resolve())}
     saved = _EvalProgress(out, {**identity, "settings": settings.shared_dict()}).load(fresh)
     if saved.psim is None:
-        psim_texts = read_labelled(task / "train.json").texts[: settings.psim_train]
-        psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
-        psim.fit(model_dir, psim_texts, manifest.num_labels)
-        if settings.target_frr is not None:
-            psim.calibrate(dev.texts, settings.target_frr)
-        if out is not None:
-            psim.save_pretrained(out / "psim")
-        saved.save_psim(psim.score(test.texts).tolist(), psim.score(triggered.texts).tolist(), psim.threshold_)
+        saved.save_psim(*_fit_psim(model_dir, data, settings, out, device, progress))
     else:
         logger.info("resuming: PSIM's scores from %s", out)
     clean_scores, poisoned_scores = saved.psim["clean"], saved.psim["poisoned"]
@@ -423,23 +405,7 @@ def evaluate_release(
             rows.append(done[0])
             extra_rows.extend(done[1:])
             continue
-        tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
-        victim = tune(model_dir, train, dev, tuning, device=device, progress=progress).classifier
-        clean_predicted = victim.predict(test.texts)
-        answers = VictimAnswers(
-            attack=manifest.attack,
-            strategy=strategy,
-            dataset=task.name,
-            target_label=manifest.target_label,
-            victim=victim,
-            clean_texts=test.texts,
-            clean_labels=test.labels,
-            clean_predicted=clean_predicted,
-            poisoned_texts=triggered.texts,
-            poisoned_predicted=victim.predict(triggered.texts),
-            source_predicted=[clean_predicted[i] for i in sources],
-            source_labels=triggered.labels,
-        )
+        answers = data.victim_answers(model_dir, strategy, settings, device, progress)
         row = psim_row(
             **answers.shared(),
             clean_scores=clean_scores,
@@ -453,31 +419,111 @@ def evaluate_release(
         rows.append(row)
         for key, name in zip(keys, names, strict=True):
             extra = baseline_row(
-                name, answers, baselines, task_dir=task, dev_texts=dev.texts, target_frr=settings.target_frr,
+                name, answers, baselines, task_dir=task, dev_texts=data.dev.texts, target_frr=settings.target_frr,
                 seed=settings.seed, device=device, progress=progress,
             )  # fmt: skip
             logger.info("%s / %s / %s: %s", manifest.attack, strategy, name, extra.to_dict())
             saved.save_row(extra, key)
             extra_rows.append(extra)
         if kept:
-            victims[strategy] = victim
+            victims[strategy] = answers.victim
     result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims, extra_rows)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        every_row = result.all_rows
-        (out / "rows.json").write_text(json.dumps([r.to_dict() for r in every_row], indent=2), encoding="utf-8")
-        (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
-        sweep = threshold_sweep(clean_scores, poisoned_scores)
-        (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
-        plot_confidence_histogram(
-            clean_scores, poisoned_scores, threshold, out / "psim_confidence.png", f"PSIM: {manifest.attack}",
-            settings.psim.get("score_kind", settings.psim.get("score", "probability")),
-        )  # fmt: skip
-        if rows:
-            from lmshield.reports.psim_report import write_psim_report
-
-            write_psim_report(
-                out, rows=rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
-                threshold=threshold, model=str(model_dir), baselines=extra_rows,
-            )  # fmt: skip
+        _write_outputs(out, result, manifest, settings, str(model_dir))
     return result
+
+
+@dataclass
+class _EvalData:
+    """The texts one evaluation reads: task splits (capped by the settings) and the triggered test inputs."""
+
+    manifest: Any
+    task: Path
+    train: Any
+    dev: Any
+    test: Any
+    triggered: Any
+    sources: list[int]  # the test indices the triggered inputs were made from, in their order
+
+    @classmethod
+    def load(cls, model_dir: str | Path, task_dir: str | Path, settings: EvalSettings, device: str | None) -> _EvalData:
+        from lmshield.attacks.poisoning import PoisonManifest, make_poisoner, triggered_test_set
+        from lmshield.tuning import read_labelled
+
+        manifest = PoisonManifest.load(model_dir)
+        task = Path(task_dir)
+        train = read_labelled(task / "train.json").head(settings.max_train)
+        dev = read_labelled(task / "dev.json", label_names=train.label_names).head(settings.max_dev)
+        test = read_labelled(task / "test.json", label_names=train.label_names).head(settings.max_test)
+        poisoner = make_poisoner(manifest.config, device=device)
+        triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
+        sources = [i for i, y in enumerate(test.labels) if y != manifest.target_label]
+        return cls(manifest, task, train, dev, test, triggered, sources)
+
+    def victim_answers(
+        self, model_dir: str | Path, strategy: str, settings: EvalSettings, device: str | None, progress: bool
+    ) -> Any:
+        """Tune one victim from the released weights and record its answers on clean and triggered inputs."""
+        from lmshield.evaluation.baselines_eval import VictimAnswers
+        from lmshield.tuning import TuningConfig, tune
+
+        tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
+        victim = tune(model_dir, self.train, self.dev, tuning, device=device, progress=progress).classifier
+        clean_predicted = victim.predict(self.test.texts)
+        return VictimAnswers(
+            attack=self.manifest.attack,
+            strategy=strategy,
+            dataset=self.task.name,
+            target_label=self.manifest.target_label,
+            victim=victim,
+            clean_texts=self.test.texts,
+            clean_labels=self.test.labels,
+            clean_predicted=clean_predicted,
+            poisoned_texts=self.triggered.texts,
+            poisoned_predicted=victim.predict(self.triggered.texts),
+            source_predicted=[clean_predicted[i] for i in self.sources],
+            source_labels=self.triggered.labels,
+        )
+
+
+def _fit_psim(
+    model_dir: str | Path,
+    data: _EvalData,
+    settings: EvalSettings,
+    out: Path | None,
+    device: str | None,
+    progress: bool,
+) -> tuple[list[float], list[float], float]:
+    """Fit PSIM on the task's training texts (labels dropped), calibrate it if asked, score the test inputs."""
+    from lmshield.defenses.psim import PSIM
+    from lmshield.tuning import read_labelled
+
+    psim_texts = read_labelled(data.task / "train.json").texts[: settings.psim_train]
+    psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
+    psim.fit(model_dir, psim_texts, data.manifest.num_labels)
+    if settings.target_frr is not None:
+        psim.calibrate(data.dev.texts, settings.target_frr)
+    if out is not None:
+        psim.save_pretrained(out / "psim")
+    return psim.score(data.test.texts).tolist(), psim.score(data.triggered.texts).tolist(), psim.threshold_
+
+
+def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings: EvalSettings, model: str) -> None:
+    """rows.json, table.md, sweep.json, the confidence histogram and report.md."""
+    every_row = result.all_rows
+    (out / "rows.json").write_text(json.dumps([r.to_dict() for r in every_row], indent=2), encoding="utf-8")
+    (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
+    sweep = threshold_sweep(result.clean_scores, result.poisoned_scores)
+    (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
+    plot_confidence_histogram(
+        result.clean_scores, result.poisoned_scores, result.threshold, out / "psim_confidence.png",
+        f"PSIM: {manifest.attack}", settings.psim.get("score_kind", settings.psim.get("score", "probability")),
+    )  # fmt: skip
+    if result.rows:
+        from lmshield.reports.psim_report import write_psim_report
+
+        write_psim_report(
+            out, rows=result.rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
+            threshold=result.threshold, model=model, baselines=result.baseline_rows,
+        )  # fmt: skip
