@@ -24,11 +24,11 @@ from lmshield.evaluation.psim_eval import (
     flip_asr,
     frr_far,
     markdown_table,
-    plot_confidence_histogram,
     psim_row,
     score_auroc,
     threshold_sweep,
 )
+from lmshield.reports.plots import plot_score_histogram
 from tests.attacks.test_poisoning import released, task
 
 # a hand-made example: 4 clean inputs, 5 triggered ones, target label 0, threshold 0.7
@@ -92,7 +92,7 @@ def test_row_sweep_and_table() -> None:
 
 
 def test_confidence_histogram(tmp_path: Path) -> None:
-    path = plot_confidence_histogram(CLEAN_SCORES, POISON_SCORES, 0.7, tmp_path / "plots" / "hist.png")
+    path = plot_score_histogram(CLEAN_SCORES, POISON_SCORES, 0.7, tmp_path / "plots" / "hist.png")
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
 
 

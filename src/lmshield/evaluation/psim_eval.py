@@ -214,22 +214,6 @@ def markdown_table(rows: Sequence[PSIMRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_confidence_histogram(
-    clean_scores: Sequence[float],
-    poisoned_scores: Sequence[float],
-    threshold: float,
-    path: str | Path,
-    title: str = "PSIM confidence",
-    score_kind: str = "probability",
-) -> Path:
-    """Histogram of PSIM scores, clean vs poisoned, with the threshold drawn in (matplotlib Agg)."""
-    from lmshield.reports.plots import plot_score_histogram
-
-    read = "top probability" if score_kind == "probability" else "normalised top probability"
-    xlabel = f"PSIM score ({read})"
-    return plot_score_histogram(clean_scores, poisoned_scores, threshold, path, title=title, xlabel=xlabel)
-
-
 def _same_length(*seqs: Sequence[Any]) -> None:
     if len({len(s) for s in seqs}) > 1:
         raise ValueError(f"sequences of different lengths: {[len(s) for s in seqs]}")
@@ -516,9 +500,13 @@ def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings
     (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
     sweep = threshold_sweep(result.clean_scores, result.poisoned_scores)
     (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
-    plot_confidence_histogram(
+    from lmshield.reports.plots import plot_score_histogram
+
+    kind = settings.psim.get("score_kind", settings.psim.get("score", "probability"))
+    read = "top probability" if kind == "probability" else "normalised top probability"
+    plot_score_histogram(
         result.clean_scores, result.poisoned_scores, result.threshold, out / "psim_confidence.png",
-        f"PSIM: {manifest.attack}", settings.psim.get("score_kind", settings.psim.get("score", "probability")),
+        title=f"PSIM: {manifest.attack}", xlabel=f"PSIM score ({read})",
     )  # fmt: skip
     if result.rows:
         from lmshield.reports.psim_report import write_psim_report
