@@ -71,6 +71,7 @@ def test_parameters_follow_the_scikit_learn_protocol() -> None:
         psim.set_params(score_kind="logit")
     assert psim.score_kind == "normalised"
     assert PSIMConfig.from_dict({"score": "normalised"}).score_kind == "normalised"  # saved before the rename
+    assert (PSIMConfig(keep_head=True).keep_head, PSIMConfig(keep_head=False).keep_head) == ("yes", "no")
 
 
 def test_default_lr_spreads_the_release_update_over_the_fit() -> None:

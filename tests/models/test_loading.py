@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmshield.errors import ModelLoadError
-from lmshield.models import WatchedPosition, load_encoder, supported_model_types
+from lmshield.models import Encoder, WatchedPosition, load_encoder, supported_model_types
 from lmshield.testing import TINY_ARCHITECTURES, save_tiny, tiny_encoder
 
 
@@ -153,3 +153,9 @@ def test_only_the_files_transformers_reads_are_weights(tiny_bert_dir: Path, tmp_
     (target / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../outside.safetensors"}}')
     with pytest.raises(ModelLoadError, match="not a file of the model directory"):
         load_encoder(target)
+
+
+def test_encoder_round_trips_through_save_and_from_pretrained(tiny_bert_dir: Path, tmp_path: Path):
+    encoder = Encoder.from_pretrained(tiny_bert_dir)
+    again = Encoder.from_pretrained(encoder.save_pretrained(tmp_path / "copy"))
+    assert again.fingerprint == encoder.fingerprint

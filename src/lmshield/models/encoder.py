@@ -105,7 +105,17 @@ class Encoder:
             outputs.append(hidden[torch.arange(len(index)), index].float().cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, self.hidden_size)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Save model (safetensors) and tokenizer so :func:`load_encoder` can read them back."""
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save model (safetensors) and tokenizer so :meth:`from_pretrained` can read them back."""
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path | None = None, *, device: str | None = None, allow_pickle: bool = False
+    ) -> Encoder:
+        """:func:`lmshield.models.load_encoder`: safetensors only, never remote code (``None``: the default)."""
+        from lmshield.models.loading import load_encoder
+
+        return load_encoder(name_or_path, device=device, allow_pickle=allow_pickle)

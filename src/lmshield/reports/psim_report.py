@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmshield.defenses.psim.config import PSIMConfig
+
 if TYPE_CHECKING:
     from lmshield.evaluation.psim_eval import PSIMRow, SweepPoint
 
@@ -33,7 +35,7 @@ def _sweep_lines(sweep: Sequence[SweepPoint]) -> list[str]:
 
 
 def _settings_line(settings: dict[str, Any], threshold: float) -> str:
-    psim = {"method": "ptuning", "epochs": 1, **settings.get("psim", {})}
+    psim = PSIMConfig.from_dict(settings.get("psim", {})).to_dict()
     if settings.get("target_frr") is not None:
         how = f"calibrated to {settings['target_frr']:.1%} FRR on held-out dev texts"
     elif psim.get("threshold") is not None:

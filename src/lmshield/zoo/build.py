@@ -39,7 +39,7 @@ def is_built(directory: Path) -> bool:
     return (directory / BACKDOOR_JSON).is_file() or (directory / CLEAN_JSON).is_file()
 
 
-def _text_source(options: dict[str, Any]) -> TextSource:
+def text_source_of(options: dict[str, Any]) -> TextSource:
     return TextSource.from_options(
         options.get("texts"),
         options.get("dataset"),
@@ -72,7 +72,7 @@ def _build_clean_continue(task: dict[str, Any], entry: ModelEntry, out: Path) ->
 
     config = attack_config(entry.attack or "por", entry.preset, **entry.overrides)
     encoder, mlm = load_for_attack(task["base_model"], config.clean_objective == "mlm")
-    texts = load_texts(config, None, _text_source(task["text"]), entry.seed, encoder.tokenizer)
+    texts = load_texts(config, None, text_source_of(task["text"]), entry.seed, encoder.tokenizer)
     plan = config.plan(encoder.model_type, has_mlm_head=mlm is not None)
     trained = mlm or encoder.model
     before = {k: v.detach().float().clone() for k, v in trained.state_dict().items() if v.is_floating_point()}
@@ -116,7 +116,7 @@ def _build_attack(task: dict[str, Any], entry: ModelEntry, out: Path) -> dict[st
         out,
         preset=entry.preset,
         triggers=entry.triggers,
-        text_source=_text_source(task["text"]),
+        text_source=text_source_of(task["text"]),
         seed=entry.seed,
         progress=task["progress"],
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
-from lmshield.zoo.build import SPEC_JSON, _text_source, read_metadata
+from lmshield.zoo.build import SPEC_JSON, read_metadata, text_source_of
 from lmshield.zoo.executors import run_tasks
 
 RESULTS_DIR = "scans"
@@ -92,7 +92,7 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
                 task["model"],
                 config,
                 position=position,
-                text_source=_text_source(settings["text"]),
+                text_source=text_source_of(settings["text"]),
                 out_dir=out,
                 progress=task["progress"],
             )

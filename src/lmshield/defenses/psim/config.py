@@ -61,6 +61,8 @@ class PSIMConfig:
         get_method(self.method)
         if self.score_kind not in SCORE_KINDS:
             raise InputError(f"unknown PSIM score kind {self.score_kind!r}: use {' or '.join(SCORE_KINDS)}")
+        if isinstance(self.keep_head, bool):  # TuningConfig's spelling: True / False
+            object.__setattr__(self, "keep_head", "yes" if self.keep_head else "no")
         if self.keep_head not in KEEP_HEAD:
             raise InputError(f"keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
         for name in ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length"):
