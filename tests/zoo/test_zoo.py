@@ -108,6 +108,15 @@ def test_build_writes_models_metadata_and_truth(zoo):
     assert json.loads((out / "id-0002" / "clean.json").read_text())["dev_accuracy"] > 0.5
 
 
+def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
+    spec_file, _ = zoo
+    (tmp_path / "id-0000").mkdir()
+    (tmp_path / "id-0000" / "weights-i-care-about.txt").write_text("keep me")
+    result = CliRunner().invoke(app, ["zoo", "build", str(spec_file), "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2 and "new or empty folder" in result.output
+    assert (tmp_path / "id-0000" / "weights-i-care-about.txt").is_file()
+
+
 def test_build_resumes_and_rebuilds_unfinished(zoo):
     spec_file, out = zoo
     (out / "id-0000" / "clean.json").unlink()  # as if interrupted before the marker was written

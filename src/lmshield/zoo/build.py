@@ -176,11 +176,21 @@ def _row(identifier: str, entry: ModelEntry, record: dict[str, Any]) -> dict[str
 
 
 def _check_same_spec(out: Path, spec: ZooSpec) -> None:
+    """A zoo resumes only in its own folder: one with the same spec, or a new or empty one (unfinished model
+    folders are rebuilt from scratch, so a folder of other files must never be taken for a zoo)."""
     saved = out / SPEC_JSON
-    if saved.is_file():
+    if not saved.is_file():
+        if out.is_dir() and any(out.iterdir()):
+            raise InputError(f"{out} is not empty and holds no {SPEC_JSON}: build the zoo in a new or empty folder")
+        return
+    try:
         old = json.loads(saved.read_text(encoding="utf-8"))
-        if old.get("entries") != spec.to_dict()["entries"] or old.get("base_model") != spec.base_model:
-            raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{saved}: unreadable ({exc})") from exc
+    if not isinstance(old, dict) or old.get("entries") != spec.to_dict()["entries"]:
+        raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
+    if old.get("base_model") != spec.base_model:
+        raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
 
 
 def write_metadata(out: Path, rows: list[dict[str, Any]]) -> Path:
