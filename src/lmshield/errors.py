@@ -37,5 +37,7 @@ def reject_unknown(settings: Any, names: Iterable[str], what: str) -> None:
 def check_finite(values: dict[str, float], *, positive: bool = False) -> None:
     """Raise :class:`InputError` for a NaN or infinite value (or, with ``positive``, one at or below 0)."""
     for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value) or (positive and value <= 0):
             raise InputError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")

@@ -100,3 +100,10 @@ def test_the_clean_model_and_earlier_results_are_never_overwritten(tiny_dir, tmp
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match="already holds a model"):
         run_attack(config, tiny_dir, tmp_path, texts=TEXTS, progress=False)
+
+
+def test_vectors_must_be_finite() -> None:
+    from lmshield.attacks.vectors import check_vectors
+
+    with pytest.raises(InputError, match="finite"):
+        check_vectors(torch.full((1, 4), float("nan")), ["cf"], 4)

@@ -24,6 +24,7 @@ from lmshield.defenses.psim import (
     normalise,
     random_labels,
 )
+from lmshield.defenses.psim.training import has_classification_head
 from lmshield.errors import InputError
 from lmshield.evaluation.psim_eval import score_auroc
 from tests.attacks.test_poisoning import released, task
@@ -58,7 +59,7 @@ def test_release_settings_and_threshold() -> None:
         PSIM("adapters")
 
 
-def test_parameters_follow_the_scikit_learn_protocol() -> None:
+def test_parameters_follow_the_scikit_learn_protocol(tmp_path: Path) -> None:
     psim = PSIM("prompt", epochs=2, score_kind="normalised", threshold=0.5)
     params = psim.get_params(deep=True)
     assert all(getattr(psim, name) == value for name, value in params.items())
@@ -72,6 +73,11 @@ def test_parameters_follow_the_scikit_learn_protocol() -> None:
     assert psim.score_kind == "normalised"
     assert PSIMConfig.from_dict({"score": "normalised"}).score_kind == "normalised"  # saved before the rename
     assert (PSIMConfig(keep_head=True).keep_head, PSIMConfig(keep_head=False).keep_head) == ("yes", "no")
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    for content in (b"[]", b"\xff\xfe", b'{"architectures": "BertForSequenceClassification"}'):
+        (hostile / "config.json").write_bytes(content)
+        assert not has_classification_head(hostile)
 
 
 def test_default_lr_spreads_the_release_update_over_the_fit() -> None:
@@ -163,8 +169,8 @@ def saved_psim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("edit", "message"),
     [
         (lambda j: [j], "not a PSIM file"),
-        (lambda j: {**j, "threshold_": math.nan}, "would never flag"),
-        (lambda j: {**j, "threshold_": 5.0}, "would never flag"),
+        (lambda j: {**j, "threshold_": -math.inf}, "not a usable threshold"),
+        (lambda j: {**j, "threshold_": 5.0}, "not a usable threshold"),
         (lambda j: {**j, "num_labels_": 0}, "does not match the module's 2 labels"),
         (lambda j: {**j, "config": []}, "unreadable"),
     ],

@@ -202,6 +202,7 @@ def test_mask_position_scans_a_mask_backdoor():
         ({"distance_scale": "log"}, "unknown distance scale"),
         ({"distance_threshold": math.nan}, "distance_threshold must be a finite positive number"),
         ({"lr": -1.0}, "lr must be a finite positive number"),
+        ({"lr": "1e-3"}, "lr must be a number"),  # YAML reads 1e-3 as a string
         ({"min_sign_consistency": 2.0}, "a share"),
     ],
 )

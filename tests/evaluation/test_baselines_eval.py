@@ -105,6 +105,20 @@ def test_onion_row_runs_the_victim_on_the_cleaned_texts(tiny_gpt2: Path) -> None
     assert "| badnet | lora | toy | onion |" in table and "| - | - | - |" in table
 
 
+def test_a_baselines_rows_are_keyed_on_its_own_settings() -> None:
+    strip = BaselineSettings(("strip",))
+    assert strip.key("strip") == BaselineSettings(("strip", "paraphrase-back"), ("lora",)).key("strip")
+    assert strip.key("strip") != BaselineSettings(("strip",), strip_copies=8).key("strip")
+    assert strip.key("strip").startswith("strip/")
+
+
+def test_strip_honours_a_target_frr_of_zero() -> None:
+    dev = [*CLEAN, "warm bright tones", "the plot was thin and weak", "good", "an odd slow tale"]
+    settings = BaselineSettings(("strip",), strip_copies=4)
+    row = baseline_row("strip", answers(), settings, task_dir=".", dev_texts=dev, target_frr=0.0)
+    assert row.frr == 0.0  # the calibration texts' highest score is the threshold: nothing clean above it
+
+
 def test_bad_baseline_settings_are_one_line_errors() -> None:
     with pytest.raises(InputError, match="unknown baseline 'spectral'"):
         BaselineSettings(("spectral",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -151,7 +152,13 @@ def test_only_the_files_transformers_reads_are_weights(tiny_bert_dir: Path, tmp_
     loaded = load_encoder(target)
     assert [p.name for p in loaded.weight_files] == ["model.safetensors"] and loaded.fingerprint == fingerprint
     (target / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../outside.safetensors"}}')
+    assert load_encoder(target).fingerprint == fingerprint  # transformers reads model.safetensors first
+    (target / "model.safetensors").rename(tmp_path / "outside.safetensors")
     with pytest.raises(ModelLoadError, match="not a file of the model directory"):
+        load_encoder(target)
+    config = json.loads((tiny_bert_dir / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "transformers_weights": "other.safetensors"}))
+    with pytest.raises(ModelLoadError, match="transformers_weights"):
         load_encoder(target)
 
 
@@ -159,3 +166,15 @@ def test_encoder_round_trips_through_save_and_from_pretrained(tiny_bert_dir: Pat
     encoder = Encoder.from_pretrained(tiny_bert_dir)
     again = Encoder.from_pretrained(encoder.save_pretrained(tmp_path / "copy"))
     assert again.fingerprint == encoder.fingerprint
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
+def test_a_base_encoder_loads_under_a_new_task_or_mlm_head(model_type: str, tmp_path: Path):
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    from lmshield.models.loading import load_pretrained
+
+    directory = save_tiny(tiny_encoder(model_type), tmp_path / model_type)
+    load_pretrained(directory, AutoModelForSequenceClassification)
+    if model_type != "xlnet":  # XLNet has no masked-LM class
+        load_pretrained(directory, AutoModelForMaskedLM)

@@ -38,6 +38,12 @@ def test_plain_text_and_jsonl_files(tmp_path: Path):
     assert TextSource.from_options(jsonl).load(1) == ["x y"]
 
 
+def test_a_text_file_may_open_with_a_bracket(tmp_path: Path):
+    plain = tmp_path / "lines.txt"
+    plain.write_text("[laughs] what a film\nsecond line\n")
+    assert read_texts(plain) == ["[laughs] what a film", "second line"]
+
+
 def test_csv_and_json_array_files_are_read_by_field_like_labelled_data(tmp_path: Path):
     csv_file = tmp_path / "c.csv"
     csv_file.write_text('text,sentence,label\n"a, b",first,1\nc,second,0\n')

@@ -79,6 +79,8 @@ def check_vectors(vectors: torch.Tensor, triggers: Sequence[str], hidden_size: i
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
     if vectors.ndim != 2 or vectors.shape != (len(triggers), hidden_size):
         raise InputError(f"vectors must have shape ({len(triggers)}, {hidden_size}), got {tuple(vectors.shape)}")
+    if not bool(vectors.isfinite().all()):
+        raise InputError("predefined vectors must hold finite numbers (no NaN or infinity)")
     if bool((vectors.abs().sum(dim=1) == 0).any()):
         raise InputError("a predefined vector is all zeros")
     return vectors

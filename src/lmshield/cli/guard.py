@@ -86,7 +86,7 @@ def predict_command(
     guard_options = {"threshold": threshold, "purge": purge, "max_removed": max_removed}
     guard_options = {k: v for k, v in guard_options.items() if v is not None}
     if scan is None and (guard_options or calibrate is not None or save_calibration is not None):
-        raise InputError("--threshold, --purge, --max-removed and --calibrate go with --scan")
+        raise InputError("--threshold, --purge, --max-removed, --calibrate and --save-calibration go with --scan")
     items = read_texts(texts, field)
     if psim is not None:
         rows = _psim_rows(classifier, psim, items, resolve_device(device))

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,12 @@ class BaselineSettings:
         fits = _paraphrases_fit(manifest.attack, manifest.triggers, manifest.target_label)
         return [n for n in self.names if not n.startswith("paraphrase-") or (fits and _has_paraphrases(task_dir, n))]
 
-    def digest(self) -> str:
-        """Eight hex digits naming the settings, so that saved rows of other settings are not reused."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+    def key(self, name: str) -> str:
+        """``name`` and eight hex digits of that baseline's own settings: saved rows of other settings are not
+        reused, and adding a baseline or a victim keeps the rows already done."""
+        own = {"strip": ("strip_copies", "strip_ratio"), "onion": ("onion_lm", "onion_threshold")}.get(name, ())
+        values = {field: getattr(self, field) for field in own}
+        return f"{name}/{hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,8 @@ def baseline_row(
 ) -> PSIMRow:
     """The row of one baseline (see :meth:`BaselineSettings.applicable` for which ones fit)."""
     if name == "strip":
-        return strip_row(answers, settings, dev_texts, target_frr or DEFAULT_FRR, seed, progress)
+        frr = DEFAULT_FRR if target_frr is None else target_frr
+        return strip_row(answers, settings, dev_texts, frr, seed, progress)
     if name == "onion":
         return onion_row(answers, settings, device, progress)
     return paraphrase_row(answers, task_dir, name)
@@ -155,7 +159,9 @@ def _paraphrases_fit(attack: str, triggers: Sequence[str], target_label: int) ->
 
 
 def _has_paraphrases(task_dir: str | Path, name: str) -> bool:
-    return (Path(task_dir) / ("test_back.json" if name == "paraphrase-back" else "test_spcn.json")).is_file()
+    from lmshield.defenses.baselines.paraphrase import paraphrase_files
+
+    return all((Path(task_dir) / file).is_file() for file in paraphrase_files(name.removeprefix("paraphrase-")))
 
 
 def paraphrase_row(answers: VictimAnswers, task_dir: str | Path, name: str) -> PSIMRow:

@@ -382,7 +382,7 @@ def evaluate_release(
     for strategy in settings.strategies:
         kept = keep_victims is True or (not isinstance(keep_victims, bool) and strategy in keep_victims)
         names = [] if baselines is None else baselines.applicable(strategy, task, manifest)
-        keys = [f"{strategy}/{name}/{baselines.digest()}" for name in names] if baselines else []
+        keys = [f"{strategy}/{baselines.key(name)}" for name in names] if baselines else []
         done = [None] if kept else [saved.row(key) for key in (strategy, *keys)]
         if all(row is not None for row in done):
             logger.info("resuming: %s / %s already evaluated", manifest.attack, strategy)
@@ -480,11 +480,12 @@ def _fit_psim(
     progress: bool,
 ) -> tuple[list[float], list[float], float]:
     """Fit PSIM on the task's training texts (labels dropped), calibrate it if asked, score the test inputs."""
-    from lmshield.defenses.psim import PSIM
+    from lmshield.defenses.psim import PSIM, PSIMConfig
     from lmshield.tuning import read_labelled
 
     psim_texts = read_labelled(data.task / "train.json").texts[: settings.psim_train]
-    psim = PSIM(**{"seed": settings.seed, **settings.psim}, device=device, progress=progress)
+    config = PSIMConfig.from_dict({"seed": settings.seed, **settings.psim})  # reads older settings' names too
+    psim = PSIM.from_config(config, device=device, progress=progress)
     psim.fit(model_dir, psim_texts, data.manifest.num_labels)
     if settings.target_frr is not None:
         psim.calibrate(data.dev.texts, settings.target_frr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -33,11 +34,6 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# modules a task model may add on top of an encoder: initialised fresh when the checkpoint has none
-NEW_HEAD_PARTS = frozenset(
-    {"classifier", "score", "pooler", "qa_outputs", "sequence_summary", "logits_proj"}  # task heads
-    | {"lm_head", "cls", "predictions", "lm_predictions", "generator_predictions", "generator_lm_head"}  # MLM heads
-)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -97,6 +93,8 @@ def load_config(directory: Path, check_architecture: bool = True) -> PretrainedC
     except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
         reason = "it asks for custom code, which lmshield never runs" if "remote_code" in str(exc) else exc
         raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({reason})") from exc
+    if getattr(config, "transformers_weights", None) is not None:  # would make transformers read another file
+        raise ModelLoadError(f"{directory}/config.json: names its own weights file (transformers_weights); refused")
     if check_architecture and get_architecture(config.model_type) is None:
         supported = ", ".join(supported_model_types())
         raise ModelLoadError(f"unsupported architecture {config.model_type!r}; supported: {supported}")
@@ -127,8 +125,10 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
 
 
 def _safetensors_weights(directory: Path) -> list[Path]:
-    """The safetensors files transformers reads: the shards of ``model.safetensors.index.json``, else
-    ``model.safetensors`` (other files beside them, a scan's ``pvs.safetensors`` say, are not weights)."""
+    """The safetensors files transformers reads: ``model.safetensors``, else the shards of
+    ``model.safetensors.index.json`` (other files beside them, a scan's ``pvs.safetensors`` say, are not weights)."""
+    if (directory / SAFETENSORS_WEIGHTS).is_file():
+        return [directory / SAFETENSORS_WEIGHTS]
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
         try:
@@ -142,8 +142,6 @@ def _safetensors_weights(directory: Path) -> list[Path]:
         if missing:
             raise ModelLoadError(f"{index}: shard {missing[0]} is missing")
         return [directory / name for name in shards]
-    if (directory / SAFETENSORS_WEIGHTS).is_file():
-        return [directory / SAFETENSORS_WEIGHTS]
     others = sorted(p.name for p in directory.glob("*.safetensors"))
     if others:
         raise ModelLoadError(f"{directory}: no {SAFETENSORS_WEIGHTS} (found {', '.join(others)}, which are not read)")
@@ -178,11 +176,13 @@ def _load_pickle_as_safetensors(pickle_files: list[Path], workdir: Path) -> None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 loaded = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling errors are deliberately broad
+        except pickle.UnpicklingError as exc:
             raise ModelLoadError(
-                f"{file}: refused by the weights-only loader ({type(exc).__name__}): it holds more than tensors, "
-                "which could run code; lmshield does not load it"
+                f"{file}: refused by the weights-only loader: it holds more than tensors, which could run code; "
+                "lmshield does not load it"
             ) from exc
+        except Exception as exc:  # truncated or damaged files raise many exception types
+            raise ModelLoadError(f"{file}: unreadable pickle checkpoint ({type(exc).__name__})") from exc
         if not isinstance(loaded, dict):
             raise ModelLoadError(f"{file}: not a state dict")
         state.update({k: v.detach().contiguous().clone() for k, v in loaded.items() if torch.is_tensor(v)})
@@ -216,14 +216,17 @@ def _build_model(
         raise
     except Exception as exc:
         raise ModelLoadError(f"{directory}: weights do not match the config ({exc})") from exc
-    _check_complete(directory, info)
+    _check_complete(directory, model, info)
     return model
 
 
-def _check_complete(directory: Path, info: dict[str, Any]) -> None:
-    """Refuse weights that leave parts of the model to random initialisation (a head or pooler may be new)."""
-    missing = [k for k in info.get("missing_keys", ()) if not k.split(".")[-1].endswith("_ids")]
-    missing = [k for k in missing if not any(part in NEW_HEAD_PARTS for part in k.split("."))]
+def _check_complete(directory: Path, model: PreTrainedModel, info: dict[str, Any]) -> None:
+    """Refuse weights that leave the encoder to random initialisation; a task or MLM head outside it, and the
+    pooler, may be new (they are what tuning or an attack trains)."""
+    prefix = f"{model.base_model_prefix}."
+    inside = model.base_model is model  # AutoModel: every key is the encoder's
+    missing = [k for k in info.get("missing_keys", ()) if inside or k.startswith(prefix)]
+    missing = [k for k in missing if not k.split(".")[-1].endswith("_ids") and "pooler" not in k.split(".")]
     mismatched = [str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys", ())]
     if missing or mismatched:
         names = sorted(missing + mismatched)

@@ -86,7 +86,7 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     lines = [line for line in lines if line]
     if not lines:
         raise InputError(f"{path}: empty, no texts to read")
-    if lines[0].startswith(("{", "[")):
+    if lines[0].startswith("{"):  # JSON Lines without the suffix (a line may well open with "[")
         return _texts_from_records(file, field)
     return lines
 

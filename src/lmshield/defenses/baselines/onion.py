@@ -55,9 +55,11 @@ class ONION:
         """Per-text perplexity under the LM (empty texts get ``inf``)."""
         out: list[float] = []
         bos = self.tokenizer.bos_token or ""
+        max_tokens = max(128, 4 * self.max_words)
         for start in range(0, len(texts), self.batch_size):
             chunk = [f"{bos}{t}" for t in texts[start : start + self.batch_size]]
-            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=128)
+            # room for max_words words of several tokens each, so deletions never differ only by truncation
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
             ids, mask = batch["input_ids"].to(self.model.device), batch["attention_mask"].to(self.model.device)
             logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target, keep = ids[:, 1:], mask[:, 1:].float()

@@ -37,6 +37,13 @@ class ParaphrasedSet:
         return sum(kept) / len(kept) if kept else 0.0
 
 
+def paraphrase_files(kind: str) -> tuple[str, str]:
+    """The file names of one kind of paraphrase: (clean test set, triggered sentences)."""
+    if kind not in _FILES:
+        raise InputError(f"unknown paraphrase kind {kind!r}: use back or scpn")
+    return _FILES[kind]
+
+
 def load_paraphrased(task_dir: str | Path, kind: str = "back") -> ParaphrasedSet:
     """Read the precomputed paraphrases of ``task_dir``; checks that they match its ``test.json``."""
     if kind not in _FILES:

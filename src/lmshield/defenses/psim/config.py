@@ -51,7 +51,7 @@ class PSIMConfig:
     max_length: int = 128
     threshold: float | None = None
     score_kind: str = "probability"
-    keep_head: str = "auto"
+    keep_head: str | bool = "auto"  # auto, yes, no (True / False read as yes / no)
     warmup_ratio: float = 0.06
     seed: int = 0
 

@@ -83,7 +83,7 @@ class PSIM:
         max_length: int = 128,
         threshold: float | None = None,
         score_kind: str = "probability",
-        keep_head: str = "auto",
+        keep_head: str | bool = "auto",
         warmup_ratio: float = 0.06,
         seed: int = 0,
         device: str | None = None,
@@ -116,7 +116,9 @@ class PSIM:
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters (scikit-learn's estimator protocol; ``deep`` has nothing to recurse)."""
-        return {**self.config.to_dict(), "device": self.device, "progress": self.progress}
+        self.config  # noqa: B018 - validate, as the constructor did
+        names = [f.name for f in fields(PSIMConfig)]
+        return {**{name: getattr(self, name) for name in names}, "device": self.device, "progress": self.progress}
 
     def set_params(self, **params: Any) -> PSIM:
         """Change parameters (validated as in the constructor); refit afterwards for them to take effect."""
@@ -236,7 +238,7 @@ class PSIM:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
         if not math.isfinite(psim.threshold_) or psim.threshold_ >= 1:
-            raise InputError(f"{path}: threshold_ {psim.threshold_} would never flag an input")
+            raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (finite, below 1)")
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device)
         if psim.num_labels_ < 2 or psim.num_labels_ != len(psim.classifier_.label_names):
             raise InputError(

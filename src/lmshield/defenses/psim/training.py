@@ -31,8 +31,11 @@ def has_classification_head(model: str | Path | None) -> bool:
     """Whether the model directory was saved with a ``*ForSequenceClassification`` head."""
     config = resolve_model_dir(model) / "config.json"
     try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # the loader then says what is wrong with the file
+    architectures = data.get("architectures") if isinstance(data, dict) else None
+    if not isinstance(architectures, list):
         return False
     return any(str(name).endswith("ForSequenceClassification") for name in architectures)
 
