@@ -38,6 +38,15 @@ def test_plain_text_and_jsonl_files(tmp_path: Path):
     assert TextSource.from_options(jsonl).load(1) == ["x y"]
 
 
+def test_a_record_whose_text_is_an_object_is_refused(tmp_path: Path):
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"text": "fine", "label": 0}\n{"text": {"a": 1}, "label": 1}\n')
+    with pytest.raises(InputError, match="record 2 holds a dict"):
+        read_texts(path)
+    with pytest.raises(InputError, match="record 2 holds a dict"):
+        read_labelled(path)
+
+
 def test_a_text_file_may_open_with_a_bracket(tmp_path: Path):
     plain = tmp_path / "lines.txt"
     plain.write_text("[laughs] what a film\nsecond line\n")

@@ -149,11 +149,18 @@ def _json_line(line: str, path: str | Path, number: int) -> dict:
 def _texts_from_records(file: Path, field: str | None) -> list[str]:
     records = read_records(file)
     key = find_text_field(list(records[0]), field, file)
-    texts = [str(record.get(key) or "").strip() for record in records]
+    texts = [text_value(record.get(key), file, number).strip() for number, record in enumerate(records, start=1)]
     texts = [text for text in texts if text]
     if not texts:
         raise InputError(f"{file}: field {key!r} is empty in every record")
     return texts
+
+
+def text_value(value: Any, where: str | Path, number: int) -> str:
+    """A record's text as a string: numbers are written out, a missing value is empty, objects are refused."""
+    if isinstance(value, dict | list):
+        raise InputError(f"{where}: record {number} holds a {type(value).__name__} where a text should be")
+    return "" if value is None else str(value)
 
 
 def load_dataset_split(name: str, split: str) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
-from lmshield.text.sources import RECORD_SUFFIXES, find_text_field, load_dataset_split, read_records
+from lmshield.text.sources import RECORD_SUFFIXES, find_text_field, load_dataset_split, read_records, text_value
 
 LABEL_FIELD = "label"
 MAX_CLASSES = 10_000
@@ -79,7 +79,7 @@ def read_labelled(
     for number, record in enumerate(records, start=1):
         if record.get(key) is None or record.get(label_field) in (None, ""):
             raise InputError(f"{source}: record {number} lacks {key!r} or {label_field!r}")
-        texts.append(str(record[key]))
+        texts.append(text_value(record[key], source, number))
         raw.append(record[label_field])
     names, labels = _index_labels(raw, label_names, str(source))
     return LabelledData(texts, labels, names)
