@@ -14,6 +14,7 @@ and their *defended* columns are the victim's accuracy and ASR on the changed in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -144,13 +145,19 @@ def strip_row(
 
 def onion_row(answers: VictimAnswers, settings: BaselineSettings, device: str | None, progress: bool) -> PSIMRow:
     """ONION in front of the victim: it answers the texts with the suspicious words removed."""
-    from lmshield.defenses.baselines import ONION
-
-    onion = ONION(str(settings.onion_lm), threshold=settings.onion_threshold, device=device, progress=progress)
+    onion = _onion(str(settings.onion_lm), settings.onion_threshold, device, progress)
     clean = answers.victim.predict(onion.clean(answers.clean_texts))
     poisoned = answers.victim.predict(onion.clean(answers.poisoned_texts))
     flips = flip_asr(answers.source_predicted, answers.source_labels, poisoned, answers.target_label)
     return _changed_input_row(answers, "onion", clean_accuracy(clean, answers.clean_labels), poisoned, flips)
+
+
+@functools.lru_cache(maxsize=2)
+def _onion(lm: str, threshold: float, device: str | None, progress: bool) -> Any:
+    """One ONION (and one LM in memory) for every victim of an evaluation."""
+    from lmshield.defenses.baselines import ONION
+
+    return ONION(lm, threshold=threshold, device=device, progress=progress)
 
 
 def _paraphrases_fit(attack: str, triggers: Sequence[str], target_label: int) -> bool:
