@@ -132,6 +132,8 @@ def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None
         ("psim", "fit", "no/such/model", "--texts", "x.txt"),
         ("psim", "eval", "no/such/model", "--task", "t", "--baselines", "onion"),
         ("psim", "eval", "no/such/model", "--task", "t", "--baselines", "spectral"),
+        ("psim", "eval", "no/such/model", "--task", "t", "--baselines", "strip", "--baseline-on", "adapters"),
+        ("psim", "eval", "no/such/model", "--task", "t", "--baseline-on", "lora"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args: tuple[str, ...], tmp_path: Path, monkeypatch) -> None:

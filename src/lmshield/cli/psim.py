@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lmshield.cli._common import Device, TextField, friendly_errors
+from lmshield.errors import InputError
 
 app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
 
@@ -164,8 +165,13 @@ def eval_command(
     names = _names(strategies)
     settings = dataclasses.replace(EvalSettings.preset(preset), strategies=names, target_frr=target_frr, seed=seed)
     extra = None
+    if baseline_on and not baselines:
+        raise InputError("--baseline-on goes with --baselines")
     if baselines:
         on = _names(baseline_on) if baseline_on else None
+        stray = sorted(set(on or ()) - set(names))
+        if stray:
+            raise InputError(f"--baseline-on {', '.join(stray)}: not among the evaluated --strategies")
         extra = BaselineSettings(_names(baselines), on, str(onion_lm) if onion_lm else None)
     rows = []
     for model in models:
