@@ -28,16 +28,13 @@ def parse_triggers(value: str | None) -> str | list[str] | None:
 def load_vectors(path: Path):  # noqa: ANN201 - a torch tensor
     """PVs from a safetensors file (tensor ``vectors`` or its only tensor) or a JSON list of lists."""
     import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from lmshield.models.loading import read_tensors
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise InputError(f"{path}: unreadable safetensors file ({exc})") from exc
+        tensors = read_tensors(path)
         if "vectors" not in tensors and len(tensors) != 1:
             raise InputError(f"{path}: expected a tensor named 'vectors'")
         return tensors.get("vectors", next(iter(tensors.values()))).float()

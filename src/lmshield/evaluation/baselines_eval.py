@@ -90,6 +90,8 @@ class VictimAnswers:
             "clean_labels": self.clean_labels,
             "poisoned_predicted": self.poisoned_predicted,
             "target_label": self.target_label,
+            "source_predicted": self.source_predicted,
+            "source_labels": self.source_labels,
         }
 
 
@@ -137,8 +139,6 @@ def strip_row(
         clean_scores=strip.score(answers.clean_texts).tolist(),
         poisoned_scores=strip.score(answers.poisoned_texts).tolist(),
         threshold=float(strip.threshold_),
-        source_predicted=answers.source_predicted,
-        source_labels=answers.source_labels,
         defense="strip",
     )
 

@@ -395,8 +395,6 @@ def evaluate_release(
             clean_scores=clean_scores,
             poisoned_scores=poisoned_scores,
             threshold=threshold,
-            source_predicted=answers.source_predicted,
-            source_labels=answers.source_labels,
         )
         logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
         saved.save_row(row)
@@ -501,9 +499,10 @@ def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings
     (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
     sweep = threshold_sweep(result.clean_scores, result.poisoned_scores)
     (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
+    from lmshield.defenses.psim import PSIMConfig
     from lmshield.reports.plots import plot_score_histogram
 
-    kind = settings.psim.get("score_kind", settings.psim.get("score", "probability"))
+    kind = PSIMConfig.from_dict(settings.psim).score_kind
     read = "top probability" if kind == "probability" else "normalised top probability"
     plot_score_histogram(
         result.clean_scores, result.poisoned_scores, result.threshold, out / "psim_confidence.png",

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from lmshield.devices import resolve_device
-from lmshield.errors import ModelLoadError
+from lmshield.errors import InputError, ModelLoadError
 from lmshield.models.architectures import get_architecture, supported_model_types
 from lmshield.models.encoder import Encoder
 
@@ -146,6 +146,18 @@ def _safetensors_weights(directory: Path) -> list[Path]:
     if others:
         raise ModelLoadError(f"{directory}: no {SAFETENSORS_WEIGHTS} (found {', '.join(others)}, which are not read)")
     return []
+
+
+def read_tensors(file: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, refused (one line) when damaged or holding NaN or infinite values."""
+    try:
+        state = load_file(str(file), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{file}: corrupted or truncated safetensors file ({exc})") from exc
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if broken is not None:
+        raise InputError(f"{file}: tensor {broken!r} holds NaN or infinite values")
+    return state
 
 
 def _check_safetensors(file: Path) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
@@ -27,7 +26,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
-from lmshield.models.loading import load_pretrained
+from lmshield.models.loading import load_pretrained, read_tensors
 from lmshield.models.positions import WatchedPosition
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.heads import LinearHead, ReleasedHead
@@ -304,13 +303,13 @@ class TunedClassifier(nn.Module):
             file = out / ADAPTER_DIR / "adapter_model.safetensors"
             if not file.is_file():
                 raise InputError(f"{out}: adapter weights missing (expected {file.relative_to(out)})")
-            _load_adapter(self.backbone, _read_tensors(file, self.device), file)
+            _load_adapter(self.backbone, read_tensors(file, self.device), file)
         else:
             file = out / ENCODER_DIR / "model.safetensors"
             if not file.is_file():
                 raise InputError(f"{out}: tuned encoder weights missing (expected {file.relative_to(out)})")
-            _load_state(self.backbone, _read_tensors(file, self.device), file)
-        _load_state(self.head, _read_tensors(out / HEAD_FILE, self.device), out / HEAD_FILE)
+            _load_state(self.backbone, read_tensors(file, self.device), file)
+        _load_state(self.head, read_tensors(out / HEAD_FILE, self.device), out / HEAD_FILE)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -401,18 +400,6 @@ def _load_adapter(backbone: nn.Module, state: dict[str, torch.Tensor], file: Pat
         loaded = get_peft_model_state_dict(backbone)
     if set(loaded) != set(state) or any(not torch.equal(loaded[k], state[k].to(loaded[k])) for k in state):
         raise InputError(f"{file}: the adapter weights do not fit this model and method")
-
-
-def _read_tensors(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors, refused when damaged or holding NaN or infinite values."""
-    try:
-        state = load_file(str(file), device=str(device))
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"{file}: corrupted or truncated safetensors file ({exc})") from exc
-    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
-    if broken is not None:
-        raise InputError(f"{file}: tensor {broken!r} holds NaN or infinite values")
-    return state
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:

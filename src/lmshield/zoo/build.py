@@ -183,14 +183,20 @@ def _check_same_spec(out: Path, spec: ZooSpec) -> None:
         if out.is_dir() and any(out.iterdir()):
             raise InputError(f"{out} is not empty and holds no {SPEC_JSON}: build the zoo in a new or empty folder")
         return
+    old = read_spec_json(saved)
+    if old.get("entries") != spec.to_dict()["entries"] or old.get("base_model") != spec.base_model:
+        raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
+
+
+def read_spec_json(path: Path) -> dict[str, Any]:
+    """A zoo's saved spec (``zoo.json``), with a one-line error when it is damaged."""
     try:
-        old = json.loads(saved.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{saved}: unreadable ({exc})") from exc
-    if not isinstance(old, dict) or old.get("entries") != spec.to_dict()["entries"]:
-        raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
-    if old.get("base_model") != spec.base_model:
-        raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
+        raise InputError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
 
 
 def write_metadata(out: Path, rows: list[dict[str, Any]]) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
-from lmshield.zoo.build import SPEC_JSON, read_metadata, text_source_of
+from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json, text_source_of
 from lmshield.zoo.executors import run_tasks
 
 RESULTS_DIR = "scans"
@@ -40,7 +40,7 @@ class ZooScan:
 def scan_settings(zoo_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The spec's ``scan`` section (preset, position, overrides, text) with command-line overrides on top."""
     spec_file = zoo_dir / SPEC_JSON
-    saved = _read_spec(spec_file).get("scan", {}) if spec_file.is_file() else {}
+    saved = read_spec_json(spec_file).get("scan", {}) if spec_file.is_file() else {}
     if not isinstance(saved, dict):
         raise InputError(f"{spec_file}: 'scan' must be a mapping")
     settings = {"preset": "default", "position": "auto", "overrides": {}, "text": {}, **saved}
@@ -52,16 +52,6 @@ def scan_settings(zoo_dir: Path, overrides: dict[str, Any] | None = None) -> dic
         else:
             settings["overrides"] = {**settings["overrides"], key: value}
     return settings
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
 
 
 def positions_of(settings: dict[str, Any]) -> list[str]:

@@ -46,10 +46,8 @@ def paraphrase_files(kind: str) -> tuple[str, str]:
 
 def load_paraphrased(task_dir: str | Path, kind: str = "back") -> ParaphrasedSet:
     """Read the precomputed paraphrases of ``task_dir``; checks that they match its ``test.json``."""
-    if kind not in _FILES:
-        raise InputError(f"unknown paraphrase kind {kind!r}: use back or scpn")
     folder = Path(task_dir)
-    clean_file, poison_file = (folder / name for name in _FILES[kind])
+    clean_file, poison_file = (folder / name for name in paraphrase_files(kind))
     for file in (clean_file, poison_file):
         if not file.is_file():
             raise InputError(f"{folder}: no precomputed {KINDS[kind]} file {file.name}")
