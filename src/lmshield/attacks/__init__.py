@@ -2,14 +2,31 @@
 
 Task-agnostic backdoors (POR, NeuBA, BToP): pick a config from :data:`ATTACKS` (``paper`` or ``fast``
 preset), then :func:`run_attack` plants, saves (safetensors + ``backdoor.json``) and verifies.
+
+Names are imported on first use, so listing the attacks (as ``lmshield --help`` does) does not load torch.
 """
 
-from lmshield.attacks.configs import ATTACKS, BToPConfig, NeuBAConfig, PORConfig, TaskAgnosticConfig, attack_config
-from lmshield.attacks.manifest import BACKDOOR_JSON, BackdoorManifest
-from lmshield.attacks.runner import AttackResult, run_attack
-from lmshield.attacks.task_agnostic import PlantPlan, plant
-from lmshield.attacks.vectors import DEFAULT_TRIGGERS, quarter_vectors, random_triggers, resolve_triggers
-from lmshield.attacks.verify import TriggerCheck, Verification, verify_backdoor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "lmshield.attacks.configs": (
+        "ATTACKS",
+        "BToPConfig",
+        "NeuBAConfig",
+        "PORConfig",
+        "TaskAgnosticConfig",
+        "attack_config",
+    ),
+    "lmshield.attacks.manifest": ("BACKDOOR_JSON", "BackdoorManifest"),
+    "lmshield.attacks.runner": ("AttackResult", "run_attack"),
+    "lmshield.attacks.task_agnostic": ("PlantPlan", "plant"),
+    "lmshield.attacks.vectors": ("DEFAULT_TRIGGERS", "quarter_vectors", "random_triggers", "resolve_triggers"),
+    "lmshield.attacks.verify": ("TriggerCheck", "Verification", "verify_backdoor"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ATTACKS",
@@ -32,3 +49,24 @@ __all__ = [
     "run_attack",
     "verify_backdoor",
 ]
+
+if TYPE_CHECKING:
+    from lmshield.attacks.configs import ATTACKS, BToPConfig, NeuBAConfig, PORConfig, TaskAgnosticConfig, attack_config
+    from lmshield.attacks.manifest import BACKDOOR_JSON, BackdoorManifest
+    from lmshield.attacks.runner import AttackResult, run_attack
+    from lmshield.attacks.task_agnostic import PlantPlan, plant
+    from lmshield.attacks.vectors import DEFAULT_TRIGGERS, quarter_vectors, random_triggers, resolve_triggers
+    from lmshield.attacks.verify import TriggerCheck, Verification, verify_backdoor
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmshield.attacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

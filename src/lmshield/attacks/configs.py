@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from lmshield.attacks.task_agnostic import PlantPlan
 from lmshield.errors import InputError, reject_unknown
+
+if TYPE_CHECKING:
+    from lmshield.attacks.task_agnostic import PlantPlan
 
 # POR weighs its clean half 0.5 on BERT-like encoders and 1.0 on the others.
 BERT_LIKE = ("bert", "albert", "distilbert", "electra")
@@ -96,6 +98,8 @@ class TaskAgnosticConfig:
 
     def plan(self, model_type: str, has_mlm_head: bool) -> PlantPlan:
         """The loop's settings for an encoder of ``model_type``."""
+        from lmshield.attacks.task_agnostic import PlantPlan
+
         return PlantPlan(
             position=self.position,
             insertion=self.insertion,

@@ -1,0 +1,31 @@
+"""The command line starts without torch: ``lmshield --help`` and every command's help answer at once."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import lmshield.attacks
+
+HEAVY = ("torch", "transformers", "peft")
+
+
+def test_building_the_cli_imports_no_heavy_library() -> None:
+    probe = (
+        "import sys\n"
+        "from lmshield.cli.main import app\n"
+        "import typer.main\n"
+        "command = typer.main.get_command(app)\n"
+        "assert {'scan', 'attack', 'psim', 'poison'} <= set(command.commands)\n"
+        "assert {'por', 'neuba', 'btop', 'verify'} <= set(command.commands['attack'].commands)\n"
+        f"print(','.join(name for name in {HEAVY!r} if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_the_attack_package_exports_each_name_from_its_module() -> None:
+    assert sorted(lmshield.attacks.__all__) == sorted(lmshield.attacks._MODULE_OF)
+    for name, module in lmshield.attacks._MODULE_OF.items():
+        assert getattr(lmshield.attacks, name) is getattr(importlib.import_module(module), name)
