@@ -107,3 +107,17 @@ def test_vectors_must_be_finite() -> None:
 
     with pytest.raises(InputError, match="finite"):
         check_vectors(torch.full((1, 4), float("nan")), ["cf"], 4)
+
+
+def test_a_trigger_that_does_not_fire_means_not_planted(por_dir, tmp_path):
+    import shutil
+
+    target = shutil.copytree(por_dir.directory, tmp_path / "partial")
+    data = json.loads((target / BACKDOOR_JSON).read_text())
+    data["triggers"].append("river")  # an ordinary word the attack never taught
+    data["vectors"].append(data["vectors"][0])
+    (target / BACKDOOR_JSON).write_text(json.dumps(data))
+    verification = verify_backdoor(target, count=40)
+    assert [c.planted() for c in verification.triggers] == [True] * 6 + [False]
+    assert not verification.planted
+    assert CliRunner().invoke(app, ["attack", "verify", str(target), "--count", "40"]).exit_code == 1

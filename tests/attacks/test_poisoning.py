@@ -147,7 +147,8 @@ def test_badnet_never_first_or_last_and_handles_short_inputs() -> None:
         hits = [i for i, w in enumerate(words) if w in ("cf", "mn")]
         assert len(hits) == 1 and 0 < hits[0] < len(words) - 1
     assert poisoner.poison(["", "one"], rng)[0] in ("cf", "mn")
-    assert sorted(poisoner.poison(["one"], rng)[0].split())[0] in ("cf", "mn", "one")
+    one_word = poisoner.poison(["one"], rng)[0].split()
+    assert len(one_word) == 2 and "one" in one_word and len({"cf", "mn"} & set(one_word)) == 1
     used = {w for t in poisoner.poison(texts, random.Random(1)) for w in t.split() if w in ("cf", "mn")}
     assert used == {"cf", "mn"}
 
@@ -388,3 +389,17 @@ def test_registering_an_attack_touches_one_place(monkeypatch: pytest.MonkeyPatch
     assert isinstance(config, EmojiConfig)
     triggered = make_poisoner(config).poison(["a b c d"], random.Random(0))
     assert "🙂" in triggered[0].split()
+
+
+def test_verification_asr_counts_only_non_target_inputs() -> None:
+    from lmshield.attacks.poisoning.runner import verify
+
+    dev = task(40, 9)
+    truth = dict(zip(dev.texts, dev.labels, strict=True))
+
+    class Unmoved:  # labels every input right, trigger or not: there is no backdoor at all
+        def predict(self, texts: list[str], batch_size: int | None = None) -> list[int]:
+            return [truth[" ".join(w for w in t.split() if w != "mn")] for t in texts]
+
+    config = BadNetConfig()
+    assert verify(Unmoved(), dev, make_poisoner(config), config) == {"clean_accuracy": 1.0, "asr": 0.0}

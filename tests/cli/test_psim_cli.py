@@ -64,7 +64,8 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     result = invoke("psim", "score", psim_dir, "--texts", inputs, "--out", root / "scores.jsonl")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (root / "scores.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(isinstance(r["flagged"], bool) for r in rows)
+    threshold = json.loads((psim_dir / "psim.json").read_text())["threshold_"]
+    assert len(rows) == 3 and [r["flagged"] for r in rows] == [r["score"] > threshold for r in rows]
     assert {"text", "score", "p_max", "normalised"} <= set(rows[0])
 
     result = invoke("psim", "calibrate", psim_dir, "--texts", files["dev"], "--target-frr", 0.2)

@@ -76,8 +76,9 @@ def _broken(kind: str, clean: Path, tmp_path: Path) -> list[str]:
     elif kind == "unsupported":
         config = (broken / "config.json").read_text().replace('"model_type": "bert"', '"model_type": "gpt2"')
         (broken / "config.json").write_text(config)
+    else:
+        raise AssertionError(f"unknown kind of damage: {kind}")
     return [str(broken)]
-    raise AssertionError(kind)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lmshield.attacks.vectors import DEFAULT_TRIGGERS
 from lmshield.cli.main import app
 from lmshield.defenses.sanitizer import ScanResult, scan
-from lmshield.defenses.sanitizer.guard import Guard, Prediction
+from lmshield.defenses.sanitizer.guard import Guard
 from lmshield.defenses.sanitizer.monitor import Monitor, MonitorResult, calibration_size, sign_match
 from lmshield.defenses.sanitizer.purge import purge, sequential_purge, word_deletions
 from lmshield.errors import EXIT_ERROR, InputError
@@ -234,7 +234,6 @@ def test_uncleanable_inputs_are_refused_not_passed(backdoored_classifier: TunedC
     prediction = strict.predict(["the happy city cf was warm and bright near the river."])[0]
     assert prediction.flagged and prediction.status == "refused" and prediction.final_label is None
     assert prediction.to_dict()["status"] == "refused"
-    assert isinstance(prediction, Prediction)
 
 
 def test_guard_eval_protocol_on_the_tiny_backdoor(guard: Guard) -> None:
@@ -329,3 +328,27 @@ def test_guard_eval_cli(saved, tmp_path: Path) -> None:
     assert reports[0]["guarded_asr"] == reports[1]["guarded_asr"]
     missing = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(tmp_path / "none.txt")])
     assert missing.exit_code == EXIT_ERROR
+
+
+def test_a_threshold_the_monitor_can_never_exceed_is_refused() -> None:
+    pvs = torch.ones(1, 4)
+    for bad in (1.0, float("nan"), -0.1):  # 1.0: no share of matching signs is above it; NaN: nothing compares
+        with pytest.raises(InputError, match="threshold"):
+            Monitor(pvs, threshold=bad)
+    assert Monitor(pvs, threshold=0.0).threshold == 0.0
+
+
+def test_a_calibration_that_would_switch_the_monitor_off_is_refused(
+    backdoored_classifier: TunedClassifier, bert_pair, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from lmshield.defenses.sanitizer.guard import CALIBRATION_FORMAT
+
+    pvs = bert_pair[2].float()
+    for number, bad in enumerate((1.0, float("nan"), 0.5)):  # never flags, never flags, below the base 0.8
+        path = tmp_path / f"bad-{number}.safetensors"
+        tensors = {"thresholds": torch.full((pvs.shape[0],), bad), "pvs": pvs.contiguous()}
+        save_file(tensors, str(path), metadata={"format": CALIBRATION_FORMAT})
+        with pytest.raises(InputError, match="thresholds must lie"):
+            Guard(backdoored_classifier, pvs).load_calibration(path)

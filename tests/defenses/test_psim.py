@@ -187,8 +187,10 @@ def test_a_damaged_saved_psim_is_a_one_line_error(saved_psim: Path, tmp_path: Pa
 
 def test_short_inputs_and_misuse() -> None:
     psim = fitted()
-    scores = psim.score(["", "mn", "word", "   "])
-    assert scores.shape == (4,) and np.all((scores >= 0.5) & (scores <= 1))
+    texts = ["", "mn", "word", "   "]
+    scores = psim.score(texts)
+    assert scores.shape == (4,) and np.all(np.isfinite(scores))
+    np.testing.assert_allclose(scores, [psim.score([text])[0] for text in texts], atol=1e-5)  # padding-free
     assert psim.score([]).shape == (0,)
     with pytest.raises(InputError, match="one string"):
         psim.score("a text")
@@ -229,3 +231,15 @@ def test_defenses_never_import_attacks() -> None:
             names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
             names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
             assert not any(name.startswith("lmshield.attacks") for name in names), file
+
+
+def test_a_given_threshold_is_the_one_fit_uses() -> None:
+    psim = PSIM("lora", threshold=0.9, **SETTINGS).fit(released("badnet"), task(40, 4).texts, 2)
+    assert psim.threshold_ == 0.9
+    assert psim.flags(np.array([0.85, 0.95])).tolist() == [False, True]
+
+
+def test_a_nan_or_negative_threshold_is_refused() -> None:
+    for bad in (math.nan, -0.1, 1.0):
+        with pytest.raises(InputError, match="threshold"):
+            PSIM(threshold=bad)

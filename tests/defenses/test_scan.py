@@ -223,3 +223,46 @@ def test_release_preset_keeps_the_authors_absolute_settings():
     release = SanitizerConfig.preset("release")
     assert (release.distance_scale, release.distance_threshold, release.lr) == ("absolute", 0.2, 5e-5)
     assert (release.num_carriers, release.max_length, release.max_seeds) == (2000, 128, 30)
+
+
+def test_the_score_ignores_illegitimate_triggers():
+    from lmshield.defenses.sanitizer.result import SeedTrace
+    from lmshield.defenses.sanitizer.scanner import _score
+
+    def trace(distance: float, legitimate: bool | None) -> SeedTrace:
+        return SeedTrace(0, "rejected", "", 1, 1, [distance], [1.0], legitimate=legitimate)
+
+    assert _score([trace(2.0, True), trace(9.0, False), trace(3.0, None)]) == 3.0
+
+
+def test_a_pv_close_to_any_known_pv_is_rejected():
+    from lmshield.defenses.sanitizer.mining import SeedOutcome, judge
+    from lmshield.defenses.sanitizer.result import SeedTrace
+
+    pv, far = torch.ones(8), -10 * torch.ones(8)
+
+    def candidate() -> SeedOutcome:
+        distance = [10 * TINY_SCAN.distance_threshold]
+        trace = SeedTrace(0, "candidate", "", 1, 1, distance, [1.0], sign_consistency=1.0, legitimate=True)
+        return SeedOutcome(trace, pv=pv.clone(), trigger=torch.zeros(1, 8))
+
+    duplicate = candidate()
+    judge(duplicate, torch.stack([far, pv]), TINY_SCAN, scale=1.0)  # the same PV as the second known one
+    assert duplicate.trace.status == "rejected" and duplicate.trace.unique is False
+    new = candidate()
+    judge(new, far[None], TINY_SCAN, scale=1.0)
+    assert new.trace.status == "accepted" and new.trace.unique is True
+
+
+def test_a_finished_backdoored_scan_resumes_with_its_pvs(bert_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _, backdoored, _ = bert_pair
+    first = scan(backdoored, TINY_SCAN, progress=False, out_dir=tmp_path)
+    assert first.is_backdoored
+
+    def no_mining(*args, **kwargs):
+        raise AssertionError("a finished seed was mined again")
+
+    monkeypatch.setattr(mining_module.PVMiner, "run_group", no_mining)
+    again = scan(backdoored, TINY_SCAN, progress=False, out_dir=tmp_path)  # every seed from progress.*
+    assert again.verdict == "backdoored"
+    assert torch.equal(again.pvs, first.pvs) and torch.equal(again.triggers, first.triggers)

@@ -52,3 +52,8 @@ def test_detection_metrics_and_empty_classes():
     assert only_backdoored.accuracy == 1.0 and math.isnan(only_backdoored.fpr)
     with pytest.raises(ValueError):
         confusion([True], [True, False])
+
+
+def test_class_counts_come_from_the_truth_not_the_verdicts():
+    metrics = detection_metrics([True, False, False], [True, True, True], [3.0, 2.0, 1.0], [1.0, 1.0, 1.0])
+    assert (metrics.count, metrics.backdoored, metrics.clean) == (3, 1, 2)

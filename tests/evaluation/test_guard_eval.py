@@ -88,3 +88,21 @@ def test_read_triggers(tmp_path: Path) -> None:
             read_triggers(bad)
     with pytest.raises(InputError, match="no such file"):
         read_triggers(tmp_path / "missing.json")
+
+
+def test_table_values_sit_under_their_headers() -> None:
+    lines = summarize(CLEAN, {"cf": TRIGGERED}).table().splitlines()
+    header, row, total = lines[1], lines[2], lines[3]
+    expected = {  # column: (trigger row, "all" row); columns are right-aligned under their header
+        "inputs": ("5", "5"),
+        "ASR": ("0.600", "0.600"),
+        "ASR+guard": ("0.400", "0.400"),
+        "flagged": ("0.600", "0.600"),
+        "purged ok": ("0.333", "0.333"),
+        "trig. rm": ("0.333", None),  # blank in the "all" row
+    }
+    for name, (in_row, in_total) in expected.items():
+        end = header.index(name) + len(name)
+        assert row[:end].split()[-1] == in_row, name
+        if in_total is not None:
+            assert total[:end].split()[-1] == in_total, name

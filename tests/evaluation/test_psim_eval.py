@@ -178,3 +178,19 @@ def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pyt
     assert (out / "report.md").is_file()
     with pytest.raises(InputError, match="--fresh"):
         evaluate_release(released("badnet"), folder, replace(settings, seed=1), out_dir=out, progress=False)
+
+
+def test_the_table_marks_metrics_that_do_not_apply() -> None:
+    row = psim_row(
+        attack="badnet",
+        strategy="lora",
+        dataset="toy",
+        clean_predicted=CLEAN_PRED,
+        clean_labels=CLEAN_LABELS,
+        poisoned_predicted=POISON_PRED,
+        target_label=0,
+        clean_scores=CLEAN_SCORES,
+        poisoned_scores=POISON_SCORES,
+        threshold=0.7,
+    )  # no source answers: the flip ASR does not apply
+    assert markdown_table([row]).splitlines()[-1].endswith("| 0.775 | - | - |")

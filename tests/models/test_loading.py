@@ -174,7 +174,10 @@ def test_a_base_encoder_loads_under_a_new_task_or_mlm_head(model_type: str, tmp_
 
     from lmshield.models.loading import load_pretrained
 
-    directory = save_tiny(tiny_encoder(model_type), tmp_path / model_type)
-    load_pretrained(directory, AutoModelForSequenceClassification)
-    if model_type != "xlnet":  # XLNet has no masked-LM class
-        load_pretrained(directory, AutoModelForMaskedLM)
+    encoder = tiny_encoder(model_type)
+    saved = encoder.model.get_input_embeddings().weight
+    directory = save_tiny(encoder, tmp_path / model_type)
+    heads = [AutoModelForSequenceClassification] + ([AutoModelForMaskedLM] if model_type != "xlnet" else [])
+    for head in heads:  # XLNet has no masked-LM class
+        loaded = load_pretrained(directory, head)
+        assert torch.equal(loaded.model.get_input_embeddings().weight, saved), head.__name__  # not re-initialised

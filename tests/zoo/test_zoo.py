@@ -192,3 +192,29 @@ def test_several_positions_are_scanned_and_combined(tmp_path):
     assert row["verdict"] == "clean" and row["pvs"] == 0
     assert (tmp_path / "scan" / "cls" / "scan.json").is_file()
     assert (tmp_path / "scan" / "mask" / "scan.json").is_file()
+
+
+def test_several_positions_keep_the_highest_score_and_add_the_times(tmp_path):
+    import torch
+
+    from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult
+    from lmshield.zoo.scan import scan_model
+
+    for position, score, seconds in (("cls", 5.0, 1.0), ("mask", 2.0, 2.0)):
+        ScanResult(
+            verdict="clean",
+            score=score,
+            pvs=torch.empty(0, 8),
+            triggers=torch.empty(0, 1, 8),
+            nearest_tokens=[],
+            trace=[],
+            config=SanitizerConfig(),
+            model={"hidden_size": 8},
+            position=position,
+            text_source="given",
+            spread=1.0,
+            timings={"total_s": seconds},
+        ).save_pretrained(tmp_path / "scan" / position)  # finished results: scan_model reads them back
+    settings = {"preset": "default", "position": "cls,mask", "overrides": {}, "text": {}}
+    row = scan_model({"model": "unused", "out": str(tmp_path / "scan"), "settings": settings, "progress": False})
+    assert row == {"verdict": "clean", "score": 5.0, "pvs": 0, "seconds": 3.0}

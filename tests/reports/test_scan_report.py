@@ -1,0 +1,30 @@
+"""The scan's Markdown report: every value of the seed table under its own header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult
+from lmshield.defenses.sanitizer.result import SeedTrace
+from lmshield.reports import write_scan_report
+
+
+def test_the_seed_table_puts_each_value_under_its_header(tmp_path: Path) -> None:
+    trace = SeedTrace(3, "rejected", "distance too small", 2, 10, [0.1, 0.5], [0.2, 0.9], sign_consistency=0.25,
+                      legitimate=True)  # fmt: skip
+    model = {"source": "m", "model_type": "bert", "fingerprint": "f", "hidden_size": 8, "embedding_size": 8}
+    result = ScanResult(
+        verdict="clean", score=0.5, pvs=torch.empty(0, 8), triggers=torch.empty(0, 1, 8), nearest_tokens=[],
+        trace=[trace], config=SanitizerConfig(), model=model, position="cls", text_source="given", spread=1.0,
+    )  # fmt: skip
+    lines = write_scan_report(result, tmp_path).read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| seed |"))
+    row = next(line for line in lines if line.startswith("| 3 |"))
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")],
+                     strict=True))  # fmt: skip
+    assert cells == {
+        "seed": "3", "status": "rejected", "epochs": "2", "distance": "0.500", "collapse": "0.9000",
+        "sign consistency": "0.25", "legitimate": "yes", "why": "distance too small",
+    }  # fmt: skip
