@@ -38,6 +38,15 @@ def test_plain_text_and_jsonl_files(tmp_path: Path):
     assert TextSource.from_options(jsonl).load(1) == ["x y"]
 
 
+def test_a_text_source_reads_the_field_it_is_given(tmp_path: Path):
+    records = tmp_path / "c.jsonl"
+    records.write_text('{"foo": "from foo", "text": "from text"}\n')
+    assert TextSource.from_options(records).load(5) == ["from text"]
+    assert TextSource.from_options(records, field="foo").load(5) == ["from foo"]
+    with pytest.raises(InputError, match=r"no text field \(bar\)"):
+        TextSource.from_options(records, field="bar").load(5)
+
+
 def test_a_record_whose_text_is_an_object_is_refused(tmp_path: Path):
     path = tmp_path / "records.jsonl"
     path.write_text('{"text": "fine", "label": 0}\n{"text": {"a": 1}, "label": 1}\n')

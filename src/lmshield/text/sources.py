@@ -68,7 +68,7 @@ class TextSource:
                     raise InputError("the vocab generator needs the model's tokenizer")
                 return vocabulary_sentences(tokenizer, count, seed)
             return grammar_sentences(count, seed)
-        texts = read_texts(self.path) if self.kind == "file" else _dataset_texts(self)
+        texts = read_texts(self.path, self.field) if self.kind == "file" else _dataset_texts(self)
         return texts[:count]
 
 
