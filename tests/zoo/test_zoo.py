@@ -76,6 +76,12 @@ def test_spec_expands_lists_into_models(tmp_path):
         parse_spec({"models": [{"kind": "original", "sed": 1}]})
     with pytest.raises(InputError, match="seed must be an integer"):
         parse_spec({"models": [{"kind": "original", "seed": "abc"}]})
+    with pytest.raises(InputError, match="'preset' beside 'overrides'"):
+        parse_spec({"models": [{"kind": "attack", "attack": "por", "overrides": {"preset": "fast"}}]})
+    with pytest.raises(InputError, match=r"models\[0\]: .*epoch"):
+        parse_spec({"models": [{"kind": "attack", "attack": "por", "overrides": {"epoch": 2}}]})
+    with pytest.raises(InputError, match=r"models\[0\]: unknown attack 'pro'"):
+        parse_spec({"models": [{"kind": "attack", "attack": "pro"}]})
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,24 @@ def _resolve_path(value: str | None, base: Path) -> str | None:
     return value
 
 
+def _check_settings(kind: str, attacks: list[Any], preset: str, overrides: dict[str, Any], number: int) -> None:
+    """Build each entry's config once, so that a bad preset or override stops the spec, not a half-built zoo."""
+    from lmshield.attacks.configs import attack_config
+    from lmshield.zoo.finetune import FinetuneConfig
+
+    if "preset" in overrides:
+        raise InputError(f"models[{number}]: give 'preset' beside 'overrides', not inside them")
+    try:
+        if kind == "clean-finetune":
+            FinetuneConfig.preset(preset, **overrides)
+        for attack in attacks if kind in ("attack", "clean-continue") else ():
+            attack_config(str(attack), preset, **overrides)
+    except InputError as exc:
+        raise InputError(f"models[{number}]: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"models[{number}]: bad overrides ({exc})") from None
+
+
 def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
     if not isinstance(raw, dict):
         raise InputError(f"models[{number}] must be a mapping with a 'kind'")
@@ -148,6 +166,7 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
     if not isinstance(overrides, dict):
         raise InputError(f"models[{number}]: overrides must be a mapping")
     attacks = _as_list(raw.get("attack") or ("por" if kind == "clean-continue" else None))
+    _check_settings(kind, attacks, str(raw.get("preset", "fast")), overrides, number)
     triggers = _trigger_sets(raw.get("triggers")) if kind == "attack" else [None]
     seeds = _as_list(raw.get("seed", 0))
     entries = []
