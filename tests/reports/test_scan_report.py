@@ -28,3 +28,17 @@ def test_the_seed_table_puts_each_value_under_its_header(tmp_path: Path) -> None
         "seed": "3", "status": "rejected", "epochs": "2", "distance": "0.500", "collapse": "0.9000",
         "sign consistency": "0.25", "legitimate": "yes", "why": "distance too small",
     }  # fmt: skip
+
+
+def test_a_sub_trigger_pv_is_hinted_by_its_own_vectors_only(tmp_path: Path) -> None:
+    whole = SeedTrace(0, "accepted", "", 1, 1, [5.0], [1.0], pv_index=0)
+    part = SeedTrace(0, "accepted", "", 1, 1, [5.0], [1.0], pv_index=1, parts=[2])
+    tokens = [[["cf"], ["mn"], ["qt"]], [["cf"], ["mn"], ["qt"]]]  # a sub-trigger keeps its seed's whole trigger
+    model = {"source": "m", "model_type": "bert", "fingerprint": "f", "hidden_size": 8, "embedding_size": 8}
+    result = ScanResult(
+        verdict="backdoored", score=5.0, pvs=torch.ones(2, 8), triggers=torch.zeros(2, 3, 8), nearest_tokens=tokens,
+        trace=[whole, part], config=SanitizerConfig(), model=model, position="cls", text_source="given", spread=1.0,
+    )  # fmt: skip
+    assert [result.trigger_hint(0), result.trigger_hint(1)] == ["cf mn qt", "qt (sub-trigger)"]
+    report = write_scan_report(result, tmp_path).read_text()
+    assert "trigger vector: qt (sub-trigger: vectors [2] of its seed's trigger)" in report

@@ -37,7 +37,9 @@ def scan_command(
     distance_threshold: Annotated[
         float | None, typer.Option(help="Distance a PV must reach (default from the preset).")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Result directory (resumable); default scans/<model>.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Result directory (resumable); default scans/<model>.", file_okay=False)
+    ] = None,
     fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
     device: Device = "auto",
     allow_pickle: Annotated[
@@ -73,7 +75,7 @@ def scan_command(
     report = write_scan_report(result, out_dir)
     colour = typer.colors.RED if result.is_backdoored else typer.colors.GREEN
     typer.secho(result.summary(), fg=colour, bold=True)
-    for index, tokens in enumerate(result.nearest_tokens):
-        typer.echo(f"  PV {index}: trigger hint {' '.join(slot[0] for slot in tokens)}")
+    for index in range(result.num_pvs):
+        typer.echo(f"  PV {index}: trigger hint {result.trigger_hint(index)}")
     typer.echo(f"report: {report}")
     raise typer.Exit(EXIT_BACKDOORED if result.is_backdoored else EXIT_CLEAN)

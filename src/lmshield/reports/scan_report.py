@@ -29,14 +29,14 @@ def _pv_section(result: ScanResult) -> list[str]:
     if result.num_pvs == 0:
         return ["No predefined vector was found: no seed passed every check."]
     lines = []
-    parts = {t.pv_index: t.parts for t in result.trace if t.pv_index is not None}
     for index, tokens in enumerate(result.nearest_tokens):
-        used = parts.get(index) or range(len(tokens))
+        used = result.trigger_parts(index)
         hint = ", ".join("/".join(tokens[i][:3]) for i in used)
         positives = float((result.pvs[index] > 0).float().mean())
+        whole = len(used) == len(tokens)
         lines.append(
             f"- **PV {index}** ({positives:.0%} positive dimensions); nearest tokens per trigger vector: {hint}"
-            + (f" (sub-trigger: vectors {parts[index]} of its seed's trigger)" if parts.get(index) else "")
+            + ("" if whole else f" (sub-trigger: vectors {used} of its seed's trigger)")
         )
     return lines
 

@@ -78,6 +78,17 @@ class ScanResult:
         """Seeds tried (sub-triggers split from a seed's trigger are not seeds of their own)."""
         return sum(t.parts is None for t in self.trace)
 
+    def trigger_parts(self, index: int) -> list[int]:
+        """The vectors of PV ``index``'s soft trigger that make it: all of them, or a sub-trigger's few."""
+        parts = next((t.parts for t in self.trace if t.pv_index == index), None)
+        return list(parts) if parts else list(range(len(self.nearest_tokens[index])))
+
+    def trigger_hint(self, index: int) -> str:
+        """The vocabulary token nearest each vector of PV ``index``'s trigger (only its sub-trigger's vectors)."""
+        tokens = self.nearest_tokens[index]
+        hint = " ".join(tokens[i][0] for i in self.trigger_parts(index))
+        return hint if len(self.trigger_parts(index)) == len(tokens) else f"{hint} (sub-trigger)"
+
     def summary(self) -> str:
         seeds = self.num_seeds
         took = self.timings.get("total_s", 0.0)
