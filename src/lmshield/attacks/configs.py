@@ -92,7 +92,7 @@ class TaskAgnosticConfig:
         target = self.clean_target(has_mlm_head)
         if target == "mlm":
             return "mlm: clean half trained with the pretrained MLM head"
-        what = "every token's hidden state" if target == "tokens" else f"the {self.position} hidden state"
+        what = "every token's hidden state" if target == "tokens" else f"{self.position} hidden state"
         lacking = " (no MLM head: hidden-state stand-in)" if self.clean_objective == "mlm" else ""
         return f"hidden: clean half matches the original model's {what}{lacking}"
 

@@ -152,5 +152,5 @@ def run_attack(
         seconds=round(time.perf_counter() - started, 2),
     )
     manifest.save(out)
-    verification = verify_backdoor(out, seed=seed) if verify else None
+    verification = verify_backdoor(out, seed=seed, device=device) if verify else None
     return AttackResult(directory=out, manifest=manifest, verification=verification)

@@ -12,7 +12,7 @@ from lmshield.attacks.manifest import BackdoorManifest
 from lmshield.attacks.task_agnostic import insert_trigger, mask_word_limit, with_mask
 from lmshield.defenses.sanitizer.monitor import DEFAULT_THRESHOLD as MONITOR_THRESHOLD
 from lmshield.defenses.sanitizer.monitor import sign_match
-from lmshield.errors import LmshieldError
+from lmshield.errors import InputError, LmshieldError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
@@ -84,9 +84,9 @@ def held_out_texts(count: int, seed: int) -> list[str]:
     return grammar_sentences(count, seed + 7_919)
 
 
-def _try_load(name: str) -> tuple[Encoder | None, str]:
+def _try_load(name: str, device: str | torch.device | None) -> tuple[Encoder | None, str]:
     try:
-        return load_encoder(name, device="cpu"), ""
+        return load_encoder(name, device=device), ""
     except LmshieldError as exc:
         return None, f"original model {name} not loadable ({exc}); clean closeness not measured"
 
@@ -100,14 +100,18 @@ def verify_backdoor(
     original: str | None = None,
     threshold: float = PLANTED_AGREEMENT,
     encoder: Encoder | None = None,
+    device: str | torch.device | None = None,
 ) -> Verification:
     """Verify the backdoor in ``directory`` against its ``backdoor.json``.
 
     ``texts`` (default: ``count`` held-out grammar sentences) carry the triggers; ``original`` overrides the
-    recorded base model used to judge the clean outputs.
+    recorded base model used to judge the clean outputs. ``device``: as for :func:`load_encoder` (CUDA when
+    present unless ``LMSHIELD_DEVICE`` says otherwise).
     """
+    if texts is None and count < 1:
+        raise InputError(f"count must be at least 1, got {count}")
     manifest = BackdoorManifest.load(directory)
-    model = encoder or load_encoder(directory, device="cpu")
+    model = encoder or load_encoder(directory, device=device)
     position = WatchedPosition.parse(manifest.position)
     max_length = int(manifest.settings.get("max_length", 128))
     rng = random.Random(seed)
@@ -131,7 +135,7 @@ def verify_backdoor(
             )
         )
     name = original or manifest.base_model
-    reference, note = _try_load(name)
+    reference, note = _try_load(name, device)
     cosine = None
     if reference is not None:
         ref_out = reference.watched_outputs(clean, position, max_length)

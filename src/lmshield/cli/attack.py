@@ -47,7 +47,9 @@ def load_vectors(path: Path):  # noqa: ANN201 - a torch tensor
 def _attack_command(name: str) -> Callable[..., None]:
     @friendly_errors
     def command(
-        out: Annotated[Path, typer.Option(help="Directory for the backdoored model and backdoor.json.")],
+        out: Annotated[
+            Path, typer.Option(help="Directory for the backdoored model and backdoor.json.", file_okay=False)
+        ],
         model: Annotated[str | None, typer.Option(help="Model directory or hub id; default: embedded MiniLM.")] = None,
         triggers: Annotated[
             str | None, typer.Option(help="default (cf mn tq qt mm pt), random (seeded) or a comma-separated list.")
@@ -101,8 +103,15 @@ def _attack_command(name: str) -> Callable[..., None]:
         typer.echo(f"variant: {manifest.variant}; {manifest.steps} steps, {manifest.seconds:.0f} s")
         if result.verification is not None:
             _print_verification(result.verification)
+            if not result.verification.planted:
+                raise typer.Exit(1)
 
-    command.__doc__ = f"Plant a {name.upper()} backdoor (settings: lmshield.attacks.{_config_name(name)})."
+    config_name = _config_name(name)
+    command.__doc__ = (
+        f"Plant a {config_name.removesuffix('Config')} backdoor (settings: lmshield.attacks.{config_name}).\n\n"
+        "Exit code 0: planted (verified unless --no-verify); 1: written, but the verification says not planted; "
+        "2: error."
+    )
     return command
 
 
@@ -128,18 +137,22 @@ def verify_command(
         str | None, typer.Option(help="Original model to compare clean outputs with (default: recorded).")
     ] = None,
     texts: Annotated[Path | None, typer.Option(help="Sentences to insert triggers into (default: held-out).")] = None,
-    count: Annotated[int, typer.Option(help="Held-out sentences when --texts is not given.")] = 200,
+    count: Annotated[int, typer.Option(help="Held-out sentences when --texts is not given.", min=1)] = 200,
     seed: Annotated[int, typer.Option(help="Seed of trigger positions and held-out text.")] = 0,
+    device: Device = "auto",
 ) -> None:
     """Check a planted backdoor: per-trigger sign agreement with its PV, triggered vs clean.
 
     Exit code 0: planted (every trigger >= 0.9); 1: not planted; 2: error.
     """
     from lmshield.attacks import verify_backdoor
+    from lmshield.devices import resolve_device
     from lmshield.text import read_texts
 
     given = read_texts(texts) if texts else None
-    verification = verify_backdoor(directory, texts=given, count=count, seed=seed, original=original)
+    verification = verify_backdoor(
+        directory, texts=given, count=count, seed=seed, original=original, device=resolve_device(device)
+    )
     _print_verification(verification)
     raise typer.Exit(0 if verification.planted else 1)
 
