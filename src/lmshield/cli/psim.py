@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors
+from lmshield.cli._common import Device, Overwrite, TextField, friendly_errors, refuse_to_replace
 from lmshield.errors import InputError
 
 app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
@@ -35,7 +35,7 @@ def _texts(path: Path, field: str | None, limit: int | None = None) -> list[str]
 def fit(
     model: Annotated[str, typer.Argument(help="Released (possibly poisoned) model directory or hub id.")],
     texts: Annotated[Path, typer.Option(help="Downstream training texts (labels are not used).")],
-    out: Annotated[Path, typer.Option(help="Directory for the fitted PSIM.")] = Path("runs/psim"),
+    out: Annotated[Path, typer.Option(help="Directory for the fitted PSIM.", file_okay=False)] = Path("runs/psim"),
     num_labels: Annotated[int, typer.Option(help="Number of classes of the downstream task.")] = 2,
     method: Annotated[
         str, typer.Option(help="PEFT method: ptuning (release), prompt, prefix, lora, full.")
@@ -50,14 +50,20 @@ def fit(
     score: Annotated[str, typer.Option(help="probability or normalised ((p-1/K)/(1-1/K)).")] = "probability",
     calibrate: Annotated[Path | None, typer.Option(help="Held-out clean texts to calibrate the threshold.")] = None,
     target_frr: Annotated[float, typer.Option(help="Target false-rejection rate for --calibrate.")] = 0.05,
-    limit: Annotated[int | None, typer.Option(help="Use at most this many training texts.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most this many training texts.", min=1)] = None,
     field: TextField = None,
     seed: Annotated[int, typer.Option(help="Seed of the random labels and the module.")] = 0,
+    overwrite: Overwrite = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Train PSIM on the downstream texts with random labels and save it."""
     from lmshield.defenses.psim import PSIM
+    from lmshield.defenses.psim.detector import PSIM_JSON
+    from lmshield.defenses.psim.thresholds import check_target_frr
+
+    refuse_to_replace(out, PSIM_JSON, "fitted PSIM", overwrite)
+    check_target_frr(target_frr)
 
     psim = PSIM(
         method,
@@ -106,7 +112,7 @@ def calibrate_command(
 def score_command(
     psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
     texts: Annotated[Path, typer.Option(help="Texts to check (text file or JSON Lines).")],
-    out: Annotated[Path | None, typer.Option(help="Write one JSON line per text here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write one JSON line per text here.", dir_okay=False)] = None,
     field: TextField = None,
     device: Device = "auto",
 ) -> None:
@@ -135,12 +141,19 @@ def score_command(
 def eval_command(
     models: Annotated[list[Path], typer.Argument(help="Released model directories (each with backdoor.json).")],
     task: Annotated[list[Path], typer.Option(help="Task folder(s) with train/dev/test.json; repeatable.")],
-    out: Annotated[Path, typer.Option(help="Result directory.")] = Path("runs/psim-eval"),
+    out: Annotated[Path, typer.Option(help="Result directory.", file_okay=False)] = Path("runs/psim-eval"),
     strategies: Annotated[
-        str, typer.Option(help="Victim strategies, comma-separated.")
-    ] = "full,lora,prompt,ptuning,prefix",
-    preset: Annotated[str, typer.Option(help="release, fast or smoke.")] = "release",
-    target_frr: Annotated[float | None, typer.Option(help="Calibrate PSIM to this FRR on dev texts.")] = None,
+        str | None,
+        typer.Option(
+            help="Victim strategies, comma-separated (default: the preset's; full,lora,prompt,ptuning,prefix)."
+        ),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="release (the paper's scale), fast (a CPU in minutes) or smoke (a quick check).")
+    ] = "release",
+    target_frr: Annotated[
+        float | None, typer.Option(help="Calibrate PSIM to this FRR on dev texts (default: the fixed threshold 0.7).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     baselines: Annotated[
         str | None,
@@ -162,8 +175,9 @@ def eval_command(
     from lmshield.evaluation.baselines_eval import BaselineSettings
     from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
 
-    names = _names(strategies)
-    settings = dataclasses.replace(EvalSettings.preset(preset), strategies=names, target_frr=target_frr, seed=seed)
+    base = EvalSettings.preset(preset)
+    names = _names(strategies) if strategies else base.strategies
+    settings = dataclasses.replace(base, strategies=names, target_frr=target_frr, seed=seed)
     extra = None
     if baseline_on and not baselines:
         raise InputError("--baseline-on goes with --baselines")

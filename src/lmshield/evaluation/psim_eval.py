@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmshield.defenses.psim.thresholds import flag_scores
+from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
 from lmshield.evaluation.detection import roc_auc
 from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_json
 
@@ -138,6 +138,15 @@ class PSIMRow:
     def clean_accuracy_drop(self) -> float:
         return self.clean_accuracy - self.clean_accuracy_psim
 
+    def summary(self) -> str:
+        """One line for a log: clean accuracy and ASR without and with the defense, and its FRR."""
+        from lmshield.reports.psim_report import format_metric
+
+        return (
+            f"{self.defense}: clean acc {self.clean_accuracy:.3f} -> {self.clean_accuracy_psim:.3f}, "
+            f"ASR {self.asr:.3f} -> {self.asr_psim:.3f}, FRR {format_metric(self.frr)}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "clean_accuracy_drop": self.clean_accuracy_drop}
 
@@ -240,6 +249,24 @@ class EvalSettings:
     psim_train: int | None = None
     target_frr: float | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse bad settings before any model is loaded: an evaluation can run for hours."""
+        from lmshield.defenses.psim.config import PSIMConfig
+        from lmshield.errors import InputError
+        from lmshield.tuning import TuningConfig
+
+        if not self.strategies:
+            raise InputError("name at least one victim strategy")
+        for strategy in self.strategies:
+            TuningConfig(method=strategy, keep_head=True, seed=self.seed, **self.victim)
+        PSIMConfig.from_dict({"seed": self.seed, **self.psim})
+        for name in ("max_train", "max_dev", "max_test", "psim_train"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if self.target_frr is not None:
+            check_target_frr(self.target_frr)
 
     @classmethod
     def preset(cls, name: str = "release") -> EvalSettings:
@@ -396,7 +423,7 @@ def evaluate_release(
             poisoned_scores=poisoned_scores,
             threshold=threshold,
         )
-        logger.info("%s / %s: %s", manifest.attack, strategy, row.to_dict())
+        logger.info("%s / %s: %s", manifest.attack, strategy, row.summary())
         saved.save_row(row)
         rows.append(row)
         for key, name in zip(keys, names, strict=True):
@@ -404,7 +431,7 @@ def evaluate_release(
                 name, answers, baselines, task_dir=task, dev_texts=data.dev.texts, target_frr=settings.target_frr,
                 seed=settings.seed, device=device, progress=progress,
             )  # fmt: skip
-            logger.info("%s / %s / %s: %s", manifest.attack, strategy, name, extra.to_dict())
+            logger.info("%s / %s: %s", manifest.attack, strategy, extra.summary())
             saved.save_row(extra, key)
             extra_rows.append(extra)
         if kept:

@@ -26,14 +26,19 @@ def default_threshold(num_labels: int, kind: str = "probability") -> float:
     return chance + RELEASE_NORMALISED * (1.0 - chance)
 
 
+def check_target_frr(target_frr: float) -> None:
+    """A target false-rejection rate is a share below 1 (at 1 every clean input may be refused)."""
+    if not 0 <= target_frr < 1:  # NaN fails too
+        raise InputError(f"target FRR must be in [0, 1), got {target_frr}")
+
+
 def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> float:
     """The lowest threshold that flags (score > threshold) at most ``target_frr`` of ``clean_scores``.
 
     With ``n`` clean scores, ``floor(target_frr * n)`` of them may be flagged; ties at the cut are all
     passed, so the FRR on these scores never exceeds the target.
     """
-    if not 0 <= target_frr <= 1:
-        raise InputError(f"target FRR must be in [0, 1], got {target_frr}")
+    check_target_frr(target_frr)
     ordered = sorted(float(s) for s in clean_scores)
     if not ordered:
         raise InputError("calibration needs at least one held-out clean text")
