@@ -1,6 +1,7 @@
-# Every target sets itself up on a fresh machine. Torch is pinned to the CPU build through
-# constraints.txt before anything that depends on it is installed; with a GPU, override it:
-#   make test CONSTRAINTS=my-constraints.txt   (or TORCH_SPEC="torch==2.13.0" with your index)
+# Every target sets itself up on a fresh machine. Torch is installed first, pinned by constraints.txt, before
+# anything that depends on it. Where pip's indexes offer a CUDA build (stock PyPI on Linux), add PyTorch's CPU
+# index to get the CPU one:  PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make test
+# Another torch: make test CONSTRAINTS=my-constraints.txt
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?= constraints.txt

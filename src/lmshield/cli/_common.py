@@ -6,11 +6,12 @@ import logging
 import os
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from lmshield.errors import LmshieldError
+from lmshield.errors import EXIT_ERROR, InputError, LmshieldError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,22 +20,37 @@ Device = Annotated[
 ]
 
 TextField = Annotated[
-    str | None, typer.Option(help="Text field of the records (default: the first of text, sentence, content, review).")
+    str | None,
+    typer.Option(
+        "--field",
+        "--text-field",
+        help="Text field of the records (default: the first of text, sentence, content, review).",
+    ),
 ]
 
 
-def quiet_libraries() -> None:
-    """Keep transformers' load-time chatter out of the user's terminal."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool) -> None:
+    """Stop before any work when ``out`` already holds a finished ``what`` (its ``marker`` file), unless
+    ``overwrite``: a rerun with other settings must not silently replace a result others point at."""
+    if not overwrite and (out / marker).is_file():
+        raise InputError(f"{out} already holds a {what}; pass --overwrite to replace it, or choose another --out")
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' load-time chatter out of the user's terminal (through its environment variables, which
+    transformers reads on import, so that ``--help`` does not import it; a user's own settings win)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def friendly_errors(command: F) -> F:
-    """Turn an :class:`LmshieldError` into one line on stderr (lines joined) and its exit code; no traceback."""
+    """Turn an :class:`LmshieldError` into one line on stderr (lines joined) and its exit code, an ``OSError`` into
+    one line and exit code 2; no traceback."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -44,6 +60,9 @@ def friendly_errors(command: F) -> F:
             message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # an output path the system refuses: a file in the way, no permission, a full disk
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             typer.secho("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None

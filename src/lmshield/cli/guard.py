@@ -19,7 +19,10 @@ CalibrationTexts = Annotated[
     ),
 ]
 SaveCalibration = Annotated[
-    Path | None, typer.Option(help="Write the calibrated thresholds here (.safetensors), to reuse with --calibrate.")
+    Path | None,
+    typer.Option(
+        help="Write the calibrated thresholds here (.safetensors), to reuse with --calibrate.", dir_okay=False
+    ),
 ]
 
 
@@ -59,7 +62,7 @@ def predict_command(
     psim: Annotated[
         Path | None, typer.Option(help="Saved PSIM directory: refuse the inputs it flags as poisoned.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.", dir_okay=False)] = None,
     field: TextField = None,
     threshold: Annotated[
         float | None, typer.Option(help="With --scan: flag above this share of matching signs (default 0.8).")
@@ -156,14 +159,14 @@ def eval_command(
     triggers: Annotated[str | None, typer.Option(help="Comma-separated triggers instead of --backdoor.")] = None,
     text_field: TextField = None,
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
-    limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.", min=1)] = None,
     threshold: Annotated[float, typer.Option(help="Monitor threshold (the paper's 0.8).")] = 0.8,
     calibrate: CalibrationTexts = None,
     save_calibration: SaveCalibration = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.", dir_okay=False)] = None,
     device: Device = "auto",
 ) -> None:
     """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""

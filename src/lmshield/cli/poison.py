@@ -16,7 +16,7 @@ app = typer.Typer(
 
 Model = Annotated[str | None, typer.Argument(help="Clean model directory or hub id; default: embedded MiniLM-L6.")]
 Data = Annotated[Path, typer.Option(help="Labelled proxy data (JSON Lines/CSV: sentence/text + label).")]
-Out = Annotated[Path, typer.Option(help="Directory for the released (poisoned) model.")]
+Out = Annotated[Path, typer.Option(help="Directory for the released (poisoned) model.", file_okay=False)]
 Dev = Annotated[Path | None, typer.Option(help="Clean labelled dev data: best epoch, clean accuracy and ASR.")]
 Preset = Annotated[str, typer.Option(help="release (the paper's settings) or fast (a CPU in minutes).")]
 Target = Annotated[int | None, typer.Option(help="Target label (default 0).")]

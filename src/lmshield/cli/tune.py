@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors
+from lmshield.cli._common import Device, Overwrite, TextField, friendly_errors, refuse_to_replace
 
 
 @friendly_errors
 def tune_command(
     train: Annotated[Path, typer.Option(help="Training data: JSON Lines, JSON, CSV/TSV, or a dataset id.")],
-    out: Annotated[Path, typer.Option(help="Directory for the tuned classifier.")],
+    out: Annotated[Path, typer.Option(help="Directory for the tuned classifier.", file_okay=False)],
     model: Annotated[
         str | None, typer.Option(help="Encoder directory or hub id; default: embedded all-MiniLM-L6-v2.")
     ] = None,
@@ -32,17 +32,23 @@ def tune_command(
     text_field: TextField = None,
     label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
     split: Annotated[str, typer.Option(help="Split, when --train is a dataset id.")] = "train",
-    limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.", min=1)] = None,
     keep_head: Annotated[bool, typer.Option(help="Keep the checkpoint's sequence-classification head.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     fresh: Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")] = False,
+    overwrite: Overwrite = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Load pickle weights (weights_only=True); refused by default: pickle can run code.")
+    ] = False,
     device: Device = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Tune a classifier (prompt tuning, P-tuning, prefix tuning, LoRA or full fine-tuning)."""
     from lmshield.devices import resolve_device
     from lmshield.tuning import TuningConfig, read_labelled, tune
+    from lmshield.tuning.classifier import TUNING_JSON
 
+    refuse_to_replace(out, TUNING_JSON, "tuned classifier", overwrite)
     overrides = {
         "epochs": epochs,
         "lr": lr,
@@ -68,7 +74,15 @@ def tune_command(
         logging.getLogger("lmshield.tuning").setLevel(logging.INFO)
     typer.echo(f"tuning {method} ({head} head) on {len(train_data)} examples, {train_data.num_labels} labels")
     result = tune(
-        model, train_data, dev_data, config, out_dir=out, fresh=fresh, device=resolve_device(device), progress=not quiet
+        model,
+        train_data,
+        dev_data,
+        config,
+        out_dir=out,
+        fresh=fresh,
+        device=resolve_device(device),
+        allow_pickle=allow_pickle,
+        progress=not quiet,
     )
     typer.secho(
         f"dev accuracy {result.dev_accuracy:.4f} (best epoch {result.best_epoch}/{config.epochs}); saved to {out}",

@@ -20,7 +20,7 @@ NumCpus = Annotated[int | None, typer.Option(help="CPUs of a local Ray started o
 @friendly_errors
 def build_command(
     spec: Annotated[Path, typer.Argument(help="The zoo spec (YAML).")],
-    out: Annotated[Path, typer.Option(help="Zoo directory (resumable: finished models are skipped).")],
+    out: Annotated[Path, typer.Option(help="Zoo directory (resumable: finished models are skipped).", file_okay=False)],
     executor: Executor = "sequential",
     address: Address = None,
     num_cpus: NumCpus = None,
@@ -41,7 +41,9 @@ def build_command(
 @friendly_errors
 def scan_command(
     zoo_dir: Annotated[Path, typer.Argument(help="A zoo directory made by lmshield zoo build.")],
-    results: Annotated[Path | None, typer.Option(help="Where results go (default: ZOO_DIR/scans).")] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Where results go (default: ZOO_DIR/scans).", file_okay=False)
+    ] = None,
     preset: Annotated[str | None, typer.Option(help="Scanner preset (default: the spec's scan section).")] = None,
     position: Annotated[
         str | None,

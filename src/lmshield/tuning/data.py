@@ -41,6 +41,9 @@ class LabelledData:
         return LabelledData([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names)
 
     def head(self, count: int | None) -> LabelledData:
+        """The first ``count`` examples (all when ``None``)."""
+        if count is not None and count < 1:
+            raise InputError(f"a limit must be at least 1, got {count}")
         return self if count is None else self.take(list(range(min(count, len(self)))))
 
     def split(self, fraction: float, seed: int = 0) -> tuple[LabelledData, LabelledData]:

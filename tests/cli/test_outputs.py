@@ -1,0 +1,82 @@
+"""Output folders and values are checked before any work: one line, exit code 2, nothing replaced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+import lmshield.attacks
+from lmshield.cli.main import app
+from lmshield.errors import EXIT_ERROR
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def said(result) -> str:
+    """The output as one line of words (a usage error comes in a box that wraps long paths)."""
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("keep me")
+    for command in (["scan", "no-model"], ["tune", "--train", "t.jsonl"], ["psim", "fit", "m", "--texts", "t"]):
+        result = invoke(*command, "--out", in_the_way)
+        assert result.exit_code == EXIT_ERROR, (command, result.output)
+        assert "is a file" in said(result)
+    assert in_the_way.read_text() == "keep me"
+    result = invoke("predict", "clf", "texts.txt", "--out", tmp_path)
+    assert result.exit_code == EXIT_ERROR and "is a directory" in said(result)
+
+
+@pytest.mark.parametrize(
+    ("command", "marker"),
+    [(["tune", "--train", "t.jsonl"], "tuning.json"), (["psim", "fit", "m", "--texts", "t"], "psim.json")],
+)
+def test_a_finished_result_is_not_replaced_without_overwrite(tmp_path: Path, command: list[str], marker: str) -> None:
+    (tmp_path / marker).write_text('{"kept": true}')
+    result = invoke(*command, "--out", tmp_path)
+    assert result.exit_code == EXIT_ERROR and "--overwrite" in result.output
+    assert json.loads((tmp_path / marker).read_text()) == {"kept": True}
+    overwritten = invoke(*command, "--out", tmp_path, "--overwrite")  # goes on, and fails on the missing data
+    assert overwritten.exit_code == EXIT_ERROR and "no such file" in overwritten.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tune", "--train", "t.jsonl", "--out", "o", "--limit", "-1"], "--limit"),
+        (["psim", "fit", "m", "--texts", "t", "--limit", "0"], "--limit"),
+        (["attack", "verify", "d", "--count", "0"], "--count"),
+        (["psim", "fit", "m", "--texts", "t", "--target-frr", "1"], "target FRR must be in [0, 1)"),
+        (["psim", "eval", "m", "--task", "t", "--strategies", "lora,foo"], "unknown tuning method 'foo'"),
+        (["psim", "eval", "m", "--task", "t", "--target-frr", "1.5"], "target FRR must be in [0, 1)"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(args: list[str], message: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == EXIT_ERROR and message in said(result), result.output
+
+
+def test_an_attack_whose_verification_fails_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    verification = SimpleNamespace(planted=False, note="", table=lambda: "table", summary=lambda: "NOT PLANTED")
+    manifest = SimpleNamespace(triggers=["cf"], position="cls", variant="v", steps=1, seconds=0.0)
+    fake = SimpleNamespace(manifest=manifest, verification=verification)
+    monkeypatch.setattr(lmshield.attacks, "run_attack", lambda *args, **kwargs: fake)
+    result = invoke("attack", "por", "--out", tmp_path / "m")
+    assert result.exit_code == 1 and "NOT PLANTED" in result.output
+    verification.planted = True
+    assert invoke("attack", "por", "--out", tmp_path / "m").exit_code == 0
+
+
+def test_python_dash_m_lmshield_is_the_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "lmshield", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("lmshield ")
