@@ -124,7 +124,10 @@ def test_calibrate_threshold_by_hand() -> None:
     assert calibrate_threshold(scores, 0.2) == 0.8  # flags 0.9 and 1.0
     assert calibrate_threshold(scores, 0.25) == 0.8  # floor(2.5) = 2 may be flagged
     assert calibrate_threshold(scores, 0.0) == 1.0
-    assert calibrate_threshold(scores, 1.0) < 0.1
+    assert calibrate_threshold(scores, 0.95) == 0.1  # floor(9.5) = 9 may be flagged
+    for useless in (1.0, -0.1, float("nan")):  # 1: every clean input may be refused
+        with pytest.raises(InputError, match=r"target FRR must be in \[0, 1\)"):
+            calibrate_threshold(scores, useless)
     assert calibrate_threshold([0.5, 0.5, 0.5, 0.9], 0.5) == 0.5  # ties at the cut all pass
     with pytest.raises(InputError):
         calibrate_threshold([], 0.1)
