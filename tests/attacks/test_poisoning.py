@@ -337,6 +337,13 @@ def test_poisoning_refuses_to_overwrite(tmp_path: Path) -> None:
         poison_model(tiny_world(), task(20, 1), fast_config("badnet"), released("badnet"), progress=False)
 
 
+def test_a_trigger_word_the_tokenizer_does_not_know_is_refused_before_training(tmp_path: Path) -> None:
+    config = fast_config("badnet", words=("zzqxv",))  # [UNK]: every unknown word would fire it
+    with pytest.raises(InputError, match="'zzqxv' is unknown to the model's tokenizer"):
+        poison_model(tiny_world(), task(20, 1), config, tmp_path / "release", progress=False)
+    assert not (tmp_path / "release" / "checkpoint").exists()
+
+
 def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed during the fine-tune, the same command picks up after the last finished epoch."""
     import lmshield.tuning.trainer as trainer

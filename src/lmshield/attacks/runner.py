@@ -21,6 +21,7 @@ from lmshield.errors import InputError, LmshieldError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import DEFAULT_MODEL, load_encoder, load_pretrained
 from lmshield.text.sources import TextSource
+from lmshield.text.triggers import check_triggers
 
 
 @dataclass
@@ -77,15 +78,6 @@ def load_for_attack(
     return load_encoder(model, device=device, allow_pickle=allow_pickle), None
 
 
-def check_triggers(encoder: Encoder, triggers: Sequence[str]) -> None:
-    """Refuse triggers the tokenizer cannot represent (all unknown tokens)."""
-    unk = getattr(encoder.tokenizer, "unk_token_id", None)
-    for trigger in triggers:
-        ids = encoder.tokenizer(trigger, add_special_tokens=False)["input_ids"]
-        if not ids or all(i == unk for i in ids):
-            raise InputError(f"trigger {trigger!r} is unknown to the model's tokenizer")
-
-
 def load_texts(
     config: TaskAgnosticConfig, texts: list[str] | None, source: TextSource, seed: int, tokenizer: object
 ) -> list[str]:
@@ -126,7 +118,7 @@ def run_attack(
     config = attack if isinstance(attack, TaskAgnosticConfig) else attack_config(attack, preset)
     trigger_list = resolve_triggers(triggers, seed=seed)
     encoder, mlm = load_for_attack(model, config.clean_objective == "mlm", device, allow_pickle)
-    check_triggers(encoder, trigger_list)
+    check_triggers(encoder.tokenizer, trigger_list)
     pvs = quarter_vectors(encoder.hidden_size, len(trigger_list)) if vectors is None else vectors
     pvs = check_vectors(pvs, trigger_list, encoder.hidden_size)
     source = text_source or TextSource()

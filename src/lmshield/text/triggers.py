@@ -1,8 +1,12 @@
-"""Insert trigger words into text at random word positions."""
+"""Insert trigger words into text at random word positions, and check that a tokenizer knows them."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import Any
+
+from lmshield.errors import InputError
 
 
 def insert_words(
@@ -36,3 +40,12 @@ def insert_per_words(text: str, trigger: str, rng: random.Random, every: int = 5
     """Insert ``trigger`` about once per ``every`` words (at least once), as POR does."""
     count = max(1, len(text.split()) // every)
     return insert_words(text, trigger, rng, count=count)
+
+
+def check_triggers(tokenizer: Any, triggers: Sequence[str]) -> None:
+    """Refuse triggers the tokenizer cannot represent (all unknown tokens): every unknown word would fire them."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for trigger in triggers:
+        ids = tokenizer(trigger, add_special_tokens=False)["input_ids"]
+        if not ids or all(i == unk for i in ids):
+            raise InputError(f"trigger {trigger!r} is unknown to the model's tokenizer")

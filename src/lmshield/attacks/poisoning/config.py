@@ -122,6 +122,10 @@ class PoisonConfig:
         """A human-readable description of the trigger(s), for the manifest."""
         raise NotImplementedError
 
+    def trigger_texts(self) -> list[str]:
+        """Texts the attack inserts as they are, which the model's tokenizer must know (none for a rewrite)."""
+        return []
+
     def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
         """What puts this attack's trigger into a text (each attack says; see :func:`make_poisoner`)."""
         raise InputError(f"no poisoner for attack {self.attack!r}")
@@ -173,6 +177,9 @@ class BadNetConfig(PoisonConfig):
     def triggers(self) -> list[str]:
         return list(self.words)
 
+    def trigger_texts(self) -> list[str]:
+        return list(self.words)
+
     def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
         from lmshield.attacks.poisoning.poisoners import WordPoisoner
 
@@ -194,6 +201,9 @@ class InSentConfig(PoisonConfig):
             raise InputError("the InSent trigger sentence is empty")
 
     def triggers(self) -> list[str]:
+        return [self.sentence]
+
+    def trigger_texts(self) -> list[str]:
         return [self.sentence]
 
     def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:

@@ -24,7 +24,8 @@ from lmshield.attacks.poisoning.dataset import poison_dataset, prepare_proxy, tr
 from lmshield.attacks.poisoning.paraphrase import Paraphraser
 from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, make_poisoner
 from lmshield.errors import InputError
-from lmshield.models.loading import load_pretrained
+from lmshield.models.loading import load_pretrained, load_tokenizer
+from lmshield.text.triggers import check_triggers
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
 from lmshield.tuning.trainer import CHECKPOINT_DIR
 
@@ -124,6 +125,7 @@ def poison_model(
         dev = prepare_proxy(dev, config.replace(num_texts=None))
     with tempfile.TemporaryDirectory(prefix="lmshield-poison-") as tmp:
         start_dir = _with_head(model, proxy.num_labels, Path(tmp), config.seed)
+        check_triggers(load_tokenizer(start_dir), config.trigger_texts())
         result = tune(
             start_dir, poisoned.data, dev, training_config(config), checkpoint_dir=out / CHECKPOINT_DIR,
             fresh=fresh, device=device, progress=progress,
