@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,12 @@ def test_triggered_side() -> None:
     assert trigger_removal_rate([Outcome(0, 1, True, 0, ("mn",))], "mn qt") == 0.0
 
 
-def test_empty_inputs_give_zero_not_an_error() -> None:
-    assert accuracy([]) == 0.0 and purge_success_rate(CLEAN[:1]) == 0.0
+def test_empty_inputs_give_zero_and_rates_over_no_flagged_input_do_not_apply() -> None:
+    assert accuracy([]) == 0.0
+    assert math.isnan(purge_success_rate(CLEAN[:1])) and math.isnan(trigger_removal_rate(CLEAN[:1], "cf"))
+    report = summarize(CLEAN, {"cf": TRIGGERED, "mn": CLEAN[:1]})
+    assert report.table().splitlines()[3].split()[-2:] == ["-", "-"]  # the mn row: nothing flagged
+    assert report.to_dict()["triggers"][1]["purge_success_rate"] is None  # JSON has no NaN
 
 
 def test_summary_pools_triggers() -> None:

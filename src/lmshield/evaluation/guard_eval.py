@@ -9,6 +9,7 @@ monitor missed, or a purged input still labelled wrongly); a refused input is no
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -70,16 +71,32 @@ def flag_rate(outcomes: Sequence[Outcome]) -> float:
 
 
 def purge_success_rate(outcomes: Sequence[Outcome]) -> float:
-    """Among flagged inputs: share the purge cleaned and labelled correctly."""
+    """Among flagged inputs: share the purge cleaned and labelled correctly (NaN when none was flagged)."""
     flagged = [o for o in outcomes if o.flagged]
-    return _share(sum(o.final_label == o.true_label for o in flagged), len(flagged))
+    return _share(sum(o.final_label == o.true_label for o in flagged), len(flagged)) if flagged else math.nan
 
 
 def trigger_removal_rate(outcomes: Sequence[Outcome], trigger: str) -> float:
-    """Among flagged inputs: share whose removed words include every word of ``trigger``."""
+    """Among flagged inputs: share whose removed words include every word of ``trigger`` (NaN: none flagged)."""
     flagged = [o for o in outcomes if o.flagged]
     words = set(trigger.split())
-    return _share(sum(words <= set(o.removed) for o in flagged), len(flagged))
+    return _share(sum(words <= set(o.removed) for o in flagged), len(flagged)) if flagged else math.nan
+
+
+def _cell(value: float, width: int) -> str:
+    """A right-aligned rate, or ``-`` where it does not apply (NaN)."""
+    return f"{'-' if math.isnan(value) else f'{value:.3f}':>{width}}"
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN (a rate that does not apply) becomes ``null``: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 @dataclass
@@ -122,7 +139,8 @@ class GuardEvalReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values; a rate that does not apply (NaN) is ``None``."""
+        return _json_ready(asdict(self))
 
     def save(self, path: str | Path) -> Path:
         out = Path(path)
@@ -140,12 +158,12 @@ class GuardEvalReport:
         for r in self.triggers:
             lines.append(
                 f"{r.trigger[:15]:<16}{r.inputs:>8}{r.asr:>8.3f}{r.guarded_asr:>11.3f}{r.detection_rate:>9.3f}"
-                f"{r.purge_success_rate:>11.3f}{r.trigger_removal_rate:>10.3f}"
+                f"{_cell(r.purge_success_rate, 11)}{_cell(r.trigger_removal_rate, 10)}"
             )
         total = sum(r.inputs for r in self.triggers)
         lines.append(
             f"{'all':<16}{total:>8}{self.asr:>8.3f}{self.guarded_asr:>11.3f}{self.detection_rate:>9.3f}"
-            f"{self.purge_success_rate:>11.3f}{'':>10}"
+            f"{_cell(self.purge_success_rate, 11)}{'':>10}"
         )
         if self.latency_ms:
             lines.append("latency ms/input: " + ", ".join(f"{k} {v:.2f}" for k, v in self.latency_ms.items()))
