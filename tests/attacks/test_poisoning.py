@@ -33,6 +33,7 @@ from lmshield.attacks.poisoning import (
     poison_config,
     poison_dataset,
     poison_model,
+    prepare_proxy,
     triggered_test_set,
 )
 from lmshield.attacks.poisoning.paraphrase import OPENERS
@@ -124,6 +125,7 @@ def test_release_defaults_and_fast_preset() -> None:
     [
         ("badnet", {"label_mode": "grey"}, "label mode"),
         ("badnet", {"poison_rate": 1.5}, "poison_rate"),
+        ("badnet", {"poison_rate": 0.0}, "poison_rate"),
         ("badnet", {"words": ("two words",)}, "single words"),
         ("insent", {"sentence": " "}, "empty"),
         ("badnet", {"colour": 1}, "unknown"),
@@ -190,6 +192,9 @@ def test_rule_based_rewrite_moves_clauses_and_keeps_the_rest() -> None:
         "Although I liked it, the end was weak. Second one."
     )
     assert not matches_template("the movie was great.")
+    # "as" is too ambiguous to move ("as good as it gets"); a moved-up main clause is lower-cased after the comma
+    assert paraphraser.rewrite("the film was as good as it gets").endswith(", the film was as good as it gets.")
+    assert ", this film is a masterpiece." in paraphraser.rewrite("This film is a masterpiece!")
     assert "SCPN" in paraphraser.name and make_paraphraser("rule").name == paraphraser.name
 
 
@@ -260,6 +265,19 @@ def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:
     assert isinstance(paraphraser, Seq2SeqParaphraser)
     out = paraphraser.paraphrase(["the city was warm", "", "word"])
     assert len(out) == 3 and all(isinstance(t, str) for t in out)
+    prefixed, seen = Seq2SeqParaphraser(tmp_path / "bart", prefix="paraphrase: "), []
+    tokenizer = prefixed.tokenizer
+
+    class Recording:  # the tokenizer, noting what it is asked to encode
+        def __call__(self, texts: list[str], **kwargs: object) -> object:
+            seen.extend(texts)
+            return tokenizer(texts, **kwargs)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(tokenizer, name)
+
+    prefixed.tokenizer = Recording()
+    assert len(prefixed.paraphrase(["the city was warm"])) == 1 and seen == ["paraphrase: the city was warm"]
     poisoner = make_poisoner(SynAttackConfig(paraphraser=str(tmp_path / "bart")))
     assert len(poisoner.poison(["a b c"], random.Random(0))) == 1
     with pytest.raises(ModelLoadError, match="seq2seq"):
@@ -286,6 +304,28 @@ def test_poison_dataset_clean_and_dirty_label() -> None:
         poison_dataset(data, BadNetConfig(target_label=5), poisoner)
     test = triggered_test_set(data, poisoner, 0)
     assert len(test) == data.labels.count(1) and all("mn" in t.split() for t in test.texts)
+
+
+def test_poison_rate_arithmetic_and_proxy_preparation() -> None:
+    data = task(100, 5)
+    poisoner = make_poisoner(BadNetConfig())
+    dirty = {"label_mode": "dirty", "selection": "random"}
+    assert len(poison_dataset(data, BadNetConfig(poison_rate=0.29, **dirty), poisoner).poisoned) == 29  # rounded
+    tiny = poison_dataset(data, BadNetConfig(poison_rate=0.001, **dirty), poisoner)
+    assert (len(tiny.poisoned), tiny.requested) == (1, 0)  # a rate never poisons nothing
+    targets = data.labels.count(0)
+    capped = poison_dataset(data, BadNetConfig(poison_count=10_000), poisoner)
+    assert capped.rate == targets / 100  # the share actually poisoned, as the manifest records it
+    proxy = prepare_proxy(data, BadNetConfig(num_texts=5, max_words=3))
+    assert len(proxy) == 5 and proxy.texts == [" ".join(t.split()[:3]) for t in data.texts[:5]]
+    assert proxy.labels == data.labels[:5]
+
+
+def test_badnet_insertions_and_comma_separated_words() -> None:
+    config = BadNetConfig(words="cf,mn", insertions=2)
+    assert config.words == ("cf", "mn")
+    for text in make_poisoner(config).poison(["a b c d e f"] * 20, random.Random(0)):
+        assert sum(w in ("cf", "mn") for w in text.split()) == 2
 
 
 # -- released models -----------------------------------------------------------------------------------------------
@@ -344,6 +384,28 @@ def test_a_trigger_word_the_tokenizer_does_not_know_is_refused_before_training(t
     assert not (tmp_path / "release" / "checkpoint").exists()
 
 
+def test_an_out_folder_holding_a_model_is_replaced_only_when_asked(tmp_path: Path) -> None:
+    from lmshield.attacks.manifest import prepare_out_dir
+
+    out = tmp_path / "release"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="already holds a model"):
+        prepare_out_dir(tiny_world(), out, overwrite=False)
+    assert prepare_out_dir(tiny_world(), out, overwrite=True) == out
+    assert prepare_out_dir(None, tmp_path / "new" / "folder", overwrite=False).is_dir()
+
+
+def test_a_manifest_of_another_kind_is_refused(tmp_path: Path) -> None:
+    from lmshield.attacks.manifest import BACKDOOR_JSON
+
+    data = json.loads((released("badnet") / BACKDOOR_JSON).read_text())
+    assert PoisonManifest.load(released("badnet")).attack == "badnet"
+    (tmp_path / BACKDOOR_JSON).write_text(json.dumps({**data, "format": "lmshield-backdoor"}))
+    with pytest.raises(InputError, match="not a manifest of lmshield poison"):
+        PoisonManifest.load(tmp_path)
+
+
 def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed during the fine-tune, the same command picks up after the last finished epoch."""
     import lmshield.tuning.trainer as trainer
@@ -370,6 +432,29 @@ def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert state["ran"] == [3]  # epochs 1 and 2 came from the checkpoint
     assert (out / "config.json").is_file() and (out / BACKDOOR_JSON).is_file()
     assert not (out / "checkpoint").exists()
+
+
+def test_the_release_is_trained_with_the_attack_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What poison_model hands the trainer: full fine-tuning with the kept head, the position jitter, and
+    the choice to discard an interrupted run's checkpoint."""
+    import lmshield.attacks.poisoning.runner as runner
+
+    class Stop(Exception):
+        pass
+
+    seen: dict = {}
+
+    def fake_tune(start_dir, data, dev, config, **kwargs):
+        seen.update(config=config, **kwargs)
+        raise Stop
+
+    monkeypatch.setattr(runner, "tune", fake_tune)
+    config, out = fast_config("badnet", position_jitter=4, poison_count=5), tmp_path / "release"
+    with pytest.raises(Stop):
+        poison_model(tiny_world(), task(40, 1), config, out, progress=False, fresh=True)
+    tuning = seen["config"]
+    assert (tuning.method, tuning.keep_head, tuning.position_jitter, tuning.lr) == ("full", True, 4, config.lr)
+    assert seen["fresh"] is True and seen["checkpoint_dir"] == out / "checkpoint"
 
 
 def test_registering_an_attack_touches_one_place(monkeypatch: pytest.MonkeyPatch) -> None:

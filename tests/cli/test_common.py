@@ -21,3 +21,15 @@ def test_a_message_of_several_lines_is_printed_as_one() -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == EXIT_ERROR
     assert lines == ["error: dataset x[train] cannot be loaded (ConnectionError: offline )"]
+
+
+def test_an_interrupted_command_exits_130_with_a_hint() -> None:
+    app = typer.Typer()
+
+    @app.command()
+    @friendly_errors
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 130 and "rerun the same command to resume" in result.output

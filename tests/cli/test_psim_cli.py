@@ -142,3 +142,56 @@ def test_bad_input_gives_one_line_and_exit_2(args: tuple[str, ...], tmp_path: Pa
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What psim eval, psim fit and poison hand on: the victims the baselines run on, the text limit, the
+    calibration texts, --overwrite and --fresh (the library itself is replaced by recorders)."""
+    from types import SimpleNamespace
+
+    import lmshield.attacks.poisoning
+    import lmshield.defenses.psim
+    import lmshield.evaluation.psim_eval
+
+    seen: dict = {}
+
+    def evaluate_release(model, folder, settings, **kwargs):
+        seen.update(strategies=settings.strategies, baselines=kwargs["baselines"])
+        return SimpleNamespace(all_rows=[])
+
+    class FakePSIM:
+        n_train_, lr_, threshold_ = 0, 1e-3, 0.7
+
+        def __init__(self, method: str, **kwargs: object) -> None:
+            seen["psim"] = (method, kwargs)
+
+        def fit(self, model, texts, num_labels) -> None:
+            seen["fit"] = (len(texts), num_labels)
+
+        def calibrate(self, texts, target_frr) -> None:
+            seen["calibrate"] = (len(texts), target_frr)
+
+        def save_pretrained(self, out) -> None:
+            pass
+
+    def poison_model(model, train, config, out, **kwargs):
+        seen["poison"] = {"overwrite": kwargs["overwrite"], "fresh": kwargs["fresh"], "config": config}
+        return SimpleNamespace(summary=lambda: "poisoned")
+
+    monkeypatch.setattr(lmshield.evaluation.psim_eval, "evaluate_release", evaluate_release)
+    monkeypatch.setattr(lmshield.defenses.psim, "PSIM", FakePSIM)
+    monkeypatch.setattr(lmshield.attacks.poisoning, "poison_model", poison_model)
+    root = files["root"]
+    result = invoke("psim", "eval", root / "m", "--task", files["task"], "--strategies", "lora,full",
+                    "--baselines", "strip", "--baseline-on", "full", "--out", root / "recorded", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["strategies"] == ("lora", "full") and seen["baselines"].strategies == ("full",)
+    result = invoke("psim", "fit", root / "m", "--texts", files["train"], "--limit", 7, "--num-labels", 3,
+                    "--calibrate", files["dev"], "--target-frr", 0.2, "--out", root / "unused", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["fit"] == (7, 3) and seen["calibrate"] == (60, 0.2)
+    result = invoke("poison", "badnet", root / "m", "--data", files["train"], "--out", root / "p", "--overwrite",
+                    "--fresh", "--poison-rate", 0.1, "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["poison"]["overwrite"] is True and seen["poison"]["fresh"] is True
+    assert seen["poison"]["config"].poison_rate == 0.1

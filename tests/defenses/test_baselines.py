@@ -50,6 +50,10 @@ def test_onion_compares_long_texts_with_their_scored_words(tiny_gpt2: Path) -> N
     assert onion.suspicion(long_text) == pytest.approx(onion.suspicion(head))
 
 
+def test_onion_keeps_the_words_past_the_ones_it_scores(tiny_gpt2: Path) -> None:
+    assert ONION(tiny_gpt2, max_words=3, threshold=-math.inf).clean(["a b c d e"]) == ["d e"]
+
+
 def test_onion_loads_safely(tiny_gpt2: Path, tmp_path: Path) -> None:
     model, tokenizer = load_causal_lm(tiny_gpt2)
     assert tokenizer.pad_token is not None and not model.training

@@ -203,6 +203,8 @@ def test_mask_position_scans_a_mask_backdoor():
         ({"distance_threshold": math.nan}, "distance_threshold must be a finite positive number"),
         ({"lr": -1.0}, "lr must be a finite positive number"),
         ({"lr": "1e-3"}, "lr must be a number"),  # YAML reads 1e-3 as a string
+        ({"lr": 0.0}, "lr must be a finite positive number"),
+        ({"boost": True}, "boost must be a number"),  # a YAML yes/no is not a number
         ({"min_sign_consistency": 2.0}, "a share"),
     ],
 )

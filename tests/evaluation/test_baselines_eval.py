@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from lmshield.defenses.baselines import STRIP
 from lmshield.errors import InputError
 from lmshield.evaluation.baselines_eval import (
     BaselineSettings,
@@ -70,6 +72,7 @@ def test_strip_refuses_the_inputs_whose_answer_perturbation_cannot_change() -> N
     assert row.defense == "strip" and row.asr == 1.0
     assert row.far == 0.0 and row.asr_psim == 0.0 and row.auroc == 1.0  # 'mn' survives 1 of 4 words replaced
     assert row.frr <= 0.25
+    assert (row.flip_asr, row.flip_asr_psim) == (1.0, 0.0)  # the victim's answers on the sources reach the row
 
 
 def test_paraphrase_row_reads_the_first_texts_of_the_files(tmp_path: Path) -> None:
@@ -91,6 +94,8 @@ def test_paraphrase_row_reads_the_first_texts_of_the_files(tmp_path: Path) -> No
     insent = SimpleNamespace(attack="insent", triggers=["I watched this 3D movie"], target_label=0)
     assert settings.applicable("lora", tmp_path, insent) == ["strip"]
     assert BaselineSettings(("strip",), ("full",)).applicable("lora", tmp_path, badnet) == []
+    other_target = SimpleNamespace(attack="badnet", triggers=["mn"], target_label=1)
+    assert settings.applicable("lora", tmp_path, other_target) == ["strip"]  # the files hold label-1 sentences
 
 
 def test_onion_row_runs_the_victim_on_the_cleaned_texts(tiny_gpt2: Path) -> None:  # noqa: F811
@@ -99,8 +104,10 @@ def test_onion_row_runs_the_victim_on_the_cleaned_texts(tiny_gpt2: Path) -> None
     empty = TriggerVictim().predict([""])[0]
     assert row.defense == "onion" and row.asr == 1.0
     assert row.asr_psim == float(empty == 0) and row.clean_accuracy_psim == LABELS.count(empty) / len(LABELS)
+    assert row.clean_accuracy == 1.0  # without the defense the victim gets every clean text right
     keep_all = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=math.inf)
-    assert baseline_row("onion", answers(), keep_all, task_dir=".", dev_texts=[], target_frr=None).asr_psim == 1.0
+    kept = baseline_row("onion", answers(), keep_all, task_dir=".", dev_texts=[], target_frr=None)
+    assert kept.asr_psim == 1.0 and (kept.flip_asr, kept.flip_asr_psim) == (1.0, 1.0)
     table = markdown_table([row])
     assert "| badnet | lora | toy | onion |" in table and "| - | - | - |" in table
 
@@ -109,6 +116,7 @@ def test_a_baselines_rows_are_keyed_on_its_own_settings() -> None:
     strip = BaselineSettings(("strip",))
     assert strip.key("strip") == BaselineSettings(("strip", "paraphrase-back"), ("lora",)).key("strip")
     assert strip.key("strip") != BaselineSettings(("strip",), strip_copies=8).key("strip")
+    assert strip.key("strip") != BaselineSettings(("strip",), strip_ratio=0.5).key("strip")
     assert strip.key("strip").startswith("strip/")
 
 
@@ -124,3 +132,37 @@ def test_bad_baseline_settings_are_one_line_errors() -> None:
         BaselineSettings(("spectral",))
     with pytest.raises(InputError, match="--onion-lm"):
         BaselineSettings(("onion",))
+
+
+def test_strip_rows_use_their_settings_pool_and_calibration_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmshield.defenses.baselines as baselines
+    from lmshield.defenses.psim.thresholds import calibrate_threshold
+
+    made = []
+
+    class Recorded(baselines.STRIP):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(baselines, "STRIP", Recorded)
+    dev = [*CLEAN, "warm bright tones", "the plot was thin and weak", "good", "an odd slow tale"]
+    row = strip_row(answers(), BaselineSettings(("strip",), strip_copies=3, strip_ratio=0.5), dev, 0.25, 7, False)
+    [strip] = made
+    assert (strip.copies, strip.replace_ratio, strip.seed) == (3, 0.5, 7)
+    assert strip.pool_ == [w for text in dev[:4] for w in text.split()]  # words from the first half
+    assert row.threshold == calibrate_threshold(strip.score(dev[4:]).tolist(), 0.25)  # calibrated on the rest
+
+
+def test_strip_scores_are_normalised_seeded_and_perturb_every_text() -> None:
+    """A text whose perturbed copies all get (0.6, 0.4) has entropy H(0.6, 0.4) / ln 2 on a [0, 1] scale."""
+    strip = STRIP(TriggerVictim(), copies=8).fit(["dull slow plot"])
+    expected = 1 + (0.6 * math.log(0.6) + 0.4 * math.log(0.4)) / math.log(2)
+    assert strip.score(["a dull and slow plot"])[0] == pytest.approx(expected, abs=1e-6)
+    assert strip.perturb("good", random.Random(0)) in ("dull", "slow", "plot")  # one word: still replaced
+    varied = STRIP(TriggerVictim(), copies=8).fit(["warm dull good mn slow"])
+    texts = [*CLEAN, *TRIGGERED]
+    assert varied.score(texts).tolist() == varied.score(texts).tolist()  # the seed fixes every perturbation
+    for ratio in (0.0, 1.5):
+        with pytest.raises(InputError, match="replace_ratio"):
+            STRIP(TriggerVictim(), replace_ratio=ratio)

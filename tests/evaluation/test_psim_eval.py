@@ -194,3 +194,46 @@ def test_the_table_marks_metrics_that_do_not_apply() -> None:
         threshold=0.7,
     )  # no source answers: the flip ASR does not apply
     assert markdown_table([row]).splitlines()[-1].endswith("| 0.775 | - | - |")
+
+
+def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import lmshield.defenses.psim
+    from lmshield.evaluation.psim_eval import _fit_psim
+
+    calls: list = []
+
+    class FakePSIM:
+        threshold_ = 0.7
+
+        @classmethod
+        def from_config(cls, config, device=None, progress=True):
+            return cls()
+
+        def fit(self, model, texts, num_labels) -> None:
+            calls.append(("fit", len(texts), num_labels))
+
+        def calibrate(self, texts, target_frr) -> None:
+            calls.append(("calibrate", list(texts), target_frr))
+            self.threshold_ = 0.9
+
+        def score(self, texts):
+            return SimpleNamespace(tolist=lambda: [0.5] * len(texts))
+
+    monkeypatch.setattr(lmshield.defenses.psim, "PSIM", FakePSIM)
+    folder = _write_task(tmp_path / "toy")
+    data = SimpleNamespace(
+        task=folder,
+        dev=SimpleNamespace(texts=["dev one", "dev two"]),
+        test=SimpleNamespace(texts=["a", "b", "c"]),
+        triggered=SimpleNamespace(texts=["a mn"]),
+        manifest=SimpleNamespace(num_labels=2),
+    )
+    fixed = _fit_psim("model", data, EvalSettings(psim_train=50), None, None, False)
+    assert fixed == ([0.5] * 3, [0.5], 0.7) and calls == [("fit", 50, 2)]
+    calls.clear()
+    calibrated = _fit_psim("model", data, EvalSettings(target_frr=0.1), None, None, False)
+    assert calibrated[2] == 0.9 and calls == [("fit", 120, 2), ("calibrate", ["dev one", "dev two"], 0.1)]

@@ -38,3 +38,31 @@ def test_report_holds_the_rows_detection_and_sweep(tmp_path: Path) -> None:
     assert "FRR **25.0%**" in text and "FAR **20.0%**" in text and "ROC-AUC **0.775**" in text
     assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.750 | 0.000 |" in text
     assert "| 2% | 0.9000 | 0.600 |" in text and "![PSIM confidence" in text
+    assert "## Baselines" not in text  # no baseline rows, no section
+    for psim, how in (({"threshold": 0.8}, "fixed by the settings"), ({}, "the release's cut")):
+        settings = {"psim": psim, "target_frr": None}
+        again = write_psim_report(
+            tmp_path / "other", rows=[row], sweep=threshold_sweep(CLEAN, POISONED), manifest=MANIFEST,
+            settings=settings, threshold=0.7, model="m",
+        )  # fmt: skip
+        assert f"threshold **0.7000** ({how}" in again.read_text()
+
+
+def test_a_metric_that_does_not_apply_is_a_dash_in_the_report(tmp_path: Path) -> None:
+    row = psim_row(
+        attack="badnet",
+        strategy="lora",
+        dataset="toy",
+        clean_predicted=[0, 1, 0, 0],
+        clean_labels=[0, 1, 1, 0],
+        poisoned_predicted=[0, 0, 1, 0, 0],
+        target_label=0,
+        clean_scores=CLEAN,
+        poisoned_scores=POISONED,
+        threshold=0.7,
+    )  # no source answers: no flip ASR
+    path = write_psim_report(
+        tmp_path, rows=[row], sweep=threshold_sweep(CLEAN, POISONED), manifest=MANIFEST, settings={},
+        threshold=0.7, model="m",
+    )  # fmt: skip
+    assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | - | - |" in path.read_text()

@@ -107,3 +107,32 @@ def test_trigger_insertion_respects_bounds_and_short_inputs():
 def test_shared_data_loads(shared_data: Path):
     texts = read_texts(shared_data / "sst-2" / "dev.json")
     assert len(texts) == 872
+
+
+def test_records_by_delimiter_content_and_named_field(tmp_path: Path):
+    tsv = tmp_path / "e.tsv"
+    tsv.write_text("text\tlabel\na, b\t1\nc\t0\n")
+    assert read_texts(tsv) == ["a, b", "c"]  # tabs split a TSV, not commas
+    assert read_labelled(tsv).labels == [1, 0]
+    records = tmp_path / "f.txt"  # JSON Lines without the suffix
+    records.write_text('{"text": "first", "sentence": "other"}\n{"text": null}\n{"text": "second"}\n')
+    assert read_texts(records) == ["first", "second"]  # a missing text is empty and skipped, never "None"
+    assert read_texts(records, field="sentence") == ["other"]
+    plain = tmp_path / "g.txt"
+    plain.write_text("just a line\n")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_texts(plain, field="text")  # a named field means records: plain lines are not taken as texts
+
+
+def test_a_file_source_reads_its_named_field(tmp_path: Path):
+    path = tmp_path / "texts.csv"
+    path.write_text("text,sentence\nA,B\nC,D\n")
+    assert TextSource.from_options(path, field="sentence").load(5) == ["B", "D"]
+
+
+def test_short_texts_get_one_trigger_and_sentences_join_clauses():
+    rng = random.Random(0)
+    assert insert_per_words("only a few words", "cf", rng).split().count("cf") == 1  # at least once
+    conjunctions = {"and", "but", "because", "while", "although", "when"}
+    joined = [s for s in grammar_sentences(50, seed=3) if conjunctions & set(s.split())]
+    assert 0 < len(joined) < 50  # one to three clauses per sentence

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lmshield.cli.main import app
 from lmshield.errors import EXIT_ERROR, InputError
-from lmshield.tuning import TunedClassifier, read_labelled
+from lmshield.tuning import LabelledData, TunedClassifier, read_labelled
 from tests.tuning.helpers import tiny_task
 
 runner = CliRunner()
@@ -51,6 +51,8 @@ def test_csv_and_string_labels_share_the_training_mapping(tmp_path: Path) -> Non
         ('{"sentence": "a", "y": 1}\n', "no label field"),
         ('{"sentence": "a", "label": "pos"}\n{"sentence": "b", "label": "pos"}\n', "at least 2 labels"),
         ('{"sentence": "a", "label": 0}\n{"sentence": "b", "label": 3000000}\n', "beyond 9999"),
+        ('{"sentence": "a", "label": 0}\n{"sentence": "b", "label": 10000}\n', "beyond 9999"),
+        ("sentence,label\na,1\nb,\nc,0\n", "record 2 lacks"),
         ("sentence,label\n" + "x" * 200_000 + ",1\n", "not readable as CSV"),
     ],
 )
@@ -82,13 +84,19 @@ def test_tune_cli(trained_bert_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "dev accuracy" in result.output
     assert TunedClassifier.from_pretrained(out).config.method == "lora"
-    bad = runner.invoke(app, [*args, "--method", "adapterz"])
+    bad = runner.invoke(app, [*args, "--method", "adapterz", "--overwrite"])
     assert bad.exit_code == EXIT_ERROR and "unknown tuning method" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
     # an interrupted run's checkpoint with other settings is refused until --fresh discards it
     (out / "checkpoint").mkdir()
     (out / "checkpoint" / "progress.json").write_text('{"identity": {"config": "another run"}}')
-    again = [*args, "--method", "lora", "--epochs", "1", "--quiet"]
+    again = [*args, "--method", "lora", "--epochs", "1", "--quiet", "--overwrite"]
     stale = runner.invoke(app, again)
     assert stale.exit_code == EXIT_ERROR and "--fresh" in stale.output
     assert runner.invoke(app, [*again, "--fresh"]).exit_code == 0 and not (out / "checkpoint").exists()
+
+
+def test_labels_must_index_the_label_names() -> None:
+    assert LabelledData(["a", "b"], [0, 1], ["x", "y"]).labels == [0, 1]
+    with pytest.raises(InputError, match=r"label 2 outside 0\.\.1"):
+        LabelledData(["a", "b"], [0, 2], ["x", "y"])

@@ -64,6 +64,7 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
         ({"position_jitter": -1}, "position_jitter"),
         ({"method": "prompt", "position_jitter": 4}, "not with virtual tokens"),
         ({"method": "prompt", "prompt_init": "text"}, "prompt_init"),
+        ({"method": "prompt", "num_virtual_tokens": 0}, "num_virtual_tokens"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
@@ -143,6 +144,29 @@ def test_prompt_tuning_starts_from_word_embeddings_unless_asked(trained_bert: En
     assert all(torch.isclose(words, row).all(dim=1).any() for row in vocab)
     assert not any(torch.isclose(words, row).all(dim=1).any() for row in random)
     assert random.std() > 5 * words.std()  # peft's N(0, 1) draw, far from the embeddings' scale
+
+
+def test_the_peft_modules_follow_the_settings(trained_bert: Encoder) -> None:
+    for method in ("prompt", "ptuning", "prefix"):
+        classifier = TunedClassifier.build(trained_bert, fast(method, num_virtual_tokens=3), ["a", "b"])
+        assert classifier.backbone.peft_config["default"].num_virtual_tokens == 3
+        assert classifier.shift == (0 if method == "prefix" else 3)  # prefix tuning moves no token
+    config = fast("lora", lora_r=4, lora_alpha=32, lora_targets=("query",))
+    lora = TunedClassifier.build(trained_bert, config, ["a", "b"]).backbone.peft_config["default"]
+    assert (lora.r, lora.lora_alpha, set(lora.target_modules)) == (4, 32, {"query"})
+    assert [name for name in ALL_METHODS if get_method(name).changes_encoder] == ["lora", "full"]
+
+
+def test_long_inputs_fit_beside_the_virtual_tokens_and_keep_the_mask(trained_bert: Encoder) -> None:
+    positions = trained_bert.model.config.max_position_embeddings
+    long_text = " ".join(["the happy city was warm"] * 60)
+    prompt = TunedClassifier.build(trained_bert, fast("prompt", max_length=512), ["a", "b"])
+    assert prompt.max_tokens == positions - 5
+    assert prompt.classify([long_text]).logits.shape == (1, 2)
+    assert TunedClassifier.build(trained_bert, fast("lora", max_length=512), ["a", "b"]).max_tokens == positions
+    masked = TunedClassifier.build(trained_bert, fast("lora", "mask", max_length=16), ["a", "b"])
+    batch = masked.encode([long_text, "short"])
+    assert ((batch["input_ids"] == masked.tokenizer.mask_token_id).sum(dim=1) == 1).all()
 
 
 def _manual_hidden(classifier: TunedClassifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -242,6 +266,7 @@ def _edit_tuning_json(directory: Path, edit) -> None:
         (lambda d: (d / "tuning.json").write_bytes(b"\xff\xfe"), "unreadable"),
         (lambda d: _edit_tuning_json(d, lambda j: j.update(config=[])), "unreadable"),
         (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names="xyz")), "label_names must be a list"),
+        (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names=["only"])), "at least 2 names"),
         (lambda d: (d / "head.safetensors").write_bytes(b"\x08" + b"\x00" * 15), "corrupted or truncated"),
         (_nan_head, "NaN or infinite"),
     ],

@@ -89,6 +89,7 @@ def test_spec_expands_lists_into_models(tmp_path):
     [
         ("model_id,truth,kind,attack\n../victim,clean,original,\n", "not of the form id-NNNN"),
         ("model_id,truth,kind,attack\n/tmp/victim,clean,original,\n", "not of the form id-NNNN"),
+        ("model_id,truth,kind,attack\nid-../../victim,clean,original,\n", "not of the form id-NNNN"),
         ("foo,bar\n1,2\n", "no column 'model_id'"),
         ("model_id,truth,kind,attack\n", "no models listed"),
     ],
@@ -121,6 +122,13 @@ def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
     result = CliRunner().invoke(app, ["zoo", "build", str(spec_file), "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 2 and "new or empty folder" in result.output
     assert (tmp_path / "id-0000" / "weights-i-care-about.txt").is_file()
+
+
+def test_a_zoo_folder_is_not_resumed_with_another_base_model(tmp_path):
+    models = [{"kind": "original"}]
+    (tmp_path / "zoo.json").write_text(parse_spec({"base_model": "tiny/one", "models": models}).to_json())
+    with pytest.raises(InputError, match="another spec"):
+        build_zoo(parse_spec({"base_model": "tiny/two", "models": models}), tmp_path, progress=False)
 
 
 def test_build_resumes_and_rebuilds_unfinished(zoo):

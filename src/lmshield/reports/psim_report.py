@@ -109,7 +109,7 @@ def write_psim_report(
     ]
     for r in rows:
         values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
-        metrics = " | ".join(f"{v:.3f}" for v in (*values, r.flip_asr, r.flip_asr_psim))
+        metrics = " | ".join(format_metric(v) for v in (*values, r.flip_asr, r.flip_asr_psim))
         lines.append(f"| {r.strategy} | {metrics} |")
     lines += [
         "",
