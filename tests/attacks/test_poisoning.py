@@ -264,7 +264,7 @@ def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:
     paraphraser = make_paraphraser(str(tmp_path / "bart"))
     assert isinstance(paraphraser, Seq2SeqParaphraser)
     out = paraphraser.paraphrase(["the city was warm", "", "word"])
-    assert len(out) == 3 and all(isinstance(t, str) for t in out)
+    assert len(out) == 3 and paraphraser.paraphrase(["the city was warm", "", "word"]) == out  # reproducible
     prefixed, seen = Seq2SeqParaphraser(tmp_path / "bart", prefix="paraphrase: "), []
     tokenizer = prefixed.tokenizer
 

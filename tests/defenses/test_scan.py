@@ -144,6 +144,7 @@ def test_interrupted_scan_resumes_from_finished_seeds(bert_pair, tmp_path: Path,
     assert [t.seed for t in resumed.trace] == list(range(8))
     assert resumed.score == pytest.approx(reference.score, rel=1e-5)
     assert resumed.verdict == reference.verdict
+    assert resumed.summary().endswith("(4 seed(s) from an earlier run)") and "earlier" not in reference.summary()
 
 
 def test_progress_of_other_settings_is_not_reused(bert_pair, tmp_path: Path):

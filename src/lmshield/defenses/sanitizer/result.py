@@ -92,9 +92,11 @@ class ScanResult:
     def summary(self) -> str:
         seeds = self.num_seeds
         took = self.timings.get("total_s", 0.0)
+        resumed = int(self.timings.get("resumed_seeds", 0))
+        earlier = f" ({resumed} seed(s) from an earlier run)" if resumed else ""
         return (
             f"{self.verdict.upper()}: {self.num_pvs} predefined vector(s) found in {seeds} seed(s), "
-            f"score {self.score:.3f} (threshold {self.config.distance_threshold}), {took:.1f} s"
+            f"score {self.score:.3f} (threshold {self.config.distance_threshold}), {took:.1f} s{earlier}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -132,6 +132,7 @@ def scan(
     }
     checkpoint = _Checkpoint(Path(out_dir) if out_dir else None, identity)
     outcomes = checkpoint.load(fresh)
+    resumed = len(outcomes)
     if outcomes:
         logger.info("resuming: %d seed(s) already finished", len(outcomes))
     all_seeds = list(range(config.seed, config.seed + config.max_seeds))
@@ -159,6 +160,7 @@ def scan(
         "total_s": time.perf_counter() - started,
         "steps": float(sum(o.trace.steps for o in outcomes)),
         "batches": float(miner.batches),
+        "resumed_seeds": float(resumed),
     }
     if out_dir is not None:
         result.save_pretrained(out_dir)
