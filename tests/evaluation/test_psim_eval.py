@@ -61,8 +61,9 @@ def test_metrics_on_a_hand_made_example() -> None:
         defended_asr([0, 1], [True], 0)
 
 
-def test_row_sweep_and_table() -> None:
-    row = psim_row(
+def toy_row(**source: list[int]) -> PSIMRow:
+    """The hand-made example's row; ``source_predicted`` / ``source_labels`` add the flip ASR."""
+    return psim_row(
         attack="badnet",
         strategy="lora",
         dataset="toy",
@@ -73,9 +74,12 @@ def test_row_sweep_and_table() -> None:
         clean_scores=CLEAN_SCORES,
         poisoned_scores=POISON_SCORES,
         threshold=0.7,
-        source_predicted=SOURCE_PRED,
-        source_labels=SOURCE_LABELS,
+        **source,
     )
+
+
+def test_row_sweep_and_table() -> None:
+    row = toy_row(source_predicted=SOURCE_PRED, source_labels=SOURCE_LABELS)
     assert (row.flip_asr, row.flip_asr_psim) == (0.75, 0.0)
     assert (row.clean_accuracy, row.asr, row.clean_accuracy_psim, row.asr_psim) == (0.75, 0.8, 0.5, 0.2)
     assert (row.frr, row.far, row.clean_accuracy_drop) == (0.25, 0.2, 0.25)
@@ -181,18 +185,7 @@ def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pyt
 
 
 def test_the_table_marks_metrics_that_do_not_apply() -> None:
-    row = psim_row(
-        attack="badnet",
-        strategy="lora",
-        dataset="toy",
-        clean_predicted=CLEAN_PRED,
-        clean_labels=CLEAN_LABELS,
-        poisoned_predicted=POISON_PRED,
-        target_label=0,
-        clean_scores=CLEAN_SCORES,
-        poisoned_scores=POISON_SCORES,
-        threshold=0.7,
-    )  # no source answers: the flip ASR does not apply
+    row = toy_row()  # no source answers: the flip ASR does not apply
     assert markdown_table([row]).splitlines()[-1].endswith("| 0.775 | - | - |")
 
 
