@@ -301,10 +301,36 @@ def test_changed_base_weights_are_refused(tmp_path: Path) -> None:
     base = save_tiny(tiny_encoder("bert"), tmp_path / "base")
     tune(base, tiny_task(40, 1), tiny_task(20, 2), fast("prompt", epochs=1), out_dir=tmp_path / "clf", progress=False)
     save_tiny(tiny_encoder("bert", seed=5), base)
-    with pytest.raises(InputError, match="weights changed"):
+    with pytest.raises(InputError, match="not the base model's weights"):
         TunedClassifier.from_pretrained(tmp_path / "clf")
     with pytest.raises(InputError, match="not a tuned classifier"):
         TunedClassifier.from_pretrained(tmp_path)
+
+
+def test_a_moved_base_is_found_where_it_is_said_to_be_and_checked(tmp_path: Path) -> None:
+    from lmshield.testing import save_tiny
+
+    base = save_tiny(tiny_encoder("bert"), tmp_path / "base")
+    tune(base, tiny_task(40, 1), tiny_task(20, 2), fast("prompt", epochs=1), out_dir=tmp_path / "clf", progress=False)
+    texts = tiny_task(8, 3).texts
+    before = TunedClassifier.from_pretrained(tmp_path / "clf").classify(texts).probs
+    moved = base.rename(tmp_path / "moved")
+    with pytest.raises(InputError, match="if it moved, give its new place"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+    after = TunedClassifier.from_pretrained(tmp_path / "clf", base=moved).classify(texts).probs
+    assert torch.equal(before, after)
+    from typer.testing import CliRunner
+
+    from lmshield.cli.main import app
+
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    predicted = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "clf"), str(tmp_path / "texts.txt"), "--base", str(moved)]
+    )
+    assert predicted.exit_code == 0 and len(predicted.stdout.splitlines()) == len(texts), predicted.output
+    other = save_tiny(tiny_encoder("bert", seed=5), tmp_path / "other")
+    with pytest.raises(InputError, match="not the base model's weights"):
+        TunedClassifier.from_pretrained(tmp_path / "clf", base=other)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,13 @@ TextField = Annotated[
 ]
 
 
+Base = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where the base model now lives, if it moved since tuning (its weights must match the recorded ones)."
+    ),
+]
+
 Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors
+from lmshield.cli._common import Base, Device, TextField, friendly_errors
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -76,6 +76,7 @@ def predict_command(
         int | None, typer.Option(help="With --scan: most words the purge may delete (default 3).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
+    base: Base = None,
     device: Device = "auto",
 ) -> None:
     """Classify a file of texts, guarded by a scan (--scan) or PSIM (--psim); one JSON object per text."""
@@ -92,9 +93,9 @@ def predict_command(
         raise InputError("--threshold, --purge, --max-removed, --calibrate and --save-calibration go with --scan")
     items = read_texts(texts, field)
     if psim is not None:
-        rows = _psim_rows(classifier, psim, items, resolve_device(device))
+        rows = _psim_rows(classifier, psim, items, resolve_device(device), base)
     elif scan is None:
-        model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device))
+        model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device), base=base)
         output = model.classify(items, batch_size)
         rows = [
             {"text": t, "label": int(y), "label_name": model.label_names[int(y)], "probs": p.tolist()}
@@ -102,7 +103,7 @@ def predict_command(
         ]
     else:
         guard = Guard.from_pretrained(
-            classifier, scan, device=resolve_device(device), batch_size=batch_size, **guard_options
+            classifier, scan, device=resolve_device(device), base=base, batch_size=batch_size, **guard_options
         )
         _calibrate(guard, calibrate, field, save_calibration)
         rows = [p.to_dict() for p in guard.predict(items)]
@@ -112,12 +113,12 @@ def predict_command(
     _write_jsonl(rows, out)
 
 
-def _psim_rows(classifier: Path, psim_dir: Path, items: list[str], device: str | None) -> list[dict]:
+def _psim_rows(classifier: Path, psim_dir: Path, items: list[str], device: str | None, base: Path | None) -> list[dict]:
     """The victim's answers behind PSIM: refused inputs get no label."""
     from lmshield.defenses.psim import PSIM, ShieldedClassifier
     from lmshield.tuning import TunedClassifier
 
-    victim = TunedClassifier.from_pretrained(classifier, device=device)
+    victim = TunedClassifier.from_pretrained(classifier, device=device, base=base)
     psim = PSIM.from_pretrained(psim_dir, device=device, progress=False)
     if psim.num_labels_ != len(victim.label_names):
         raise InputError(f"the PSIM knows {psim.num_labels_} labels, the classifier {len(victim.label_names)}")
@@ -167,6 +168,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.", dir_okay=False)] = None,
+    base: Base = None,
     device: Device = "auto",
 ) -> None:
     """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""
@@ -180,6 +182,7 @@ def eval_command(
         classifier,
         scan,
         device=resolve_device(device),
+        base=base,
         threshold=threshold,
         max_removed=max_removed,
         batch_size=batch_size,

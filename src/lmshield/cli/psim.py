@@ -20,6 +20,12 @@ def _device(device: str) -> str | None:
     return None if device == "auto" else device
 
 
+MovedModel = Annotated[
+    Path | None,
+    typer.Option(help="Where the released model PSIM was fitted on now lives, if it moved (weights are checked)."),
+]
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -95,12 +101,13 @@ def calibrate_command(
     texts: Annotated[Path, typer.Option(help="Held-out clean task texts.")],
     target_frr: Annotated[float, typer.Option(help="Target false-rejection rate.")] = 0.05,
     field: TextField = None,
+    model: MovedModel = None,
     device: Device = "auto",
 ) -> None:
     """Set the threshold to a target false-rejection rate on held-out clean texts (saved in place)."""
     from lmshield.defenses.psim import PSIM
 
-    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False)
+    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False, model=model)
     psim.calibrate(_texts(texts, field), target_frr)
     psim.save_pretrained(psim_dir)
     cal = psim.calibration_
@@ -114,12 +121,13 @@ def score_command(
     texts: Annotated[Path, typer.Option(help="Texts to check (text file or JSON Lines).")],
     out: Annotated[Path | None, typer.Option(help="Write one JSON line per text here.", dir_okay=False)] = None,
     field: TextField = None,
+    model: MovedModel = None,
     device: Device = "auto",
 ) -> None:
     """Score and flag texts; flagged texts would be refused."""
     from lmshield.defenses.psim import PSIM
 
-    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False)
+    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False, model=model)
     items = _texts(texts, field)
     result = psim.scores(items)
     scores = result.select(psim.score_kind)

@@ -63,12 +63,13 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str] | None) -> Path:
         if not path.is_dir():
             raise ModelLoadError(f"{text}: expected a model directory, got a file")
         return path
-    if _looks_like_path(text):
+    if looks_like_path(text):
         raise ModelLoadError(f"{text}: no such model directory")
     return _download_from_hub(text)
 
 
-def _looks_like_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
+    """Whether a model name is a local path (else a hub id)."""
     return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
 
 

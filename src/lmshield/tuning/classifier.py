@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
-from lmshield.models.loading import load_pretrained, read_tensors
+from lmshield.models.loading import load_pretrained, looks_like_path, read_tensors
 from lmshield.models.positions import WatchedPosition
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.heads import LinearHead, ReleasedHead
@@ -270,16 +270,25 @@ class TunedClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, *, device: str | torch.device | None = None, check_base: bool = True
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        check_base: bool = True,
+        base: str | Path | None = None,
     ) -> TunedClassifier:
-        """Load a classifier written by :meth:`save_pretrained` (safetensors only, no remote code)."""
+        """Load a classifier written by :meth:`save_pretrained` (safetensors only, no remote code).
+
+        ``base``: where the base model lives now, when it moved since tuning (its weights must match the
+        recorded fingerprint).
+        """
         out = Path(directory)
         if not (out / TUNING_JSON).is_file() or not (out / HEAD_FILE).is_file():
             raise InputError(f"{directory}: not a tuned classifier (expected {TUNING_JSON} and {HEAD_FILE})")
         try:
             payload = json.loads((out / TUNING_JSON).read_text(encoding="utf-8"))
             config = TuningConfig.from_dict(payload["config"])
-            base = BaseModelInfo(**payload["base"])
+            base_info = BaseModelInfo(**payload["base"])
             label_names = payload["label_names"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{out / TUNING_JSON}: unreadable ({type(exc).__name__}: {exc})") from exc
@@ -289,12 +298,13 @@ class TunedClassifier(nn.Module):
             or not all(isinstance(n, str) for n in label_names)
         ):
             raise InputError(f"{out / TUNING_JSON}: label_names must be a list of at least 2 names")
-        source = _base_location(out, base)
+        source = _base_location(out, base_info, moved_to=base)
         classifier = cls.build(source, config, label_names, device=device, inference=True)
-        if base.directory is not None:  # a base saved inside the classifier directory is checked by loading
-            if check_base and classifier.base.fingerprint != base.fingerprint:
-                raise InputError(f"{source}: the base model's weights changed since the classifier was tuned")
-            classifier.base = base
+        if base_info.directory is not None:  # a base saved inside the classifier directory is checked by loading
+            if check_base and classifier.base.fingerprint != base_info.fingerprint:
+                raise InputError(f"{source}: not the base model's weights the classifier was tuned from")
+            if base is None:  # keep the record; a moved base keeps its new place
+                classifier.base = base_info
         classifier._load_weights(out)
         return classifier.eval()
 
@@ -361,14 +371,21 @@ def _load_base(
     return encoder_model, loaded.tokenizer, info, seq_model
 
 
-def _base_location(out: Path, base: BaseModelInfo) -> str:
+def _base_location(out: Path, base: BaseModelInfo, moved_to: str | Path | None = None) -> str:
     if base.directory is None:
+        if moved_to is not None:
+            raise InputError(f"{out}: the classifier carries its own encoder; a moved base does not apply")
         return str(out / BASE_DIR)
+    if moved_to is not None:
+        return str(moved_to)
     if Path(base.directory).is_dir():
         return base.directory
-    if base.source is not None:
-        return base.source
-    raise InputError(f"{out}: the base model directory {base.directory} no longer exists")
+    if base.source is not None and not looks_like_path(base.source):
+        return base.source  # a hub id: loaded again from the hub (or its cache)
+    raise InputError(
+        f"{out}: the base model directory {base.directory} no longer exists; if it moved, give its new place "
+        "(--base, or base= in Python)"
+    )
 
 
 def _model_of(backbone: nn.Module) -> PreTrainedModel:

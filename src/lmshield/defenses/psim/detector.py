@@ -220,8 +220,11 @@ class PSIM:
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, device: str | None = None, progress: bool = True) -> PSIM:
-        """Load a PSIM written by :meth:`save_pretrained`."""
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | None = None, progress: bool = True, model: str | Path | None = None
+    ) -> PSIM:
+        """Load a PSIM written by :meth:`save_pretrained`; ``model``: where the released model it was fitted on
+        lives now, when it moved (its weights must match the recorded fingerprint)."""
         path = Path(directory) / PSIM_JSON
         if not path.is_file():
             raise InputError(f"{directory}: not a saved PSIM (no {PSIM_JSON})")
@@ -239,7 +242,9 @@ class PSIM:
             raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
         if not math.isfinite(psim.threshold_) or psim.threshold_ >= 1:
             raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (finite, below 1)")
-        psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device)
+        psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
+        if model is not None:
+            psim.model_ = str(model)
         if psim.num_labels_ < 2 or psim.num_labels_ != len(psim.classifier_.label_names):
             raise InputError(
                 f"{path}: num_labels_ {psim.num_labels_} does not match the module's "

@@ -154,11 +154,18 @@ class Guard:
 
     @classmethod
     def from_pretrained(
-        cls, classifier_dir: str | Path, scan_dir: str | Path, *, device: str | None = None, **kwargs: Any
+        cls,
+        classifier_dir: str | Path,
+        scan_dir: str | Path,
+        *,
+        device: str | None = None,
+        base: str | Path | None = None,
+        **kwargs: Any,
     ) -> Guard:
-        """Load a classifier saved by ``TunedClassifier.save_pretrained`` and a saved ``ScanResult``."""
+        """Load a classifier saved by ``TunedClassifier.save_pretrained`` (``base``: where its base model lives
+        now, if it moved) and a saved ``ScanResult``."""
         scan = ScanResult.from_pretrained(scan_dir)
-        classifier = TunedClassifier.from_pretrained(classifier_dir, device=device)
+        classifier = TunedClassifier.from_pretrained(classifier_dir, device=device, base=base)
         return cls.from_scan(classifier, scan, **kwargs)
 
     def calibrate(
