@@ -119,6 +119,16 @@ def test_calibration_meets_the_target_frr_on_held_out_texts() -> None:
         assert abs(held_out - target) <= 0.06, (target, held_out)
 
 
+def test_calibrating_on_too_few_texts_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="lmshield.defenses.psim.thresholds"):
+        calibrate_threshold([i / 100 for i in range(100)], 0.02)  # 2 texts above the cut
+    assert "give at least 250 held-out texts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lmshield.defenses.psim.thresholds"):
+        calibrate_threshold([i / 1000 for i in range(1000)], 0.02)  # 20 above the cut
+    assert caplog.text == ""
+
+
 def test_calibrate_threshold_by_hand() -> None:
     scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     assert calibrate_threshold(scores, 0.2) == 0.8  # flags 0.9 and 1.0

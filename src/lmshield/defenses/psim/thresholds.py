@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 from lmshield.errors import InputError
 
+logger = logging.getLogger(__name__)
+
 RELEASE_THRESHOLD = 0.7  # the release's threshold on the top probability, binary tasks
 RELEASE_NORMALISED = 0.4  # the same cut on the class-count-normalised scale: (0.7 - 1/2) / (1 - 1/2)
 SCORE_KINDS = ("probability", "normalised")
+STABLE_TAIL = 5  # clean texts above the cut for a threshold that does not hang on one or two of them
 
 
 def normalise(p_max: float, num_labels: int) -> float:
@@ -36,12 +40,19 @@ def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> flo
     """The lowest threshold that flags (score > threshold) at most ``target_frr`` of ``clean_scores``.
 
     With ``n`` clean scores, ``floor(target_frr * n)`` of them may be flagged; ties at the cut are all
-    passed, so the FRR on these scores never exceeds the target.
+    passed, so the FRR on these scores never exceeds the target. Warns when fewer than :data:`STABLE_TAIL`
+    texts lie above the cut: the threshold then rests on one or two texts and the FRR on new inputs varies.
     """
     check_target_frr(target_frr)
     ordered = sorted(float(s) for s in clean_scores)
     if not ordered:
         raise InputError("calibration needs at least one held-out clean text")
+    if 0 < target_frr * len(ordered) < STABLE_TAIL:
+        logger.warning(
+            "calibrating to %.1f%% FRR on %d texts leaves %.1f text(s) above the cut: the threshold is noisy; "
+            "give at least %d held-out texts",
+            100 * target_frr, len(ordered), target_frr * len(ordered), math.ceil(STABLE_TAIL / target_frr),
+        )  # fmt: skip
     allowed = math.floor(target_frr * len(ordered) + 1e-9)
     if allowed >= len(ordered):
         return math.nextafter(ordered[0], -math.inf)
