@@ -112,3 +112,14 @@ def test_text_file_carriers_are_used(saved_pair, tmp_path: Path):
     result = _scan(str(clean), "--texts", str(texts), "--out", str(tmp_path / "out"), *TINY_FLAGS)
     assert result.exit_code == EXIT_CLEAN, result.output
     assert "file" in json.loads((tmp_path / "out" / "scan.json").read_text())["text_source"]
+
+
+def test_the_help_states_each_presets_defaults() -> None:
+    from lmshield.defenses.sanitizer import SanitizerConfig
+
+    result = CliRunner().invoke(app, ["scan", "--help"], env={"COLUMNS": "300"})
+    words = " ".join(result.output.replace("│", " ").split())
+    seeds = {name: SanitizerConfig.preset(name).max_seeds for name in ("default", "fast", "release")}
+    assert f"default {seeds['default']}, fast {seeds['fast']}, release {seeds['release']}" in words
+    lrs = (SanitizerConfig.preset("default").lr, SanitizerConfig.preset("release").lr)
+    assert lrs == (5e-4, 5e-5) and "5e-4, release 5e-5" in words
