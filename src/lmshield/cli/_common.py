@@ -36,6 +36,8 @@ Base = Annotated[
     ),
 ]
 
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+
 Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]
 
 

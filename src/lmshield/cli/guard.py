@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Base, Device, TextField, friendly_errors
+from lmshield.cli._common import Base, Device, Quiet, TextField, friendly_errors
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -18,6 +18,8 @@ CalibrationTexts = Annotated[
         "or a calibration saved with --save-calibration (.safetensors)."
     ),
 ]
+PROGRESS_FROM = 256  # texts; fewer are classified before a bar would be read
+
 SaveCalibration = Annotated[
     Path | None,
     typer.Option(
@@ -78,6 +80,7 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     base: Base = None,
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Classify a file of texts, guarded by a scan (--scan) or PSIM (--psim); one JSON object per text."""
     from lmshield.defenses.sanitizer.guard import Guard
@@ -92,18 +95,25 @@ def predict_command(
     if scan is None and (guard_options or calibrate is not None or save_calibration is not None):
         raise InputError("--threshold, --purge, --max-removed, --calibrate and --save-calibration go with --scan")
     items = read_texts(texts, field)
+    progress = not quiet and len(items) > PROGRESS_FROM
     if psim is not None:
-        rows = _psim_rows(classifier, psim, items, resolve_device(device), base)
+        rows = _psim_rows(classifier, psim, items, resolve_device(device), base, progress=progress)
     elif scan is None:
         model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device), base=base)
-        output = model.classify(items, batch_size)
+        output = model.classify(items, batch_size, progress=progress)
         rows = [
             {"text": t, "label": int(y), "label_name": model.label_names[int(y)], "probs": p.tolist()}
             for t, y, p in zip(items, output.labels, output.probs, strict=True)
         ]
     else:
         guard = Guard.from_pretrained(
-            classifier, scan, device=resolve_device(device), base=base, batch_size=batch_size, **guard_options
+            classifier,
+            scan,
+            device=resolve_device(device),
+            base=base,
+            batch_size=batch_size,
+            progress=progress,
+            **guard_options,
         )
         _calibrate(guard, calibrate, field, save_calibration)
         rows = [p.to_dict() for p in guard.predict(items)]
@@ -113,13 +123,15 @@ def predict_command(
     _write_jsonl(rows, out)
 
 
-def _psim_rows(classifier: Path, psim_dir: Path, items: list[str], device: str | None, base: Path | None) -> list[dict]:
+def _psim_rows(
+    classifier: Path, psim_dir: Path, items: list[str], device: str | None, base: Path | None, progress: bool
+) -> list[dict]:
     """The victim's answers behind PSIM: refused inputs get no label."""
     from lmshield.defenses.psim import PSIM, ShieldedClassifier
     from lmshield.tuning import TunedClassifier
 
     victim = TunedClassifier.from_pretrained(classifier, device=device, base=base)
-    psim = PSIM.from_pretrained(psim_dir, device=device, progress=False)
+    psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress)
     if psim.num_labels_ != len(victim.label_names):
         raise InputError(f"the PSIM knows {psim.num_labels_} labels, the classifier {len(victim.label_names)}")
     report = ShieldedClassifier(psim, victim).predict(items)

@@ -8,12 +8,10 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, TextField, friendly_errors, refuse_to_replace
+from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, refuse_to_replace
 from lmshield.errors import InputError
 
 app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
-
-Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 def _device(device: str) -> str | None:
@@ -123,11 +121,12 @@ def score_command(
     field: TextField = None,
     model: MovedModel = None,
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Score and flag texts; flagged texts would be refused."""
     from lmshield.defenses.psim import PSIM
 
-    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False, model=model)
+    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=not quiet, model=model)
     items = _texts(texts, field)
     result = psim.scores(items)
     scores = result.select(psim.score_kind)
