@@ -65,6 +65,7 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
         ({"method": "prompt", "position_jitter": 4}, "not with virtual tokens"),
         ({"method": "prompt", "prompt_init": "text"}, "prompt_init"),
         ({"method": "prompt", "num_virtual_tokens": 0}, "num_virtual_tokens"),
+        ({"max_length": 2}, "max_length must be at least 8 tokens"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:

@@ -14,6 +14,9 @@ CHECKPOINTS = ("best", "last")
 DEFAULT_TEMPLATE = "{text} It was {mask} ."
 
 
+MIN_LENGTH = 8  # tokens per input, special tokens included
+
+
 @dataclass(frozen=True)
 class TuningConfig:
     """How a classifier is tuned on top of an encoder.
@@ -81,9 +84,11 @@ class TuningConfig:
             raise InputError(f"unknown head {self.head!r}: use cls or mask")
         if self.head == "mask" and ("{text}" not in self.template or "{mask}" not in self.template):
             raise InputError("the mask template needs both {text} and {mask}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "encoder_hidden_size", "lora_r"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "encoder_hidden_size", "lora_r"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < MIN_LENGTH:  # [CLS] and [SEP] (and a template's words) would leave no room for text
+            raise InputError(f"max_length must be at least {MIN_LENGTH} tokens, got {self.max_length}")
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
             raise InputError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
         if self.lr is None or self.lr <= 0:
