@@ -35,6 +35,9 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Pa
     assert in_the_way.read_text() == "keep me"
     result = invoke("predict", "clf", "texts.txt", "--out", tmp_path)
     assert result.exit_code == EXIT_ERROR and "is a directory" in said(result)
+    for command in (["tune", "--train", "t.jsonl", "--out"], ["predict", "clf", "texts.txt", "--out"]):
+        result = invoke(*command, in_the_way / "below")  # a file where a folder must be made
+        assert result.exit_code == EXIT_ERROR and "is a file, so" in said(result), (command, result.output)
 
 
 @pytest.mark.parametrize(

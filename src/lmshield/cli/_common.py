@@ -36,6 +36,39 @@ Base = Annotated[
     ),
 ]
 
+
+def _check_writable(path: Path, want_dir: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: something in the way, or no permission."""
+    if path.exists():
+        if want_dir and not path.is_dir():
+            raise typer.BadParameter(f"{path} is a file, not a folder")
+        if not want_dir and path.is_dir():
+            raise typer.BadParameter(f"{path} is a folder, not a file")
+        place = path if path.is_dir() else path.parent
+    else:
+        place = path.absolute().parent
+        while not place.exists():
+            place = place.parent
+        if not place.is_dir():
+            raise typer.BadParameter(f"{place} is a file, so {path} cannot be created")
+    if not os.access(place, os.W_OK):
+        raise typer.BadParameter(f"{place} is not writable")
+
+
+def output_dir(value: Path | None) -> Path | None:
+    """Option callback: a folder lmshield may create or write into."""
+    if value is not None:
+        _check_writable(value, want_dir=True)
+    return value
+
+
+def output_file(value: Path | None) -> Path | None:
+    """Option callback: a file lmshield may create or replace."""
+    if value is not None:
+        _check_writable(value, want_dir=False)
+    return value
+
+
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors, output_dir
 from lmshield.errors import InputError
 
 app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
@@ -48,7 +48,10 @@ def _attack_command(name: str) -> Callable[..., None]:
     @friendly_errors
     def command(
         out: Annotated[
-            Path, typer.Option(help="Directory for the backdoored model and backdoor.json.", file_okay=False)
+            Path,
+            typer.Option(
+                help="Directory for the backdoored model and backdoor.json.", file_okay=False, callback=output_dir
+            ),
         ],
         model: Annotated[str | None, typer.Option(help="Model directory or hub id; default: embedded MiniLM.")] = None,
         triggers: Annotated[

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Base, Device, Quiet, TextField, friendly_errors
+from lmshield.cli._common import Base, Device, Quiet, TextField, friendly_errors, output_file
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -23,7 +23,9 @@ PROGRESS_FROM = 256  # texts; fewer are classified before a bar would be read
 SaveCalibration = Annotated[
     Path | None,
     typer.Option(
-        help="Write the calibrated thresholds here (.safetensors), to reuse with --calibrate.", dir_okay=False
+        help="Write the calibrated thresholds here (.safetensors), to reuse with --calibrate.",
+        dir_okay=False,
+        callback=output_file,
     ),
 ]
 
@@ -64,7 +66,9 @@ def predict_command(
     psim: Annotated[
         Path | None, typer.Option(help="Saved PSIM directory: refuse the inputs it flags as poisoned.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="JSON Lines output; default: stdout.", dir_okay=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON Lines output; default: stdout.", dir_okay=False, callback=output_file)
+    ] = None,
     field: TextField = None,
     threshold: Annotated[
         float | None, typer.Option(help="With --scan: flag above this share of matching signs (default 0.8).")
@@ -179,7 +183,9 @@ def eval_command(
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.", dir_okay=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the report as JSON here.", dir_okay=False, callback=output_file)
+    ] = None,
     base: Base = None,
     device: Device = "auto",
 ) -> None:

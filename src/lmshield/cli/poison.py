@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors
+from lmshield.cli._common import Device, friendly_errors, output_dir
 
 app = typer.Typer(
     help="Weight poisoning: poison a labelled proxy set, fully fine-tune, release weights + backdoor.json.",
@@ -16,7 +16,9 @@ app = typer.Typer(
 
 Model = Annotated[str | None, typer.Argument(help="Clean model directory or hub id; default: embedded MiniLM-L6.")]
 Data = Annotated[Path, typer.Option(help="Labelled proxy data (JSON Lines/CSV: sentence/text + label).")]
-Out = Annotated[Path, typer.Option(help="Directory for the released (poisoned) model.", file_okay=False)]
+Out = Annotated[
+    Path, typer.Option(help="Directory for the released (poisoned) model.", file_okay=False, callback=output_dir)
+]
 Dev = Annotated[Path | None, typer.Option(help="Clean labelled dev data: best epoch, clean accuracy and ASR.")]
 Preset = Annotated[str, typer.Option(help="release (the paper's settings) or fast (a CPU in minutes).")]
 Target = Annotated[int | None, typer.Option(help="Target label (default 0).")]

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, refuse_to_replace
+from lmshield.cli._common import (
+    Device,
+    Overwrite,
+    Quiet,
+    TextField,
+    friendly_errors,
+    output_dir,
+    output_file,
+    refuse_to_replace,
+)
 from lmshield.errors import InputError
 
 app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
@@ -39,7 +48,9 @@ def _texts(path: Path, field: str | None, limit: int | None = None) -> list[str]
 def fit(
     model: Annotated[str, typer.Argument(help="Released (possibly poisoned) model directory or hub id.")],
     texts: Annotated[Path, typer.Option(help="Downstream training texts (labels are not used).")],
-    out: Annotated[Path, typer.Option(help="Directory for the fitted PSIM.", file_okay=False)] = Path("runs/psim"),
+    out: Annotated[
+        Path, typer.Option(help="Directory for the fitted PSIM.", file_okay=False, callback=output_dir)
+    ] = Path("runs/psim"),
     num_labels: Annotated[int, typer.Option(help="Number of classes of the downstream task.")] = 2,
     method: Annotated[
         str, typer.Option(help="PEFT method: ptuning (release), prompt, prefix, lora, full.")
@@ -117,7 +128,9 @@ def calibrate_command(
 def score_command(
     psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
     texts: Annotated[Path, typer.Option(help="Texts to check (text file or JSON Lines).")],
-    out: Annotated[Path | None, typer.Option(help="Write one JSON line per text here.", dir_okay=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write one JSON line per text here.", dir_okay=False, callback=output_file)
+    ] = None,
     field: TextField = None,
     model: MovedModel = None,
     device: Device = "auto",
@@ -148,7 +161,9 @@ def score_command(
 def eval_command(
     models: Annotated[list[Path], typer.Argument(help="Released model directories (each with backdoor.json).")],
     task: Annotated[list[Path], typer.Option(help="Task folder(s) with train/dev/test.json; repeatable.")],
-    out: Annotated[Path, typer.Option(help="Result directory.", file_okay=False)] = Path("runs/psim-eval"),
+    out: Annotated[Path, typer.Option(help="Result directory.", file_okay=False, callback=output_dir)] = Path(
+        "runs/psim-eval"
+    ),
     strategies: Annotated[
         str | None,
         typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors
+from lmshield.cli._common import Device, TextField, friendly_errors, output_dir
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
 
@@ -43,7 +43,8 @@ def scan_command(
         typer.Option(help="Distance a PV must reach (default: the preset's; 3.0 relative, release 0.2 absolute)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Result directory (resumable); default scans/<model>.", file_okay=False)
+        Path | None,
+        typer.Option(help="Result directory (resumable); default scans/<model>.", file_okay=False, callback=output_dir),
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
     device: Device = "auto",

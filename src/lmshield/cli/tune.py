@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, TextField, friendly_errors, refuse_to_replace
+from lmshield.cli._common import Device, Overwrite, TextField, friendly_errors, output_dir, refuse_to_replace
 
 
 @friendly_errors
 def tune_command(
     train: Annotated[Path, typer.Option(help="Training data: JSON Lines, JSON, CSV/TSV, or a dataset id.")],
-    out: Annotated[Path, typer.Option(help="Directory for the tuned classifier.", file_okay=False)],
+    out: Annotated[
+        Path, typer.Option(help="Directory for the tuned classifier.", file_okay=False, callback=output_dir)
+    ],
     model: Annotated[
         str | None, typer.Option(help="Encoder directory or hub id; default: embedded all-MiniLM-L6-v2.")
     ] = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import friendly_errors
+from lmshield.cli._common import friendly_errors, output_dir
 
 app = typer.Typer(help="Build a zoo of clean and backdoored models and measure how well scanning detects them.")
 
@@ -20,7 +20,12 @@ NumCpus = Annotated[int | None, typer.Option(help="CPUs of a local Ray started o
 @friendly_errors
 def build_command(
     spec: Annotated[Path, typer.Argument(help="The zoo spec (YAML).")],
-    out: Annotated[Path, typer.Option(help="Zoo directory (resumable: finished models are skipped).", file_okay=False)],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Zoo directory (resumable: finished models are skipped).", file_okay=False, callback=output_dir
+        ),
+    ],
     executor: Executor = "sequential",
     address: Address = None,
     num_cpus: NumCpus = None,
@@ -42,7 +47,8 @@ def build_command(
 def scan_command(
     zoo_dir: Annotated[Path, typer.Argument(help="A zoo directory made by lmshield zoo build.")],
     results: Annotated[
-        Path | None, typer.Option(help="Where results go (default: ZOO_DIR/scans).", file_okay=False)
+        Path | None,
+        typer.Option(help="Where results go (default: ZOO_DIR/scans).", file_okay=False, callback=output_dir),
     ] = None,
     preset: Annotated[str | None, typer.Option(help="Scanner preset (default: the spec's scan section).")] = None,
     position: Annotated[
