@@ -140,7 +140,7 @@ def test_build_resumes_and_rebuilds_unfinished(zoo):
     assert (out / "id-0000" / "clean.json").is_file() and len(rows) == 4
 
 
-def test_scan_measures_detection(zoo, scanned):
+def test_scan_measures_detection(zoo, scanned, tmp_path):
     _, out = zoo
     found = scanned
     verdicts = [r["verdict"] for r in found.rows]
@@ -155,6 +155,10 @@ def test_scan_measures_detection(zoo, scanned):
     assert again.rows == found.rows
     with pytest.raises(InputError, match="other settings"):
         scan_zoo(out, overrides={"max_seeds": 2}, progress=False)
+    for bad, message in (({"preset": "turbo"}, "unknown preset"), ({"position": "middle"}, "unknown position")):
+        with pytest.raises(InputError, match=message):
+            scan_zoo(out, results=tmp_path / "new", overrides=bad, progress=False)
+        assert not (tmp_path / "new").exists()  # refused before anything is written
 
 
 def test_cli_scan_prints_the_table(zoo, scanned, tmp_path):

@@ -98,6 +98,13 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_settings(results: Path, settings: dict[str, Any]) -> None:
+    """Refuse bad settings, and results made with other ones, before anything is written."""
+    from lmshield.defenses.sanitizer import SanitizerConfig
+    from lmshield.models.positions import WatchedPosition
+
+    SanitizerConfig.preset(settings["preset"], **settings["overrides"])
+    for position in positions_of(settings):
+        WatchedPosition.parse(position)
     saved = results / SETTINGS_JSON
     if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
         raise InputError(f"{results} holds scans made with other settings; use another --results or delete it")
