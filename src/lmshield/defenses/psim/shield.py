@@ -57,5 +57,5 @@ class ShieldedClassifier:
                 labels[index] = int(label)
         report = ShieldReport(labels, [float(s) for s in scores], threshold, refused)
         if refused:
-            logger.info(report.summary())
+            logger.debug(report.summary())  # the caller reports it (the CLI prints report.summary())
         return report
