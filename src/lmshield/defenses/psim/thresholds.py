@@ -47,13 +47,17 @@ def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> flo
     ordered = sorted(float(s) for s in clean_scores)
     if not ordered:
         raise InputError("calibration needs at least one held-out clean text")
-    if 0 < target_frr * len(ordered) < STABLE_TAIL:
-        logger.warning(
-            "calibrating to %.1f%% FRR on %d texts leaves %.1f text(s) above the cut: the threshold is noisy; "
-            "give at least %d held-out texts",
-            100 * target_frr, len(ordered), target_frr * len(ordered), math.ceil(STABLE_TAIL / target_frr),
-        )  # fmt: skip
     allowed = math.floor(target_frr * len(ordered) + 1e-9)
+    if allowed < STABLE_TAIL:
+        fix = (
+            f"give at least {math.ceil(STABLE_TAIL / target_frr)} held-out texts"
+            if target_frr > 0
+            else "at target 0 it is the highest clean score seen"
+        )
+        logger.warning(
+            "calibrating to %.1f%% FRR on %d texts lets %d of them above the cut: the threshold is noisy; %s",
+            100 * target_frr, len(ordered), allowed, fix,
+        )  # fmt: skip
     if allowed >= len(ordered):
         return math.nextafter(ordered[0], -math.inf)
     return ordered[len(ordered) - 1 - allowed]
