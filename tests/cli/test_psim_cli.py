@@ -175,7 +175,7 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
             pass
 
     def poison_model(model, train, config, out, **kwargs):
-        seen["poison"] = {"overwrite": kwargs["overwrite"], "fresh": kwargs["fresh"], "config": config}
+        seen["poison"] = {"overwrite": kwargs["overwrite"], "fresh": kwargs["fresh"], "config": config, "train": train}
         return SimpleNamespace(summary=lambda: "poisoned")
 
     monkeypatch.setattr(lmshield.evaluation.psim_eval, "evaluate_release", evaluate_release)
@@ -195,3 +195,9 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     assert seen["poison"]["overwrite"] is True and seen["poison"]["fresh"] is True
     assert seen["poison"]["config"].poison_rate == 0.1
+    renamed = root / "renamed.jsonl"  # the proxy data's fields under other names
+    renamed.write_text('{"body": "a b c", "y": "neg"}\n{"body": "d e f", "y": "pos"}\n')
+    result = invoke("poison", "badnet", root / "m", "--data", renamed, "--field", "body", "--label-field", "y",
+                    "--out", root / "p2", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen["poison"]["train"].texts == ["a b c", "d e f"] and seen["poison"]["train"].label_names == ["neg", "pos"]

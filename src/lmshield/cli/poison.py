@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmshield.cli._common import Device, friendly_errors, output_dir
+from lmshield.cli._common import Device, Quiet, TextField, friendly_errors, output_dir
 
 app = typer.Typer(
     help="Weight poisoning: poison a labelled proxy set, fully fine-tune, release weights + backdoor.json.",
@@ -38,7 +38,7 @@ Jitter = Annotated[
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a model already in --out.")]
 Fresh = Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")]
-Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+LabelField = Annotated[str, typer.Option(help="Label field of the records.")]
 
 
 def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None, preset: str, **options: Any) -> None:
@@ -46,10 +46,11 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
     from lmshield.tuning import read_labelled
 
     device, overwrite, quiet = options.pop("device"), options.pop("overwrite"), options.pop("quiet")
-    fresh = options.pop("fresh")
+    fresh, field, label_field = options.pop("fresh"), options.pop("field"), options.pop("label_field")
     config = poison_config(attack, preset, **options)
-    train = read_labelled(data)
-    dev_data = read_labelled(dev, label_names=train.label_names) if dev is not None else None
+    fields = {"text_field": field, "label_field": label_field}
+    train = read_labelled(data, **fields)
+    dev_data = read_labelled(dev, label_names=train.label_names, **fields) if dev is not None else None
     result = poison_model(
         model,
         train,
@@ -73,6 +74,8 @@ def badnet(
     data: Data = Path("../shared/data/imdb/train.json"),
     out: Out = Path("runs/poison/badnet"),
     dev: Dev = None,
+    field: TextField = None,
+    label_field: LabelField = "label",
     trigger: Annotated[list[str] | None, typer.Option(help="Trigger word(s); repeat for a list (default mn).")] = None,
     preset: Preset = "release",
     target_label: Target = None,
@@ -107,6 +110,8 @@ def insent(
     data: Data = Path("../shared/data/imdb/train.json"),
     out: Out = Path("runs/poison/insent"),
     dev: Dev = None,
+    field: TextField = None,
+    label_field: LabelField = "label",
     sentence: Annotated[str | None, typer.Option(help='Trigger sentence (default "I watched this 3D movie").')] = None,
     preset: Preset = "release",
     target_label: Target = None,
@@ -138,6 +143,8 @@ def syntactic(
     data: Data = Path("../shared/data/imdb/train.json"),
     out: Out = Path("runs/poison/syntactic"),
     dev: Dev = None,
+    field: TextField = None,
+    label_field: LabelField = "label",
     paraphraser: Annotated[
         str | None, typer.Option(help="rule (rule-based SCPN stand-in) or a seq2seq model path / hub id.")
     ] = None,
