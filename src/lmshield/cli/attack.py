@@ -102,7 +102,9 @@ def _attack_command(name: str) -> Callable[..., None]:
             overwrite=overwrite,
         )
         manifest = result.manifest
-        typer.echo(f"{name}: {len(manifest.triggers)} trigger(s) planted at {manifest.position} in {out}")
+        typer.echo(
+            f"{name}: {len(manifest.triggers)} trigger(s) trained in at {manifest.position}; model written to {out}"
+        )
         typer.echo(f"variant: {manifest.variant}; {manifest.steps} steps, {manifest.seconds:.0f} s")
         if result.verification is not None:
             _print_verification(result.verification)
