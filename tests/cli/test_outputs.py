@@ -53,6 +53,16 @@ def test_a_finished_result_is_not_replaced_without_overwrite(tmp_path: Path, com
     assert overwritten.exit_code == EXIT_ERROR and "no such file" in overwritten.output
 
 
+@pytest.mark.parametrize(("command", "marker"), [(["tune", "--train", "t.jsonl"], "psim.json"),
+                                                  (["psim", "fit", "m", "--texts", "t"], "config.json")])  # fmt: skip
+def test_a_folder_holding_something_else_is_refused_even_with_overwrite(
+    tmp_path: Path, command: list[str], marker: str
+) -> None:
+    (tmp_path / marker).write_text("{}")
+    result = invoke(*command, "--out", tmp_path, "--overwrite")
+    assert result.exit_code == EXIT_ERROR and "choose another --out" in said(result), result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

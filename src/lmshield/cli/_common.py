@@ -74,9 +74,22 @@ Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]
 
 
+ARTEFACTS = {  # the file at a folder's top that says what the folder holds
+    "config.json": "model",
+    "tuning.json": "tuned classifier",
+    "psim.json": "fitted PSIM",
+    "scan.json": "scan result",
+    "backdoor.json": "backdoor manifest",
+}
+
+
 def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool) -> None:
     """Stop before any work when ``out`` already holds a finished ``what`` (its ``marker`` file), unless
-    ``overwrite``: a rerun with other settings must not silently replace a result others point at."""
+    ``overwrite``: a rerun with other settings must not silently replace a result others point at. A folder
+    holding something else (a model, a scan, another kind of result) is refused even with ``overwrite``."""
+    other = next((name for file, name in ARTEFACTS.items() if file != marker and (out / file).is_file()), None)
+    if other is not None:
+        raise InputError(f"{out} holds a {other}, not a {what}; choose another --out")
     if not overwrite and (out / marker).is_file():
         raise InputError(f"{out} already holds a {what}; pass --overwrite to replace it, or choose another --out")
 
