@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors, output_dir
+from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, output_dir
 from lmshield.errors import InputError
 
 app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
@@ -76,8 +76,8 @@ def _attack_command(name: str) -> Callable[..., None]:
         device: Device = "auto",
         allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
         verify: Annotated[bool, typer.Option(help="Verify the backdoor after planting.")] = True,
-        overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
-        quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
     ) -> None:
         from lmshield.attacks import attack_config, run_attack
         from lmshield.text import TextSource

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, TextField, friendly_errors, output_dir
+from lmshield.cli._common import Device, Quiet, TextField, friendly_errors, output_dir
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
 
@@ -51,7 +51,7 @@ def scan_command(
     allow_pickle: Annotated[
         bool, typer.Option(help="Load pickle weights (weights_only=True). Unsafe formats only.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Scan an encoder for a task-agnostic backdoor (LMSanitator PV mining).
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, TextField, friendly_errors, output_dir, refuse_to_replace
+from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, output_dir, refuse_to_replace
 
 
 @friendly_errors
@@ -43,7 +43,7 @@ def tune_command(
         bool, typer.Option(help="Load pickle weights (weights_only=True); refused by default: pickle can run code.")
     ] = False,
     device: Device = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Tune a classifier (prompt tuning, P-tuning, prefix tuning, LoRA or full fine-tuning)."""
     from lmshield.devices import resolve_device

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import friendly_errors, output_dir
+from lmshield.cli._common import Quiet, friendly_errors, output_dir
 
 app = typer.Typer(help="Build a zoo of clean and backdoored models and measure how well scanning detects them.")
 
@@ -29,7 +29,7 @@ def build_command(
     executor: Executor = "sequential",
     address: Address = None,
     num_cpus: NumCpus = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Build every model of SPEC into OUT/id-NNNN/ and write OUT/METADATA.csv."""
     from lmshield.zoo import build_zoo, load_spec
@@ -60,7 +60,7 @@ def scan_command(
     executor: Executor = "sequential",
     address: Address = None,
     num_cpus: NumCpus = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Scan every model of ZOO_DIR; write detection.csv/.md, metrics.json and roc.png."""
     from lmshield.zoo import scan_zoo
