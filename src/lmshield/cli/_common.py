@@ -28,6 +28,8 @@ TextField = Annotated[
     ),
 ]
 
+LabelField = Annotated[str, typer.Option(help="Label field of the records.")]
+
 
 Base = Annotated[
     Path | None,
@@ -72,6 +74,12 @@ def output_file(value: Path | None) -> Path | None:
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]
+
+Fresh = Annotated[bool, typer.Option(help="Discard the progress an interrupted run left in --out.")]
+
+AllowPickle = Annotated[
+    bool, typer.Option(help="Load pickle weights (weights_only=True); refused by default: pickle can run code.")
+]
 
 
 ARTEFACTS = {  # the file at a folder's top that says what the folder holds

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, output_dir
+from lmshield.cli._common import AllowPickle, Device, Overwrite, Quiet, TextField, friendly_errors, output_dir
 from lmshield.errors import InputError
 
 app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
@@ -74,7 +74,7 @@ def _attack_command(name: str) -> Callable[..., None]:
         max_length: Annotated[int | None, typer.Option(help="Token length limit.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
         device: Device = "auto",
-        allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
+        allow_pickle: AllowPickle = False,
         verify: Annotated[bool, typer.Option(help="Verify the backdoor after planting.")] = True,
         overwrite: Overwrite = False,
         quiet: Quiet = False,

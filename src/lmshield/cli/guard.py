@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Base, Device, Quiet, TextField, friendly_errors, output_file
+from lmshield.cli._common import Base, Device, LabelField, Quiet, TextField, friendly_errors, output_file
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -175,7 +175,7 @@ def eval_command(
     backdoor: Annotated[Path | None, typer.Option(help="An attack's backdoor.json (field 'triggers').")] = None,
     triggers: Annotated[str | None, typer.Option(help="Comma-separated triggers instead of --backdoor.")] = None,
     text_field: TextField = None,
-    label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
+    label_field: LabelField = "label",
     limit: Annotated[int | None, typer.Option(help="Use only the first N test examples.", min=1)] = None,
     threshold: Annotated[float, typer.Option(help="Monitor threshold (the paper's 0.8).")] = 0.8,
     calibrate: CalibrationTexts = None,

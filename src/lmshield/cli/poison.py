@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, output_dir
+from lmshield.cli._common import Device, Fresh, LabelField, Overwrite, Quiet, TextField, friendly_errors, output_dir
 
 app = typer.Typer(
     help="Weight poisoning: poison a labelled proxy set, fully fine-tune, release weights + backdoor.json.",
@@ -36,8 +36,6 @@ Jitter = Annotated[
     int | None, typer.Option(help="Train with position ids shifted by a random 0..N (survives virtual tokens).")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
-Fresh = Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")]
-LabelField = Annotated[str, typer.Option(help="Label field of the records.")]
 
 
 def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None, preset: str, **options: Any) -> None:

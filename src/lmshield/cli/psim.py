@@ -10,6 +10,7 @@ import typer
 
 from lmshield.cli._common import (
     Device,
+    Fresh,
     Overwrite,
     Quiet,
     TextField,
@@ -187,7 +188,7 @@ def eval_command(
         str | None, typer.Option(help="Victim strategies the baselines run on (default: all evaluated).")
     ] = None,
     onion_lm: Annotated[Path | None, typer.Option(help="Causal language model directory for ONION.")] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
+    fresh: Fresh = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Quiet, TextField, friendly_errors, output_dir
+from lmshield.cli._common import AllowPickle, Device, Fresh, Quiet, TextField, friendly_errors, output_dir
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
 
@@ -46,11 +46,9 @@ def scan_command(
         Path | None,
         typer.Option(help="Result directory (resumable); default scans/<model>.", file_okay=False, callback=output_dir),
     ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard progress of an earlier run in --out.")] = False,
+    fresh: Fresh = False,
     device: Device = "auto",
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Load pickle weights (weights_only=True). Unsafe formats only.")
-    ] = False,
+    allow_pickle: AllowPickle = False,
     quiet: Quiet = False,
 ) -> None:
     """Scan an encoder for a task-agnostic backdoor (LMSanitator PV mining).

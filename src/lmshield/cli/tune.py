@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Device, Overwrite, Quiet, TextField, friendly_errors, output_dir, refuse_to_replace
+from lmshield.cli._common import (
+    AllowPickle,
+    Device,
+    Fresh,
+    LabelField,
+    Overwrite,
+    Quiet,
+    TextField,
+    friendly_errors,
+    output_dir,
+    refuse_to_replace,
+)
 
 
 @friendly_errors
@@ -32,16 +43,14 @@ def tune_command(
         str, typer.Option(help="Prompt tuning's start: vocab (random word embeddings) or random (N(0, 1)).")
     ] = "vocab",
     text_field: TextField = None,
-    label_field: Annotated[str, typer.Option(help="Label field.")] = "label",
+    label_field: LabelField = "label",
     split: Annotated[str, typer.Option(help="Split, when --train is a dataset id.")] = "train",
     limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.", min=1)] = None,
     keep_head: Annotated[bool, typer.Option(help="Keep the checkpoint's sequence-classification head.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    fresh: Annotated[bool, typer.Option(help="Discard an interrupted run's checkpoint in --out.")] = False,
+    fresh: Fresh = False,
     overwrite: Overwrite = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Load pickle weights (weights_only=True); refused by default: pickle can run code.")
-    ] = False,
+    allow_pickle: AllowPickle = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
