@@ -252,21 +252,31 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         """Refuse bad settings before any model is loaded: an evaluation can run for hours."""
-        from lmshield.defenses.psim.config import PSIMConfig
         from lmshield.errors import InputError
-        from lmshield.tuning import TuningConfig
 
         if not self.strategies:
             raise InputError("name at least one victim strategy")
         for strategy in self.strategies:
-            TuningConfig(method=strategy, keep_head=True, seed=self.seed, **self.victim)
-        PSIMConfig.from_dict({"seed": self.seed, **self.psim})
+            self.victim_config(strategy)
+        self.psim_config()
         for name in ("max_train", "max_dev", "max_test", "psim_train"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         if self.target_frr is not None:
             check_target_frr(self.target_frr)
+
+    def victim_config(self, strategy: str) -> Any:
+        """The :class:`lmshield.tuning.TuningConfig` a victim of ``strategy`` is tuned with."""
+        from lmshield.tuning import TuningConfig
+
+        return TuningConfig(method=strategy, keep_head=True, seed=self.seed, **self.victim)
+
+    def psim_config(self) -> Any:
+        """PSIM's :class:`PSIMConfig` (older settings' names are read too)."""
+        from lmshield.defenses.psim.config import PSIMConfig
+
+        return PSIMConfig.from_dict({"seed": self.seed, **self.psim})
 
     @classmethod
     def preset(cls, name: str = "release") -> EvalSettings:
@@ -475,10 +485,11 @@ class _EvalData:
     ) -> Any:
         """Tune one victim from the released weights and record its answers on clean and triggered inputs."""
         from lmshield.evaluation.baselines_eval import VictimAnswers
-        from lmshield.tuning import TuningConfig, tune
+        from lmshield.tuning import tune
 
-        tuning = TuningConfig(method=strategy, keep_head=True, seed=settings.seed, **settings.victim)
-        victim = tune(model_dir, self.train, self.dev, tuning, device=device, progress=progress).classifier
+        victim = tune(
+            model_dir, self.train, self.dev, settings.victim_config(strategy), device=device, progress=progress
+        ).classifier
         clean_predicted = victim.predict(self.test.texts)
         return VictimAnswers(
             attack=self.manifest.attack,
@@ -505,12 +516,11 @@ def _fit_psim(
     progress: bool,
 ) -> tuple[list[float], list[float], float]:
     """Fit PSIM on the task's training texts (labels dropped), calibrate it if asked, score the test inputs."""
-    from lmshield.defenses.psim import PSIM, PSIMConfig
+    from lmshield.defenses.psim import PSIM
     from lmshield.tuning import read_labelled
 
     psim_texts = read_labelled(data.task / "train.json").texts[: settings.psim_train]
-    config = PSIMConfig.from_dict({"seed": settings.seed, **settings.psim})  # reads older settings' names too
-    psim = PSIM.from_config(config, device=device, progress=progress)
+    psim = PSIM.from_config(settings.psim_config(), device=device, progress=progress)
     psim.fit(model_dir, psim_texts, data.manifest.num_labels)
     if settings.target_frr is not None:
         psim.calibrate(data.dev.texts, settings.target_frr)
@@ -526,10 +536,9 @@ def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings
     (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
     sweep = threshold_sweep(result.clean_scores, result.poisoned_scores)
     (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
-    from lmshield.defenses.psim import PSIMConfig
     from lmshield.reports.plots import plot_score_histogram
 
-    kind = PSIMConfig.from_dict(settings.psim).score_kind
+    kind = settings.psim_config().score_kind
     read = "top probability" if kind == "probability" else "normalised top probability"
     plot_score_histogram(
         result.clean_scores, result.poisoned_scores, result.threshold, out / "psim_confidence.png",
