@@ -33,10 +33,9 @@ def _pv_section(result: ScanResult) -> list[str]:
         used = result.trigger_parts(index)
         hint = ", ".join("/".join(tokens[i][:3]) for i in used)
         positives = float((result.pvs[index] > 0).float().mean())
-        whole = len(used) == len(tokens)
         lines.append(
             f"- **PV {index}** ({positives:.0%} positive dimensions); nearest tokens per trigger vector: {hint}"
-            + ("" if whole else f" (sub-trigger: vectors {used} of its seed's trigger)")
+            + (f" (sub-trigger: vectors {used} of its seed's trigger)" if result.is_sub_trigger(index) else "")
         )
     return lines
 

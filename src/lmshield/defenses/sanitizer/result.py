@@ -83,11 +83,14 @@ class ScanResult:
         parts = next((t.parts for t in self.trace if t.pv_index == index), None)
         return list(parts) if parts else list(range(len(self.nearest_tokens[index])))
 
+    def is_sub_trigger(self, index: int) -> bool:
+        """Whether PV ``index`` comes from only some vectors of its seed's soft trigger."""
+        return len(self.trigger_parts(index)) < len(self.nearest_tokens[index])
+
     def trigger_hint(self, index: int) -> str:
         """The vocabulary token nearest each vector of PV ``index``'s trigger (only its sub-trigger's vectors)."""
-        tokens = self.nearest_tokens[index]
-        hint = " ".join(tokens[i][0] for i in self.trigger_parts(index))
-        return hint if len(self.trigger_parts(index)) == len(tokens) else f"{hint} (sub-trigger)"
+        hint = " ".join(self.nearest_tokens[index][i][0] for i in self.trigger_parts(index))
+        return f"{hint} (sub-trigger)" if self.is_sub_trigger(index) else hint
 
     def summary(self) -> str:
         seeds = self.num_seeds
