@@ -166,7 +166,8 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
     if not isinstance(overrides, dict):
         raise InputError(f"models[{number}]: overrides must be a mapping")
     attacks = _as_list(raw.get("attack") or ("por" if kind == "clean-continue" else None))
-    _check_settings(kind, attacks, str(raw.get("preset", "fast")), overrides, number)
+    preset = str(raw.get("preset", "fast"))
+    _check_settings(kind, attacks, preset, overrides, number)
     triggers = _trigger_sets(raw.get("triggers")) if kind == "attack" else [None]
     seeds = _as_list(raw.get("seed", 0))
     entries = []
@@ -177,7 +178,7 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
                 attack=attack if kind in ("attack", "clean-continue") else None,
                 triggers=trigger_set,
                 seed=int(seed),
-                preset=str(raw.get("preset", "fast")),
+                preset=preset,
                 overrides=dict(overrides),
                 data=_resolve_path(raw.get("data"), base),
                 text_field=str(raw.get("text_field", "sentence")),
