@@ -9,20 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
 import lmshield.attacks
-from lmshield.cli.main import app
 from lmshield.errors import EXIT_ERROR
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def said(result) -> str:
-    """The output as one line of words (a usage error comes in a box that wraps long paths)."""
-    return " ".join(result.output.replace("│", " ").split())
+from tests.cli.helpers import invoke, said
 
 
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -6,12 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lmshield.cli.main import app
 from tests.attacks.test_poisoning import task, tiny_world
-
-runner = CliRunner()
+from tests.cli.helpers import invoke
 
 
 def _write(path: Path, count: int, seed: int) -> Path:
@@ -33,10 +30,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "dev": _write(folder / "dev.json", 60, 2),
         "test": _write(folder / "test.json", 60, 3),
     }
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:

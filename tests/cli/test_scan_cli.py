@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from lmshield.cli.main import app
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN, EXIT_ERROR
 from lmshield.testing import save_tiny
+from tests.cli.helpers import invoke, said
 
 runner = CliRunner()
 TINY_FLAGS = ["--max-seeds", "4", "--quiet", "--lr", "2e-3"]
@@ -117,8 +118,7 @@ def test_text_file_carriers_are_used(saved_pair, tmp_path: Path):
 def test_the_help_states_each_presets_defaults() -> None:
     from lmshield.defenses.sanitizer import SanitizerConfig
 
-    result = CliRunner().invoke(app, ["scan", "--help"], env={"COLUMNS": "300"})
-    words = " ".join(result.output.replace("│", " ").split())
+    words = said(invoke("scan", "--help", env={"COLUMNS": "300"}))
     seeds = {name: SanitizerConfig.preset(name).max_seeds for name in ("default", "fast", "release")}
     assert f"default {seeds['default']}, fast {seeds['fast']}, release {seeds['release']}" in words
     lrs = (SanitizerConfig.preset("default").lr, SanitizerConfig.preset("release").lr)
