@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmshield.evaluation.baselines_eval import BaselineSettings
     from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
+    from lmshield.jsonio import dumps
 
     settings = EvalSettings.preset(args.preset)
     changes = {"target_frr": args.target_frr}
@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    (RESULTS / f"{name}.json").write_text(dumps(payload, indent=2), encoding="utf-8")
     print(header + table)
-    print(json.dumps(extra, indent=2))
+    print(dumps(extra, indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,15 @@ def test_confidence_histogram(tmp_path: Path) -> None:
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
 
 
+def strict_json(path: Path) -> Any:
+    """``path`` read as standard JSON: Python's ``NaN`` / ``Infinity`` extensions are refused."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{path.name} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
 def _write_task(folder: Path) -> Path:
     folder.mkdir(parents=True)
     for name, data in (("train", task(120, 21)), ("dev", task(40, 22)), ("test", task(80, 23))):
@@ -135,6 +145,9 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
     assert len(result.clean_scores) == 80 and len(result.poisoned_scores) == task(80, 23).labels.count(1)
     for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png", "report.md", "psim/psim.json"):
         assert (tmp_path / "out" / name).is_file()
+    sweep = strict_json(tmp_path / "out" / "sweep.json")
+    assert sweep[0] == {"threshold": None, "frr": 1.0, "far": 0.0}  # below every score: -inf, written as null
+    assert [r["strategy"] for r in strict_json(tmp_path / "out" / "rows.json")] == ["lora", "full", "lora"]
     assert EvalSettings.preset("fast").max_train == 480
 
 
@@ -187,6 +200,11 @@ def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pyt
 def test_the_table_marks_metrics_that_do_not_apply() -> None:
     row = toy_row()  # no source answers: the flip ASR does not apply
     assert markdown_table([row]).splitlines()[-1].endswith("| 0.775 | - | - |")
+    saved = row.to_dict()
+    assert (saved["flip_asr"], saved["flip_asr_psim"], saved["asr"]) == (None, None, 0.8)  # JSON has no NaN
+    loaded = PSIMRow.from_dict(json.loads(json.dumps(saved)))
+    assert math.isnan(loaded.flip_asr) and math.isnan(loaded.flip_asr_psim)
+    assert (loaded.asr, loaded.threshold, loaded.clean_accuracy_drop) == (row.asr, row.threshold, 0.25)
 
 
 def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(

@@ -20,6 +20,7 @@ from lmshield.cli._common import (
     refuse_to_replace,
 )
 from lmshield.errors import InputError
+from lmshield.jsonio import dumps
 
 app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
 
@@ -227,6 +228,6 @@ def eval_command(
     table = markdown_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table, encoding="utf-8")
-    (out / "rows.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
+    (out / "rows.json").write_text(dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
     typer.echo(table)
     typer.echo(f"results: {out}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmshield.errors import InputError
+from lmshield.jsonio import dumps, json_ready
 from lmshield.text.triggers import insert_words
 
 if TYPE_CHECKING:
@@ -88,17 +89,6 @@ def _cell(value: float, width: int) -> str:
     return f"{'-' if math.isnan(value) else f'{value:.3f}':>{width}}"
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN (a rate that does not apply) becomes ``null``: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    return value
-
-
 @dataclass
 class TriggerReport:
     trigger: str
@@ -140,12 +130,12 @@ class GuardEvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; a rate that does not apply (NaN) is ``None``."""
-        return _json_ready(asdict(self))
+        return json_ready(asdict(self))
 
     def save(self, path: str | Path) -> Path:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        out.write_text(dumps(self.to_dict(), indent=2), encoding="utf-8")
         return out
 
     def table(self) -> str:

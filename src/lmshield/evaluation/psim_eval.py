@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
 from lmshield.evaluation.detection import roc_auc
+from lmshield.jsonio import dumps, json_ready, nan_if_none
 from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_json
 
 if TYPE_CHECKING:
@@ -148,13 +149,15 @@ class PSIMRow:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "clean_accuracy_drop": self.clean_accuracy_drop}
+        """Plain values for JSON; a metric that does not apply (NaN) is ``None``."""
+        return json_ready({**asdict(self), "clean_accuracy_drop": self.clean_accuracy_drop})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PSIMRow:
-        """Inverse of :meth:`to_dict` (the derived drop is recomputed)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Inverse of :meth:`to_dict` (``None`` metrics read back as NaN; the derived drop is recomputed)."""
+        metrics = {f.name for f in fields(cls) if f.type == "float"}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**{k: nan_if_none(v) if k in metrics else v for k, v in values.items()})
 
 
 def psim_row(
@@ -532,10 +535,10 @@ def _fit_psim(
 def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings: EvalSettings, model: str) -> None:
     """rows.json, table.md, sweep.json, the confidence histogram and report.md."""
     every_row = result.all_rows
-    (out / "rows.json").write_text(json.dumps([r.to_dict() for r in every_row], indent=2), encoding="utf-8")
+    (out / "rows.json").write_text(dumps([r.to_dict() for r in every_row], indent=2), encoding="utf-8")
     (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
     sweep = threshold_sweep(result.clean_scores, result.poisoned_scores)
-    (out / "sweep.json").write_text(json.dumps([asdict(p) for p in sweep]), encoding="utf-8")
+    (out / "sweep.json").write_text(dumps([asdict(p) for p in sweep]), encoding="utf-8")
     from lmshield.reports.plots import plot_score_histogram
 
     kind = settings.psim_config().score_kind

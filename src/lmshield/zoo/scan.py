@@ -17,6 +17,7 @@ from typing import Any
 
 from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
+from lmshield.jsonio import dumps
 from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json, text_source_of
 from lmshield.zoo.executors import run_tasks
 
@@ -187,8 +188,7 @@ def write_reports(out: Path, rows: list[dict[str, Any]], metrics: DetectionMetri
         writer.writeheader()
         writer.writerows(rows)
     (out / "detection.md").write_text(markdown_table(rows, metrics), encoding="utf-8")
-    payload = json.dumps(metrics.to_dict(), indent=2).replace("NaN", "null")
-    (out / "metrics.json").write_text(payload, encoding="utf-8")
+    (out / "metrics.json").write_text(dumps(metrics.to_dict(), indent=2), encoding="utf-8")
     plot_roc(rows, out / "roc.png")
 
 

@@ -1,0 +1,30 @@
+"""Standard JSON for lmshield's reports: a metric that does not apply (NaN) or an unbounded threshold (inf)
+is written as ``null``, since JSON has no NaN or Infinity and strict readers (``jq``, ``JSON.parse``) refuse
+Python's ``NaN`` / ``Infinity`` extensions."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth of dicts, lists and tuples, replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def dumps(payload: Any, **kwargs: Any) -> str:
+    """:func:`json.dumps` of :func:`json_ready` ``(payload)``; never emits ``NaN`` or ``Infinity``."""
+    return json.dumps(json_ready(payload), allow_nan=False, **kwargs)
+
+
+def nan_if_none(value: float | None) -> float:
+    """Inverse of :func:`json_ready` for a metric: ``None`` (a metric that did not apply) reads back as NaN."""
+    return math.nan if value is None else value
