@@ -99,6 +99,24 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert both.exit_code == 2 and "not both" in both.output
     stray = invoke("predict", victim, served, "--psim", psim_dir, "--threshold", 0.5)
     assert stray.exit_code == 2 and "go with --scan" in stray.output
+    stray = invoke("predict", victim, served, "--psim-model", model)
+    assert stray.exit_code == 2 and "goes with --psim" in stray.output
+
+    # the released model moved: PSIM and the victim find it where they are told, and answer as before
+    moved = model.rename(root / "moved")
+    lost = invoke("psim", "score", psim_dir, "--texts", inputs)
+    assert lost.exit_code == 2 and "--model for a PSIM" in lost.output
+    result = invoke("psim", "score", psim_dir, "--texts", inputs, "--model", moved, "--out", root / "again.jsonl")
+    assert result.exit_code == 0, result.output
+    scores = [[json.loads(line)["score"] for line in (root / name).read_text().splitlines()]
+              for name in ("scores.jsonl", "again.jsonl")]  # fmt: skip
+    assert scores[0] == scores[1]  # (the flags follow the threshold, which calibrate has changed since)
+    result = invoke("predict", victim, served, "--psim", psim_dir, "--base", moved, "--psim-model", moved,
+                    "--out", root / "served-again.jsonl")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (root / "served-again.jsonl").read_text() == (root / "served.jsonl").read_text()
+    result = invoke("predict", victim, served, "--psim", psim_dir, "--base", moved)
+    assert result.exit_code == 2 and "--psim-model in predict" in result.output
 
 
 def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None:

@@ -83,6 +83,10 @@ def predict_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     base: Base = None,
+    psim_model: Annotated[
+        Path | None,
+        typer.Option(help="With --psim: where the released model PSIM was fitted on now lives, if it moved."),
+    ] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -98,10 +102,14 @@ def predict_command(
     guard_options = {k: v for k, v in guard_options.items() if v is not None}
     if scan is None and (guard_options or calibrate is not None or save_calibration is not None):
         raise InputError("--threshold, --purge, --max-removed, --calibrate and --save-calibration go with --scan")
+    if psim is None and psim_model is not None:
+        raise InputError("--psim-model goes with --psim")
     items = read_texts(texts, field)
     progress = not quiet and len(items) > PROGRESS_FROM
     if psim is not None:
-        rows = _psim_rows(classifier, psim, items, resolve_device(device), base, progress=progress)
+        rows = _psim_rows(
+            classifier, psim, items, resolve_device(device), base=base, psim_model=psim_model, progress=progress
+        )
     elif scan is None:
         model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device), base=base)
         output = model.classify(items, batch_size, progress=progress)
@@ -128,14 +136,22 @@ def predict_command(
 
 
 def _psim_rows(
-    classifier: Path, psim_dir: Path, items: list[str], device: str | None, base: Path | None, progress: bool
+    classifier: Path,
+    psim_dir: Path,
+    items: list[str],
+    device: str | None,
+    *,
+    base: Path | None,
+    psim_model: Path | None,
+    progress: bool,
 ) -> list[dict]:
-    """The victim's answers behind PSIM: refused inputs get no label."""
+    """The victim's answers behind PSIM: refused inputs get no label. ``base`` / ``psim_model``: where the
+    victim's base and PSIM's released model now live, if they moved."""
     from lmshield.defenses.psim import PSIM, ShieldedClassifier
     from lmshield.tuning import TunedClassifier
 
     victim = TunedClassifier.from_pretrained(classifier, device=device, base=base)
-    psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress)
+    psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress, model=psim_model)
     if psim.num_labels_ != len(victim.label_names):
         raise InputError(f"the PSIM knows {psim.num_labels_} labels, the classifier {len(victim.label_names)}")
     report = ShieldedClassifier(psim, victim).predict(items)

@@ -384,7 +384,7 @@ def _base_location(out: Path, base: BaseModelInfo, moved_to: str | Path | None =
         return base.source  # a hub id: loaded again from the hub (or its cache)
     raise InputError(
         f"{out}: the base model directory {base.directory} no longer exists; if it moved, give its new place "
-        "(--base for a classifier, --model for a PSIM; base= / model= in Python)"
+        "(--base for a classifier; --model for a PSIM, --psim-model in predict; base= / model= in Python)"
     )
 
 
