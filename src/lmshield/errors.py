@@ -26,6 +26,10 @@ class InputError(LmshieldError):
     """A text source, setting or file given by the user is unusable."""
 
 
+class ScanError(LmshieldError):
+    """The scan cannot reach a verdict on this model (which must then not pass as clean)."""
+
+
 def reject_unknown(settings: Any, names: Iterable[str], what: str) -> None:
     """Raise :class:`InputError` naming the first of ``names`` that is not a field of the dataclass ``settings``."""
     known = {f.name for f in dataclasses.fields(settings)}

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
 from lmshield.defenses.sanitizer import mining as mining_module
 from lmshield.defenses.sanitizer.monitor import sign_match
-from lmshield.errors import InputError
+from lmshield.errors import InputError, ScanError
 from lmshield.testing import TINY_ARCHITECTURES, tiny_encoder
 from tests.tiny_pairs import TINY_SCAN
 
@@ -269,3 +269,15 @@ def test_a_finished_backdoored_scan_resumes_with_its_pvs(bert_pair, tmp_path: Pa
     again = scan(backdoored, TINY_SCAN, progress=False, out_dir=tmp_path)  # every seed from progress.*
     assert again.verdict == "backdoored"
     assert torch.equal(again.pvs, first.pvs) and torch.equal(again.triggers, first.triggers)
+
+
+def test_outputs_that_turn_nan_stop_the_scan_instead_of_passing_it(bert_pair, monkeypatch: pytest.MonkeyPatch):
+    """A seed whose distances are NaN fails every threshold test; taken as 'rejected' it would make the model
+    pass as clean."""
+    _, backdoored, _ = bert_pair
+    original = mining_module.PVMiner.triggered_outputs
+    monkeypatch.setattr(
+        mining_module.PVMiner, "triggered_outputs", lambda self, *args: original(self, *args) * math.nan
+    )
+    with pytest.raises(ScanError, match=r"NaN or infinite while mining seeds \[0, 1, 2, 3\]"):
+        scan(backdoored, TINY_SCAN, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -99,6 +100,11 @@ def test_pickle_state_dict_loads_with_opt_in(tiny_bert_dir: Path, tmp_path: Path
         ("unsupported", "unsupported architecture 'gpt2'"),
         ("no_config", "no config.json"),
         ("partial", "lack or misshape 2 of the model's tensors"),
+        ("nan_row", "'embeddings.word_embeddings.weight' holds NaN"),
+        ("inf_weight", "holds NaN or infinite values"),
+        ("layers", "asks for 100000 layers; the weights hold 2"),
+        ("weights_dir", "model.safetensors: not a regular file"),
+        ("index_without_map", "unreadable shard index \\(no 'weight_map'\\)"),
     ],
 )
 def test_bad_model_directories_fail_with_one_clear_line(
@@ -123,6 +129,24 @@ def test_bad_model_directories_fail_with_one_clear_line(
         weights = load_file(target / "model.safetensors")
         dropped = [k for k in weights if "layer.0.attention" in k][:2]
         save_file({k: v for k, v in weights.items() if k not in dropped}, target / "model.safetensors")
+    elif breakage in ("nan_row", "inf_weight"):  # one [MASK]-like row no clean input uses; one query weight
+        weights = load_file(target / "model.safetensors")
+        name = (
+            "embeddings.word_embeddings.weight"
+            if breakage == "nan_row"
+            else "encoder.layer.1.attention.self.query.weight"
+        )
+        weights[name][3 if breakage == "nan_row" else 0, 0] = math.nan if breakage == "nan_row" else math.inf
+        save_file(weights, target / "model.safetensors")
+    elif breakage == "layers":  # would take minutes and gigabytes to build before the weights are compared
+        config = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 100_000}))
+    elif breakage == "weights_dir":
+        (target / "model.safetensors").unlink()
+        (target / "model.safetensors").mkdir()
+    elif breakage == "index_without_map":
+        (target / "model.safetensors").rename(target / "shard.safetensors")
+        (target / "model.safetensors.index.json").write_text('{"metadata": {}}')
     with pytest.raises(ModelLoadError, match=message) as info:
         load_encoder(target)
     assert "\n" not in str(info.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -130,11 +131,15 @@ def _safetensors_weights(directory: Path) -> list[Path]:
     ``model.safetensors.index.json`` (other files beside them, a scan's ``pvs.safetensors`` say, are not weights)."""
     if (directory / SAFETENSORS_WEIGHTS).is_file():
         return [directory / SAFETENSORS_WEIGHTS]
+    if (directory / SAFETENSORS_WEIGHTS).exists():  # a device, a pipe or a folder under the weights' name
+        raise ModelLoadError(f"{directory / SAFETENSORS_WEIGHTS}: not a regular file")
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except KeyError as exc:
+            raise ModelLoadError(f"{index}: unreadable shard index (no 'weight_map')") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
             raise ModelLoadError(f"{index}: unreadable shard index ({type(exc).__name__}: {exc})") from exc
         outside = [name for name in shards if not isinstance(name, str) or Path(name).name != name]
         if outside:
@@ -161,13 +166,41 @@ def read_tensors(file: str | Path, device: str | torch.device = "cpu") -> dict[s
     return state
 
 
-def _check_safetensors(file: Path) -> None:
+def _check_safetensors(file: Path) -> list[str]:
+    """The names of the tensors in ``file``, once its header and tensor table proved readable."""
     try:
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                handle.get_slice(key)
+            names = list(handle.keys())
+            for name in names:
+                handle.get_slice(name)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{file}: corrupted or truncated safetensors file ({exc})") from exc
+    return names
+
+
+LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.3.attention..., model.layers.3...
+
+
+def _check_layer_count(directory: Path, config: PretrainedConfig, weights: list[Path], is_pickle: bool) -> None:
+    """Refuse a config that asks for more layers than its weights hold, before building them: a config.json of
+    100,000 layers would otherwise take minutes and gigabytes to fail. (Models whose tensor names carry no
+    layer index, ALBERT's shared layers say, are left to the weight check.)"""
+    wanted = getattr(config, "num_hidden_layers", None)
+    if is_pickle or not isinstance(wanted, int):
+        return
+    names = [name for file in weights for name in _check_safetensors(file)]
+    indices = {int(match.group(1)) for name in names if (match := LAYER_INDEX.search(name))}
+    if indices and wanted > max(indices) + 1:
+        raise ModelLoadError(f"{directory}/config.json asks for {wanted} layers; the weights hold {max(indices) + 1}")
+
+
+def _check_finite(directory: Path, model: PreTrainedModel) -> None:
+    """Refuse parameters holding NaN or infinite values: one NaN row (an embedding no clean input uses, say)
+    would blind the scan to a backdoor the model still carries. (Buffers, where masks may hold -inf, are not
+    weights.)"""
+    broken = next((n for n, t in model.named_parameters() if not bool(t.isfinite().all())), None)
+    if broken is not None:
+        raise ModelLoadError(f"{directory}: tensor {broken!r} holds NaN or infinite values")
 
 
 def load_tokenizer(directory: Path):  # noqa: ANN201 - transformers has no single tokenizer base type
@@ -230,6 +263,7 @@ def _build_model(
     except Exception as exc:
         raise ModelLoadError(f"{directory}: weights do not match the config ({exc})") from exc
     _check_complete(directory, model, info)
+    _check_finite(directory, model)
     return model
 
 
@@ -277,6 +311,7 @@ def load_pretrained(
     directory = resolve_model_dir(name_or_path)
     config = load_config(directory, check_architecture)
     weights, is_pickle = find_weights(directory, allow_pickle)
+    _check_layer_count(directory, config, weights, is_pickle)
     tokenizer = load_tokenizer(directory)
     model = _build_model(directory, config, weights, is_pickle, auto_class, **model_kwargs)
     model.eval().to(resolve_device(device))

@@ -19,6 +19,7 @@ from lmshield.defenses.sanitizer.carriers import PreparedCarriers, insert_soft_t
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.defenses.sanitizer.monitor import sign_consistency
 from lmshield.defenses.sanitizer.result import SeedTrace
+from lmshield.errors import ScanError
 from lmshield.models.encoder import Encoder
 
 ADAM_BETAS = (0.9, 0.999)
@@ -177,6 +178,12 @@ class PVMiner:
                 dist=f"{float(distance.max()) / self.distance_scale():.3g}",
                 collapse=f"{float(entropy.max()) / self.entropy_ceiling:.4f}",
                 active=len(active),
+            )
+        if not bool(distance_sum.isfinite().all() and entropy_sum.isfinite().all()):
+            seeds = [state.seeds[i] for i in active.tolist()]
+            raise ScanError(
+                f"the encoder's outputs became NaN or infinite while mining seeds {seeds}: the scan cannot judge "
+                "this model (it must not pass as clean); check its weights and the scan's learning rate"
             )
         for rank, i in enumerate(active.tolist()):
             history.distance[i].append(float(distance_sum[rank]) / self.steps_per_epoch / self.distance_scale())
