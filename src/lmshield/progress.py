@@ -18,6 +18,7 @@ from lmshield import __version__
 from lmshield.errors import InputError
 
 PROGRESS_JSON = "progress.json"  # the file name every resumable job keeps its progress under
+CHECKPOINT_DIR = "checkpoint"  # where a training run (tune, poison) keeps its progress, inside its output folder
 FRESH_HINT = "use another output folder or pass --fresh to discard it"
 
 

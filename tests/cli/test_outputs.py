@@ -54,6 +54,45 @@ def test_a_folder_holding_something_else_is_refused_even_with_overwrite(
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        ["tune", "--train", "t.jsonl", "--overwrite"],
+        ["psim", "fit", "m", "--texts", "t", "--overwrite"],
+        ["scan", "no-model", "--fresh"],
+        ["poison", "badnet", "no-model", "--data", "DATA", "--overwrite"],
+        ["attack", "por", "--model", "no-model", "--overwrite"],
+    ],
+)
+def test_a_folder_of_other_files_is_never_written_over(tmp_path: Path, command: list[str]) -> None:
+    """A user's folder that holds no result of the command (nor its progress) is refused before any work."""
+    for name in ("head.safetensors", "report.md", "model.safetensors"):
+        (tmp_path / name).write_text("mine")
+    data = tmp_path.parent / f"{tmp_path.name}-data.jsonl"  # poison reads its data first
+    data.write_text('{"sentence": "a b c", "label": 0}\n{"sentence": "d e f", "label": 1}\n')
+    result = invoke(*[str(data) if part == "DATA" else part for part in command], "--out", tmp_path)
+    assert result.exit_code == EXIT_ERROR and "is not empty and holds no" in said(result), result.output
+    assert all((tmp_path / name).read_text() == "mine" for name in ("head.safetensors", "report.md"))
+
+
+def test_a_scan_never_writes_inside_the_scanned_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model folder could ship forged progress at the default output place (scans/<name>): scanning it from
+    inside must not resume from it."""
+    from lmshield.testing import save_tiny, tiny_encoder
+
+    model = save_tiny(tiny_encoder("bert"), tmp_path / "model")
+    (model / "scans" / "model").mkdir(parents=True)
+    (model / "scans" / "model" / "progress.json").write_text("{}")
+    monkeypatch.chdir(model)
+    result = invoke("scan", ".", "--quiet")
+    assert result.exit_code == EXIT_ERROR and "lies inside the scanned model's folder" in said(result), result.output
+    inside = invoke("scan", str(model), "--out", model / "result", "--quiet")
+    assert inside.exit_code == EXIT_ERROR and "choose an output folder outside it" in said(inside)
+    itself = invoke("scan", str(model), "--out", model, "--quiet")
+    assert itself.exit_code == EXIT_ERROR and "holds a model, not a scan result" in said(itself)
+    assert not (model / "result").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["tune", "--train", "t.jsonl", "--out", "o", "--limit", "-1"], "--limit"),

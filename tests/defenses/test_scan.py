@@ -168,6 +168,41 @@ def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):
     assert scan(clean, config, progress=False, out_dir=tmp_path, fresh=True).verdict == "clean"
 
 
+def _edit_progress(folder: Path, number: int, **changes) -> None:
+    saved = json.loads((folder / "progress.json").read_text())
+    saved["outcomes"][number].update(changes)
+    (folder / "progress.json").write_text(json.dumps(saved))
+
+
+def _replace_pv(folder: Path, pv: torch.Tensor) -> None:
+    tensors = load_file(folder / "progress.safetensors")
+    tensors["pv.0"] = pv
+    save_file(tensors, str(folder / "progress.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("forge", "message"),
+    [
+        (lambda d: _edit_progress(d, 0, status="maybe"), "status 'maybe' where seed 0"),
+        (lambda d: _edit_progress(d, 1, seed=7), "seed 7 with status .* where seed 1"),
+        (lambda d: _edit_progress(d, 0, distance=[None]), "distances that are not finite"),
+        (lambda d: _replace_pv(d, torch.full((32,), math.nan)), "PV is missing, not of shape \\(32,\\), or not finite"),
+        (lambda d: _replace_pv(d, torch.zeros(5)), "PV is missing"),
+        (lambda d: (d / "progress.safetensors").write_bytes(b"{}"), "damaged scan progress"),
+    ],
+)
+def test_saved_seeds_are_checked_before_a_scan_resumes_from_them(bert_pair, tmp_path: Path, forge, message: str):
+    """Progress is input too: a seed this scan could not have written is refused, not turned into a verdict."""
+    _, backdoored, _ = bert_pair
+    config = TINY_SCAN.replace(max_seeds=2, mode="search")
+    first = scan(backdoored, config, progress=False, out_dir=tmp_path)
+    assert first.trace[0].status == "accepted" and backdoored.hidden_size == 32
+    forge(tmp_path)
+    with pytest.raises(InputError, match=message) as caught:
+        scan(backdoored, config, progress=False, out_dir=tmp_path)
+    assert "--fresh" in str(caught.value)
+
+
 @pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
 def test_every_architecture_can_be_scanned(model_type: str):
     encoder = tiny_encoder(model_type)

@@ -91,13 +91,22 @@ ARTEFACTS = {  # the file at a folder's top that says what the folder holds
 }
 
 
-def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool) -> None:
-    """Stop before any work when ``out`` already holds a finished ``what`` (its ``marker`` file), unless
-    ``overwrite``: a rerun with other settings must not silently replace a result others point at. A folder
-    holding something else (a model, a scan, another kind of result) is refused even with ``overwrite``."""
+def refuse_foreign(out: Path, marker: str, what: str, resumable: tuple[str, ...] = ()) -> None:
+    """Stop before any work when ``out`` holds something other than a ``what`` (its ``marker`` file) or the
+    progress of one (any of the ``resumable`` files): another kind of artefact (a model, a scan, ...), or a
+    folder of other files, which the run would write over."""
     other = next((name for file, name in ARTEFACTS.items() if file != marker and (out / file).is_file()), None)
     if other is not None:
         raise InputError(f"{out} holds a {other}, not a {what}; choose another --out")
+    ours = any((out / name).is_file() for name in (marker, *resumable))
+    if not ours and out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty and holds no {what}: its files could be written over; choose a new --out")
+
+
+def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resumable: tuple[str, ...] = ()) -> None:
+    """:func:`refuse_foreign`, and stop when ``out`` already holds a finished ``what`` unless ``overwrite``: a
+    rerun with other settings must not silently replace a result others point at."""
+    refuse_foreign(out, marker, what, resumable)
     if not overwrite and (out / marker).is_file():
         raise InputError(f"{out} already holds a {what}; pass --overwrite to replace it, or choose another --out")
 

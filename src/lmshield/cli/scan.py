@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import AllowPickle, Device, Fresh, Quiet, TextField, friendly_errors, output_dir
+from lmshield.cli._common import (
+    AllowPickle,
+    Device,
+    Fresh,
+    Quiet,
+    TextField,
+    friendly_errors,
+    output_dir,
+    refuse_foreign,
+)
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
 
@@ -56,6 +65,8 @@ def scan_command(
     Exit code 0: clean; 3: backdoored; 2: error.
     """
     from lmshield.defenses.sanitizer import SanitizerConfig, scan
+    from lmshield.defenses.sanitizer.result import SCAN_JSON
+    from lmshield.progress import PROGRESS_JSON
     from lmshield.reports import write_scan_report
     from lmshield.text import TextSource
 
@@ -65,6 +76,7 @@ def scan_command(
     config = SanitizerConfig.preset(preset, **overrides)
     source = TextSource.from_options(texts, dataset, generator=generator, field=field, split=split, column=column)
     out_dir = out or _default_out(model)
+    refuse_foreign(out_dir, SCAN_JSON, "scan result", resumable=(PROGRESS_JSON,))
     result = scan(
         model,
         config,

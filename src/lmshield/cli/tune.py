@@ -56,10 +56,11 @@ def tune_command(
 ) -> None:
     """Tune a classifier (prompt tuning, P-tuning, prefix tuning, LoRA or full fine-tuning)."""
     from lmshield.devices import resolve_device
+    from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON
     from lmshield.tuning import TuningConfig, read_labelled, tune
     from lmshield.tuning.classifier import TUNING_JSON
 
-    refuse_to_replace(out, TUNING_JSON, "tuned classifier", overwrite)
+    refuse_to_replace(out, TUNING_JSON, "tuned classifier", overwrite, resumable=(f"{CHECKPOINT_DIR}/{PROGRESS_JSON}",))
     overrides = {
         "epochs": epochs,
         "lr": lr,

@@ -17,6 +17,7 @@ from lmshield.devices import seed_everything
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder, sha256_of_files
 from lmshield.models.loading import find_weights
+from lmshield.progress import CHECKPOINT_DIR
 from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
 from lmshield.tuning.classifier import TunedClassifier
 from lmshield.tuning.config import TuningConfig
@@ -25,7 +26,6 @@ from lmshield.tuning.data import LabelledData
 logger = logging.getLogger(__name__)
 
 HISTORY_JSON = "training.json"
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass

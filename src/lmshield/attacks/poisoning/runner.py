@@ -25,9 +25,9 @@ from lmshield.attacks.poisoning.paraphrase import Paraphraser
 from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, make_poisoner
 from lmshield.errors import InputError
 from lmshield.models.loading import load_pretrained, load_tokenizer
+from lmshield.progress import CHECKPOINT_DIR
 from lmshield.text.triggers import check_triggers
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
-from lmshield.tuning.trainer import CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 

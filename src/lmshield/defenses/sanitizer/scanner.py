@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,11 @@ class _Checkpoint:
         self.directory = directory
         self.identity = stamp(identity)
 
-    def load(self, fresh: bool) -> list[SeedOutcome]:
+    def load(
+        self, fresh: bool, first_seed: int, pv_shape: tuple[int, ...], trigger_shape: tuple[int, ...]
+    ) -> list[SeedOutcome]:
+        """The finished seeds (``first_seed`` onwards, in order), each checked: a known status, finite distances,
+        and for an accepted seed a finite PV of ``pv_shape`` and trigger of ``trigger_shape``."""
         if self.directory is None or not (self.directory / PROGRESS_JSON).is_file():
             return []
         if fresh:
@@ -48,7 +53,9 @@ class _Checkpoint:
             outcomes = []
             for number, item in enumerate(saved["outcomes"]):
                 pv, trigger = tensors.get(f"pv.{number}"), tensors.get(f"trigger.{number}")
-                outcomes.append(SeedOutcome(SeedTrace(**item), pv=pv, trigger=trigger))
+                outcome = SeedOutcome(SeedTrace(**item), pv=pv, trigger=trigger)
+                _check_outcome(outcome, first_seed + number, pv_shape, trigger_shape)
+                outcomes.append(outcome)
         except (OSError, KeyError, TypeError, ValueError, SafetensorError) as exc:
             raise InputError(f"{self.directory}: damaged scan progress ({exc}); {FRESH_HINT}") from exc
         return outcomes
@@ -73,9 +80,39 @@ class _Checkpoint:
             (self.directory / name).unlink(missing_ok=True)
 
 
+SEED_STATUSES = ("accepted", "rejected", "abandoned")
+
+
+def _check_outcome(outcome: SeedOutcome, seed: int, pv_shape: tuple[int, ...], trigger_shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` for a saved seed this scan could not have written."""
+    trace = outcome.trace
+    if trace.seed != seed or trace.status not in SEED_STATUSES:
+        raise ValueError(f"seed {trace.seed!r} with status {trace.status!r} where seed {seed} was expected")
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in [*trace.distance, *trace.collapse]):
+        raise ValueError(f"seed {seed}: distances that are not finite numbers")
+    if trace.status != "accepted":
+        return
+    for name, tensor, shape in (("PV", outcome.pv, pv_shape), ("trigger", outcome.trigger, trigger_shape)):
+        if tensor is None or tuple(tensor.shape) != shape or not bool(tensor.isfinite().all()):
+            raise ValueError(f"seed {seed}: its {name} is missing, not of shape {shape}, or not finite")
+
+
 def _accepted_pvs(outcomes: list[SeedOutcome], hidden_size: int) -> torch.Tensor:
     pvs = [o.pv for o in outcomes if o.trace.status == "accepted" and o.pv is not None]
     return torch.stack(pvs) if pvs else torch.empty(0, hidden_size)
+
+
+def _check_outside(out_dir: str | os.PathLike[str] | None, model_dir: Path | None) -> None:
+    """Refuse an output folder inside the scanned model's: the model is untrusted, and a folder it ships could
+    hold a forged result or progress that a rerun would resume from."""
+    if out_dir is None or model_dir is None:
+        return
+    out, model = Path(out_dir).resolve(), Path(model_dir).resolve()
+    if out == model or model in out.parents:
+        raise InputError(
+            f"{out_dir} lies inside the scanned model's folder {model_dir}, which the model controls; "
+            "choose an output folder outside it (--out)"
+        )
 
 
 def _score(traces: list[SeedTrace]) -> float:
@@ -105,6 +142,7 @@ def scan(
     started = time.perf_counter()
     config = config or SanitizerConfig()
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
+    _check_outside(out_dir, encoder.directory)
     watched = WatchedPosition.parse(position, default=str(encoder.default_position()))
     source = text_source or TextSource()
     given_texts = texts is not None
@@ -131,7 +169,8 @@ def scan(
         "texts": f"{len(texts)} given texts" if given_texts else source.describe(),
     }
     checkpoint = _Checkpoint(Path(out_dir) if out_dir else None, identity)
-    outcomes = checkpoint.load(fresh)
+    trigger_shape = (config.trigger_length, encoder.embedding_size)
+    outcomes = checkpoint.load(fresh, config.seed, (encoder.hidden_size,), trigger_shape)
     resumed = len(outcomes)
     if outcomes:
         logger.info("resuming: %d seed(s) already finished", len(outcomes))
