@@ -279,6 +279,26 @@ def test_bad_inputs_give_clear_errors(backdoored_classifier: TunedClassifier, sa
         Guard.from_pretrained(saved[0], tmp_path)
 
 
+def test_a_scan_of_other_weights_is_refused_unless_accepted(backdoored_classifier: TunedClassifier, saved) -> None:
+    """Another model's PVs (or another model's clean verdict) would leave the guard blind."""
+    scan_result = ScanResult.from_pretrained(saved[1])
+    assert Guard.from_scan(backdoored_classifier, scan_result).monitor.num_pvs == scan_result.num_pvs
+    for fingerprint, message in ((None, "records no model fingerprint"), ("0" * 64, "is of other weights")):
+        scan_result.model["fingerprint"] = fingerprint
+        with pytest.raises(InputError, match=f"{message}.*--any-scan"):
+            Guard.from_scan(backdoored_classifier, scan_result)
+        assert Guard.from_scan(backdoored_classifier, scan_result, any_scan=True).monitor.num_pvs >= 1
+    scan_result.save_pretrained(saved[1].parent / "other-scan")
+    texts = saved[1].parent / "texts.txt"
+    texts.write_text("the happy city was warm.\n")
+    refused = runner.invoke(app, ["predict", str(saved[0]), str(texts), "--scan", str(saved[1].parent / "other-scan")])
+    assert refused.exit_code == 2 and "--any-scan" in refused.output
+    accepted = runner.invoke(
+        app, ["predict", str(saved[0]), str(texts), "--scan", str(saved[1].parent / "other-scan"), "--any-scan"]
+    )
+    assert accepted.exit_code == 0, accepted.output
+
+
 def test_predict_cli_writes_json_lines(saved, tmp_path: Path) -> None:
     classifier_dir, scan_dir, _ = saved
     texts = tmp_path / "texts.txt"

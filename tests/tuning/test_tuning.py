@@ -308,6 +308,20 @@ def test_changed_base_weights_are_refused(tmp_path: Path) -> None:
         TunedClassifier.from_pretrained(tmp_path)
 
 
+def test_a_base_carried_inside_the_classifier_is_checked_too(tmp_path: Path) -> None:
+    """Tuned from an in-memory encoder, the classifier saves its base in base/; other weights there are refused."""
+    from lmshield.testing import save_tiny
+
+    tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(20, 2), fast("prompt", epochs=1), out_dir=tmp_path / "clf",
+         progress=False)  # fmt: skip
+    recorded = json.loads((tmp_path / "clf" / "tuning.json").read_text())["base"]
+    assert recorded["directory"] is None
+    assert TunedClassifier.from_pretrained(tmp_path / "clf").base.fingerprint == recorded["fingerprint"]
+    save_tiny(tiny_encoder("bert", seed=5), tmp_path / "clf" / "base")
+    with pytest.raises(InputError, match="not the base model's weights"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+
+
 def test_a_moved_base_is_found_where_it_is_said_to_be_and_checked(tmp_path: Path) -> None:
     from lmshield.testing import save_tiny
 

@@ -71,6 +71,11 @@ def output_file(value: Path | None) -> Path | None:
     return value
 
 
+AnyScan = Annotated[
+    bool,
+    typer.Option(help="Accept a scan of other weights than the classifier's base encoder (a re-saved copy, say)."),
+]
+
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 Overwrite = Annotated[bool, typer.Option(help="Replace what a finished run left in --out.")]

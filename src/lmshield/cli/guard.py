@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import Base, Device, LabelField, Quiet, TextField, friendly_errors, output_file
+from lmshield.cli._common import AnyScan, Base, Device, LabelField, Quiet, TextField, friendly_errors, output_file
 from lmshield.errors import InputError
 
 CalibrationTexts = Annotated[
@@ -83,6 +83,7 @@ def predict_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     base: Base = None,
+    any_scan: AnyScan = False,
     psim_model: Annotated[
         Path | None,
         typer.Option(help="With --psim: where the released model PSIM was fitted on now lives, if it moved."),
@@ -100,8 +101,10 @@ def predict_command(
         raise InputError("give --scan or --psim, not both")
     guard_options = {"threshold": threshold, "purge": purge, "max_removed": max_removed}
     guard_options = {k: v for k, v in guard_options.items() if v is not None}
-    if scan is None and (guard_options or calibrate is not None or save_calibration is not None):
-        raise InputError("--threshold, --purge, --max-removed, --calibrate and --save-calibration go with --scan")
+    if scan is None and (guard_options or any_scan or calibrate is not None or save_calibration is not None):
+        raise InputError(
+            "--threshold, --purge, --max-removed, --any-scan, --calibrate and --save-calibration go with --scan"
+        )
     if psim is None and psim_model is not None:
         raise InputError("--psim-model goes with --psim")
     items = read_texts(texts, field)
@@ -123,6 +126,7 @@ def predict_command(
             scan,
             device=resolve_device(device),
             base=base,
+            any_scan=any_scan,
             batch_size=batch_size,
             progress=progress,
             **guard_options,
@@ -203,6 +207,7 @@ def eval_command(
         Path | None, typer.Option(help="Write the report as JSON here.", dir_okay=False, callback=output_file)
     ] = None,
     base: Base = None,
+    any_scan: AnyScan = False,
     device: Device = "auto",
 ) -> None:
     """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""
@@ -217,6 +222,7 @@ def eval_command(
         scan,
         device=resolve_device(device),
         base=base,
+        any_scan=any_scan,
         threshold=threshold,
         max_removed=max_removed,
         batch_size=batch_size,

@@ -69,6 +69,10 @@ class Encoder:
         """sha256 over the weight files (sorted by name), or over the tensors for in-memory models."""
         if self.weight_files:
             return "sha256:" + sha256_of_files(self.weight_files)
+        return self.tensor_fingerprint()
+
+    def tensor_fingerprint(self) -> str:
+        """sha256 over the model's tensors (names and values), wherever they were loaded from."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())

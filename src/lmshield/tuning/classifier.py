@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
-from lmshield.models.loading import load_pretrained, looks_like_path, read_tensors
+from lmshield.models.loading import load_encoder, load_pretrained, looks_like_path, read_tensors
 from lmshield.models.positions import WatchedPosition
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.heads import LinearHead, ReleasedHead
@@ -299,12 +299,14 @@ class TunedClassifier(nn.Module):
         ):
             raise InputError(f"{out / TUNING_JSON}: label_names must be a list of at least 2 names")
         source = _base_location(out, base_info, moved_to=base)
+        in_memory = base_info.directory is None  # tuned from an in-memory encoder, whose copy is in BASE_DIR
+        if check_base and in_memory:
+            _check_base(source, load_encoder(source).tensor_fingerprint(), base_info)
         classifier = cls.build(source, config, label_names, device=device, inference=True)
-        if base_info.directory is not None:  # a base saved inside the classifier directory is checked by loading
-            if check_base and classifier.base.fingerprint != base_info.fingerprint:
-                raise InputError(f"{source}: not the base model's weights the classifier was tuned from")
-            if base is None:  # keep the record; a moved base keeps its new place
-                classifier.base = base_info
+        if check_base and not in_memory:
+            _check_base(source, classifier.base.fingerprint, base_info)
+        if base is None:  # keep the record (what a scan of the base is matched with); a moved base keeps its place
+            classifier.base = base_info
         classifier._load_weights(out)
         return classifier.eval()
 
@@ -369,6 +371,11 @@ def _load_base(
         hidden_size=handle.hidden_size,
     )
     return encoder_model, loaded.tokenizer, info, seq_model
+
+
+def _check_base(source: str, fingerprint: str, recorded: BaseModelInfo) -> None:
+    if fingerprint != recorded.fingerprint:
+        raise InputError(f"{source}: not the base model's weights the classifier was tuned from")
 
 
 def _base_location(out: Path, base: BaseModelInfo, moved_to: str | Path | None = None) -> str:

@@ -140,16 +140,31 @@ class Guard:
             )
 
     @classmethod
-    def from_scan(cls, classifier: TunedClassifier, scan: ScanResult, **kwargs: Any) -> Guard:
-        """A guard with a scan's PVs; the scan must watch the position the classifier reads."""
+    def from_scan(
+        cls, classifier: TunedClassifier, scan: ScanResult, *, any_scan: bool = False, **kwargs: Any
+    ) -> Guard:
+        """A guard with a scan's PVs. The scan must watch the position the classifier reads, and be a scan of the
+        classifier's base encoder (same weights fingerprint): another model's PVs, or a clean verdict about
+        another model, would leave the guard blind. ``any_scan`` skips that check (a re-saved copy of the same
+        weights, say), with a warning."""
         if scan.position != str(classifier.position):
             raise InputError(
                 f"the scan watched position {scan.position!r} but the classifier reads {str(classifier.position)!r}; "
                 "rescan with the matching --position"
             )
-        fingerprint = scan.model.get("fingerprint")
-        if fingerprint and fingerprint != classifier.base.fingerprint:
-            logger.warning("the scan's model fingerprint differs from the classifier's base encoder")
+        fingerprint = scan.model.get("fingerprint") if isinstance(scan.model, dict) else None
+        if fingerprint != classifier.base.fingerprint:
+            problem = (
+                "records no model fingerprint to match with the classifier's base encoder"
+                if not fingerprint
+                else "is of other weights than the classifier's base encoder"
+            )
+            if not any_scan:
+                raise InputError(
+                    f"the scan {problem}; scan that encoder, or pass --any-scan (any_scan=True) if it holds the "
+                    "same weights"
+                )
+            logger.warning("the scan %s (any_scan)", problem)
         return cls(classifier, scan.pvs, **kwargs)
 
     @classmethod
@@ -160,13 +175,14 @@ class Guard:
         *,
         device: str | None = None,
         base: str | Path | None = None,
+        any_scan: bool = False,
         **kwargs: Any,
     ) -> Guard:
         """Load a classifier saved by ``TunedClassifier.save_pretrained`` (``base``: where its base model lives
-        now, if it moved) and a saved ``ScanResult``."""
+        now, if it moved) and a saved ``ScanResult`` of its base encoder (see :meth:`from_scan`)."""
         scan = ScanResult.from_pretrained(scan_dir)
         classifier = TunedClassifier.from_pretrained(classifier_dir, device=device, base=base)
-        return cls.from_scan(classifier, scan, **kwargs)
+        return cls.from_scan(classifier, scan, any_scan=any_scan, **kwargs)
 
     def calibrate(
         self,
