@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -33,3 +34,32 @@ def test_an_interrupted_command_exits_130_with_a_hint() -> None:
 
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 130 and "rerun the same command to resume" in result.output
+
+
+def _failing_app(error: BaseException | None, code: int = 0) -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    @friendly_errors
+    def failing() -> None:
+        if error is not None:
+            raise error
+        raise typer.Exit(code)
+
+    return app
+
+
+def test_an_unforeseen_error_is_one_line_and_exit_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LMSHIELD_DEBUG", raising=False)
+    result = CliRunner().invoke(_failing_app(ValueError("dropout probability\nhas to be between 0 and 1")), [])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == EXIT_ERROR and len(lines) == 1, result.output
+    assert lines[0].startswith("error: unexpected ValueError: dropout probability has to be between 0 and 1")
+    assert "LMSHIELD_DEBUG=1" in lines[0]
+    monkeypatch.setenv("LMSHIELD_DEBUG", "1")  # the traceback, for a bug report
+    debug = CliRunner().invoke(_failing_app(ValueError("boom")), [])
+    assert isinstance(debug.exception, ValueError)
+
+
+def test_a_command_s_own_exit_code_passes_through() -> None:
+    assert CliRunner().invoke(_failing_app(None, code=3), []).exit_code == 3

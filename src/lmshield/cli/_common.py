@@ -9,6 +9,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
 from lmshield.errors import EXIT_ERROR, InputError, LmshieldError
@@ -125,23 +126,42 @@ def quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
+DEBUG_ENV = "LMSHIELD_DEBUG"  # set to 1: unexpected errors keep their traceback
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def friendly_errors(command: F) -> F:
     """Turn an :class:`LmshieldError` into one line on stderr (lines joined) and its exit code, an ``OSError`` into
-    one line and exit code 2; no traceback."""
+    one line and exit code 2, and any other exception (a file lmshield did not foresee, or a bug) into one line
+    and exit code 2 as well, with its traceback only when ``LMSHIELD_DEBUG=1``."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
         except LmshieldError as exc:
-            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {_one_line(str(exc))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # an output path the system refuses: a file in the way, no permission, a full disk
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {_one_line(str(exc))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             typer.secho("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            message = _one_line(f"{type(exc).__name__}: {exc}")
+            typer.secho(
+                f"error: unexpected {message} (rerun with {DEBUG_ENV}=1 for the traceback, and please report it)",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
