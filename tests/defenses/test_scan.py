@@ -87,6 +87,12 @@ def _nan_pvs(scan_dir: Path) -> None:
     save_file(tensors, str(scan_dir / "pvs.safetensors"))
 
 
+def _zero_pvs(scan_dir: Path) -> None:
+    tensors = load_file(scan_dir / "pvs.safetensors")
+    tensors["pvs"] = torch.zeros_like(tensors["pvs"])  # a guard built on them would never flag anything
+    save_file(tensors, str(scan_dir / "pvs.safetensors"))
+
+
 @pytest.fixture(scope="module")
 def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, backdoored, _ = bert_pair
@@ -106,6 +112,13 @@ def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda d: (d / "pvs.safetensors").write_bytes(b"\x00" * 20), "unreadable scan result"),
         (_wrong_size_pvs, "hidden size"),
         (lambda d: _nan_pvs(d), "NaN or infinite"),
+        (lambda d: _damage_json(d, lambda j: j.update(score=math.nan)), "score nan"),
+        (lambda d: _damage_json(d, lambda j: j.update(spread=math.inf)), "spread inf"),
+        (lambda d: _damage_json(d, lambda j: j.update(model={})), "does not record the scanned model's fingerprint"),
+        (lambda d: _damage_json(d, lambda j: j["trace"][0].update(distance="abc")), "not finite numbers"),
+        (lambda d: _damage_json(d, lambda j: j["trace"][0].update(status="skipped")), "status 'skipped'"),
+        (lambda d: _damage_json(d, lambda j: j["config"].update(batch_size=0)), r"scan.json: batch_size"),
+        (_zero_pvs, "zero entries, which no output can match"),
     ],
 )
 def test_damaged_result_is_a_one_line_error(saved_scan: Path, tmp_path: Path, damage, message: str):
@@ -183,8 +196,8 @@ def _replace_pv(folder: Path, pv: torch.Tensor) -> None:
 @pytest.mark.parametrize(
     ("forge", "message"),
     [
-        (lambda d: _edit_progress(d, 0, status="maybe"), "status 'maybe' where seed 0"),
-        (lambda d: _edit_progress(d, 1, seed=7), "seed 7 with status .* where seed 1"),
+        (lambda d: _edit_progress(d, 0, status="maybe"), "seed 0 with status 'maybe'"),
+        (lambda d: _edit_progress(d, 1, seed=7), "seed 7 where seed 1 was expected"),
         (lambda d: _edit_progress(d, 0, distance=[None]), "distances that are not finite"),
         (lambda d: _replace_pv(d, torch.full((32,), math.nan)), "PV is missing, not of shape \\(32,\\), or not finite"),
         (lambda d: _replace_pv(d, torch.zeros(5)), "PV is missing"),

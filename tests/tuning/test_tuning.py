@@ -66,6 +66,17 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
         ({"method": "prompt", "prompt_init": "text"}, "prompt_init"),
         ({"method": "prompt", "num_virtual_tokens": 0}, "num_virtual_tokens"),
         ({"max_length": 2}, "max_length must be at least 8 tokens"),
+        ({"head_dropout": 5}, r"head_dropout must be in \[0, 1\)"),
+        ({"lora_dropout": -0.1}, "lora_dropout"),
+        ({"method": "prompt", "num_virtual_tokens": 10**8}, "num_virtual_tokens must be a whole number from 1 to 512"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number"),
+        ({"lora_targets": ["query", ""]}, "lora_targets must be module names"),
+        # a template is formatted with every input: only {text} and {mask}, once each, with no spec or index
+        ({"head": "mask", "template": "{text} {mask} {0}"}, "nothing else in braces"),
+        ({"head": "mask", "template": "{text:>400000000} {mask}"}, "nothing else in braces"),
+        ({"head": "mask", "template": "{text.__class__} {mask}"}, "nothing else in braces"),
+        ({"head": "mask", "template": "{text} {mask} {text}"}, "once each"),
+        ({"head": "mask", "template": "{text} {mask"}, "not a format string"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
@@ -270,6 +281,8 @@ def _edit_tuning_json(directory: Path, edit) -> None:
         (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names=["only"])), "at least 2 names"),
         (lambda d: (d / "head.safetensors").write_bytes(b"\x08" + b"\x00" * 15), "corrupted or truncated"),
         (_nan_head, "NaN or infinite"),
+        (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(head_dropout=5)), r"tuning.json: head_dropout"),
+        (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(lora_targets=["nowhere"])), "build no classifier"),
     ],
 )
 def test_a_damaged_classifier_is_a_one_line_error(saved_lora: Path, tmp_path: Path, damage, message: str) -> None:

@@ -82,6 +82,10 @@ def test_spec_expands_lists_into_models(tmp_path):
         parse_spec({"models": [{"kind": "attack", "attack": "por", "overrides": {"epoch": 2}}]})
     with pytest.raises(InputError, match=r"models\[0\]: unknown attack 'pro'"):
         parse_spec({"models": [{"kind": "attack", "attack": "pro"}]})
+    with pytest.raises(InputError, match="non-empty 'models' list"):
+        parse_spec({"models": 5})  # was a TypeError traceback
+    with pytest.raises(InputError, match="'text' must be a mapping"):
+        parse_spec({"models": [{"kind": "original"}], "text": ["a"]})
 
 
 @pytest.mark.parametrize(
@@ -227,7 +231,7 @@ def test_several_positions_keep_the_highest_score_and_add_the_times(tmp_path):
             nearest_tokens=[],
             trace=[],
             config=SanitizerConfig(),
-            model={"hidden_size": 8},
+            model={"hidden_size": 8, "fingerprint": "sha256:0"},
             position=position,
             text_source="given",
             spread=1.0,

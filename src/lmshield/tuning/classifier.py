@@ -292,6 +292,8 @@ class TunedClassifier(nn.Module):
             label_names = payload["label_names"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{out / TUNING_JSON}: unreadable ({type(exc).__name__}: {exc})") from exc
+        except InputError as exc:  # a setting out of range: say which file holds it
+            raise InputError(f"{out / TUNING_JSON}: {exc}") from exc
         if (
             not isinstance(label_names, list)
             or len(label_names) < 2
@@ -302,7 +304,12 @@ class TunedClassifier(nn.Module):
         in_memory = base_info.directory is None  # tuned from an in-memory encoder, whose copy is in BASE_DIR
         if check_base and in_memory:
             _check_base(source, load_encoder(source).tensor_fingerprint(), base_info)
-        classifier = cls.build(source, config, label_names, device=device, inference=True)
+        try:
+            classifier = cls.build(source, config, label_names, device=device, inference=True)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # settings peft or torch cannot build
+            raise InputError(
+                f"{out / TUNING_JSON}: settings that build no classifier ({type(exc).__name__}: {exc})"
+            ) from exc
         if check_base and not in_memory:
             _check_base(source, classifier.base.fingerprint, base_info)
         if base is None:  # keep the record (what a scan of the base is matched with); a moved base keeps its place

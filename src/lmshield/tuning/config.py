@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,31 @@ DEFAULT_TEMPLATE = "{text} It was {mask} ."
 
 
 MIN_LENGTH = 8  # tokens per input, special tokens included
+SIZES = {  # whole-number settings and their largest sane value (a crafted tuning.json must not allocate gigabytes)
+    "epochs": 100_000,
+    "batch_size": 65_536,
+    "eval_batch_size": 65_536,
+    "encoder_hidden_size": 65_536,
+    "lora_r": 4_096,
+    "num_virtual_tokens": 512,
+}
+TEMPLATE_FIELDS = ("text", "mask")
+
+
+def check_template(template: str) -> None:
+    """A mask-head template holds ``{text}`` and ``{mask}`` once each and no other replacement field (no index,
+    attribute, conversion or format spec: ``str.format`` would run them on every input)."""
+    try:
+        parts = list(string.Formatter().parse(template)) if isinstance(template, str) else None
+    except ValueError as exc:
+        raise InputError(f"the mask template {template!r} is not a format string ({exc})") from exc
+    if parts is None:
+        raise InputError(f"the mask template must be text, got {template!r}")
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parts if name is not None]
+    if sorted(name for name, _, _ in fields) != sorted(TEMPLATE_FIELDS) or any(s or c for _, s, c in fields):
+        raise InputError(
+            f"the mask template needs {{text}} and {{mask}} once each and nothing else in braces: {template!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -82,15 +108,20 @@ class TuningConfig:
             raise InputError(f"unknown prompt_init {self.prompt_init!r}: use {' or '.join(PROMPT_INITS)}")
         if self.head not in HEADS:
             raise InputError(f"unknown head {self.head!r}: use cls or mask")
-        if self.head == "mask" and ("{text}" not in self.template or "{mask}" not in self.template):
-            raise InputError("the mask template needs both {text} and {mask}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "encoder_hidden_size", "lora_r"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.head == "mask":
+            check_template(self.template)
+        for name, most in SIZES.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+                raise InputError(f"{name} must be a whole number from 1 to {most}, got {value!r}")
         if self.max_length < MIN_LENGTH:  # [CLS] and [SEP] (and a template's words) would leave no room for text
             raise InputError(f"max_length must be at least {MIN_LENGTH} tokens, got {self.max_length}")
-        if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
-            raise InputError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+        for name in ("head_dropout", "lora_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise InputError(f"{name} must be in [0, 1), got {value!r}")
+        if self.lora_targets is not None and not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise InputError(f"lora_targets must be module names, got {list(self.lora_targets)!r}")
         if self.lr is None or self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
         if self.position_jitter < 0:

@@ -191,8 +191,11 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
 def parse_spec(data: dict[str, Any], base: Path | None = None) -> ZooSpec:
     """Validate and expand a spec mapping (as read from YAML)."""
     base = base or Path.cwd()
-    if not isinstance(data, dict) or not data.get("models"):
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list) or not data["models"]:
         raise InputError("a zoo spec needs a non-empty 'models' list")
+    for key in ("text", "scan"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise InputError(f"zoo spec: '{key}' must be a mapping")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise InputError(f"zoo spec: unknown key(s) {', '.join(unknown)}")

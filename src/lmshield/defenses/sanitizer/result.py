@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ SCAN_JSON = "scan.json"
 PVS_FILE = "pvs.safetensors"
 FORMAT_VERSION = 1
 VERDICTS = ("backdoored", "clean")
+SEED_STATUSES = ("accepted", "rejected", "abandoned")
 
 
 @dataclass
@@ -38,6 +40,18 @@ class SeedTrace:
     pv_index: int | None = None
     seconds: float = 0.0
     parts: list[int] | None = None  # a sub-trigger: which vectors of the seed's trigger (None: all)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a trace no scan writes (read back from a file, it is input like any other)."""
+        if self.status not in SEED_STATUSES:
+            raise ValueError(f"seed {self.seed!r} with status {self.status!r}")
+        numbers = (
+            [*self.distance, *self.collapse]
+            if isinstance(self.distance, list) and isinstance(self.collapse, list)
+            else [None]
+        )
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise ValueError(f"seed {self.seed}: distances that are not finite numbers")
 
     @property
     def final_distance(self) -> float:
@@ -152,6 +166,8 @@ class ScanResult:
             )
         except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError, SafetensorError) as exc:
             raise InputError(f"{directory}: unreadable scan result ({type(exc).__name__}: {exc})") from exc
+        except InputError as exc:  # a setting out of range: say which file holds it
+            raise InputError(f"{out / SCAN_JSON}: {exc}") from exc
         result._check_consistent(directory)
         return result
 
@@ -166,7 +182,18 @@ class ScanResult:
             )
         if not bool(self.pvs.isfinite().all()) or not bool(self.triggers.isfinite().all()):
             raise InputError(f"{directory}: {PVS_FILE} holds NaN or infinite values")
+        if not (math.isfinite(self.score) and math.isfinite(self.spread) and self.spread > 0):
+            raise InputError(f"{directory}: score {self.score} or spread {self.spread} in {SCAN_JSON} is not finite")
+        if not isinstance(self.model, dict) or not isinstance(self.model.get("fingerprint"), str):
+            raise InputError(f"{directory}: {SCAN_JSON} does not record the scanned model's fingerprint")
+        try:
+            for trace in self.trace:
+                trace.check()
+        except ValueError as exc:
+            raise InputError(f"{directory}: {SCAN_JSON}: {exc}") from exc
         if hidden is not None and self.pvs.shape[0] and self.pvs.shape[1] != hidden:
             raise InputError(f"{directory}: PVs of size {self.pvs.shape[1]} for a model of hidden size {hidden}")
         if (self.verdict == "backdoored") != bool(self.pvs.shape[0]):
             raise InputError(f"{directory}: verdict {self.verdict!r} with {self.pvs.shape[0]} PV(s) in {PVS_FILE}")
+        if bool((self.pvs == 0).any()):  # a zero has no sign: the monitor could never match that PV
+            raise InputError(f"{directory}: {PVS_FILE} holds PVs with zero entries, which no output can match")

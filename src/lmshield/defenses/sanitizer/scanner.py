@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -80,16 +79,12 @@ class _Checkpoint:
             (self.directory / name).unlink(missing_ok=True)
 
 
-SEED_STATUSES = ("accepted", "rejected", "abandoned")
-
-
 def _check_outcome(outcome: SeedOutcome, seed: int, pv_shape: tuple[int, ...], trigger_shape: tuple[int, ...]) -> None:
     """Raise ``ValueError`` for a saved seed this scan could not have written."""
     trace = outcome.trace
-    if trace.seed != seed or trace.status not in SEED_STATUSES:
-        raise ValueError(f"seed {trace.seed!r} with status {trace.status!r} where seed {seed} was expected")
-    if not all(isinstance(v, int | float) and math.isfinite(v) for v in [*trace.distance, *trace.collapse]):
-        raise ValueError(f"seed {seed}: distances that are not finite numbers")
+    if trace.seed != seed:
+        raise ValueError(f"seed {trace.seed!r} where seed {seed} was expected")
+    trace.check()
     if trace.status != "accepted":
         return
     for name, tensor, shape in (("PV", outcome.pv, pv_shape), ("trigger", outcome.trigger, trigger_shape)):
