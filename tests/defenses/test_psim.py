@@ -186,6 +186,7 @@ def saved_psim(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda j: {**j, "threshold_": 5.0}, "not a usable threshold"),
         (lambda j: {**j, "num_labels_": 0}, "does not match the module's 2 labels"),
         (lambda j: {**j, "config": []}, "unreadable"),
+        (lambda j: {**j, "config": {**j["config"], "epochs": 0}}, r"psim.json: epochs must be at least 1"),
     ],
 )
 def test_a_damaged_saved_psim_is_a_one_line_error(saved_psim: Path, tmp_path: Path, edit, message: str) -> None:

@@ -240,6 +240,8 @@ class PSIM:
             psim.model_ = payload.get("model_")
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        except InputError as exc:  # a setting out of range: say which file holds it
+            raise InputError(f"{path}: {exc}") from exc
         if not math.isfinite(psim.threshold_) or psim.threshold_ >= 1:
             raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (finite, below 1)")
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
