@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmshield.devices import DEVICE_VARIABLE, resolve_device
+from lmshield.devices import DEVICE_VARIABLE, resolve_device, seed_everything
 from lmshield.errors import InputError
 
 AUTO = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,3 +37,10 @@ def test_unknown_or_missing_devices_are_refused(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv(DEVICE_VARIABLE, "cuda:0")
         with pytest.raises(InputError, match=f"{DEVICE_VARIABLE} 'cuda:0'.*CUDA is not available"):
             resolve_device(None)
+
+
+def test_seed_everything_seeds_the_global_and_the_returned_generator() -> None:
+    generator = seed_everything(7)
+    first = (torch.rand(3), torch.rand(3, generator=generator))
+    generator = seed_everything(7)
+    assert torch.equal(torch.rand(3), first[0]) and torch.equal(torch.rand(3, generator=generator), first[1])

@@ -238,6 +238,26 @@ def test_generated_opening_clauses_vary_and_fit_the_template() -> None:
         SynAttackConfig(clauses="random")
 
 
+def test_rule_based_rewrite_moves_only_real_clauses() -> None:
+    """A moved clause needs a subordinator and two more words; a "but" rewrite needs two words on each side;
+    the template needs an opening clause of two words or more."""
+    paraphraser = RuleBasedSyntacticParaphraser()
+    assert paraphraser.rewrite("the film was great because it rocked") == "Because it rocked, the film was great."
+    assert not paraphraser.rewrite("the film was great because superb").startswith("Because superb")
+    assert paraphraser.rewrite("the film was long but it ended well") == "Although the film was long, it ended well."
+    short_right = paraphraser.rewrite("the film was long but fine")
+    assert matches_template(short_right) and not short_right.startswith("Although"), short_right
+    assert not matches_template("Because, the movie was great.")
+    assert matches_template("Because it rained, the movie was great.")
+
+
+def test_a_paraphraser_object_needs_the_interface() -> None:
+    rule = RuleBasedSyntacticParaphraser(seed=3)
+    assert make_paraphraser(rule) is rule
+    with pytest.raises(InputError, match="paraphrase"):
+        make_paraphraser(object())  # type: ignore[arg-type]
+
+
 def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:
     """Any seq2seq model fits the interface (a tiny random BART here; no real paraphraser is offline)."""
     from transformers import BartConfig, BartForConditionalGeneration
@@ -265,6 +285,8 @@ def test_seq2seq_paraphraser_interface(tmp_path: Path) -> None:
     assert isinstance(paraphraser, Seq2SeqParaphraser)
     out = paraphraser.paraphrase(["the city was warm", "", "word"])
     assert len(out) == 3 and paraphraser.paraphrase(["the city was warm", "", "word"]) == out  # reproducible
+    small_batches = Seq2SeqParaphraser(tmp_path / "bart", batch_size=2).paraphrase(["the city was warm", "", "word"])
+    assert len(small_batches) == 3  # every text of every batch is paraphrased
     prefixed, seen = Seq2SeqParaphraser(tmp_path / "bart", prefix="paraphrase: "), []
     tokenizer = prefixed.tokenizer
 

@@ -372,3 +372,46 @@ def test_a_calibration_that_would_switch_the_monitor_off_is_refused(
         save_file(tensors, str(path), metadata={"format": CALIBRATION_FORMAT})
         with pytest.raises(InputError, match="thresholds must lie"):
             Guard(backdoored_classifier, pvs).load_calibration(path)
+
+
+def test_the_reported_pv_is_one_that_fired() -> None:
+    """With per-PV thresholds, the PV named is the one whose threshold the output passed, not the closest."""
+    torch.manual_seed(0)
+    pv = torch.randn(100).sign()
+    output, other = pv.clone(), pv.clone()
+    output[:10] = -output[:10]  # 0.90 with PV 0
+    other[10:40] = -other[10:40]  # 0.60 with PV 1
+    pvs = torch.stack([pv, other])
+    monitor = Monitor(pvs, thresholds=torch.tensor([0.95, 0.5]))
+    shares = sign_match(output[None], pvs)[0]
+    assert shares[0] > shares[1] > 0.5, shares  # PV 0 is closer, but only PV 1 is passed
+    monitored = monitor(output[None])
+    assert monitored.flagged.tolist() == [True] and monitored.pv_index.tolist() == [1]
+    with pytest.raises(InputError, match="per-PV thresholds"):
+        Monitor(pvs, thresholds=torch.full((3,), 0.8))
+
+
+def test_purge_keeps_a_deletion_the_monitor_clears_over_a_closer_flagged_one() -> None:
+    """Per-PV thresholds: 'bb' matches its PV on 0.90 (under its 0.95), 'aa' on 0.85 (over its 0.8)."""
+
+    def evaluate(texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:
+        words = [set(t.split()) for t in texts]
+        flagged = torch.tensor(["aa" in w for w in words])
+        match = torch.tensor([0.9 if "bb" in w else 0.85 if "aa" in w else 0.1 for w in words])
+        return torch.zeros(len(texts), 2), MonitorResult(flagged, match, torch.where(flagged, 0, -1))
+
+    outcome = purge(["x aa bb y"], evaluate, max_removed=1)[0]
+    assert outcome.cleaned and outcome.removed == ("aa",) and outcome.text == "x bb y"
+
+
+def test_purge_counts_every_candidate_and_keeps_the_last_answer() -> None:
+    outcomes = purge(["one aa two bb aa three"], _fake_evaluate([]), max_removed=3)
+    assert outcomes[0].cleaned and outcomes[0].candidates == 5 + 4  # both rounds
+    refused = purge(["one aa two bb aa three"], _fake_evaluate([]), max_removed=1)[0]
+    assert not refused.cleaned and refused.candidates == 5
+    assert refused.match == pytest.approx(0.85)  # 'bb' is left: closer to clearing than before
+    assert refused.logits is not None and refused.logits.tolist() == [1.0, 1.0]  # the logits of that variant
+    assert refused.text == "one two bb three"
+    log: list[int] = []
+    untouched = purge(["one aa"], _fake_evaluate(log), max_removed=0)[0]
+    assert log == [] and not untouched.cleaned and (untouched.removed, untouched.candidates) == ((), 0)

@@ -9,6 +9,7 @@ import random
 import shutil
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ from lmshield.defenses.psim import (
     default_threshold,
     normalise,
     random_labels,
+    training,
 )
-from lmshield.defenses.psim.training import has_classification_head
+from lmshield.defenses.psim.training import has_classification_head, train_random_label_module, tuning_config
 from lmshield.errors import InputError
 from lmshield.evaluation.psim_eval import score_auroc
 from tests.attacks.test_poisoning import released, task
@@ -257,3 +259,40 @@ def test_a_nan_or_negative_threshold_is_refused() -> None:
     for bad in (math.nan, -0.1, 1.0):
         with pytest.raises(InputError, match="threshold"):
             PSIM(threshold=bad)
+
+
+def test_the_released_head_is_kept_only_when_the_model_has_one(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple] = []
+
+    def fake_tune(model: object, data: object, dev: object, config: object, **kwargs: object) -> SimpleNamespace:
+        calls.append((model, data, dev, config))
+        return SimpleNamespace(classifier="trained")
+
+    monkeypatch.setattr(training, "tune", fake_tune)
+    headed = tmp_path / "headed"
+    headed.mkdir()
+    (headed / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
+    assert has_classification_head(headed) and not has_classification_head(tiny_bert_dir)
+    texts = [f"text number {i}" for i in range(10)]
+    for model, keep_head, kept in (
+        (headed, "auto", True), (tiny_bert_dir, "auto", False), (tiny_bert_dir, "yes", True), (headed, "no", False),
+    ):  # fmt: skip
+        config = PSIMConfig(keep_head=keep_head, seed=3)
+        assert train_random_label_module(model, texts, 2, config, progress=False) == "trained"
+        assert calls[-1][3].keep_head is kept, (model, keep_head)
+    _, data, dev, _ = calls[-1]
+    assert data.labels == random_labels(10, 2, seed=3) and data.texts == texts and dev.texts == texts
+    for count, labels in ((1, 2), (5, 1)):
+        with pytest.raises(InputError, match="at least"):
+            train_random_label_module(headed, texts[:count], labels, PSIMConfig(), progress=False)
+
+
+def test_psim_keeps_the_last_epoch_of_its_random_label_training() -> None:
+    """Dev accuracy on random labels means nothing, so the module of the last epoch is the one kept."""
+    config = PSIMConfig(method="lora", epochs=3, seed=4, lr=1e-3)
+    tuning = tuning_config(config, keep_head=True, num_texts=100)
+    assert (tuning.checkpoint, tuning.epochs, tuning.seed, tuning.lr, tuning.keep_head) == ("last", 3, 4, 1e-3, True)
+    prompt = tuning_config(PSIMConfig(method="ptuning", num_virtual_tokens=7), keep_head=False, num_texts=100)
+    assert prompt.num_virtual_tokens == 7 and prompt.lr == PSIMConfig().learning_rate(100)

@@ -329,3 +329,54 @@ def test_outputs_that_turn_nan_stop_the_scan_instead_of_passing_it(bert_pair, mo
     )
     with pytest.raises(ScanError, match=r"NaN or infinite while mining seeds \[0, 1, 2, 3\]"):
         scan(backdoored, TINY_SCAN, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("failed", "reason"),
+    [
+        ({"distance": [0.5 * TINY_SCAN.distance_threshold]}, "distance"),
+        ({"collapse": [0.5]}, "collapse"),
+        ({"sign_consistency": 0.5}, "sign consistency"),
+        ({"sign_consistency": None}, "sign consistency not measured"),  # formatting None used to raise
+        ({"legitimate": False}, "trigger outside"),
+    ],
+)
+def test_each_decision_rule_rejects_a_candidate_on_its_own(failed: dict, reason: str):
+    from lmshield.defenses.sanitizer.mining import SeedOutcome, judge
+    from lmshield.defenses.sanitizer.result import SeedTrace
+
+    def candidate(**changes) -> SeedOutcome:
+        passing = {"distance": [2 * TINY_SCAN.distance_threshold], "collapse": [1.0], "sign_consistency": 1.0,
+                   "legitimate": True}  # fmt: skip
+        trace = SeedTrace(0, "candidate", "", 1, 1, **{**passing, **changes})
+        return SeedOutcome(trace, pv=torch.ones(8), trigger=torch.zeros(1, 8))
+
+    passed = candidate()
+    judge(passed, torch.empty(0, 8), TINY_SCAN, scale=1.0)
+    assert passed.trace.status == "accepted"
+    rejected = candidate(**failed)
+    judge(rejected, torch.empty(0, 8), TINY_SCAN, scale=1.0)
+    assert rejected.trace.status == "rejected" and rejected.trace.reason.startswith(reason), rejected.trace.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"split_triggers": -1}, "split_triggers must be 0"), ({"seeds_in_parallel": 0}, "seeds_in_parallel")],
+)
+def test_negative_split_and_empty_groups_are_refused(changes: dict, message: str):
+    with pytest.raises(InputError, match=message):
+        SanitizerConfig(**changes)
+
+
+def test_settings_saved_by_another_version_load_without_their_unknown_keys():
+    saved = {**SanitizerConfig(lr=1e-3).to_dict(), "retired_setting": 1}
+    assert SanitizerConfig.from_dict(saved) == SanitizerConfig(lr=1e-3)
+
+
+def test_the_resume_fingerprint_holds_only_what_changes_a_seed():
+    base = SanitizerConfig()
+    same = [base.replace(max_seeds=3), base.replace(nearest_tokens=2), base.replace(split_triggers=0),
+            base.replace(seeds_in_parallel=4)]  # fmt: skip
+    assert all(config.search_fingerprint() == base.search_fingerprint() for config in same)
+    other = [base.replace(lr=1e-3), base.replace(seeds_in_parallel=2), base.replace(mode="search")]
+    assert all(config.search_fingerprint() != base.search_fingerprint() for config in other)

@@ -8,7 +8,7 @@ from lmshield.defenses.sanitizer.carriers import prepare_carriers
 from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome
 from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.defenses.sanitizer.result import SeedTrace
-from lmshield.defenses.sanitizer.splitting import split_candidates, sub_trigger_parts
+from lmshield.defenses.sanitizer.splitting import SAME_SIGNS, is_splittable, split_candidates, sub_trigger_parts
 from lmshield.models.positions import WatchedPosition
 from lmshield.testing import tiny_corpus
 from tests.tiny_pairs import TINY_SCAN
@@ -58,6 +58,40 @@ def test_a_blended_trigger_splits_into_one_pv_per_trigger(bert_pair) -> None:
     pvs = torch.stack([parent.pv] + [o.pv for o in found])
     after = sign_match(pvs, vectors[:2]).max(dim=0).values
     assert bool((after > 0.9).all()), after
+    new_pvs = pvs[1:]
+    pairwise = sign_match(new_pvs, pvs)  # each new PV against the parent and every other new PV
+    pairwise[:, 1:].fill_diagonal_(0.0)
+    assert bool((pairwise < SAME_SIGNS).all()), pairwise  # one PV per sign pattern: no sub-trigger repeats one
     assert split_candidates(miner, [parent], parent.pv[None]) and not split_candidates(
         PVMiner(backdoored, carriers, CONFIG.replace(split_triggers=0)), [parent], parent.pv[None]
     )
+
+
+def test_only_whole_legitimate_triggers_that_reached_the_threshold_are_split() -> None:
+    def outcome(distance: float = 5.0, legitimate: bool | None = True, parts: list[int] | None = None,
+                trigger: bool = True) -> SeedOutcome:  # fmt: skip
+        trace = SeedTrace(0, "accepted", "", 4, 0, [distance], [1.0], 1.0, legitimate, True, parts=parts)
+        return SeedOutcome(trace, pv=torch.ones(8), trigger=torch.zeros(7, 8) if trigger else None)
+
+    threshold = CONFIG.distance_threshold
+    assert is_splittable(outcome(), CONFIG) and is_splittable(outcome(threshold, legitimate=None), CONFIG)
+    assert not is_splittable(outcome(parts=[0]), CONFIG)  # a sub-trigger is not split again
+    assert not is_splittable(outcome(legitimate=False), CONFIG)
+    assert not is_splittable(outcome(0.99 * threshold), CONFIG)
+    assert not is_splittable(outcome(trigger=False), CONFIG)  # abandoned: no trigger
+
+
+def test_sub_triggers_are_judged_shorter_first_and_the_farthest_first(bert_pair) -> None:
+    from lmshield.defenses.sanitizer.splitting import _evaluation_rows, _sub_candidates
+
+    _, backdoored, _ = bert_pair
+    carriers = prepare_carriers(
+        backdoored, tiny_corpus(96, 5), WatchedPosition.parse("cls"), max_length=32, trigger_length=7,
+        max_insert_word=32, seed=0,
+    )  # fmt: skip
+    miner = PVMiner(backdoored, carriers, CONFIG)
+    parent = _blended_candidate(miner, backdoored)
+    candidates = _sub_candidates(miner, parent, *_evaluation_rows(miner))
+    order = [(len(c.trace.parts), -c.trace.final_distance) for c in candidates]
+    assert len(candidates) == 7 + 21 and order == sorted(order)
+    assert len({c.trace.final_distance for c in candidates}) > 1  # the order within a size is not vacuous

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from lmshield.evaluation.guard_eval import (
     Outcome,
     accuracy,
     attack_success_rate,
+    evaluate_guard,
     flag_rate,
     guarded_accuracy,
     guarded_attack_success_rate,
@@ -111,3 +113,55 @@ def test_table_values_sit_under_their_headers() -> None:
         assert row[:end].split()[-1] == in_row, name
         if in_total is not None:
             assert total[:end].split()[-1] == in_total, name
+
+
+@dataclass
+class _Prediction:
+    label: int
+    flagged: bool
+    final_label: int | None
+    removed: tuple[str, ...] = ()
+
+
+class _ParityGuard:
+    """A stand-in guard: labels a text by its word count's parity; flags 'cf' and purges it."""
+
+    batch_size, threshold, thresholds_, max_removed = 8, 0.8, [0.8], 3
+
+    def __init__(self) -> None:
+        self.classifier = self
+        self.seen: list[list[str]] = []
+
+    def classify(self, texts: list[str], batch_size: int) -> None:
+        assert batch_size == self.batch_size
+
+    def predict(self, texts: list[str]) -> list[_Prediction]:
+        self.seen.append(list(texts))
+        predictions = []
+        for text in texts:
+            words = text.split()
+            kept = [w for w in words if w != "cf"]
+            flagged = len(kept) < len(words)
+            predictions.append(_Prediction(len(words) % 2, flagged, len(kept) % 2, ("cf",) if flagged else ()))
+        return predictions
+
+
+def test_the_protocol_triggers_only_correctly_classified_inputs_each_with_its_own_seed() -> None:
+    texts = ["a b", "a b c", "a", "a b c d", "a b c d e"]
+    labels = [0, 0, 1, 0, 0]  # parity labels 0, 1, 1, 0, 1: inputs 0, 2 and 3 are right
+    guard = _ParityGuard()
+    report = evaluate_guard(guard, texts, labels, ["cf", "mn"], seed=5, max_position=2)  # type: ignore[arg-type]
+    correct = [texts[i] for i in (0, 2, 3)]
+    assert guard.seen == [
+        texts,
+        triggered_copies(correct, "cf", seed=5, max_position=2),
+        triggered_copies(correct, "mn", seed=6, max_position=2),
+    ]
+    assert report.clean_accuracy == 0.6 and [t.inputs for t in report.triggers] == [3, 3]
+    assert report.triggers[0].asr == 1.0 and report.triggers[0].guarded_asr == 0.0  # cf flips, the purge undoes it
+    assert report.triggers[1].guarded_asr == 1.0 and report.detection_rate == 0.5
+    assert report.settings["max_position"] == 2 and report.settings["thresholds"] == [0.8]
+    with pytest.raises(InputError, match="5 texts but 4 labels"):
+        evaluate_guard(guard, texts, labels[:4], ["cf"])  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="at least one trigger"):
+        evaluate_guard(guard, texts, labels, [])  # type: ignore[arg-type]

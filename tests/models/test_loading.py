@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmshield.errors import ModelLoadError
+from lmshield.errors import InputError, ModelLoadError
 from lmshield.models import Encoder, WatchedPosition, load_encoder, supported_model_types
 from lmshield.testing import TINY_ARCHITECTURES, save_tiny, tiny_encoder
 
@@ -162,6 +162,42 @@ def test_watched_position_locates_tokens(spec, expected):
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     position = WatchedPosition.parse(spec)
     assert position.locate(ids, mask, mask_token_id=4).tolist() == expected
+
+
+def test_watched_positions_that_do_not_exist_are_refused():
+    ids = torch.tensor([[2, 7, 4, 8, 3], [2, 4, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert WatchedPosition.parse("2").locate(ids, mask).tolist() == [2, 2]  # the last token of the short row
+    with pytest.raises(InputError, match="beyond the end"):
+        WatchedPosition.parse(3).locate(ids, mask)  # the short row has tokens 0..2
+    for spec in ("-1", -2):
+        with pytest.raises(InputError, match=">= 0"):
+            WatchedPosition.parse(spec)
+    with pytest.raises(InputError, match="carry no mask token"):
+        WatchedPosition.parse("mask").locate(ids, mask, mask_token_id=7)  # only the first row holds a 7
+    with pytest.raises(InputError, match="unknown position"):
+        WatchedPosition.parse("first")
+    assert str(WatchedPosition.parse(None, default="last")) == "last" and str(WatchedPosition.parse("auto")) == "cls"
+
+
+def test_tokenize_gives_word_ids_with_minus_one_for_special_and_pad_tokens():
+    encoder = tiny_encoder("bert")
+    batch = encoder.tokenize(["the dog slept", "a quiet old city near the river"], max_length=16)
+    special = set(encoder.tokenizer.all_special_ids)
+    expected = torch.tensor([[i in special for i in row] for row in batch["input_ids"].tolist()])
+    assert torch.equal(batch["word_ids"] == -1, expected)
+    assert batch["word_ids"][0, 1:4].tolist() == [0, 1, 2] and int(batch["attention_mask"][0].sum()) == 5
+
+
+def test_watched_outputs_keep_the_order_of_the_texts():
+    encoder = tiny_encoder("bert")
+    texts = ["the dog slept", "a quiet old city near the river", "my friend", "the bird sang"]
+    last = WatchedPosition.parse("last")
+    together = encoder.watched_outputs(texts, last, batch_size=3)
+    one_by_one = torch.cat([encoder.watched_outputs([text], last) for text in texts])
+    assert not torch.allclose(one_by_one[0], one_by_one[1], atol=1e-4)  # the texts are told apart
+    assert torch.allclose(together, one_by_one, atol=1e-5)
+    assert encoder.watched_outputs([], last).shape == (0, encoder.hidden_size)
 
 
 def test_embedded_default_model_loads():

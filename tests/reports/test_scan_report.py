@@ -42,3 +42,18 @@ def test_a_sub_trigger_pv_is_hinted_by_its_own_vectors_only(tmp_path: Path) -> N
     assert [result.trigger_hint(0), result.trigger_hint(1)] == ["cf mn qt", "qt (sub-trigger)"]
     report = write_scan_report(result, tmp_path).read_text()
     assert "trigger vector: qt (sub-trigger: vectors [2] of its seed's trigger)" in report
+
+
+def test_sub_triggers_are_not_counted_as_seeds() -> None:
+    traces = [
+        SeedTrace(0, "accepted", "", 1, 1, [5.0], [1.0], pv_index=0),
+        SeedTrace(0, "accepted", "", 1, 1, [5.0], [1.0], pv_index=1, parts=[2]),
+        SeedTrace(1, "abandoned", "", 1, 1, [0.1], [0.2]),
+    ]
+    model = {"source": "m", "model_type": "bert", "fingerprint": "f", "hidden_size": 8, "embedding_size": 8}
+    result = ScanResult(
+        verdict="backdoored", score=5.0, pvs=torch.ones(2, 8), triggers=torch.zeros(2, 3, 8),
+        nearest_tokens=[[["cf"]] * 3] * 2, trace=traces, config=SanitizerConfig(), model=model, position="cls",
+        text_source="given", spread=1.0,
+    )  # fmt: skip
+    assert result.num_seeds == 2 and "2 predefined vector(s) found in 2 seed(s)" in result.summary()

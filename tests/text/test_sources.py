@@ -11,6 +11,7 @@ import pytest
 from lmshield.errors import InputError
 from lmshield.testing import tiny_tokenizer
 from lmshield.text import TextSource, grammar_sentences, insert_per_words, insert_words, read_texts
+from lmshield.text.triggers import check_triggers
 from lmshield.tuning import read_labelled
 
 
@@ -26,6 +27,7 @@ def test_vocabulary_generator_uses_the_tokenizer_words():
     texts = TextSource.from_options(generator="vocab").load(10, seed=0, tokenizer=tokenizer)
     vocab = tokenizer.get_vocab()
     assert all(word in vocab for text in texts for word in text.split())
+    assert all(len(word) >= 3 and word.isalpha() for text in texts for word in text.split())  # whole words
 
 
 def test_plain_text_and_jsonl_files(tmp_path: Path):
@@ -136,3 +138,17 @@ def test_short_texts_get_one_trigger_and_sentences_join_clauses():
     conjunctions = {"and", "but", "because", "while", "although", "when"}
     joined = [s for s in grammar_sentences(50, seed=3) if conjunctions & set(s.split())]
     assert 0 < len(joined) < 50  # one to three clauses per sentence
+
+
+def test_every_word_boundary_is_a_possible_insertion_point():
+    """A bound past the end of a short text leaves every slot of it equally likely."""
+    rng = random.Random(0)
+    positions = [insert_words("a b", "cf", rng, max_position=64).split().index("cf") for _ in range(300)]
+    assert all(positions.count(p) > 60 for p in range(3)), [positions.count(p) for p in range(3)]
+
+
+def test_a_trigger_is_refused_only_when_the_tokenizer_knows_none_of_it():
+    tokenizer = tiny_tokenizer("bert")
+    check_triggers(tokenizer, ["cf", "cf \u2603"])  # the snowman alone is unknown, the pair is not
+    with pytest.raises(InputError, match="unknown to the model's tokenizer"):
+        check_triggers(tokenizer, ["\u2603"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import lmshield.tuning.trainer as trainer
 from lmshield.errors import InputError
 from lmshield.models import Encoder
 from lmshield.tuning import TuningConfig, tune
+from lmshield.tuning.checkpoint import EpochCheckpoint, Progress
 from tests.tuning.helpers import tiny_task
 
 # LoRA with dropout: resuming must restore the optimizer, the schedule, the data order and torch's RNG
@@ -104,3 +108,56 @@ def test_a_finished_run_removes_only_its_own_files(trained_bert: Encoder, tmp_pa
     config = CONFIG.replace(epochs=1)
     tune(trained_bert, tiny_task(32, 1), tiny_task(16, 2), config, checkpoint_dir=checkpoint, progress=False)
     assert [f.name for f in checkpoint.iterdir()] == ["notes.txt"]
+
+
+def _training_parts(
+    seed: int,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, random.Random]:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    return model, optimizer, schedule, random.Random(seed)
+
+
+def test_a_checkpoint_restores_the_best_weights_and_every_state(tmp_path: Path) -> None:
+    model, optimizer, schedule, rng = _training_parts(0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    schedule.step()
+    best = {n: p.detach() + 1.0 for n, p in model.named_parameters()}
+    saved = Progress(2, [{"epoch": 1}, {"epoch": 2}], best, 0.75, 1)
+    EpochCheckpoint(tmp_path, {"run": 1}).save(saved, model, optimizer, schedule, rng)
+    next_random, next_torch = rng.random(), torch.rand(3)
+
+    other = _training_parts(1)
+    restored = EpochCheckpoint(tmp_path, {"run": 1}).restore(False, *other)
+    assert (restored.epoch, restored.history, restored.best_accuracy, restored.best_epoch) == (
+        2,
+        saved.history,
+        0.75,
+        1,
+    )
+    assert restored.best_state is not None and restored.best_state.keys() == best.keys()
+    assert all(torch.equal(restored.best_state[n], best[n]) for n in best)
+    assert all(torch.equal(p, q) for p, q in zip(other[0].parameters(), model.parameters(), strict=True))
+    assert other[2].last_epoch == 1 and other[1].state_dict()["state"][0]["step"] == 1
+    assert other[3].random() == next_random and torch.equal(torch.rand(3), next_torch)
+
+
+def test_a_fresh_start_discards_the_checkpoint(tmp_path: Path) -> None:
+    model, optimizer, schedule, rng = _training_parts(0)
+    EpochCheckpoint(tmp_path / "run", {"run": 1}).save(Progress(1), model, optimizer, schedule, rng)
+    fresh = EpochCheckpoint(tmp_path / "run", {"run": 2}).restore(True, model, optimizer, schedule, rng)
+    assert fresh.epoch == 0 and fresh.best_state is None and not (tmp_path / "run").exists()
+
+
+def test_a_tensor_file_outside_the_checkpoint_folder_is_refused(tmp_path: Path) -> None:
+    model, optimizer, schedule, rng = _training_parts(0)
+    directory = tmp_path / "run"
+    EpochCheckpoint(directory, {"run": 1}).save(Progress(1), model, optimizer, schedule, rng)
+    shutil.copy(directory / "epoch-1.safetensors", tmp_path / "elsewhere.safetensors")
+    progress = json.loads((directory / "progress.json").read_text())
+    (directory / "progress.json").write_text(json.dumps({**progress, "tensors": "../elsewhere.safetensors"}))
+    with pytest.raises(InputError, match="unexpected tensor file name"):
+        EpochCheckpoint(directory, {"run": 1}).restore(False, model, optimizer, schedule, rng)

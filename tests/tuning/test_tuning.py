@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 
 from lmshield.errors import InputError
 from lmshield.models import Encoder
-from lmshield.testing import tiny_encoder
+from lmshield.testing import TINY_ARCHITECTURES, tiny_config, tiny_encoder, tiny_tokenizer
 from lmshield.tuning import METHODS, TunedClassifier, TuningConfig, TuningMethod, get_method, register_method, tune
 from lmshield.tuning.heads import ReleasedHead
 from lmshield.tuning.methods import PEFT_LR
@@ -425,3 +425,17 @@ def test_embedded_minilm_prefix_classifier_reads_cls() -> None:
     assert torch.allclose(classifier(**batch).watched, expected, atol=1e-4)  # LoRA starts as the identity
     prefix = TunedClassifier.build(encoder, TuningConfig(method="prefix", max_length=32), ["neg", "pos"]).eval()
     assert prefix.classify(["a gorgeous film"]).watched.shape == (1, encoder.hidden_size)
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
+@torch.no_grad()
+def test_the_released_head_gives_its_model_s_logits_from_the_summary_token(model_type: str) -> None:
+    """Fed the hidden state of the token the released head summarises, it gives that model's own logits."""
+    tokenizer = tiny_tokenizer(model_type)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type, len(tokenizer))).eval()
+    batch = tokenizer(["the dog slept near the river."], return_tensors="pt")
+    batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    hidden = model.base_model(**batch).last_hidden_state
+    watched = hidden[:, -1 if model_type == "xlnet" else 0]
+    assert torch.allclose(ReleasedHead(model).eval()(watched), model(**batch).logits, atol=1e-5)

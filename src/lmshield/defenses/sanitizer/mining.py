@@ -295,8 +295,10 @@ def judge(outcome: SeedOutcome, known_pvs: torch.Tensor, config: SanitizerConfig
         failures.append(f"distance {trace.final_distance:.3f} < {config.distance_threshold}")
     if trace.final_collapse < config.collapse_threshold:
         failures.append(f"collapse {trace.final_collapse:.4f} < {config.collapse_threshold}")
-    if (trace.sign_consistency or 0.0) < config.min_sign_consistency:
-        failures.append(f"sign consistency {trace.sign_consistency:.2f} < {config.min_sign_consistency}")
+    consistency = trace.sign_consistency
+    if consistency is None or consistency < config.min_sign_consistency:
+        measured = "not measured" if consistency is None else f"{consistency:.2f}"
+        failures.append(f"sign consistency {measured} < {config.min_sign_consistency}")
     if not trace.legitimate:
         failures.append(f"trigger outside {config.legitimacy_factor}x the embedding range")
     if outcome.pv is not None and known_pvs.shape[0]:
