@@ -22,6 +22,13 @@ CHECKPOINT_DIR = "checkpoint"  # where a training run (tune, poison) keeps its p
 FRESH_HINT = "use another output folder or pass --fresh to discard it"
 
 
+def refuse_foreign_folder(out: Path, what: str, ours: tuple[str, ...]) -> None:
+    """Refuse (before any work) an output folder with files in it that hold none of ``ours`` (paths relative to
+    ``out``: the job's result or progress): the job would write over a user's files."""
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).is_file() for name in ours):
+        raise InputError(f"{out} is not empty and holds no {what}: its files could be written over; choose a new --out")
+
+
 def stamp(identity: dict[str, Any]) -> dict[str, Any]:
     """``identity`` with the lmshield version, in the form it takes after a JSON round trip (tuples as lists)."""
     return json.loads(json.dumps({**identity, "lmshield": __version__}))

@@ -124,7 +124,7 @@ def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
     (tmp_path / "id-0000").mkdir()
     (tmp_path / "id-0000" / "weights-i-care-about.txt").write_text("keep me")
     result = CliRunner().invoke(app, ["zoo", "build", str(spec_file), "--out", str(tmp_path), "--quiet"])
-    assert result.exit_code == 2 and "new or empty folder" in result.output
+    assert result.exit_code == 2 and "holds no zoo (zoo.json)" in result.output
     assert (tmp_path / "id-0000" / "weights-i-care-about.txt").is_file()
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Self
 import torch
 
 from lmshield.errors import InputError
-from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON
+from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, refuse_foreign_folder
 
 BACKDOOR_JSON = "backdoor.json"
 FORMAT = "lmshield-backdoor"
@@ -26,9 +26,7 @@ def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bo
         raise InputError("the backdoored model must not overwrite the clean one: choose another --out")
     if (out / "config.json").exists() and not overwrite:
         raise InputError(f"{out} already holds a model; pass overwrite (--overwrite) to replace it")
-    ours = (out / "config.json").exists() or (out / CHECKPOINT_DIR / PROGRESS_JSON).is_file()
-    if not ours and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no model: its files could be written over; choose a new --out")
+    refuse_foreign_folder(out, "model", ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}"))
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -13,6 +13,7 @@ import click
 import typer
 
 from lmshield.errors import EXIT_ERROR, InputError, LmshieldError
+from lmshield.progress import refuse_foreign_folder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,9 +105,7 @@ def refuse_foreign(out: Path, marker: str, what: str, resumable: tuple[str, ...]
     other = next((name for file, name in ARTEFACTS.items() if file != marker and (out / file).is_file()), None)
     if other is not None:
         raise InputError(f"{out} holds a {other}, not a {what}; choose another --out")
-    ours = any((out / name).is_file() for name in (marker, *resumable))
-    if not ours and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no {what}: its files could be written over; choose a new --out")
+    refuse_foreign_folder(out, what, (marker, *resumable))
 
 
 def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resumable: tuple[str, ...] = ()) -> None:

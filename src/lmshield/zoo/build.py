@@ -18,6 +18,7 @@ from typing import Any
 from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError
 from lmshield.models.loading import load_encoder
+from lmshield.progress import refuse_foreign_folder
 from lmshield.text.sources import TextSource
 from lmshield.zoo.executors import run_tasks
 from lmshield.zoo.spec import ModelEntry, ZooSpec
@@ -179,9 +180,8 @@ def _check_same_spec(out: Path, spec: ZooSpec) -> None:
     """A zoo resumes only in its own folder: one with the same spec, or a new or empty one (unfinished model
     folders are rebuilt from scratch, so a folder of other files must never be taken for a zoo)."""
     saved = out / SPEC_JSON
+    refuse_foreign_folder(out, f"zoo ({SPEC_JSON})", (SPEC_JSON,))
     if not saved.is_file():
-        if out.is_dir() and any(out.iterdir()):
-            raise InputError(f"{out} is not empty and holds no {SPEC_JSON}: build the zoo in a new or empty folder")
         return
     old = read_spec_json(saved)
     if old.get("entries") != spec.to_dict()["entries"] or old.get("base_model") != spec.base_model:
