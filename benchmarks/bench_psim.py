@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard the evaluation progress in the cache (another user's, say)"
+    )
     args = parser.parse_args(argv)
     if not (args.data / "sst-2" / "train.json").is_file():
         print(f"no data at {args.data}", file=sys.stderr)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
         evaluation = evaluate_release(
             released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval-{settings.digest()}",
-            device=args.device, baselines=baselines,
+            device=args.device, baselines=baselines, fresh=args.fresh,
         )  # fmt: skip
         rows.extend(evaluation.all_rows)
         extra[attack] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}

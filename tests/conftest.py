@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -10,6 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The behaviour tests train tiny models whose margins were set on the CPU; CUDA draws dropout from other random
 # streams, so they run on the CPU everywhere. tests/test_cuda.py checks the CUDA paths against the CPU.
 os.environ.setdefault("LMSHIELD_DEVICE", "cpu")
+# progress is sealed with a per-user key (lmshield.progress); the tests keep theirs out of the user's home
+os.environ.setdefault("LMSHIELD_KEY_FILE", os.path.join(tempfile.gettempdir(), "lmshield-tests", "progress.key"))
 
 from pathlib import Path
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lmshield import __version__
 from lmshield.errors import InputError
-from lmshield.progress import read_progress, stamp, write_json
+from lmshield.progress import progress_key, read_progress, stamp, write_progress
+
+
+def reseal(path: Path, edit: Callable[[dict], None]) -> None:
+    """Edit a progress file and seal it again, as if lmshield had written it so: for tests of the checks that
+    stand behind the seal."""
+    saved = json.loads(path.read_text())
+    saved.pop("seal")
+    files = tuple(saved.pop("sealed_files"))
+    edit(saved)
+    write_progress(path, saved, files=tuple(name for name in files if (path.parent / name).is_file()))
 
 
 def test_stamp_adds_the_version_and_takes_the_json_form() -> None:
@@ -18,18 +31,53 @@ def test_stamp_adds_the_version_and_takes_the_json_form() -> None:
 def test_progress_round_trips_and_leaves_no_partial_file(tmp_path: Path) -> None:
     identity = stamp({"model": "m"})
     path = tmp_path / "job" / "progress.json"
-    write_json(path, {"identity": identity, "done": [1]})
-    write_json(path, {"identity": identity, "done": [1, 2]})
+    write_progress(path, {"identity": identity, "done": [1]})
+    write_progress(path, {"identity": identity, "done": [1, 2]})
     assert read_progress(path, identity, "a job")["done"] == [1, 2]
     assert [p.name for p in path.parent.iterdir()] == ["progress.json"]
 
 
 def test_other_identities_and_damaged_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "progress.json"
-    write_json(path, {"identity": stamp({"model": "m"})})
+    write_progress(path, {"identity": stamp({"model": "m"})})
     with pytest.raises(InputError, match=r"progress of a job with another model.*--fresh"):
         read_progress(path, stamp({"model": "other"}), "a job")
     for damaged in ("{", "[1, 2]", "\udcff"):
         path.write_text(damaged, encoding="utf-8", errors="surrogateescape")
         with pytest.raises(InputError, match="--fresh"):
             read_progress(path, stamp({"model": "m"}), "a job")
+
+
+def test_progress_that_this_user_s_lmshield_did_not_write_is_refused(tmp_path: Path) -> None:
+    """A model repository could ship progress where a scan writes by default: only sealed progress resumes."""
+    identity = stamp({"model": "m"})
+    path = tmp_path / "progress.json"
+    (tmp_path / "tensors.safetensors").write_bytes(b"pv")
+    write_progress(path, {"identity": identity, "done": [1]}, files=("tensors.safetensors",))
+    assert read_progress(path, identity, "a job")["done"] == [1]
+    sealed = json.loads(path.read_text())
+
+    def refused(saved: dict, message: str = "lmshield did not write for this user") -> None:
+        path.write_text(json.dumps(saved))
+        with pytest.raises(InputError, match=f"{message}.*--fresh"):
+            read_progress(path, identity, "a job")
+
+    refused({k: v for k, v in sealed.items() if k != "seal"})  # forged: no seal
+    refused({**sealed, "done": [1, 2]})  # edited after sealing
+    refused({**sealed, "seal": "0" * 64})
+    (tmp_path / "tensors.safetensors").write_bytes(b"other")  # the tensors changed under the JSON
+    refused(sealed)
+    for names in (["../outside"], ["/dev/zero"], "tensors.safetensors", ["missing.safetensors"]):
+        refused({**sealed, "sealed_files": names}, "cannot be read")
+
+
+def test_the_key_is_made_once_and_readable_by_its_user_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMSHIELD_KEY_FILE", str(tmp_path / "keys" / "progress.key"))
+    key = progress_key()
+    assert len(key) == 32 and progress_key() == key
+    assert stat.S_IMODE((tmp_path / "keys" / "progress.key").stat().st_mode) == 0o600
+    path = tmp_path / "progress.json"
+    write_progress(path, {"identity": stamp({})})
+    monkeypatch.setenv("LMSHIELD_KEY_FILE", str(tmp_path / "another.key"))  # another user, or another machine
+    with pytest.raises(InputError, match="did not write for this user"):
+        read_progress(path, stamp({}), "a job")

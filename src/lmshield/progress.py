@@ -4,12 +4,21 @@ A long job (a scan's seeds, a tuning run's epochs, a PSIM evaluation's strategie
 its output, together with an *identity*: everything its result depends on (model, data, settings) and the
 lmshield version. A rerun with the same identity resumes; another identity, or a file that cannot be read, is
 refused with a one-line error that names ``--fresh``, which discards the old progress.
+
+Progress is input from disk like any other, and a model repository could ship some beside the model at the
+place a scan writes to by default. So every progress file is sealed: an HMAC-SHA256, under a key kept in the
+user's home (``~/.config/lmshield/progress.key``, made on first use; ``LMSHIELD_KEY_FILE`` names another file),
+over the JSON and the sha256 of each tensor file it names. Progress this user's lmshield did not write is refused
+(``--fresh`` starts over), so a job can only resume from what it wrote itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,9 @@ from lmshield.errors import InputError
 PROGRESS_JSON = "progress.json"  # the file name every resumable job keeps its progress under
 CHECKPOINT_DIR = "checkpoint"  # where a training run (tune, poison) keeps its progress, inside its output folder
 FRESH_HINT = "use another output folder or pass --fresh to discard it"
+KEY_FILE_ENV = "LMSHIELD_KEY_FILE"
+SEAL = "seal"
+SEALED_FILES = "sealed_files"
 
 
 def refuse_foreign_folder(out: Path, what: str, ours: tuple[str, ...]) -> None:
@@ -41,14 +53,54 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(temporary, path)
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Atomically write ``payload`` as JSON to ``path`` (its folder is created)."""
+def progress_key() -> bytes:
+    """This user's key for sealing progress (made on first use, readable by the user only)."""
+    path = Path(os.environ.get(KEY_FILE_ENV) or Path.home() / ".config" / "lmshield" / "progress.key")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another lmshield process made it first
+            pass
+        else:
+            with os.fdopen(handle, "wb") as file:
+                file.write(secrets.token_bytes(32))
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise InputError(f"{path}: not an lmshield progress key (too short); delete it and a new one is made")
+    return key
+
+
+def _seal(payload: dict[str, Any], directory: Path) -> str:
+    files = payload.get(SEALED_FILES, [])
+    if not isinstance(files, list) or not all(_own_file(directory, name) for name in files):
+        raise TypeError("sealed files must be files of the progress folder")
+    digests = {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in files}
+    body = json.dumps({"payload": payload, "files": digests}, sort_keys=True)
+    return hmac.new(progress_key(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def _own_file(directory: Path, name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and Path(name).name == name
+        and name not in ("", ".", "..")
+        and (directory / name).is_file()
+    )
+
+
+def write_progress(path: Path, payload: dict[str, Any], files: tuple[str, ...] = ()) -> None:
+    """Atomically write ``payload`` as JSON to ``path`` (its folder is created), sealed together with ``files``
+    (names in ``path``'s folder, written before)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: p.write_text(json.dumps(payload), encoding="utf-8"))
+    payload = json.loads(json.dumps({**payload, SEALED_FILES: list(files)}))  # as it reads back
+    sealed = {**payload, SEAL: _seal(payload, path.parent)}
+    atomic_write(path, lambda p: p.write_text(json.dumps(sealed), encoding="utf-8"))
 
 
 def read_progress(path: Path, identity: dict[str, Any], job: str) -> dict[str, Any]:
-    """The progress saved at ``path``, whose identity must equal ``identity`` (see :func:`stamp`).
+    """The progress saved at ``path``, sealed by this user's lmshield (see the module's docstring), whose
+    identity must equal ``identity`` (see :func:`stamp`).
 
     ``job`` names the kind of work in the error message ("a scan", "a training run", ...).
     """
@@ -56,7 +108,17 @@ def read_progress(path: Path, identity: dict[str, Any], job: str) -> dict[str, A
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable progress ({exc}); {FRESH_HINT}") from exc
-    if not isinstance(saved, dict) or saved.get("identity") != identity:
+    seal = saved.pop(SEAL, None) if isinstance(saved, dict) else None
+    try:
+        sealed = isinstance(seal, str) and hmac.compare_digest(seal, _seal(saved, path.parent))
+    except (OSError, TypeError) as exc:  # a sealed file missing, or names that are not file names
+        raise InputError(f"{path}: progress names files that cannot be read ({exc}); {FRESH_HINT}") from exc
+    if not sealed:
+        raise InputError(
+            f"{path}: progress that lmshield did not write for this user (copied, edited or shipped with the "
+            f"data), so it is not resumed; {FRESH_HINT}"
+        )
+    if saved.get("identity") != identity:
         raise InputError(
             f"{path.parent} holds progress of {job} with another model, data, settings or lmshield version; "
             + FRESH_HINT

@@ -90,6 +90,13 @@ def test_a_scan_never_writes_inside_the_scanned_model(tmp_path: Path, monkeypatc
     itself = invoke("scan", str(model), "--out", model, "--quiet")
     assert itself.exit_code == EXIT_ERROR and "holds a model, not a scan result" in said(itself)
     assert not (model / "result").exists()
+    # the same forged progress beside the model, where 'lmshield scan model' run from the repository writes
+    repository = tmp_path
+    (repository / "scans").mkdir()
+    (model / "scans" / "model").rename(repository / "scans" / "model")
+    monkeypatch.chdir(repository)
+    beside = invoke("scan", "model", "--quiet")
+    assert beside.exit_code == EXIT_ERROR and "lmshield did not write for this user" in said(beside), beside.output
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from lmshield.defenses.sanitizer import mining as mining_module
 from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.errors import InputError, ScanError
 from lmshield.testing import TINY_ARCHITECTURES, tiny_encoder
+from tests.test_progress import reseal
 from tests.tiny_pairs import TINY_SCAN
 
 
@@ -173,6 +174,9 @@ def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):
     config = TINY_SCAN.replace(max_seeds=2)
     scan(clean, config, progress=False, out_dir=tmp_path)
     (tmp_path / "progress.safetensors").write_bytes(b"not tensors")
+    with pytest.raises(InputError, match=r"did not write for this user.*--fresh"):  # the seal covers the tensors
+        scan(clean, config, progress=False, out_dir=tmp_path)
+    reseal(tmp_path / "progress.json", lambda saved: None)  # sealed, yet damaged
     with pytest.raises(InputError, match=r"damaged scan progress.*--fresh"):
         scan(clean, config, progress=False, out_dir=tmp_path)
     (tmp_path / "progress.json").write_text("{", encoding="utf-8")
@@ -182,15 +186,14 @@ def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):
 
 
 def _edit_progress(folder: Path, number: int, **changes) -> None:
-    saved = json.loads((folder / "progress.json").read_text())
-    saved["outcomes"][number].update(changes)
-    (folder / "progress.json").write_text(json.dumps(saved))
+    reseal(folder / "progress.json", lambda saved: saved["outcomes"][number].update(changes))
 
 
 def _replace_pv(folder: Path, pv: torch.Tensor) -> None:
     tensors = load_file(folder / "progress.safetensors")
     tensors["pv.0"] = pv
     save_file(tensors, str(folder / "progress.safetensors"))
+    reseal(folder / "progress.json", lambda saved: None)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +204,7 @@ def _replace_pv(folder: Path, pv: torch.Tensor) -> None:
         (lambda d: _edit_progress(d, 0, distance=[None]), "distances that are not finite"),
         (lambda d: _replace_pv(d, torch.full((32,), math.nan)), "PV is missing, not of shape \\(32,\\), or not finite"),
         (lambda d: _replace_pv(d, torch.zeros(5)), "PV is missing"),
-        (lambda d: (d / "progress.safetensors").write_bytes(b"{}"), "damaged scan progress"),
+        (lambda d: (d / "progress.safetensors").write_bytes(b"{}"), "did not write for this user"),
     ],
 )
 def test_saved_seeds_are_checked_before_a_scan_resumes_from_them(bert_pair, tmp_path: Path, forge, message: str):

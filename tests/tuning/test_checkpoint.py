@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from lmshield.errors import InputError
 from lmshield.models import Encoder
 from lmshield.tuning import TuningConfig, tune
 from lmshield.tuning.checkpoint import EpochCheckpoint, Progress
+from tests.test_progress import reseal
 from tests.tuning.helpers import tiny_task
 
 # LoRA with dropout: resuming must restore the optimizer, the schedule, the data order and torch's RNG
@@ -96,8 +96,14 @@ def test_a_damaged_checkpoint_is_a_one_line_error(
 ) -> None:
     train, dev = tiny_task(48, 1), tiny_task(16, 2)
     _start_and_interrupt(monkeypatch, trained_bert, train, dev, checkpoint_dir=tmp_path)
-    (tmp_path / "epoch-1.safetensors").unlink()
+    (tmp_path / "epoch-1.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="did not write for this user.*--fresh"):  # the seal covers the tensors
+        tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
+    reseal(tmp_path / "progress.json", lambda saved: None)  # sealed, yet damaged
     with pytest.raises(InputError, match="damaged checkpoint"):
+        tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "epoch-1.safetensors").unlink()
+    with pytest.raises(InputError, match="names files that cannot be read.*--fresh"):
         tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
 
 
@@ -157,7 +163,6 @@ def test_a_tensor_file_outside_the_checkpoint_folder_is_refused(tmp_path: Path) 
     directory = tmp_path / "run"
     EpochCheckpoint(directory, {"run": 1}).save(Progress(1), model, optimizer, schedule, rng)
     shutil.copy(directory / "epoch-1.safetensors", tmp_path / "elsewhere.safetensors")
-    progress = json.loads((directory / "progress.json").read_text())
-    (directory / "progress.json").write_text(json.dumps({**progress, "tensors": "../elsewhere.safetensors"}))
+    reseal(directory / "progress.json", lambda saved: saved.update(tensors="../elsewhere.safetensors"))
     with pytest.raises(InputError, match="unexpected tensor file name"):
         EpochCheckpoint(directory, {"run": 1}).restore(False, model, optimizer, schedule, rng)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
 from lmshield.evaluation.detection import roc_auc
 from lmshield.jsonio import dumps, json_ready, nan_if_none
-from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_json
+from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_progress
 
 if TYPE_CHECKING:
     from lmshield.evaluation.baselines_eval import BaselineSettings
@@ -359,7 +359,7 @@ class _EvalProgress:
 
     def _write(self) -> None:
         if self.path is not None:
-            write_json(self.path, self.state)
+            write_progress(self.path, self.state)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmshield.errors import InputError
-from lmshield.progress import FRESH_HINT, PROGRESS_JSON, read_progress, stamp, write_json
+from lmshield.progress import FRESH_HINT, PROGRESS_JSON, read_progress, stamp, write_progress
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class EpochCheckpoint:
             "schedule": schedule.state_dict(),  # a plain function's lr_lambdas entry is None: JSON-safe
             "python_rng": rng.getstate(),
         }
-        write_json(self.directory / PROGRESS_JSON, payload)
+        write_progress(self.directory / PROGRESS_JSON, payload, files=(name,))
         for old in self.directory.glob("epoch-*.safetensors"):
             if old.name != name:
                 old.unlink()

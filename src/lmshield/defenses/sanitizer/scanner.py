@@ -21,7 +21,7 @@ from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
-from lmshield.progress import FRESH_HINT, PROGRESS_JSON, atomic_write, read_progress, stamp, write_json
+from lmshield.progress import FRESH_HINT, PROGRESS_JSON, atomic_write, read_progress, stamp, write_progress
 from lmshield.text.sources import TextSource
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class _Checkpoint:
                 tensors[f"trigger.{number}"] = outcome.trigger.contiguous()
         atomic_write(self.directory / PROGRESS_TENSORS, lambda p: save_file(tensors, str(p)))
         payload = {"identity": self.identity, "outcomes": [vars(o.trace) for o in outcomes]}
-        write_json(self.directory / PROGRESS_JSON, payload)
+        write_progress(self.directory / PROGRESS_JSON, payload, files=(PROGRESS_TENSORS,))
 
     def clear(self) -> None:
         if self.directory is None:
