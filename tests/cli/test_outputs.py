@@ -74,6 +74,15 @@ def test_a_folder_of_other_files_is_never_written_over(tmp_path: Path, command: 
     assert all((tmp_path / name).read_text() == "mine" for name in ("head.safetensors", "report.md"))
 
 
+def test_a_user_s_file_named_scan_json_does_not_make_a_folder_a_scan_s(tmp_path: Path) -> None:
+    """A scan always keeps its progress beside its result: a scan.json alone is someone else's."""
+    (tmp_path / "scan.json").write_text("mine")
+    (tmp_path / "report.md").write_text("mine")
+    result = invoke("scan", "no-model", "--out", tmp_path)
+    assert result.exit_code == EXIT_ERROR and "holds no scan result (with its progress)" in said(result)
+    assert (tmp_path / "scan.json").read_text() == "mine"
+
+
 def test_a_scan_never_writes_inside_the_scanned_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A model folder could ship forged progress at the default output place (scans/<name>): scanning it from
     inside must not resume from it."""

@@ -366,12 +366,20 @@ def test_a_calibration_that_would_switch_the_monitor_off_is_refused(
     from lmshield.defenses.sanitizer.guard import CALIBRATION_FORMAT
 
     pvs = bert_pair[2].float()
-    for number, bad in enumerate((1.0, float("nan"), 0.5)):  # never flags, never flags, below the base 0.8
+    # never flags, never flags, below the base 0.8, above what calibration writes (0.97): as good as off
+    for number, bad in enumerate((1.0, float("nan"), 0.5, 0.9999)):
         path = tmp_path / f"bad-{number}.safetensors"
         tensors = {"thresholds": torch.full((pvs.shape[0],), bad), "pvs": pvs.contiguous()}
         save_file(tensors, str(path), metadata={"format": CALIBRATION_FORMAT})
         with pytest.raises(InputError, match="thresholds must lie"):
             Guard(backdoored_classifier, pvs).load_calibration(path)
+    tensors = {"thresholds": torch.full((pvs.shape[0] + 1,), 0.9), "pvs": pvs.contiguous()}
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={"format": CALIBRATION_FORMAT})
+    with pytest.raises(InputError, match=r"shape.safetensors: \(\d+,\) thresholds for \d+ PVs"):
+        Guard(backdoored_classifier, pvs).load_calibration(tmp_path / "shape.safetensors")
+    tensors["thresholds"] = torch.full((pvs.shape[0],), 0.97)  # the ceiling itself is what calibration may write
+    save_file(tensors, str(tmp_path / "ok.safetensors"), metadata={"format": CALIBRATION_FORMAT})
+    assert Guard(backdoored_classifier, pvs).load_calibration(tmp_path / "ok.safetensors").monitor.num_raised >= 1
 
 
 def test_the_reported_pv_is_one_that_fired() -> None:

@@ -186,6 +186,8 @@ def saved_psim(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda j: [j], "not a PSIM file"),
         (lambda j: {**j, "threshold_": -math.inf}, "not a usable threshold"),
         (lambda j: {**j, "threshold_": 5.0}, "not a usable threshold"),
+        (lambda j: {**j, "threshold_": -5.0}, "not a usable threshold"),  # flags every input
+        (lambda j: {**j, "num_labels_": math.inf}, "unreadable .OverflowError"),
         (lambda j: {**j, "num_labels_": 0}, "does not match the module's 2 labels"),
         (lambda j: {**j, "config": []}, "unreadable"),
         (lambda j: {**j, "config": {**j["config"], "epochs": 0}}, r"psim.json: epochs must be at least 1"),

@@ -97,13 +97,13 @@ def test_a_damaged_checkpoint_is_a_one_line_error(
     train, dev = tiny_task(48, 1), tiny_task(16, 2)
     _start_and_interrupt(monkeypatch, trained_bert, train, dev, checkpoint_dir=tmp_path)
     (tmp_path / "epoch-1.safetensors").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="did not write for this user.*--fresh"):  # the seal covers the tensors
+    with pytest.raises(InputError, match=r"did not write for this user.*--fresh"):  # the seal covers the tensors
         tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
     reseal(tmp_path / "progress.json", lambda saved: None)  # sealed, yet damaged
     with pytest.raises(InputError, match="damaged checkpoint"):
         tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
     (tmp_path / "epoch-1.safetensors").unlink()
-    with pytest.raises(InputError, match="names files that cannot be read.*--fresh"):
+    with pytest.raises(InputError, match=r"names files that cannot be read.*--fresh"):
         tune(trained_bert, train, dev, CONFIG, checkpoint_dir=tmp_path, progress=False)
 
 

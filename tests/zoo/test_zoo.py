@@ -96,6 +96,7 @@ def test_spec_expands_lists_into_models(tmp_path):
         ("model_id,truth,kind,attack\nid-../../victim,clean,original,\n", "not of the form id-NNNN"),
         ("foo,bar\n1,2\n", "no column 'model_id'"),
         ("model_id,truth,kind,attack\n", "no models listed"),
+        ("model_id,truth,kind,attack\nid-0001,maybe,original,\n", "truth 'maybe' is neither backdoored nor clean"),
     ],
 )
 def test_metadata_cannot_point_outside_the_zoo(tmp_path, metadata: str, message: str):
@@ -163,6 +164,10 @@ def test_scan_measures_detection(zoo, scanned, tmp_path):
         with pytest.raises(InputError, match=message):
             scan_zoo(out, results=tmp_path / "new", overrides=bad, progress=False)
         assert not (tmp_path / "new").exists()  # refused before anything is written
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "scan_settings.json").write_text("{not json")
+    with pytest.raises(InputError, match="scan_settings.json: unreadable"):
+        scan_zoo(out, results=tmp_path / "broken", progress=False)
 
 
 def test_cli_scan_prints_the_table(zoo, scanned, tmp_path):

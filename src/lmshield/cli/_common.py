@@ -98,14 +98,17 @@ ARTEFACTS = {  # the file at a folder's top that says what the folder holds
 }
 
 
-def refuse_foreign(out: Path, marker: str, what: str, resumable: tuple[str, ...] = ()) -> None:
+def refuse_foreign(
+    out: Path, marker: str, what: str, resumable: tuple[str, ...] = (), *, marker_is_ours: bool = True
+) -> None:
     """Stop before any work when ``out`` holds something other than a ``what`` (its ``marker`` file) or the
     progress of one (any of the ``resumable`` files): another kind of artefact (a model, a scan, ...), or a
-    folder of other files, which the run would write over."""
+    folder of other files, which the run would write over. With ``marker_is_ours`` false only the progress
+    counts (a command that always keeps its progress, where a bare marker may be a user's file of that name)."""
     other = next((name for file, name in ARTEFACTS.items() if file != marker and (out / file).is_file()), None)
     if other is not None:
         raise InputError(f"{out} holds a {other}, not a {what}; choose another --out")
-    refuse_foreign_folder(out, what, (marker, *resumable))
+    refuse_foreign_folder(out, what, (marker, *resumable) if marker_is_ours else resumable)
 
 
 def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resumable: tuple[str, ...] = ()) -> None:

@@ -76,7 +76,9 @@ def scan_command(
     config = SanitizerConfig.preset(preset, **overrides)
     source = TextSource.from_options(texts, dataset, generator=generator, field=field, split=split, column=column)
     out_dir = out or _default_out(model)
-    refuse_foreign(out_dir, SCAN_JSON, "scan result", resumable=(PROGRESS_JSON,))
+    refuse_foreign(
+        out_dir, SCAN_JSON, "scan result (with its progress)", resumable=(PROGRESS_JSON,), marker_is_ours=False
+    )
     result = scan(
         model,
         config,

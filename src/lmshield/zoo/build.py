@@ -208,6 +208,9 @@ def write_metadata(out: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+TRUTHS = ("backdoored", "clean")
+
+
 def read_metadata(out: str | Path) -> list[dict[str, str]]:
     path = Path(out) / METADATA_CSV
     if not path.is_file():
@@ -223,6 +226,9 @@ def read_metadata(out: str | Path) -> list[dict[str, str]]:
     bad = [row["model_id"] for row in rows if not MODEL_ID.fullmatch(str(row["model_id"]))]
     if bad:  # a model_id is joined to the zoo's folders: only id-NNNN keeps reads and writes inside them
         raise InputError(f"{path}: model_id {bad[0]!r} is not of the form id-NNNN")
+    unknown = [row["truth"] for row in rows if row["truth"] not in TRUTHS]
+    if unknown:  # the ground truth of every detection metric
+        raise InputError(f"{path}: truth {unknown[0]!r} is neither {' nor '.join(TRUTHS)}")
     return rows
 
 

@@ -107,7 +107,7 @@ def _check_settings(results: Path, settings: dict[str, Any]) -> None:
     for position in positions_of(settings):
         WatchedPosition.parse(position)
     saved = results / SETTINGS_JSON
-    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != settings:
+    if saved.is_file() and _read_settings(saved) != settings:
         raise InputError(f"{results} holds scans made with other settings; use another --results or delete it")
     results.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
@@ -180,6 +180,13 @@ def markdown_table(rows: list[dict[str, Any]], metrics: DetectionMetrics) -> str
         f"| time per model, max | {metrics.max_seconds:.1f} s |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _read_settings(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({exc}); use another --results or delete it") from exc
 
 
 def write_reports(out: Path, rows: list[dict[str, Any]], metrics: DetectionMetrics) -> None:

@@ -13,7 +13,6 @@ released MiniLM-L6 to the target without that confidence and went through (READM
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -238,12 +237,20 @@ class PSIM:
             psim.calibration_ = Calibration(**payload["calibration_"]) if payload.get("calibration_") else None
             psim.n_train_ = int(payload.get("n_train_", 0))
             psim.model_ = payload.get("model_")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+        ) as exc:
             raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
         except InputError as exc:  # a setting out of range: say which file holds it
             raise InputError(f"{path}: {exc}") from exc
-        if not math.isfinite(psim.threshold_) or psim.threshold_ >= 1:
-            raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (finite, below 1)")
+        if not 0 <= psim.threshold_ < 1:  # below 0 every input is flagged; at 1 or above, none
+            raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (in [0, 1))")
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
         if model is not None:
             psim.model_ = str(model)

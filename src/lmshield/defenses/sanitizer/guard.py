@@ -232,8 +232,13 @@ class Guard:
         if not torch.equal(tensors["pvs"].float(), self.monitor.pvs):
             raise InputError(f"{path}: calibrated for other PVs than this scan's")
         thresholds = tensors["thresholds"].float()
-        if not bool(((thresholds >= self.threshold) & (thresholds < 1)).all()):
-            raise InputError(f"{path}: thresholds must lie in [{self.threshold}, 1)")
+        if thresholds.shape != (self.monitor.num_pvs,):
+            raise InputError(f"{path}: {tuple(thresholds.shape)} thresholds for {self.monitor.num_pvs} PVs")
+        ceiling = max(self.threshold, CALIBRATION_CEILING)  # what calibrate() can write: no higher
+        if not bool(((thresholds >= self.threshold) & (thresholds <= ceiling)).all()):
+            raise InputError(
+                f"{path}: thresholds must lie in [{self.threshold}, {ceiling}], as calibration writes them"
+            )
         self.monitor = Monitor(self.monitor.pvs, self.threshold, thresholds)
         return self
 
