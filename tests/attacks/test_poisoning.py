@@ -428,6 +428,26 @@ def test_a_manifest_of_another_kind_is_refused(tmp_path: Path) -> None:
         PoisonManifest.load(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"triggers": "mn"}, "triggers is not of type list\\[str\\]"),
+        ({"target_label": True}, "target_label is not of type int"),
+        ({"base_model": {"path": "/elsewhere"}}, "base_model is not of type str"),
+        ({"settings": ["x"]}, "settings is not of type dict"),
+        ({"paraphraser": 3}, "paraphraser is not of type str \\| None"),
+    ],
+)
+def test_a_manifest_with_fields_of_the_wrong_type_is_refused(tmp_path: Path, changes: dict, message: str) -> None:
+    """backdoor.json is read by psim eval and attack verify (base_model names the model loaded next)."""
+    from lmshield.attacks.manifest import BACKDOOR_JSON
+
+    data = json.loads((released("badnet") / BACKDOOR_JSON).read_text())
+    (tmp_path / BACKDOOR_JSON).write_text(json.dumps({**data, **changes}))
+    with pytest.raises(InputError, match=message):
+        PoisonManifest.load(tmp_path)
+
+
 def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed during the fine-tune, the same command picks up after the last finished epoch."""
     import lmshield.tuning.trainer as trainer

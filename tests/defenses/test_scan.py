@@ -88,6 +88,10 @@ def _nan_pvs(scan_dir: Path) -> None:
     save_file(tensors, str(scan_dir / "pvs.safetensors"))
 
 
+def _set_accepted(data: dict, **changes) -> None:
+    next(t for t in data["trace"] if t["status"] == "accepted").update(changes)
+
+
 def _zero_pvs(scan_dir: Path) -> None:
     tensors = load_file(scan_dir / "pvs.safetensors")
     tensors["pvs"] = torch.zeros_like(tensors["pvs"])  # a guard built on them would never flag anything
@@ -120,6 +124,9 @@ def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda d: _damage_json(d, lambda j: j["trace"][0].update(status="skipped")), "status 'skipped'"),
         (lambda d: _damage_json(d, lambda j: j["config"].update(batch_size=0)), r"scan.json: batch_size"),
         (_zero_pvs, "zero entries, which no output can match"),
+        (lambda d: _damage_json(d, lambda j: j["trace"][0].update(epochs=-5)), "epochs and steps must be whole"),
+        (lambda d: _damage_json(d, lambda j: _set_accepted(j, pv_index=99)), "pv_index do not number its PVs"),
+        (lambda d: _damage_json(d, lambda j: j.update(nearest_tokens=5)), "nearest_tokens must list"),
     ],
 )
 def test_damaged_result_is_a_one_line_error(saved_scan: Path, tmp_path: Path, damage, message: str):

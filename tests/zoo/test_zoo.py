@@ -166,7 +166,7 @@ def test_scan_measures_detection(zoo, scanned, tmp_path):
         assert not (tmp_path / "new").exists()  # refused before anything is written
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "scan_settings.json").write_text("{not json")
-    with pytest.raises(InputError, match="scan_settings.json: unreadable"):
+    with pytest.raises(InputError, match=r"scan_settings\.json: unreadable"):
         scan_zoo(out, results=tmp_path / "broken", progress=False)
 
 

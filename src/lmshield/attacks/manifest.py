@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -61,9 +63,38 @@ class ManifestFile:
             raise InputError(f"{path}: not a manifest of {cls.MADE_BY}")
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise InputError(f"{path}: incomplete manifest ({exc})") from exc
+        hints = typing.get_type_hints(cls)
+        for name in known:
+            if not _matches(getattr(manifest, name), hints[name]):
+                raise InputError(f"{path}: {name} is not {_describe(hints[name])}")
+        return manifest
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON has the annotated type (the forms manifests use)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    return "of type " + (hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", ""))
 
 
 @dataclass

@@ -45,6 +45,9 @@ class SeedTrace:
         """Raise ``ValueError`` for a trace no scan writes (read back from a file, it is input like any other)."""
         if self.status not in SEED_STATUSES:
             raise ValueError(f"seed {self.seed!r} with status {self.status!r}")
+        counts = (self.seed, self.epochs, self.steps)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            raise ValueError(f"seed {self.seed!r}: seed, epochs and steps must be whole numbers >= 0")
         numbers = (
             [*self.distance, *self.collapse]
             if isinstance(self.distance, list) and isinstance(self.collapse, list)
@@ -180,6 +183,10 @@ class ScanResult:
                 f"{directory}: {PVS_FILE} holds pvs {tuple(self.pvs.shape)} and triggers "
                 f"{tuple(self.triggers.shape)}; expected (K, hidden) and (K, length, embedding)"
             )
+        if hidden is not None and self.pvs.shape[0] and self.pvs.shape[1] != hidden:
+            raise InputError(f"{directory}: PVs of size {self.pvs.shape[1]} for a model of hidden size {hidden}")
+        if (self.verdict == "backdoored") != bool(self.pvs.shape[0]):
+            raise InputError(f"{directory}: verdict {self.verdict!r} with {self.pvs.shape[0]} PV(s) in {PVS_FILE}")
         if not bool(self.pvs.isfinite().all()) or not bool(self.triggers.isfinite().all()):
             raise InputError(f"{directory}: {PVS_FILE} holds NaN or infinite values")
         if not (math.isfinite(self.score) and math.isfinite(self.spread) and self.spread > 0):
@@ -191,9 +198,12 @@ class ScanResult:
                 trace.check()
         except ValueError as exc:
             raise InputError(f"{directory}: {SCAN_JSON}: {exc}") from exc
-        if hidden is not None and self.pvs.shape[0] and self.pvs.shape[1] != hidden:
-            raise InputError(f"{directory}: PVs of size {self.pvs.shape[1]} for a model of hidden size {hidden}")
-        if (self.verdict == "backdoored") != bool(self.pvs.shape[0]):
-            raise InputError(f"{directory}: verdict {self.verdict!r} with {self.pvs.shape[0]} PV(s) in {PVS_FILE}")
+        pv_indices = [t.pv_index for t in self.trace if t.status == "accepted"]  # each PV once, in order found
+        if not all(isinstance(i, int) for i in pv_indices) or sorted(pv_indices) != list(range(self.num_pvs)):
+            raise InputError(f"{directory}: {SCAN_JSON}: the accepted seeds' pv_index do not number its PVs")
+        if not isinstance(self.nearest_tokens, list) or len(self.nearest_tokens) != self.num_pvs:
+            raise InputError(
+                f"{directory}: {SCAN_JSON}: nearest_tokens must list the tokens of each of the {self.num_pvs} PVs"
+            )
         if bool((self.pvs == 0).any()):  # a zero has no sign: the monitor could never match that PV
             raise InputError(f"{directory}: {PVS_FILE} holds PVs with zero entries, which no output can match")
