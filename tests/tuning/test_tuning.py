@@ -84,6 +84,13 @@ def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
         TuningConfig(**changes)
 
 
+def test_a_diverging_run_stops_instead_of_saving_nan_weights(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"training diverged in epoch 1 \(loss nan\); lower the learning rate"):
+        tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(20, 2), fast("lora", epochs=1, lr=1e30),
+             out_dir=tmp_path / "clf", progress=False)  # fmt: skip
+    assert not (tmp_path / "clf" / "tuning.json").exists()
+
+
 @pytest.mark.parametrize(("method", "head"), [(m, "cls") for m in ALL_METHODS] + [(m, "mask") for m in ALL_METHODS])
 def test_each_method_beats_chance(trained_bert: Encoder, method: str, head: str) -> None:
     result = tune(trained_bert, tiny_task(240, 1), tiny_task(90, 2), fast(method, head), progress=False)

@@ -151,6 +151,10 @@ def _train(
     for epoch in range(state.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         loss = _run_epoch(classifier, train, optimizer, schedule, params, rng, config, epoch, progress)
+        if not math.isfinite(loss):  # the weights are NaN now: saving them would give a classifier none can load
+            raise InputError(
+                f"training diverged in epoch {epoch} (loss {loss}); lower the learning rate (lr {config.lr:g})"
+            )
         dev_accuracy = accuracy(classifier, dev, config.eval_batch_size)
         history.append(EpochRecord(epoch, loss, dev_accuracy, time.perf_counter() - started))
         logger.info("epoch %d: loss %.4f, dev accuracy %.4f", epoch, loss, dev_accuracy)
