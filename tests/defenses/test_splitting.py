@@ -42,14 +42,19 @@ def test_sub_trigger_parts_are_shorter_first() -> None:
     assert sub_trigger_parts(2, 2) == [(0,), (1,)]  # never the whole trigger again
 
 
-def test_a_blended_trigger_splits_into_one_pv_per_trigger(bert_pair) -> None:
-    _, backdoored, vectors = bert_pair  # vectors[0] belongs to 'cf', vectors[1] to 'mn'
+def _miner_and_blend(backdoored) -> tuple[PVMiner, SeedOutcome]:
+    """A miner over the tiny corpus and a candidate whose trigger blends the two planted triggers."""
     carriers = prepare_carriers(
         backdoored, tiny_corpus(96, 5), WatchedPosition.parse("cls"), max_length=32, trigger_length=7,
         max_insert_word=32, seed=0,
     )  # fmt: skip
     miner = PVMiner(backdoored, carriers, CONFIG)
-    parent = _blended_candidate(miner, backdoored)
+    return miner, _blended_candidate(miner, backdoored)
+
+
+def test_a_blended_trigger_splits_into_one_pv_per_trigger(bert_pair) -> None:
+    _, backdoored, vectors = bert_pair  # vectors[0] belongs to 'cf', vectors[1] to 'mn'
+    miner, parent = _miner_and_blend(backdoored)
     before = sign_match(parent.pv[None], vectors[:2]).squeeze(0)
     assert float(before.min()) < 0.8, before  # the blend alone leaves one trigger to the monitor's blind spot
 
@@ -63,7 +68,7 @@ def test_a_blended_trigger_splits_into_one_pv_per_trigger(bert_pair) -> None:
     pairwise[:, 1:].fill_diagonal_(0.0)
     assert bool((pairwise < SAME_SIGNS).all()), pairwise  # one PV per sign pattern: no sub-trigger repeats one
     assert split_candidates(miner, [parent], parent.pv[None]) and not split_candidates(
-        PVMiner(backdoored, carriers, CONFIG.replace(split_triggers=0)), [parent], parent.pv[None]
+        PVMiner(backdoored, miner.carriers, CONFIG.replace(split_triggers=0)), [parent], parent.pv[None]
     )
 
 
@@ -85,12 +90,7 @@ def test_sub_triggers_are_judged_shorter_first_and_the_farthest_first(bert_pair)
     from lmshield.defenses.sanitizer.splitting import _evaluation_rows, _sub_candidates
 
     _, backdoored, _ = bert_pair
-    carriers = prepare_carriers(
-        backdoored, tiny_corpus(96, 5), WatchedPosition.parse("cls"), max_length=32, trigger_length=7,
-        max_insert_word=32, seed=0,
-    )  # fmt: skip
-    miner = PVMiner(backdoored, carriers, CONFIG)
-    parent = _blended_candidate(miner, backdoored)
+    miner, parent = _miner_and_blend(backdoored)
     candidates = _sub_candidates(miner, parent, *_evaluation_rows(miner))
     order = [(len(c.trace.parts), -c.trace.final_distance) for c in candidates]
     assert len(candidates) == 7 + 21 and order == sorted(order)
