@@ -74,6 +74,13 @@ def test_a_folder_of_other_files_is_never_written_over(tmp_path: Path, command: 
     assert all((tmp_path / name).read_text() == "mine" for name in ("head.safetensors", "report.md"))
 
 
+def test_a_folder_holding_only_hidden_files_counts_as_empty(tmp_path: Path) -> None:
+    """A .gitkeep or .DS_Store is no user's work: the run goes on (and fails here on the missing model)."""
+    (tmp_path / ".gitkeep").write_text("")
+    result = invoke("scan", "./no-model", "--out", tmp_path)
+    assert result.exit_code == EXIT_ERROR and "no such model directory" in said(result), result.output
+
+
 def test_a_user_s_file_named_scan_json_does_not_make_a_folder_a_scan_s(tmp_path: Path) -> None:
     """A scan always keeps its progress beside its result: a scan.json alone is someone else's."""
     (tmp_path / "scan.json").write_text("mine")

@@ -330,6 +330,8 @@ def test_guard_eval_cli(saved, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "ASR+guard" in result.output
     assert json.loads((tmp_path / "report.json").read_text())["clean_inputs"] == 20
+    quiet = runner.invoke(app, [*args, "--triggers", "cf", "--quiet"])
+    assert quiet.exit_code == 0 and "%|" in result.output and "%|" not in quiet.output  # bars only without --quiet
     both = runner.invoke(app, [*args, "--backdoor", str(backdoor), "--triggers", "cf"])
     assert both.exit_code == EXIT_ERROR and "either" in both.output
     clean = tmp_path / "clean.txt"

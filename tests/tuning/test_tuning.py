@@ -342,6 +342,22 @@ def test_a_base_carried_inside_the_classifier_is_checked_too(tmp_path: Path) -> 
         TunedClassifier.from_pretrained(tmp_path / "clf")
 
 
+def test_a_base_named_by_a_bare_folder_name_is_not_taken_for_a_hub_id_once_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'tune --model pois' names a local folder; moved, it must get the 'give its new place' hint, not a hub
+    download of a repository called 'pois'."""
+    from lmshield.testing import save_tiny
+
+    save_tiny(tiny_encoder("bert"), tmp_path / "pois")
+    monkeypatch.chdir(tmp_path)
+    tune("pois", tiny_task(40, 1), tiny_task(20, 2), fast("prompt", epochs=1), out_dir=tmp_path / "clf", progress=False)
+    (tmp_path / "pois").rename(tmp_path / "moved")
+    with pytest.raises(InputError, match="no longer exists; if it moved, give its new place"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+    assert TunedClassifier.from_pretrained(tmp_path / "clf", base=tmp_path / "moved").label_names
+
+
 def test_a_moved_base_is_found_where_it_is_said_to_be_and_checked(tmp_path: Path) -> None:
     from lmshield.testing import save_tiny
 

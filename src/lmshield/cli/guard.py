@@ -209,6 +209,7 @@ def eval_command(
     base: Base = None,
     any_scan: AnyScan = False,
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""
     from lmshield.defenses.sanitizer.guard import Guard
@@ -226,6 +227,7 @@ def eval_command(
         threshold=threshold,
         max_removed=max_removed,
         batch_size=batch_size,
+        progress=not quiet,
     )
     _calibrate(guard, calibrate, text_field, save_calibration)
     data = read_labelled(

@@ -380,6 +380,13 @@ def _load_base(
     return encoder_model, loaded.tokenizer, info, seq_model
 
 
+def _in_hub_cache(directory: str) -> bool:
+    """Whether a recorded base directory was a Hugging Face cache snapshot (a bare name that was not is a local
+    folder given by name, such as ``--model pois``, which the hub must not be asked for)."""
+    parts = Path(directory).parts
+    return "snapshots" in parts and any(part.startswith("models--") for part in parts)
+
+
 def _check_base(source: str, fingerprint: str, recorded: BaseModelInfo) -> None:
     if fingerprint != recorded.fingerprint:
         raise InputError(f"{source}: not the base model's weights the classifier was tuned from")
@@ -394,7 +401,7 @@ def _base_location(out: Path, base: BaseModelInfo, moved_to: str | Path | None =
         return str(moved_to)
     if Path(base.directory).is_dir():
         return base.directory
-    if base.source is not None and not looks_like_path(base.source):
+    if base.source is not None and not looks_like_path(base.source) and _in_hub_cache(base.directory):
         return base.source  # a hub id: loaded again from the hub (or its cache)
     raise InputError(
         f"{out}: the base model directory {base.directory} no longer exists; if it moved, give its new place "
