@@ -98,23 +98,20 @@ ARTEFACTS = {  # the file at a folder's top that says what the folder holds
 }
 
 
-def refuse_foreign(
-    out: Path, marker: str, what: str, resumable: tuple[str, ...] = (), *, marker_is_ours: bool = True
-) -> None:
-    """Stop before any work when ``out`` holds something other than a ``what`` (its ``marker`` file) or the
-    progress of one (any of the ``resumable`` files): another kind of artefact (a model, a scan, ...), or a
-    folder of other files, which the run would write over. With ``marker_is_ours`` false only the progress
-    counts (a command that always keeps its progress, where a bare marker may be a user's file of that name)."""
+def refuse_foreign(out: Path, marker: str, what: str, ours: tuple[str, ...]) -> None:
+    """Stop before any work when ``out`` holds another kind of artefact than a ``what`` (whose top file is
+    ``marker``: a model, a scan, ...), or files none of which is one of ``ours`` (the command's result or
+    progress), which the run would write over."""
     other = next((name for file, name in ARTEFACTS.items() if file != marker and (out / file).is_file()), None)
     if other is not None:
         raise InputError(f"{out} holds a {other}, not a {what}; choose another --out")
-    refuse_foreign_folder(out, what, (marker, *resumable) if marker_is_ours else resumable)
+    refuse_foreign_folder(out, what, ours)
 
 
 def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resumable: tuple[str, ...] = ()) -> None:
     """:func:`refuse_foreign`, and stop when ``out`` already holds a finished ``what`` unless ``overwrite``: a
     rerun with other settings must not silently replace a result others point at."""
-    refuse_foreign(out, marker, what, resumable)
+    refuse_foreign(out, marker, what, (marker, *resumable))
     if not overwrite and (out / marker).is_file():
         raise InputError(f"{out} already holds a {what}; pass --overwrite to replace it, or choose another --out")
 

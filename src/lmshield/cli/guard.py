@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lmshield.cli._common import AnyScan, Base, Device, LabelField, Quiet, TextField, friendly_errors, output_file
 from lmshield.errors import InputError
+
+if TYPE_CHECKING:
+    from lmshield.defenses.sanitizer.guard import Guard
 
 CalibrationTexts = Annotated[
     Path | None,
@@ -30,18 +33,24 @@ SaveCalibration = Annotated[
 ]
 
 
-def _calibrate(guard, calibrate: Path | None, field: str | None, save: Path | None) -> None:  # noqa: ANN001
-    """Calibrate from clean texts or load a saved calibration, then save it where asked."""
+def _load_guard(
+    classifier: Path, scan: Path, *, calibrate: Path | None, field: str | None, save: Path | None, **options: Any
+) -> Guard:
+    """A guard over a saved classifier and scan (``options`` go to ``Guard.from_pretrained``), calibrated from
+    clean texts or a saved calibration, which is then saved where asked."""
+    from lmshield.defenses.sanitizer.guard import Guard
     from lmshield.text import read_texts
 
+    if save is not None and calibrate is None:
+        raise InputError("--save-calibration needs --calibrate")
+    guard = Guard.from_pretrained(classifier, scan, **options)
     if calibrate is not None and calibrate.suffix == ".safetensors":
         guard.load_calibration(calibrate)
     elif calibrate is not None:
         guard.calibrate(read_texts(calibrate, field))
     if save is not None:
-        if calibrate is None:
-            raise InputError("--save-calibration needs --calibrate")
         typer.echo(f"calibration: {guard.save_calibration(save)}", err=True)
+    return guard
 
 
 guard_app = typer.Typer(
@@ -92,7 +101,6 @@ def predict_command(
     quiet: Quiet = False,
 ) -> None:
     """Classify a file of texts, guarded by a scan (--scan) or PSIM (--psim); one JSON object per text."""
-    from lmshield.defenses.sanitizer.guard import Guard
     from lmshield.devices import resolve_device
     from lmshield.text import read_texts
     from lmshield.tuning import TunedClassifier
@@ -121,9 +129,12 @@ def predict_command(
             for t, y, p in zip(items, output.labels, output.probs, strict=True)
         ]
     else:
-        guard = Guard.from_pretrained(
+        guard = _load_guard(
             classifier,
             scan,
+            calibrate=calibrate,
+            field=field,
+            save=save_calibration,
             device=resolve_device(device),
             base=base,
             any_scan=any_scan,
@@ -131,7 +142,6 @@ def predict_command(
             progress=progress,
             **guard_options,
         )
-        _calibrate(guard, calibrate, field, save_calibration)
         rows = [p.to_dict() for p in guard.predict(items)]
         flagged = sum(r["flagged"] for r in rows)
         refused = sum(r["status"] == "refused" for r in rows)
@@ -212,15 +222,17 @@ def eval_command(
     quiet: Quiet = False,
 ) -> None:
     """ASR with and without the guard, clean accuracy, monitor FPR, purge success and latency."""
-    from lmshield.defenses.sanitizer.guard import Guard
     from lmshield.devices import resolve_device
     from lmshield.evaluation.guard_eval import evaluate_guard
     from lmshield.tuning import read_labelled
 
     trigger_list = _triggers(backdoor, triggers)
-    guard = Guard.from_pretrained(
+    guard = _load_guard(
         classifier,
         scan,
+        calibrate=calibrate,
+        field=text_field,
+        save=save_calibration,
         device=resolve_device(device),
         base=base,
         any_scan=any_scan,
@@ -229,7 +241,6 @@ def eval_command(
         batch_size=batch_size,
         progress=not quiet,
     )
-    _calibrate(guard, calibrate, text_field, save_calibration)
     data = read_labelled(
         str(test), text_field=text_field, label_field=label_field, label_names=guard.classifier.label_names
     ).head(limit)

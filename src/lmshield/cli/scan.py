@@ -76,9 +76,8 @@ def scan_command(
     config = SanitizerConfig.preset(preset, **overrides)
     source = TextSource.from_options(texts, dataset, generator=generator, field=field, split=split, column=column)
     out_dir = out or _default_out(model)
-    refuse_foreign(
-        out_dir, SCAN_JSON, "scan result (with its progress)", resumable=(PROGRESS_JSON,), marker_is_ours=False
-    )
+    # a scan always keeps its progress beside its result: a scan.json alone may be a user's file of that name
+    refuse_foreign(out_dir, SCAN_JSON, "scan result (with its progress)", ours=(PROGRESS_JSON,))
     result = scan(
         model,
         config,
