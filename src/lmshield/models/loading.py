@@ -166,16 +166,19 @@ def read_tensors(file: str | Path, device: str | torch.device = "cpu") -> dict[s
     return state
 
 
-def _check_safetensors(file: Path) -> list[str]:
-    """The names of the tensors in ``file``, once its header and tensor table proved readable."""
+def _check_safetensors(file: Path) -> None:
     try:
         with safe_open(str(file), framework="pt") as handle:
-            names = list(handle.keys())
-            for name in names:
-                handle.get_slice(name)
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                handle.get_slice(key)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{file}: corrupted or truncated safetensors file ({exc})") from exc
-    return names
+
+
+def _tensor_names(file: Path) -> list[str]:
+    """The tensor names in the header of a safetensors file :func:`find_weights` has checked."""
+    with safe_open(str(file), framework="pt") as handle:
+        return list(handle.keys())
 
 
 LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.3.attention..., model.layers.3...
@@ -188,7 +191,7 @@ def _check_layer_count(directory: Path, config: PretrainedConfig, weights: list[
     wanted = getattr(config, "num_hidden_layers", None)
     if is_pickle or not isinstance(wanted, int):
         return
-    names = [name for file in weights for name in _check_safetensors(file)]
+    names = [name for file in weights for name in _tensor_names(file)]
     indices = {int(match.group(1)) for name in names if (match := LAYER_INDEX.search(name))}
     if indices and wanted > max(indices) + 1:
         raise ModelLoadError(f"{directory}/config.json asks for {wanted} layers; the weights hold {max(indices) + 1}")

@@ -23,9 +23,8 @@ class PreparedCarriers:
     slot_counts: torch.Tensor  # (N,)
     watched: torch.Tensor  # (N,) index of the watched token before insertion
     targets: torch.Tensor  # (N, H) clean watched outputs f(x)
-    spread: (
-        float  # mean squared distance between the clean outputs of two carriers drawn at random (a pair may repeat one)
-    )
+    # mean squared distance between the clean outputs of two carriers drawn at random (a pair may repeat one)
+    spread: float
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

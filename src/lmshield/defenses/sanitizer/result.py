@@ -23,6 +23,10 @@ VERDICTS = ("backdoored", "clean")
 SEED_STATUSES = ("accepted", "rejected", "abandoned")
 
 
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass
 class SeedTrace:
     """What one seed of PV mining did and why it ended as it did."""
@@ -48,13 +52,9 @@ class SeedTrace:
         counts = (self.seed, self.epochs, self.steps)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
             raise ValueError(f"seed {self.seed!r}: seed, epochs and steps must be whole numbers >= 0")
-        numbers = (
-            [*self.distance, *self.collapse]
-            if isinstance(self.distance, list) and isinstance(self.collapse, list)
-            else [None]
-        )
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-            raise ValueError(f"seed {self.seed}: distances that are not finite numbers")
+        for series in (self.distance, self.collapse):
+            if not isinstance(series, list) or not all(_finite_number(v) for v in series):
+                raise ValueError(f"seed {self.seed}: distances that are not finite numbers")
 
     @property
     def final_distance(self) -> float:
