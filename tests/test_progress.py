@@ -11,7 +11,14 @@ import pytest
 
 from lmshield import __version__
 from lmshield.errors import InputError
-from lmshield.progress import progress_key, read_progress, stamp, write_progress
+from lmshield.progress import (
+    progress_key,
+    read_progress,
+    refuse_finished,
+    refuse_foreign_folder,
+    stamp,
+    write_progress,
+)
 
 
 def reseal(path: Path, edit: Callable[[dict], None]) -> None:
@@ -81,3 +88,22 @@ def test_the_key_is_made_once_and_readable_by_its_user_only(tmp_path: Path, monk
     monkeypatch.setenv("LMSHIELD_KEY_FILE", str(tmp_path / "another.key"))  # another user, or another machine
     with pytest.raises(InputError, match="did not write for this user"):
         read_progress(path, stamp({}), "a job")
+
+
+def test_output_folders_refuse_users_files_and_finished_results(tmp_path: Path) -> None:
+    """One rule for every job: a folder of someone else's files is refused, hidden files do not count, and a
+    finished result is replaced only when asked."""
+    out = tmp_path / "out"
+    refuse_foreign_folder(out, "model", ("config.json",))  # a folder yet to be made
+    out.mkdir()
+    (out / ".gitkeep").write_text("")
+    refuse_foreign_folder(out, "model", ("config.json",))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds no model"):
+        refuse_foreign_folder(out, "model", ("config.json",))
+    refuse_finished(out, "config.json", "model", overwrite=False)  # nothing finished yet
+    (out / "config.json").write_text("{}")
+    refuse_foreign_folder(out, "model", ("config.json",))
+    with pytest.raises(InputError, match="already holds a model; pass --overwrite"):
+        refuse_finished(out, "config.json", "model", overwrite=False)
+    refuse_finished(out, "config.json", "model", overwrite=True)

@@ -42,6 +42,15 @@ def refuse_foreign_folder(out: Path, what: str, ours: tuple[str, ...]) -> None:
         raise InputError(f"{out} is not empty and holds no {what}: its files could be written over; choose a new --out")
 
 
+def refuse_finished(out: Path, marker: str, what: str, overwrite: bool) -> None:
+    """Refuse (before any work) to replace a finished ``what`` (its top file is ``marker``) unless ``overwrite``:
+    a rerun with other settings must not silently replace a result others point at."""
+    if not overwrite and (out / marker).is_file():
+        raise InputError(
+            f"{out} already holds a {what}; pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        )
+
+
 def stamp(identity: dict[str, Any]) -> dict[str, Any]:
     """``identity`` with the lmshield version, in the form it takes after a JSON round trip (tuples as lists)."""
     return json.loads(json.dumps({**identity, "lmshield": __version__}))

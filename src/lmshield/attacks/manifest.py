@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Self
 import torch
 
 from lmshield.errors import InputError
-from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, refuse_foreign_folder
+from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, refuse_finished, refuse_foreign_folder
 
 BACKDOOR_JSON = "backdoor.json"
 FORMAT = "lmshield-backdoor"
@@ -26,8 +26,7 @@ def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bo
     out = Path(out_dir)
     if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
         raise InputError("the backdoored model must not overwrite the clean one: choose another --out")
-    if (out / "config.json").exists() and not overwrite:
-        raise InputError(f"{out} already holds a model; pass overwrite (--overwrite) to replace it")
+    refuse_finished(out, "config.json", "model", overwrite)
     refuse_foreign_folder(out, "model", ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}"))
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -13,7 +13,7 @@ import click
 import typer
 
 from lmshield.errors import EXIT_ERROR, InputError, LmshieldError
-from lmshield.progress import refuse_foreign_folder
+from lmshield.progress import refuse_finished, refuse_foreign_folder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,11 +109,9 @@ def refuse_foreign(out: Path, marker: str, what: str, ours: tuple[str, ...]) -> 
 
 
 def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resumable: tuple[str, ...] = ()) -> None:
-    """:func:`refuse_foreign`, and stop when ``out`` already holds a finished ``what`` unless ``overwrite``: a
-    rerun with other settings must not silently replace a result others point at."""
+    """:func:`refuse_foreign`, then :func:`lmshield.progress.refuse_finished`."""
     refuse_foreign(out, marker, what, (marker, *resumable))
-    if not overwrite and (out / marker).is_file():
-        raise InputError(f"{out} already holds a {what}; pass --overwrite to replace it, or choose another --out")
+    refuse_finished(out, marker, what, overwrite)
 
 
 def quiet_libraries() -> None:
