@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import time
 from pathlib import Path
@@ -168,6 +169,18 @@ def test_scan_measures_detection(zoo, scanned, tmp_path):
     (tmp_path / "broken" / "scan_settings.json").write_text("{not json")
     with pytest.raises(InputError, match=r"scan_settings\.json: unreadable"):
         scan_zoo(out, results=tmp_path / "broken", progress=False)
+
+
+def test_fresh_rescans_every_model_with_the_new_settings(zoo, scanned, tmp_path):
+    _, out = zoo
+    results = tmp_path / "scans"
+    shutil.copytree(out / "scans", results)
+    before = (results / "id-0000" / "scan.json").read_text()
+    found = scan_zoo(out, results=results, overrides={"max_seeds": 2}, progress=False, fresh=True)
+    assert json.loads((results / "scan_settings.json").read_text())["overrides"]["max_seeds"] == 2
+    rescanned = json.loads((results / "id-0000" / "scan.json").read_text())
+    assert rescanned["config"]["max_seeds"] == 2 and rescanned != json.loads(before)
+    assert len(found.rows) == 4
 
 
 def test_cli_scan_prints_the_table(zoo, scanned, tmp_path):

@@ -61,8 +61,9 @@ def scan_command(
     address: Address = None,
     num_cpus: NumCpus = None,
     quiet: Quiet = False,
+    fresh: Annotated[bool, typer.Option(help="Rescan every model: discard earlier results and progress.")] = False,
 ) -> None:
-    """Scan every model of ZOO_DIR; write detection.csv/.md, metrics.json and roc.png."""
+    """Scan every model of ZOO_DIR; write detection.csv/.md, metrics.json and roc.png (a rerun resumes)."""
     from lmshield.zoo import scan_zoo
 
     overrides = {"preset": preset, "position": position, "max_seeds": max_seeds, "lr": lr}
@@ -74,6 +75,7 @@ def scan_command(
         address=address,
         num_cpus=num_cpus,
         progress=not quiet,
+        fresh=fresh,
     )
     typer.echo(found.markdown())
     typer.echo(f"results: {found.directory}")

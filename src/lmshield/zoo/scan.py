@@ -63,19 +63,19 @@ def positions_of(settings: dict[str, Any]) -> list[str]:
 
 
 def scan_model(task: dict[str, Any]) -> dict[str, Any]:
-    """Scan one model (a Ray-friendly task) at each watched position; reuse finished results.
+    """Scan one model (a Ray-friendly task) at each watched position; reuse finished results (unless fresh).
 
     With several positions a model is backdoored when any position yields a PV (later positions are
     skipped once one has), its score is the largest and its time the sum.
     """
     from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
 
-    settings = task["settings"]
+    settings, fresh = task["settings"], task.get("fresh", False)
     positions = positions_of(settings)
     results = []
     for position in positions:
         out = Path(task["out"]) if len(positions) == 1 else Path(task["out"]) / position
-        if (out / "scan.json").is_file():
+        if (out / "scan.json").is_file() and not fresh:
             result = ScanResult.from_pretrained(out)
         else:
             config = SanitizerConfig.preset(settings["preset"], **settings["overrides"])
@@ -86,6 +86,7 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
                 text_source=text_source_of(settings["text"]),
                 out_dir=out,
                 progress=task["progress"],
+                fresh=fresh,
             )
         results.append(result)
         if result.is_backdoored:
@@ -98,8 +99,8 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_settings(results: Path, settings: dict[str, Any]) -> None:
-    """Refuse bad settings, and results made with other ones, before anything is written."""
+def _check_settings(results: Path, settings: dict[str, Any], fresh: bool = False) -> None:
+    """Refuse bad settings, and results made with other ones (unless ``fresh``), before anything is written."""
     from lmshield.defenses.sanitizer import SanitizerConfig
     from lmshield.models.positions import WatchedPosition
 
@@ -107,8 +108,10 @@ def _check_settings(results: Path, settings: dict[str, Any]) -> None:
     for position in positions_of(settings):
         WatchedPosition.parse(position)
     saved = results / SETTINGS_JSON
-    if saved.is_file() and _read_settings(saved) != settings:
-        raise InputError(f"{results} holds scans made with other settings; use another --results or delete it")
+    if saved.is_file() and not fresh and _read_settings(saved) != settings:
+        raise InputError(
+            f"{results} holds scans made with other settings; pass --fresh to rescan, or use another --results"
+        )
     results.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
 
@@ -122,19 +125,25 @@ def scan_zoo(
     address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
+    fresh: bool = False,
 ) -> ZooScan:
-    """Scan every model listed in ``zoo_dir/METADATA.csv``; write the table, metrics and ROC plot."""
+    """Scan every model listed in ``zoo_dir/METADATA.csv``; write the table, metrics and ROC plot.
+
+    A rerun reuses the models already scanned with the same settings; ``fresh`` rescans every model (results
+    made with other settings included) and discards interrupted scans' progress.
+    """
     root = Path(zoo_dir)
     metadata = read_metadata(root)
     settings = scan_settings(root, overrides)
     out = Path(results) if results else root / RESULTS_DIR
-    _check_settings(out, settings)
+    _check_settings(out, settings, fresh)
     tasks = [
         {
             "model": str((root / row["model_id"]).resolve()),
             "out": str((out / row["model_id"]).resolve()),
             "settings": settings,
             "progress": progress and executor == "sequential",
+            "fresh": fresh,
         }
         for row in metadata
     ]
