@@ -302,10 +302,13 @@ class TunedClassifier(nn.Module):
             raise InputError(f"{out / TUNING_JSON}: label_names must be a list of at least 2 names")
         source = _base_location(out, base_info, moved_to=base)
         in_memory = base_info.directory is None  # tuned from an in-memory encoder, whose copy is in BASE_DIR
-        if check_base and in_memory:
-            _check_base(source, load_encoder(source).tensor_fingerprint(), base_info)
+        start: Encoder | str = source
+        if in_memory:  # loaded once: its tensors are checked, then built on
+            start = load_encoder(source, device=device)
+            if check_base:
+                _check_base(source, start.tensor_fingerprint(), base_info)
         try:
-            classifier = cls.build(source, config, label_names, device=device, inference=True)
+            classifier = cls.build(start, config, label_names, device=device, inference=True)
         except (ValueError, TypeError, KeyError, IndexError) as exc:  # settings peft or torch cannot build
             raise InputError(
                 f"{out / TUNING_JSON}: settings that build no classifier ({type(exc).__name__}: {exc})"
