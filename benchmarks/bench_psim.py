@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
+    name += "" if not args.strategies else "-" + "+".join(settings.strategies)  # a partial table keeps the full one
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
     (RESULTS / f"{name}.json").write_text(dumps(payload, indent=2), encoding="utf-8")
