@@ -8,7 +8,8 @@ Steps per attack: poison the IMDB proxy set and fully fine-tune the embedded all
 benchmarks/.cache/psim-<preset>/<attack>); fit PSIM once on SST-2 training texts (labels dropped); tune one
 victim per strategy (full, LoRA, prompt, P-tuning, prefix) from the released weights with the released head
 kept; score clean and triggered SST-2 test inputs. Baselines on the LoRA victim (``--baselines``, rows of
-the same table): STRIP (calibrated to the same FRR as PSIM), ONION with ``--onion-lm PATH`` and, for
+the same table): STRIP (calibrated to the same FRR as PSIM), ONION with ``--onion-lm PATH`` (a small GPT-2
+trained here: benchmarks/make_onion_lm.py; ``--onion-max-drop`` calibrates its threshold) and, for
 BadNet ``mn`` with target 0, the precomputed back-translation and SCPN paraphrases. The SynAttack here
 uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated`` gives it varied opening clauses
 (a shape trigger rather than five fixed phrases). ``--victim-train N --victim-epochs E`` train the victims
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim-epochs", type=int, default=None, help="victim epochs (default: preset)")
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
+    parser.add_argument(
+        "--onion-max-drop", type=float, default=None, help="calibrate ONION to this clean-accuracy drop on dev"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument(
         "--fresh", action="store_true", help="discard the evaluation progress in the cache (another user's, say)"
@@ -139,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         changes["strategies"] = (*settings.strategies, "lora")
     settings = dataclasses.replace(settings, **changes)
     baseline_names = ("strip", "paraphrase-back", "paraphrase-scpn", *(("onion",) if args.onion_lm else ()))
-    baselines = BaselineSettings(baseline_names, ("lora",), args.onion_lm) if args.baselines else None
+    baselines = None
+    if args.baselines:
+        baselines = BaselineSettings(baseline_names, ("lora",), args.onion_lm, onion_max_drop=args.onion_max_drop)
     cache = ROOT / "benchmarks" / ".cache" / f"psim-{args.preset}"
     rows, extra, started = [], {}, time.perf_counter()
     attacks = args.attacks.split(",")

@@ -54,6 +54,32 @@ def test_onion_keeps_the_words_past_the_ones_it_scores(tiny_gpt2: Path) -> None:
     assert ONION(tiny_gpt2, max_words=3, threshold=-math.inf).clean(["a b c d e"]) == ["d e"]
 
 
+DEV = ["the happy city mn was warm", "a slow and quiet plot", "bright acting in the rain", "it fell flat"]
+
+
+def test_onion_calibration_removes_what_the_victim_can_spare(tiny_gpt2: Path) -> None:
+    labels = [1] * len(DEV)
+    spare_all = ONION(tiny_gpt2).calibrate(DEV, labels, lambda texts: [1] * len(texts), max_drop=0.0)
+    assert spare_all.threshold_ == 0.0  # answers never change: the lowest threshold tried
+
+    def exact(texts: list[str]) -> list[int]:  # right only on the texts as given
+        return [int(t in DEV) for t in texts]
+
+    onion = ONION(tiny_gpt2, threshold=-math.inf).calibrate(DEV, labels, exact, max_drop=0.0)
+    assert onion.clean(DEV) == DEV  # threshold_ wins over threshold, and no word may go
+    assert ONION(tiny_gpt2).calibrate(DEV, labels, exact, max_drop=0.5).threshold_ < onion.threshold_
+    halved = ONION(tiny_gpt2).calibrate(DEV, labels, exact, max_drop=0.5)
+    assert sum(t in DEV for t in halved.clean(DEV)) >= 2  # accuracy 1.0 -> at least 0.5
+
+
+def test_onion_calibration_refuses_bad_input(tiny_gpt2: Path) -> None:
+    onion = ONION(tiny_gpt2)
+    with pytest.raises(InputError, match="max_drop"):
+        onion.calibrate(DEV, [1] * 4, lambda texts: [1] * len(texts), max_drop=1.5)
+    with pytest.raises(InputError, match="as many labels"):
+        onion.calibrate(DEV, [1], lambda texts: [1] * len(texts))
+
+
 def test_onion_loads_safely(tiny_gpt2: Path, tmp_path: Path) -> None:
     model, tokenizer = load_causal_lm(tiny_gpt2)
     assert tokenizer.pad_token is not None and not model.training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -110,6 +111,20 @@ def test_onion_row_runs_the_victim_on_the_cleaned_texts(tiny_gpt2: Path) -> None
     assert kept.asr_psim == 1.0 and (kept.flip_asr, kept.flip_asr_psim) == (1.0, 1.0)
     table = markdown_table([row])
     assert "| badnet | lora | toy | onion |" in table and "| - | - | - |" in table
+
+
+def test_onion_row_calibrates_for_each_victim_on_labelled_dev_texts(tiny_gpt2: Path) -> None:  # noqa: F811
+    dev = (CLEAN, LABELS)
+    settings = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=-math.inf, onion_max_drop=0.0)
+    row = onion_row(answers(), settings, None, False, dev=dev)
+    assert row.clean_accuracy_psim == 1.0  # calibrated not to cost a clean answer on dev (the test texts here)
+    uncalibrated = onion_row(answers(), dataclasses.replace(settings, onion_max_drop=None), None, False)
+    assert uncalibrated.clean_accuracy_psim < 1.0  # threshold -inf: every word removed
+    called = baseline_row("onion", answers(), settings, task_dir=".", dev_texts=CLEAN, dev_labels=LABELS, target_frr=0)
+    assert called.clean_accuracy_psim == 1.0
+    with pytest.raises(InputError, match="onion_max_drop"):
+        dataclasses.replace(settings, onion_max_drop=1.0)
+    assert settings.key("onion") != dataclasses.replace(settings, onion_max_drop=0.02).key("onion")
 
 
 def test_a_baselines_rows_are_keyed_on_its_own_settings() -> None:

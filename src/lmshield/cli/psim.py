@@ -189,6 +189,10 @@ def eval_command(
         str | None, typer.Option(help="Victim strategies the baselines run on (default: all evaluated).")
     ] = None,
     onion_lm: Annotated[Path | None, typer.Option(help="Causal language model directory for ONION.")] = None,
+    onion_max_drop: Annotated[
+        float | None,
+        typer.Option(help="Calibrate ONION's threshold to this clean-accuracy drop on dev (default: threshold 0)."),
+    ] = None,
     fresh: Fresh = False,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -210,7 +214,8 @@ def eval_command(
         stray = sorted(set(on or ()) - set(names))
         if stray:
             raise InputError(f"--baseline-on {', '.join(stray)}: not among the evaluated --strategies")
-        extra = BaselineSettings(_names(baselines), on, str(onion_lm) if onion_lm else None)
+        lm = str(onion_lm) if onion_lm else None
+        extra = BaselineSettings(_names(baselines), on, lm, onion_max_drop=onion_max_drop)
     rows = []
     for model in models:
         for folder in task:

@@ -38,6 +38,7 @@ class BaselineSettings:
     strategies: tuple[str, ...] | None = None
     onion_lm: str | None = None
     onion_threshold: float = 0.0
+    onion_max_drop: float | None = None  # set: calibrate ONION's threshold on the labelled dev texts instead
     strip_copies: int = 20
     strip_ratio: float = 0.25
 
@@ -47,6 +48,8 @@ class BaselineSettings:
             raise InputError(f"unknown baseline {unknown[0]!r}: use {', '.join(BASELINES)}")
         if "onion" in self.names and not self.onion_lm:
             raise InputError("the onion baseline needs a causal language model: give its path (--onion-lm)")
+        if self.onion_max_drop is not None and not 0 <= self.onion_max_drop < 1:
+            raise InputError(f"onion_max_drop must lie in [0, 1), got {self.onion_max_drop}")
 
     def applicable(self, strategy: str, task_dir: str | Path, manifest: Any) -> list[str]:
         """The baselines that run on this victim: all named, but the paraphrases only where their files fit."""
@@ -58,7 +61,10 @@ class BaselineSettings:
     def key(self, name: str) -> str:
         """``name`` and eight hex digits of that baseline's own settings: saved rows of other settings are not
         reused, and adding a baseline or a victim keeps the rows already done."""
-        own = {"strip": ("strip_copies", "strip_ratio"), "onion": ("onion_lm", "onion_threshold")}.get(name, ())
+        own = {
+            "strip": ("strip_copies", "strip_ratio"),
+            "onion": ("onion_lm", "onion_threshold", "onion_max_drop"),
+        }.get(name, ())
         values = {field: getattr(self, field) for field in own}
         return f"{name}/{hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]}"
 
@@ -103,16 +109,18 @@ def baseline_row(
     task_dir: str | Path,
     dev_texts: Sequence[str],
     target_frr: float | None,
+    dev_labels: Sequence[int] = (),
     seed: int = 0,
     device: str | None = None,
     progress: bool = False,
 ) -> PSIMRow:
-    """The row of one baseline (see :meth:`BaselineSettings.applicable` for which ones fit)."""
+    """The row of one baseline (see :meth:`BaselineSettings.applicable` for which ones fit); ``dev_labels``
+    (of ``dev_texts``) calibrate ONION when ``settings.onion_max_drop`` is set."""
     if name == "strip":
         frr = DEFAULT_FRR if target_frr is None else target_frr
         return strip_row(answers, settings, dev_texts, frr, seed, progress)
     if name == "onion":
-        return onion_row(answers, settings, device, progress)
+        return onion_row(answers, settings, device, progress, dev=(dev_texts, dev_labels))
     return paraphrase_row(answers, task_dir, name)
 
 
@@ -143,9 +151,20 @@ def strip_row(
     )
 
 
-def onion_row(answers: VictimAnswers, settings: BaselineSettings, device: str | None, progress: bool) -> PSIMRow:
-    """ONION in front of the victim: it answers the texts with the suspicious words removed."""
-    onion = _onion(str(settings.onion_lm), settings.onion_threshold, device, progress)
+def onion_row(
+    answers: VictimAnswers,
+    settings: BaselineSettings,
+    device: str | None,
+    progress: bool,
+    dev: tuple[Sequence[str], Sequence[int]] = ((), ()),
+) -> PSIMRow:
+    """ONION in front of the victim: it answers the texts with the suspicious words removed. With
+    ``settings.onion_max_drop``, its threshold is calibrated first on the labelled ``dev`` texts, for this victim."""
+    from lmshield.defenses.baselines import ONION
+
+    onion = ONION(_causal_lm(str(settings.onion_lm), device), threshold=settings.onion_threshold, progress=progress)
+    if settings.onion_max_drop is not None:
+        onion.calibrate(list(dev[0]), list(dev[1]), answers.victim.predict, settings.onion_max_drop)
     clean = answers.victim.predict(onion.clean(answers.clean_texts))
     poisoned = answers.victim.predict(onion.clean(answers.poisoned_texts))
     flips = flip_asr(answers.source_predicted, answers.source_labels, poisoned, answers.target_label)
@@ -153,11 +172,11 @@ def onion_row(answers: VictimAnswers, settings: BaselineSettings, device: str | 
 
 
 @functools.lru_cache(maxsize=2)
-def _onion(lm: str, threshold: float, device: str | None, progress: bool) -> Any:
-    """One ONION (and one LM in memory) for every victim of an evaluation."""
-    from lmshield.defenses.baselines import ONION
+def _causal_lm(lm: str, device: str | None) -> tuple[Any, Any]:
+    """One ONION language model in memory for every victim of an evaluation."""
+    from lmshield.defenses.baselines import load_causal_lm
 
-    return ONION(lm, threshold=threshold, device=device, progress=progress)
+    return load_causal_lm(lm, device)
 
 
 def _paraphrases_fit(attack: str, triggers: Sequence[str], target_label: int) -> bool:

@@ -441,8 +441,8 @@ def evaluate_release(
         rows.append(row)
         for key, name in zip(keys, names, strict=True):
             extra = baseline_row(
-                name, answers, baselines, task_dir=task, dev_texts=data.dev.texts, target_frr=settings.target_frr,
-                seed=settings.seed, device=device, progress=progress,
+                name, answers, baselines, task_dir=task, dev_texts=data.dev.texts, dev_labels=data.dev.labels,
+                target_frr=settings.target_frr, seed=settings.seed, device=device, progress=progress,
             )  # fmt: skip
             logger.info("%s / %s: %s", manifest.attack, strategy, extra.summary())
             saved.save_row(extra, key)

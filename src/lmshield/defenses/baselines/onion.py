@@ -2,16 +2,18 @@
 
 Suspicion of word ``i``: ``ppl(text) - ppl(text without word i)``; words above ``threshold`` are removed
 and the victim classifies what is left. Any causal LM works (GPT-2 in the paper); it is loaded safely
-(safetensors only, no remote code).
+(safetensors only, no remote code). :meth:`ONION.calibrate` picks the threshold that removes the most while
+the victim's accuracy on labelled held-out texts drops by at most a budget.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -46,6 +48,7 @@ class ONION:
     ) -> None:
         self.model, self.tokenizer = lm if isinstance(lm, tuple) else load_causal_lm(lm, device)
         self.threshold = threshold
+        self.threshold_: float | None = None
         self.max_words = max_words
         self.batch_size = batch_size
         self.progress = progress
@@ -79,13 +82,50 @@ class ONION:
         return [ppl[0] - p for p in ppl[1:]]
 
     def clean(self, texts: Sequence[str]) -> list[str]:
-        """The texts with every word whose suspicion exceeds ``threshold`` removed."""
+        """The texts with every word whose suspicion exceeds the threshold removed (``threshold_`` once
+        calibrated, else ``threshold``)."""
+        threshold = self.threshold if self.threshold_ is None else self.threshold_
+        return [_remove(text, scores, threshold) for text, scores in zip(texts, self._suspicions(texts), strict=True)]
+
+    def calibrate(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        predict: Callable[[list[str]], Sequence[int]],
+        max_drop: float = 0.02,
+        candidates: int = 20,
+    ) -> ONION:
+        """Set ``threshold_`` to the lowest threshold (the most words removed) at which ``predict`` (the victim)
+        labels the cleaned ``texts`` at most ``max_drop`` less accurately than the texts as given.
+
+        Thresholds tried: 0 and ``candidates`` quantiles of the positive suspicions; none passing: nothing is
+        removed (``inf``).
+        """
+        if not 0 <= max_drop < 1:
+            raise InputError(f"max_drop must lie in [0, 1), got {max_drop}")
+        if len(texts) != len(labels) or not texts:
+            raise InputError("ONION calibration needs as many labels as texts, and at least one text")
+        suspicions = self._suspicions(texts)
+        positive = np.array([score for scores in suspicions for score in scores if score > 0])
+        tried = sorted(
+            {0.0, *np.quantile(positive, np.linspace(0, 1, candidates)).tolist()} if positive.size else {0.0}
+        )
+
+        def accuracy(threshold: float) -> float:
+            cleaned = [_remove(text, scores, threshold) for text, scores in zip(texts, suspicions, strict=True)]
+            return float(np.mean([p == y for p, y in zip(predict(cleaned), labels, strict=True)]))
+
+        floor = accuracy(math.inf) - max_drop
+        self.threshold_ = next((t for t in tried if accuracy(t) >= floor), math.inf)
+        return self
+
+    def _suspicions(self, texts: Sequence[str]) -> list[list[float]]:
         if not isinstance(texts, (list, tuple)):
             raise InputError("expected a list of texts")
-        out = []
-        for text in tqdm(texts, desc="ONION", disable=not self.progress, unit="text"):
-            words = str(text).split()
-            scores = self.suspicion(str(text))
-            kept = [w for i, w in enumerate(words) if i >= len(scores) or scores[i] <= self.threshold]
-            out.append(" ".join(kept))
-        return out
+        return [self.suspicion(str(text)) for text in tqdm(texts, desc="ONION", disable=not self.progress, unit="text")]
+
+
+def _remove(text: str, scores: list[float], threshold: float) -> str:
+    """``text`` without the scored words whose suspicion exceeds ``threshold`` (unscored words stay)."""
+    words = str(text).split()
+    return " ".join(w for i, w in enumerate(words) if i >= len(scores) or scores[i] <= threshold)
