@@ -34,7 +34,11 @@ def load_causal_lm(model: str | Path, device: str | None = None) -> tuple[Any, A
 
 
 class ONION:
-    """Perplexity-based word removal in front of a victim."""
+    """Perplexity-based word removal in front of a victim.
+
+    ``lm``: a causal LM's path, or a loaded ``(model, tokenizer)``. ``threshold``: words whose suspicion exceeds
+    it are removed, until :meth:`calibrate` sets ``threshold_`` for a victim.
+    """
 
     def __init__(
         self,
