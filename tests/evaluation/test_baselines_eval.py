@@ -103,7 +103,7 @@ def test_onion_row_runs_the_victim_on_the_cleaned_texts(tiny_gpt2: Path) -> None
     settings = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=-math.inf)
     row = onion_row(answers(), settings, None, False)  # every word removed: the victim sees empty texts
     empty = TriggerVictim().predict([""])[0]
-    assert row.defense == "onion" and row.asr == 1.0
+    assert row.defense == "onion" and row.asr == 1.0 and row.threshold == -math.inf
     assert row.asr_psim == float(empty == 0) and row.clean_accuracy_psim == LABELS.count(empty) / len(LABELS)
     assert row.clean_accuracy == 1.0  # without the defense the victim gets every clean text right
     keep_all = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=math.inf)
@@ -118,6 +118,7 @@ def test_onion_row_calibrates_for_each_victim_on_labelled_dev_texts(tiny_gpt2: P
     settings = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_threshold=-math.inf, onion_max_drop=0.0)
     row = onion_row(answers(), settings, None, False, dev=dev)
     assert row.clean_accuracy_psim == 1.0  # calibrated not to cost a clean answer on dev (the test texts here)
+    assert row.threshold > -math.inf  # the calibrated threshold, in the row
     uncalibrated = onion_row(answers(), dataclasses.replace(settings, onion_max_drop=None), None, False)
     assert uncalibrated.clean_accuracy_psim < 1.0  # threshold -inf: every word removed
     called = baseline_row("onion", answers(), settings, task_dir=".", dev_texts=CLEAN, dev_labels=LABELS, target_frr=0)

@@ -168,7 +168,8 @@ def onion_row(
     clean = answers.victim.predict(onion.clean(answers.clean_texts))
     poisoned = answers.victim.predict(onion.clean(answers.poisoned_texts))
     flips = flip_asr(answers.source_predicted, answers.source_labels, poisoned, answers.target_label)
-    return _changed_input_row(answers, "onion", clean_accuracy(clean, answers.clean_labels), poisoned, flips)
+    used = onion.threshold if onion.threshold_ is None else onion.threshold_
+    return _changed_input_row(answers, "onion", clean_accuracy(clean, answers.clean_labels), poisoned, flips, used)
 
 
 @functools.lru_cache(maxsize=2)
@@ -205,7 +206,12 @@ def paraphrase_row(answers: VictimAnswers, task_dir: str | Path, name: str) -> P
 
 
 def _changed_input_row(
-    answers: VictimAnswers, defense: str, defended_accuracy: float, poisoned: Sequence[int], defended_flip: float
+    answers: VictimAnswers,
+    defense: str,
+    defended_accuracy: float,
+    poisoned: Sequence[int],
+    defended_flip: float,
+    threshold: float = math.nan,
 ) -> PSIMRow:
     sources = (answers.source_predicted, answers.source_labels, answers.poisoned_predicted, answers.target_label)
     return PSIMRow(
@@ -219,7 +225,7 @@ def _changed_input_row(
         frr=math.nan,
         far=math.nan,
         auroc=math.nan,
-        threshold=math.nan,
+        threshold=threshold,
         flip_asr=flip_asr(*sources),
         flip_asr_psim=defended_flip,
         defense=defense,
