@@ -123,7 +123,7 @@ def test_onion_row_calibrates_for_each_victim_on_labelled_dev_texts(tiny_gpt2: P
     assert uncalibrated.clean_accuracy_psim < 1.0  # threshold -inf: every word removed
     called = baseline_row("onion", answers(), settings, task_dir=".", dev_texts=CLEAN, dev_labels=LABELS, target_frr=0)
     assert called.clean_accuracy_psim == 1.0
-    with pytest.raises(InputError, match="onion_max_drop"):
+    with pytest.raises(InputError, match="--onion-max-drop"):
         dataclasses.replace(settings, onion_max_drop=1.0)
     assert settings.key("onion") != dataclasses.replace(settings, onion_max_drop=0.02).key("onion")
 

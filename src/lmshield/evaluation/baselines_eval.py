@@ -49,7 +49,7 @@ class BaselineSettings:
         if "onion" in self.names and not self.onion_lm:
             raise InputError("the onion baseline needs a causal language model: give its path (--onion-lm)")
         if self.onion_max_drop is not None and not 0 <= self.onion_max_drop < 1:
-            raise InputError(f"onion_max_drop must lie in [0, 1), got {self.onion_max_drop}")
+            raise InputError(f"the ONION budget (--onion-max-drop) must lie in [0, 1), got {self.onion_max_drop}")
 
     def applicable(self, strategy: str, task_dir: str | Path, manifest: Any) -> list[str]:
         """The baselines that run on this victim: all named, but the paraphrases only where their files fit."""
