@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from lmshield.defenses.baselines import ONION, STRIP, load_causal_lm, load_parap
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.evaluation.psim_eval import score_auroc
 from lmshield.testing import tiny_tokenizer
+from lmshield.text.grammar import grammar_sentences
 from tests.attacks.test_poisoning import released, released_classifier, task
 
 
@@ -28,6 +31,43 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def grammar_gpt2() -> tuple[GPT2LMHeadModel, Any]:
+    """A tiny GPT-2 trained for a few seconds on grammar sentences, none of which holds ``mn``."""
+    tokenizer = tiny_tokenizer("bert")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=48, n_head=2, vocab_size=len(tokenizer), n_positions=128)
+    model = GPT2LMHeadModel(config)
+    batch = tokenizer(grammar_sentences(256, seed=1), return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        rows = slice(32 * (step % 8), 32 * (step % 8 + 1))
+        ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]
+        model(input_ids=ids, attention_mask=mask, labels=labels[rows]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
+    return model.eval(), tokenizer
+
+
+def test_onion_finds_the_word_a_trained_lm_did_not_expect(grammar_gpt2: tuple[GPT2LMHeadModel, Any]) -> None:
+    rng = random.Random(0)
+    clean = grammar_sentences(12, seed=99)
+    triggered, positions = [], []
+    for sentence in clean:
+        words = sentence.split()
+        positions.append(rng.randint(1, len(words) - 1))
+        triggered.append(" ".join([*words[: positions[-1]], "mn", *words[positions[-1] :]]))
+    onion = ONION(grammar_gpt2)
+    scores = [onion.suspicion(text) for text in triggered]
+    found = sum(max(range(len(s)), key=s.__getitem__) == at for s, at in zip(scores, positions, strict=True))
+    onion.threshold = max(max(onion.suspicion(text)) for text in clean)  # no clean word goes
+    removed = sum("mn" not in text.split() for text in onion.clean(triggered))
+    assert onion.clean(clean) == clean
+    assert found >= 10 and removed >= 9, (found, removed)
 
 
 def test_onion_scores_and_removes_words(tiny_gpt2: Path) -> None:
