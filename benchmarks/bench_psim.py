@@ -1,4 +1,4 @@
-"""Benchmark PSIM on SST-2 against weight-poisoned MiniLM-L6 (proxy IMDB): BadNet, InSent, SynAttack.
+"""Benchmark PSIM on SST-2 (or CR, CoLA) against weight-poisoned MiniLM-L6 (proxy IMDB): BadNet, InSent, SynAttack.
 
     .venv/bin/python benchmarks/bench_psim.py --preset fast     # ~20 min on 2 CPU cores (subsets, 2 epochs)
     .venv/bin/python benchmarks/bench_psim.py --preset release  # paper settings: hours on CPU, ~10 min/attack on H100
@@ -13,7 +13,7 @@ trained here: benchmarks/make_onion_lm.py; ``--onion-max-drop`` calibrates its t
 BadNet ``mn`` with target 0, the precomputed back-translation and SCPN paraphrases. The SynAttack here
 uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated`` gives it varied opening clauses
 (a shape trigger rather than five fixed phrases). ``--victim-train N --victim-epochs E`` train the victims
-on more data than the preset's.
+on more data than the preset's. ``--tasks cr,cola`` evaluates the same releases on other tasks.
 Results: benchmarks/results/psim-<preset>.md and .json; the fitted PSIM, histograms and per-strategy progress
 under the cache folder (<attack>-eval-<settings digest>), so an interrupted run resumes where it stopped.
 Set OMP_NUM_THREADS=1 on a shared machine.
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--model", default=None, help="clean model dir / hub id (default: embedded MiniLM-L6)")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--tasks", default="sst-2", help="comma-separated task folders under --data (sst-2, cr, cola)")
     parser.add_argument("--strategies", default=None, help="comma-separated; default from the preset")
     parser.add_argument("--poison-count", type=int, default=None, help="poisoned proxy texts (default: preset)")
     parser.add_argument(
@@ -123,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         "--fresh", action="store_true", help="discard the evaluation progress in the cache (another user's, say)"
     )
     args = parser.parse_args(argv)
-    if not (args.data / "sst-2" / "train.json").is_file():
-        print(f"no data at {args.data}", file=sys.stderr)
+    tasks = [t for t in args.tasks.split(",") if t]
+    missing = [t for t in tasks if not (args.data / t / "train.json").is_file()]
+    if missing or not (args.data / "imdb" / "train.json").is_file():
+        print(f"no data at {args.data} ({', '.join(missing) or 'imdb'})", file=sys.stderr)
         return 2
 
     from lmshield.evaluation.baselines_eval import BaselineSettings
@@ -154,13 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         poison_preset = args.poison_preset or args.preset
         overrides = poison_overrides(attack, args)
         released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
-        evaluation = evaluate_release(
-            released, args.data / "sst-2", settings, out_dir=cache / f"{released.name}-eval-{settings.digest()}",
-            device=args.device, baselines=baselines, fresh=args.fresh,
-        )  # fmt: skip
-        rows.extend(evaluation.all_rows)
-        extra[attack] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}
-        print(markdown_table(evaluation.all_rows), flush=True)
+        for task in tasks:
+            where = f"{released.name}-eval-{settings.digest()}" + ("" if task == "sst-2" else f"-{task}")
+            evaluation = evaluate_release(
+                released, args.data / task, settings, out_dir=cache / where, device=args.device,
+                baselines=baselines, fresh=args.fresh,
+            )  # fmt: skip
+            rows.extend(evaluation.all_rows)
+            key = attack if task == "sst-2" else f"{attack}/{task}"
+            extra[key] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}
+            t0 = time.perf_counter()
+            print(markdown_table(evaluation.all_rows), flush=True)
     table = markdown_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"# PSIM benchmark ({args.preset}), {time.perf_counter() - started:.0f} s\n\n"
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     name += "" if not args.strategies else "-" + "+".join(settings.strategies)  # a partial table keeps the full one
+    name += "" if tasks == ["sst-2"] else "-" + "+".join(tasks)
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
     payload = {"settings": dataclasses.asdict(settings), "rows": [r.to_dict() for r in rows], "extra": extra}
     (RESULTS / f"{name}.json").write_text(dumps(payload, indent=2), encoding="utf-8")
