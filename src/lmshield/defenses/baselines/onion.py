@@ -119,7 +119,7 @@ class ONION:
             cleaned = [_remove(text, scores, threshold) for text, scores in zip(texts, suspicions, strict=True)]
             return float(np.mean([p == y for p, y in zip(predict(cleaned), labels, strict=True)]))
 
-        floor = accuracy(math.inf) - max_drop
+        floor = accuracy(math.inf) - max_drop - 1e-9  # a drop of exactly max_drop passes, float error or not
         self.threshold_ = next((t for t in tried if accuracy(t) >= floor), math.inf)
         return self
 
