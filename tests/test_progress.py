@@ -107,3 +107,8 @@ def test_output_folders_refuse_users_files_and_finished_results(tmp_path: Path) 
     with pytest.raises(InputError, match="already holds a model; pass --overwrite"):
         refuse_finished(out, "config.json", "model", overwrite=False)
     refuse_finished(out, "config.json", "model", overwrite=True)
+
+
+def test_only_a_marker_file_marks_a_finished_result(tmp_path: Path) -> None:
+    (tmp_path / "config.json").mkdir()  # a folder of that name holds no finished model
+    refuse_finished(tmp_path, "config.json", "model", overwrite=False)

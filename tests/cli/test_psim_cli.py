@@ -155,6 +155,28 @@ def test_bad_input_gives_one_line_and_exit_2(args: tuple[str, ...], tmp_path: Pa
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
 
 
+def test_psim_eval_hands_the_onion_budget_on(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import lmshield.evaluation.psim_eval
+
+    seen = []
+
+    def evaluate_release(model, folder, settings, **kwargs):
+        seen.append(kwargs["baselines"])
+        return SimpleNamespace(all_rows=[])
+
+    monkeypatch.setattr(lmshield.evaluation.psim_eval, "evaluate_release", evaluate_release)
+    root = files["root"]
+    args = ("psim", "eval", root / "m", "--task", files["task"], "--baselines", "onion", "--onion-lm", root / "lm",
+            "--out", root / "onion", "--quiet")  # fmt: skip
+    assert invoke(*args, "--onion-max-drop", 0.05).exit_code == 0
+    assert invoke(*args).exit_code == 0
+    assert [(b.onion_lm, b.onion_max_drop) for b in seen] == [(str(root / "lm"), 0.05), (str(root / "lm"), None)]
+    bad = invoke(*args, "--onion-max-drop", 1.5)
+    assert bad.exit_code == 2 and "--onion-max-drop" in bad.output and len(seen) == 2
+
+
 def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """What psim eval, psim fit and poison hand on: the victims the baselines run on, the text limit, the
     calibration texts, --overwrite and --fresh (the library itself is replaced by recorders)."""

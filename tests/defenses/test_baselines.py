@@ -112,12 +112,40 @@ def test_onion_calibration_removes_what_the_victim_can_spare(tiny_gpt2: Path) ->
     assert sum(t in DEV for t in halved.clean(DEV)) >= 2  # accuracy 1.0 -> at least 0.5
 
 
+def test_onion_calibration_measures_the_drop_from_the_victims_own_accuracy(tiny_gpt2: Path) -> None:
+    """Hand-made suspicions: only ``mn`` scores above 0, so the thresholds tried are 0 (``mn`` goes) and 3."""
+    texts = ["the mn film", "a dull plot", "slow going", "it fell flat", "bright acting"]
+    onion = ONION(tiny_gpt2)
+    onion.suspicion = lambda text: [3.0 if word == "mn" else -1.0 for word in text.split()]
+
+    def victim(texts: list[str]) -> list[int]:  # says 1 only while mn is there: right on 4 of 5 as given
+        return [int("mn" in text.split()) for text in texts]
+
+    labels = [1, 0, 0, 0, 1]
+    assert onion.calibrate(texts, labels, victim, max_drop=0.0).threshold_ == 3.0  # mn kept, nothing removed
+    assert onion.clean(texts) == texts
+    assert onion.calibrate(texts, labels, victim, max_drop=0.2).threshold_ == 0.0  # 0.8 -> 0.6: exactly the budget
+    assert onion.clean(texts)[0] == "the film"
+    assert onion.calibrate(texts, labels, victim, max_drop=0.1).threshold_ == 3.0
+
+
+def test_onion_calibrates_to_zero_when_no_word_is_suspicious(tiny_gpt2: Path) -> None:
+    onion = ONION(tiny_gpt2).calibrate(["good", "flat"], [1, 0], lambda texts: [1, 0], max_drop=0.0)
+    assert onion.threshold_ == 0.0  # one-word texts score 0: no quantile to take, 0 is still tried
+
+
 def test_onion_calibration_refuses_bad_input(tiny_gpt2: Path) -> None:
     onion = ONION(tiny_gpt2)
-    with pytest.raises(InputError, match="max_drop"):
-        onion.calibrate(DEV, [1] * 4, lambda texts: [1] * len(texts), max_drop=1.5)
-    with pytest.raises(InputError, match="as many labels"):
-        onion.calibrate(DEV, [1], lambda texts: [1] * len(texts))
+    for max_drop in (1.5, 1.0, -0.1):
+        with pytest.raises(InputError, match="max_drop"):
+            onion.calibrate(DEV, [1] * 4, lambda texts: [1] * len(texts), max_drop=max_drop)
+    for texts, labels in ((DEV, [1]), ([], [])):
+        with pytest.raises(InputError, match="as many labels"):
+            onion.calibrate(texts, labels, lambda texts: [1] * len(texts))
+    with pytest.raises(InputError, match="a list of texts"):  # not its characters
+        onion.calibrate("mn", [1, 1], lambda texts: [1] * len(texts))
+    with pytest.raises(InputError, match="a list of texts"):
+        onion.clean("the film mn")
 
 
 def test_onion_loads_safely(tiny_gpt2: Path, tmp_path: Path) -> None:

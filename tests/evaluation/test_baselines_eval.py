@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,6 +129,50 @@ def test_onion_row_calibrates_for_each_victim_on_labelled_dev_texts(tiny_gpt2: P
     assert settings.key("onion") != dataclasses.replace(settings, onion_max_drop=0.02).key("onion")
 
 
+def test_onion_row_calibrates_with_the_settings_budget_on_the_dev_texts(
+    tiny_gpt2: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lmshield.defenses.baselines as baselines
+
+    calls = []
+
+    class Recorded(baselines.ONION):
+        def calibrate(self, texts, labels, predict, max_drop=0.02, candidates=20) -> baselines.ONION:
+            calls.append((self, texts, labels, predict, max_drop))
+            return super().calibrate(texts, labels, predict, max_drop, candidates)
+
+    monkeypatch.setattr(baselines, "ONION", Recorded)
+    dev, dev_labels = ["warm bright tones", "the plot was thin and weak", "good", "an odd slow tale"], [1, 0, 1, 0]
+    settings = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_max_drop=0.25)
+    victim = answers()
+    row = baseline_row("onion", victim, settings, task_dir=".", dev_texts=dev, dev_labels=dev_labels, target_frr=0)
+    [(onion, texts, labels, predict, max_drop)] = calls
+    assert (texts, labels, max_drop) == (dev, dev_labels, 0.25)  # not the test texts, not a default budget
+    assert predict == victim.victim.predict and row.threshold == onion.threshold_
+
+
+def test_onion_rows_share_one_lm_loaded_on_the_evaluations_device(
+    tiny_gpt2: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lmshield.defenses.baselines as baselines
+
+    lm = str(shutil.copytree(tiny_gpt2, tmp_path / "lm"))  # a path no earlier test loaded
+    loads, real = [], baselines.load_causal_lm
+
+    def recorded(model: str, device: str | None = None) -> tuple:
+        loads.append((model, device))
+        return real(model, device)
+
+    monkeypatch.setattr(baselines, "load_causal_lm", recorded)
+    settings = BaselineSettings(("onion",), onion_lm=lm)
+    for victim in (answers(), answers(TriggerVictim())):
+        onion_row(victim, settings, "cpu", False)
+    assert loads == [(lm, "cpu")]
+
+
 def test_a_baselines_rows_are_keyed_on_its_own_settings() -> None:
     strip = BaselineSettings(("strip",))
     assert strip.key("strip") == BaselineSettings(("strip", "paraphrase-back"), ("lora",)).key("strip")
@@ -148,6 +193,9 @@ def test_bad_baseline_settings_are_one_line_errors() -> None:
         BaselineSettings(("spectral",))
     with pytest.raises(InputError, match="--onion-lm"):
         BaselineSettings(("onion",))
+    for budget in (-0.1, 1.0):
+        with pytest.raises(InputError, match="--onion-max-drop"):
+            BaselineSettings(("onion",), onion_lm="lm", onion_max_drop=budget)
 
 
 def test_strip_rows_use_their_settings_pool_and_calibration_texts(monkeypatch: pytest.MonkeyPatch) -> None:

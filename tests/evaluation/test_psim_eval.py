@@ -31,6 +31,7 @@ from lmshield.evaluation.psim_eval import (
 )
 from lmshield.reports.plots import plot_score_histogram
 from tests.attacks.test_poisoning import released, task
+from tests.defenses.test_baselines import tiny_gpt2  # noqa: F401 - a fixture
 
 # a hand-made example: 4 clean inputs, 5 triggered ones, target label 0, threshold 0.7
 CLEAN_LABELS = [0, 1, 1, 0]
@@ -149,6 +150,41 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
     assert sweep[0] == {"threshold": None, "frr": 1.0, "far": 0.0}  # below every score: -inf, written as null
     assert [r["strategy"] for r in strict_json(tmp_path / "out" / "rows.json")] == ["lora", "full", "lora"]
     assert EvalSettings.preset("fast").max_train == 480
+
+
+def test_onion_is_calibrated_on_the_tasks_labelled_dev_texts(
+    tiny_gpt2: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lmshield.defenses.baselines as baselines
+
+    calibrated = []
+
+    class Recorded(baselines.ONION):
+        def calibrate(self, texts, labels, predict, max_drop=0.02, candidates=20) -> baselines.ONION:
+            calibrated.append((texts, labels, max_drop))
+            return super().calibrate(texts, labels, predict, max_drop, candidates)
+
+    monkeypatch.setattr(baselines, "ONION", Recorded)
+    settings = EvalSettings(
+        strategies=("lora",),
+        victim={"epochs": 1, "batch_size": 16, "max_length": 32},
+        psim={"method": "lora", "epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 32},
+        psim_train=48,
+        max_train=48,
+        max_dev=12,
+        max_test=12,
+    )
+    onion = BaselineSettings(("onion",), onion_lm=str(tiny_gpt2), onion_max_drop=0.1)
+    folder = _write_task(tmp_path / "toy")
+    result = evaluate_release(released("badnet"), folder, settings, out_dir=tmp_path / "out", progress=False,
+                              baselines=onion)  # fmt: skip
+    [(texts, labels, max_drop)] = calibrated
+    dev = task(40, 22)
+    assert (texts, labels, max_drop) == (dev.texts[:12], dev.labels[:12], 0.1)
+    [row] = result.baseline_rows
+    assert row.defense == "onion" and math.isfinite(row.threshold)
 
 
 def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

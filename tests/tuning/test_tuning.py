@@ -342,6 +342,34 @@ def test_a_base_carried_inside_the_classifier_is_checked_too(tmp_path: Path) -> 
         TunedClassifier.from_pretrained(tmp_path / "clf")
 
 
+def test_a_carried_base_is_read_once_and_its_check_can_be_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """base/ is loaded once, checked and built on (never read again); check_base=False takes other weights."""
+    import lmshield.tuning.classifier as classifier_module
+    from lmshield.testing import save_tiny
+
+    tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(20, 2), fast("prompt", epochs=1), out_dir=tmp_path / "clf",
+         progress=False)  # fmt: skip
+    save_tiny(tiny_encoder("bert", seed=5), tmp_path / "clf" / "base")
+    reads, real = [], classifier_module.load_encoder
+
+    def recorded(*args: object, **kwargs: object) -> Encoder:
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    def read_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("base/ read a second time")
+
+    monkeypatch.setattr(classifier_module, "load_encoder", recorded)
+    monkeypatch.setattr(classifier_module, "load_pretrained", read_again)
+    loaded = TunedClassifier.from_pretrained(tmp_path / "clf", check_base=False)
+    assert reads == [str(tmp_path / "clf" / "base")]
+    assert loaded.classify(["a text"]).probs.shape == (1, loaded.num_labels)
+    with pytest.raises(InputError, match="not the base model's weights"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+
+
 def test_a_base_named_by_a_bare_folder_name_is_not_taken_for_a_hub_id_once_moved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -183,6 +183,31 @@ def test_fresh_rescans_every_model_with_the_new_settings(zoo, scanned, tmp_path)
     assert len(found.rows) == 4
 
 
+def test_fresh_discards_an_interrupted_scans_progress(zoo, scanned, tmp_path):
+    """Progress a scan left in a model's folder (here of another job) is refused, unless fresh discards it."""
+    from lmshield.progress import stamp, write_progress
+
+    _, out = zoo
+    results = tmp_path / "scans"
+    write_progress(results / "id-0000" / "progress.json", {"identity": stamp({"settings": "other"}), "outcomes": []})
+    with pytest.raises(InputError, match="--fresh"):
+        scan_zoo(out, results=results, progress=False)
+    found = scan_zoo(out, results=results, progress=False, fresh=True)
+    assert [r["verdict"] for r in found.rows] == [r["verdict"] for r in scanned.rows]
+    assert (results / "id-0000" / "scan.json").is_file()
+
+
+def test_cli_scan_fresh_rescans_results_made_with_other_settings(zoo, scanned, tmp_path):
+    _, out = zoo
+    shutil.copytree(out / "scans", tmp_path / "scans")
+    args = ["zoo", "scan", str(out), "--results", str(tmp_path / "scans"), "--max-seeds", "2", "--quiet"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--fresh" in refused.output
+    result = CliRunner().invoke(app, [*args, "--fresh"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "scans" / "id-0000" / "scan.json").read_text())["config"]["max_seeds"] == 2
+
+
 def test_cli_scan_prints_the_table(zoo, scanned, tmp_path):
     _, out = zoo
     shutil.copytree(out / "scans", tmp_path / "scans")
