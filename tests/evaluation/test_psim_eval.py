@@ -137,7 +137,8 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
     assert baseline.asr == result.rows[0].asr and baseline.clean_accuracy == result.rows[0].clean_accuracy
     assert 0 <= baseline.far <= 1 and 0 <= baseline.auroc <= 1
     assert "| badnet | lora | toy | strip |" in (tmp_path / "out" / "table.md").read_text()
-    assert "## Baselines on the same victims" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Baselines on the same victims" in report and f"| {baseline.threshold:.3f} |" in report
     for row in result.rows:
         assert isinstance(row, PSIMRow) and row.attack == "badnet" and row.dataset == "toy"
         assert row.asr >= 0.8 and row.clean_accuracy >= 0.7

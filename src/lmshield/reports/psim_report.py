@@ -55,17 +55,19 @@ def _baseline_lines(rows: Sequence[PSIMRow]) -> list[str]:
     lines = [
         "## Baselines on the same victims",
         "",
-        "| defense | strategy | clean acc | ASR | ASR + defense | clean acc + defense | FRR | FAR | AUROC |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| defense | strategy | clean acc | ASR | ASR + defense | clean acc + defense | FRR | FAR | AUROC "
+        "| threshold |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.frr, r.far, r.auroc)
+        values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.frr, r.far, r.auroc, r.threshold)
         lines.append(f"| {r.defense} | {r.strategy} | " + " | ".join(format_metric(v) for v in values) + " |")
     return [
         *lines,
         "",
         "STRIP refuses inputs like PSIM (calibrated on held-out dev texts); ONION and the paraphrases change the "
-        "input instead, so they have no FRR, FAR or ROC-AUC.",
+        "input instead, so they have no FRR, FAR or ROC-AUC. STRIP's threshold is on its entropy score, ONION's on "
+        "a word's suspicion (the perplexity its removal saves).",
         "",
     ]
 
