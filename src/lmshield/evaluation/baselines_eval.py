@@ -168,8 +168,8 @@ def onion_row(
     clean = answers.victim.predict(onion.clean(answers.clean_texts))
     poisoned = answers.victim.predict(onion.clean(answers.poisoned_texts))
     flips = flip_asr(answers.source_predicted, answers.source_labels, poisoned, answers.target_label)
-    used = onion.threshold if onion.threshold_ is None else onion.threshold_
-    return _changed_input_row(answers, "onion", clean_accuracy(clean, answers.clean_labels), poisoned, flips, used)
+    defended = clean_accuracy(clean, answers.clean_labels)
+    return _changed_input_row(answers, "onion", defended, poisoned, flips, onion.threshold_in_use)
 
 
 @functools.lru_cache(maxsize=2)

@@ -85,10 +85,14 @@ class ONION:
         ppl = self.perplexity(variants)
         return [ppl[0] - p for p in ppl[1:]]
 
+    @property
+    def threshold_in_use(self) -> float:
+        """``threshold_`` once calibrated, else ``threshold``."""
+        return self.threshold if self.threshold_ is None else self.threshold_
+
     def clean(self, texts: Sequence[str]) -> list[str]:
-        """The texts with every word whose suspicion exceeds the threshold removed (``threshold_`` once
-        calibrated, else ``threshold``)."""
-        threshold = self.threshold if self.threshold_ is None else self.threshold_
+        """The texts with every word whose suspicion exceeds :attr:`threshold_in_use` removed."""
+        threshold = self.threshold_in_use
         return [_remove(text, scores, threshold) for text, scores in zip(texts, self._suspicions(texts), strict=True)]
 
     def calibrate(
