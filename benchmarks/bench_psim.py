@@ -13,9 +13,10 @@ trained here: benchmarks/make_onion_lm.py; ``--onion-max-drop`` calibrates its t
 BadNet ``mn`` with target 0, the precomputed back-translation and SCPN paraphrases. The SynAttack here
 uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated`` gives it varied opening clauses
 (a shape trigger rather than five fixed phrases). ``--victim-train N --victim-epochs E`` train the victims
-on more data than the preset's. ``--tasks cr,cola`` evaluates the same releases on other tasks.
-Results: benchmarks/results/psim-<preset>.md and .json; the fitted PSIM, histograms and per-strategy progress
-under the cache folder (<attack>-eval-<settings digest>), so an interrupted run resumes where it stopped.
+on more data than the preset's (``--victim-lr`` at another lr). ``--tasks cr,cola`` evaluates the same releases
+on other tasks. Results: benchmarks/results/psim-<preset>[-<what the run changes>].md and .json; the fitted PSIM,
+histograms and per-strategy progress under the cache folder (<attack>-eval-<settings digest>), so an
+interrupted run resumes where it stopped.
 Set OMP_NUM_THREADS=1 on a shared machine.
 """
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-frr", type=float, default=None, help="calibrate PSIM on SST-2 dev texts")
     parser.add_argument("--victim-train", type=int, default=None, help="SST-2 sentences per victim (default: preset)")
     parser.add_argument("--victim-epochs", type=int, default=None, help="victim epochs (default: preset)")
+    parser.add_argument("--victim-lr", type=float, default=None, help="every victim's lr (default: each method's)")
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
     parser.add_argument(
@@ -138,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     changes = {"target_frr": args.target_frr}
     if args.victim_train is not None:
         changes["max_train"] = args.victim_train
-    if args.victim_epochs is not None:
-        changes["victim"] = {**settings.victim, "epochs": args.victim_epochs}
+    victim = {"epochs": args.victim_epochs, "lr": args.victim_lr}
+    if any(v is not None for v in victim.values()):
+        changes["victim"] = {**settings.victim, **{k: v for k, v in victim.items() if v is not None}}
     if args.strategies:
         changes["strategies"] = tuple(s for s in args.strategies.split(",") if s)
     if args.baselines and "lora" not in (changes.get("strategies") or settings.strategies):
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.poison_preset in (None, args.preset) else f"-poison-{args.poison_preset}"
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
+    name += "" if args.victim_lr is None else f"-lr{args.victim_lr:g}"
+    name += "" if attacks == list(ATTACKS) else "-" + "+".join(attacks)  # one attack's run keeps the others' table
     name += "" if not args.strategies else "-" + "+".join(settings.strategies)  # a partial table keeps the full one
     name += "" if tasks == ["sst-2"] else "-" + "+".join(tasks)
     (RESULTS / f"{name}.md").write_text(header + table, encoding="utf-8")
