@@ -12,6 +12,7 @@ import pytest
 
 import lmshield.tuning
 from lmshield.defenses.psim import PSIM
+from lmshield.defenses.psim.thresholds import calibrate_threshold
 from lmshield.errors import InputError
 from lmshield.evaluation.baselines_eval import BaselineSettings
 from lmshield.evaluation.psim_eval import (
@@ -151,6 +152,15 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
     assert sweep[0] == {"threshold": None, "frr": 1.0, "far": 0.0}  # below every score: -inf, written as null
     assert [r["strategy"] for r in strict_json(tmp_path / "out" / "rows.json")] == ["lora", "full", "lora"]
     assert EvalSettings.preset("fast").max_train == 480
+
+
+def test_the_fast_preset_calibrates_a_2_percent_frr_without_the_noise_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The benchmark's own preset must hold enough dev texts that a 2 % FRR cut rests on several of them."""
+    dev = EvalSettings.preset("fast").max_dev
+    calibrate_threshold([i / dev for i in range(dev)], 0.02)
+    assert "noisy" not in caplog.text
+    calibrate_threshold([i / 128 for i in range(128)], 0.02)  # the preset's old 128 texts: warned
+    assert "noisy" in caplog.text
 
 
 def test_onion_is_calibrated_on_the_tasks_labelled_dev_texts(
