@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     name += "" if args.victim_lr is None else f"-lr{args.victim_lr:g}"
+    name += "" if args.target_frr is None else f"-frr{args.target_frr:g}"
     name += "" if attacks == list(ATTACKS) else "-" + "+".join(attacks)  # one attack's run keeps the others' table
     name += "" if not args.strategies else "-" + "+".join(settings.strategies)  # a partial table keeps the full one
     name += "" if tasks == ["sst-2"] else "-" + "+".join(tasks)
