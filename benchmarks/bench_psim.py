@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     changes = {"target_frr": args.target_frr}
     if args.victim_train is not None:
         changes["max_train"] = args.victim_train
-    victim = {"epochs": args.victim_epochs, "lr": args.victim_lr}
-    if any(v is not None for v in victim.values()):
-        changes["victim"] = {**settings.victim, **{k: v for k, v in victim.items() if v is not None}}
+    victim = {k: v for k, v in {"epochs": args.victim_epochs, "lr": args.victim_lr}.items() if v is not None}
+    if victim:
+        changes["victim"] = {**settings.victim, **victim}
     if args.strategies:
         changes["strategies"] = tuple(s for s in args.strategies.split(",") if s)
     if args.baselines and "lora" not in (changes.get("strategies") or settings.strategies):
