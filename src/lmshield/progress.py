@@ -56,6 +56,11 @@ def stamp(identity: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({**identity, "lmshield": __version__}))
 
 
+def content_digest(value: Any) -> str:
+    """sha256 of a JSON-serialisable value (texts, labels, ...), so progress is tied to the data it was made on."""
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through ``write(temporary)`` and move the result over ``path``: a reader never sees half a file."""
     temporary = path.with_name(path.name + ".tmp")

@@ -242,6 +242,10 @@ def test_protocol_resumes_after_an_interruption(tmp_path: Path, monkeypatch: pyt
     assert (out / "report.md").is_file()
     with pytest.raises(InputError, match="--fresh"):
         evaluate_release(released("badnet"), folder, replace(settings, seed=1), out_dir=out, progress=False)
+    test_file = folder / "test.json"  # the same folder with other test texts is another evaluation
+    test_file.write_text("".join(reversed(test_file.read_text().splitlines(keepends=True))))
+    with pytest.raises(InputError, match="--fresh"):
+        evaluate_release(released("badnet"), folder, settings, out_dir=out, progress=False)
 
 
 def test_the_table_marks_metrics_that_do_not_apply() -> None:

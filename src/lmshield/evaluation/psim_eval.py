@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
 from lmshield.evaluation.detection import roc_auc
 from lmshield.jsonio import dumps, json_ready, nan_if_none
-from lmshield.progress import PROGRESS_JSON, read_progress, stamp, write_progress
+from lmshield.progress import PROGRESS_JSON, content_digest, read_progress, stamp, write_progress
 
 if TYPE_CHECKING:
     from lmshield.evaluation.baselines_eval import BaselineSettings
@@ -410,7 +410,12 @@ def evaluate_release(
     data = _EvalData.load(model_dir, task_dir, settings, device)
     manifest, task = data.manifest, data.task
     out = None if out_dir is None else Path(out_dir)
-    identity = {"model": str(Path(model_dir).resolve()), "manifest": manifest.to_dict(), "task": str(task.resolve())}
+    identity = {
+        "model": str(Path(model_dir).resolve()),
+        "manifest": manifest.to_dict(),
+        "task": str(task.resolve()),
+        "data": content_digest([[split.texts, split.labels] for split in (data.train, data.dev, data.test)]),
+    }
     saved = _EvalProgress(out, {**identity, "settings": settings.shared_dict()}).load(fresh)
     if saved.psim is None:
         saved.save_psim(*_fit_psim(model_dir, data, settings, out, device, progress))

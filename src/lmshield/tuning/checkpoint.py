@@ -9,8 +9,6 @@ start.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import re
@@ -23,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmshield.errors import InputError
-from lmshield.progress import FRESH_HINT, PROGRESS_JSON, read_progress, stamp, write_progress
+from lmshield.progress import FRESH_HINT, PROGRESS_JSON, content_digest, read_progress, stamp, write_progress
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +30,7 @@ TENSOR_FILE = re.compile(r"epoch-\d+\.safetensors")
 
 def data_digest(texts: list[str], labels: list[int]) -> str:
     """sha256 of a labelled data set (texts and labels, in order)."""
-    return hashlib.sha256(json.dumps([texts, labels]).encode()).hexdigest()
+    return content_digest([texts, labels])
 
 
 @dataclass

@@ -21,7 +21,15 @@ from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
-from lmshield.progress import FRESH_HINT, PROGRESS_JSON, atomic_write, read_progress, stamp, write_progress
+from lmshield.progress import (
+    FRESH_HINT,
+    PROGRESS_JSON,
+    atomic_write,
+    content_digest,
+    read_progress,
+    stamp,
+    write_progress,
+)
 from lmshield.text.sources import TextSource
 
 logger = logging.getLogger(__name__)
@@ -162,6 +170,7 @@ def scan(
         "settings": config.search_fingerprint(),
         "position": str(watched),
         "texts": f"{len(texts)} given texts" if given_texts else source.describe(),
+        "texts_digest": content_digest(texts),
     }
     checkpoint = _Checkpoint(Path(out_dir) if out_dir else None, identity)
     trigger_shape = (config.trigger_length, encoder.embedding_size)
