@@ -16,6 +16,7 @@ from lmshield.defenses.sanitizer import mining as mining_module
 from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.errors import InputError, ScanError
 from lmshield.testing import TINY_ARCHITECTURES, tiny_encoder
+from lmshield.text.sources import TextSource
 from tests.test_progress import reseal
 from tests.tiny_pairs import TINY_SCAN
 
@@ -174,6 +175,27 @@ def test_progress_of_other_settings_is_not_reused(bert_pair, tmp_path: Path):
     with pytest.raises(InputError, match="--fresh"):
         scan(clean, TINY_SCAN.replace(lr=1e-3), progress=False, out_dir=tmp_path)
     assert scan(clean, TINY_SCAN.replace(lr=1e-3), progress=False, out_dir=tmp_path, fresh=True).verdict == "clean"
+
+
+def test_progress_made_on_other_carrier_texts_is_not_reused(bert_pair, tmp_path: Path):
+    clean, _, _ = bert_pair
+    texts = TextSource().load(64, seed=0, tokenizer=clean.tokenizer)
+    config = TINY_SCAN.replace(max_seeds=2, num_carriers=64)
+    scan(clean, config, texts=texts, progress=False, out_dir=tmp_path)
+    with pytest.raises(InputError, match="--fresh"):
+        scan(clean, config, texts=texts[::-1], progress=False, out_dir=tmp_path)
+    assert scan(clean, config, texts=texts, progress=False, out_dir=tmp_path).summary().endswith("from an earlier run)")
+
+
+@pytest.mark.parametrize(
+    "same", [lambda texts: [texts[0]] * 64, lambda texts: [" ".join(texts[:12]) + " " + t for t in texts]]
+)
+def test_carriers_that_are_one_text_once_truncated_are_refused(bert_pair, same):
+    """All-equal carriers have no spread: a verdict measured against it would call any model backdoored."""
+    clean, _, _ = bert_pair
+    texts = TextSource().load(64, seed=0, tokenizer=clean.tokenizer)
+    with pytest.raises(InputError, match="all the same once cut to"):
+        scan(clean, TINY_SCAN.replace(num_carriers=64), texts=same(texts), progress=False)
 
 
 def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):

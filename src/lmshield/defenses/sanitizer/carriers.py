@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.positions import WatchedPosition
 from lmshield.text.triggers import insert_words
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +77,23 @@ def insertion_slots(
     return slots, counts
 
 
+def _check_distinct(input_ids: torch.Tensor, token_budget: int) -> None:
+    """Refuse carriers that are all one text once truncated: their clean outputs have no spread to measure by."""
+    distinct = len({tuple(row) for row in input_ids.tolist()})
+    if distinct < 2:
+        raise InputError(
+            f"the {len(input_ids)} carrier texts are all the same once cut to {token_budget} tokens; "
+            "give texts that differ within their first words"
+        )
+    if distinct < len(input_ids):
+        logger.warning(
+            "%d of %d carrier texts repeat another once cut to %d tokens",
+            len(input_ids) - distinct,
+            len(input_ids),
+            token_budget,
+        )
+
+
 def prepare_carriers(
     encoder: Encoder,
     texts: list[str],
@@ -97,6 +117,7 @@ def prepare_carriers(
         texts = add_mask_tokens(encoder, texts, token_budget, seed)
     batch = encoder.tokenize(texts, token_budget)
     cpu = {k: v.cpu() for k, v in batch.items()}
+    _check_distinct(cpu["input_ids"], token_budget)
     slots, counts = insertion_slots(cpu["word_ids"], cpu["attention_mask"], max_insert_word)
     watched = position.locate(cpu["input_ids"], cpu["attention_mask"], encoder.mask_token_id)
     targets = encoder.watched_outputs(texts, position, max_length=token_budget, batch_size=batch_size)
