@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -173,6 +174,32 @@ def test_strip_gives_triggered_inputs_low_entropy() -> None:
         STRIP(victim).fit([])
     with pytest.raises(InputError, match="not fitted"):
         STRIP(victim).score(["a text"])
+
+
+def test_a_strip_score_depends_on_its_text_only() -> None:
+    victim = released_classifier(released("badnet"))
+    strip = STRIP(victim, copies=4).fit(task(40, 12).texts)
+    texts = task(6, 3).texts
+    batch = strip.score(texts)
+    np.testing.assert_allclose(batch[::-1], strip.score(texts[::-1]), atol=1e-6)
+    np.testing.assert_allclose(batch[5], strip.score(texts[5:6])[0], atol=1e-6)
+    assert not np.allclose(batch, STRIP(victim, copies=4, seed=1).fit(task(40, 12).texts).score(texts))
+    with pytest.raises(InputError, match="one string"):
+        strip.score("a text")
+    with pytest.raises(InputError, match="item 1 is NoneType"):
+        strip.fit(["a text", None])
+
+
+def test_strip_follows_the_scikit_learn_protocol() -> None:
+    victim = released_classifier(released("badnet"))
+    strip = STRIP(victim, copies=3, seed=2)
+    copy = type(strip)(**strip.get_params())  # what sklearn.base.clone does
+    assert copy is not strip and copy.get_params() == strip.get_params() and copy.victim is victim
+    assert strip.set_params(copies=5) is strip and strip.copies == 5
+    for bad in ({"copies": 2.5}, {"copies": 0}, {"replace_ratio": 0}, {"seed": None}, {"temperature": 1}):
+        with pytest.raises(InputError):
+            strip.set_params(**bad)
+    assert strip.get_params()["copies"] == 5
 
 
 def test_precomputed_paraphrases(shared_data: Path) -> None:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_whole
+from lmshield.text.inputs import as_texts
 
 
 def load_causal_lm(model: str | Path, device: str | None = None) -> tuple[Any, Any]:
@@ -50,9 +51,11 @@ class ONION:
         device: str | None = None,
         progress: bool = False,
     ) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or math.isnan(threshold):
+            raise InputError(f"threshold must be a number (inf removes nothing), got {threshold!r}")
+        check_whole({"max_words": max_words, "batch_size": batch_size})
         self.model, self.tokenizer = lm if isinstance(lm, tuple) else load_causal_lm(lm, device)
         self.threshold = threshold
-        self.threshold_: float | None = None
         self.max_words = max_words
         self.batch_size = batch_size
         self.progress = progress
@@ -88,11 +91,11 @@ class ONION:
     @property
     def threshold_in_use(self) -> float:
         """``threshold_`` once calibrated, else ``threshold``."""
-        return self.threshold if self.threshold_ is None else self.threshold_
+        return getattr(self, "threshold_", self.threshold)
 
     def clean(self, texts: Sequence[str]) -> list[str]:
         """The texts with every word whose suspicion exceeds :attr:`threshold_in_use` removed."""
-        threshold = self.threshold_in_use
+        threshold, texts = self.threshold_in_use, as_texts(texts)
         return [_remove(text, scores, threshold) for text, scores in zip(texts, self._suspicions(texts), strict=True)]
 
     def calibrate(
@@ -111,6 +114,7 @@ class ONION:
         """
         if not 0 <= max_drop < 1:
             raise InputError(f"max_drop must lie in [0, 1), got {max_drop}")
+        texts = as_texts(texts)
         if len(texts) != len(labels) or not texts:
             raise InputError("ONION calibration needs as many labels as texts, and at least one text")
         suspicions = self._suspicions(texts)
@@ -128,9 +132,8 @@ class ONION:
         return self
 
     def _suspicions(self, texts: Sequence[str]) -> list[list[float]]:
-        if not isinstance(texts, (list, tuple)):
-            raise InputError("expected a list of texts")
-        return [self.suspicion(str(text)) for text in tqdm(texts, desc="ONION", disable=not self.progress, unit="text")]
+        texts = as_texts(texts)
+        return [self.suspicion(text) for text in tqdm(texts, desc="ONION", disable=not self.progress, unit="text")]
 
 
 def _remove(text: str, scores: list[float], threshold: float) -> str:

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lmshield.defenses.psim.thresholds import calibrate_threshold, flag_scores
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_finite, check_whole
+from lmshield.text.inputs import as_texts
 
 
 class ProbClassifier(Protocol):
@@ -43,17 +44,33 @@ class STRIP:
         seed: int = 0,
         progress: bool = False,
     ) -> None:
-        if copies < 1 or not 0 < replace_ratio <= 1:
-            raise InputError("STRIP needs copies >= 1 and replace_ratio in (0, 1]")
+        check_whole({"copies": copies})
+        check_whole({"seed": seed}, minimum=0)
+        check_finite({"replace_ratio": replace_ratio})
+        if not 0 < replace_ratio <= 1:
+            raise InputError(f"replace_ratio must be in (0, 1], got {replace_ratio}")
         self.victim = victim
         self.copies = copies
         self.replace_ratio = replace_ratio
         self.seed = seed
         self.progress = progress
 
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (scikit-learn's estimator protocol)."""
+        return {name: getattr(self, name) for name in ("victim", "copies", "replace_ratio", "seed", "progress")}
+
+    def set_params(self, **params: Any) -> STRIP:
+        """Change parameters (validated as in the constructor); calibrate again afterwards."""
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise InputError(f"unknown STRIP parameter(s): {', '.join(unknown)}")
+        checked = type(self)(**{**self.get_params(), **params})  # bad values fail here
+        vars(self).update({name: getattr(checked, name) for name in params})
+        return self
+
     def fit(self, clean_texts: Sequence[str]) -> STRIP:
         """Keep the words of held-out clean texts: perturbations draw their replacements from them."""
-        pool = [w for text in clean_texts for w in str(text).split()]
+        pool = [w for text in as_texts(clean_texts, what="clean texts") for w in text.split()]
         if not pool:
             raise InputError("STRIP needs held-out clean texts to draw replacement words from")
         self.pool_ = pool
@@ -69,12 +86,16 @@ class STRIP:
         return " ".join(words)
 
     def entropy(self, texts: Sequence[str]) -> np.ndarray:
-        """Mean prediction entropy over ``copies`` perturbed copies of each text (normalised to [0, 1])."""
+        """Mean prediction entropy over ``copies`` perturbed copies of each text (normalised to [0, 1]).
+
+        Each text's perturbations are drawn from its own random stream (``seed`` and the text), so its score
+        does not depend on the other texts scored with it.
+        """
         self._check_fitted()
-        rng = random.Random(self.seed)
         out = []
-        for text in tqdm(texts, desc="STRIP", disable=not self.progress, unit="text"):
-            probs = self.victim.classify([self.perturb(str(text), rng) for _ in range(self.copies)]).probs
+        for text in tqdm(as_texts(texts), desc="STRIP", disable=not self.progress, unit="text"):
+            rng = random.Random(f"{self.seed}:{text}")
+            probs = self.victim.classify([self.perturb(text, rng) for _ in range(self.copies)]).probs
             probs = torch.as_tensor(probs).float().clamp_min(1e-12)
             out.append(float(-(probs * probs.log()).sum(-1).mean()) / math.log(probs.shape[-1]))
         return np.asarray(out, dtype=np.float64)
