@@ -45,3 +45,12 @@ def check_finite(values: dict[str, float], *, positive: bool = False) -> None:
             raise InputError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value) or (positive and value <= 0):
             raise InputError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")
+
+
+def check_whole(values: dict[str, int], *, minimum: int = 1) -> None:
+    """Raise :class:`InputError` for a value that is not a whole number of at least ``minimum``."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{name} must be a whole number, got {value!r}")
+        if value < minimum:
+            raise InputError(f"{name} must be at least {minimum}, got {value}")

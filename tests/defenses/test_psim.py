@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import math
 import random
@@ -216,6 +217,24 @@ def test_short_inputs_and_misuse() -> None:
         PSIM().score(["x"])
     with pytest.raises(InputError, match="at least"):
         PSIM("lora", **SETTINGS).fit(released("badnet"), ["only one"], 2)
+    with pytest.raises(InputError, match="num_labels must be a whole number"):
+        PSIM("lora", **SETTINGS).fit(released("badnet"), texts, 2.5)
+    with pytest.raises(InputError, match="item 1 is NoneType"):
+        psim.score(["a text", None])
+    for bad in ({"seed": None}, {"batch_size": "8"}, {"warmup_ratio": 5}, {"epochs": 1.5}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            PSIM(**bad)
+
+
+def test_changing_the_score_kind_of_a_fitted_psim_keeps_its_flags() -> None:
+    psim = copy.deepcopy(fitted()).calibrate(task(100, 6).texts, target_frr=0.1)  # the cached one stays as it is
+    texts = [*task(60, 3).texts, *triggered()[:20]]
+    flags, threshold = psim.flag(texts), psim.threshold_
+    psim.set_params(score_kind="normalised")
+    assert psim.threshold_ == pytest.approx(2 * threshold - 1)  # (p - 1/2) / (1 - 1/2)
+    np.testing.assert_array_equal(psim.flag(texts), flags)
+    psim.set_params(score_kind="probability")
+    assert psim.threshold_ == pytest.approx(threshold)
 
 
 class CountingVictim:

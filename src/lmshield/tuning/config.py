@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_finite
 
 HEADS = ("cls", "mask")
 CHECKPOINTS = ("best", "last")
@@ -122,8 +122,13 @@ class TuningConfig:
                 raise InputError(f"{name} must be in [0, 1), got {value!r}")
         if self.lora_targets is not None and not all(isinstance(t, str) and t for t in self.lora_targets):
             raise InputError(f"lora_targets must be module names, got {list(self.lora_targets)!r}")
-        if self.lr is None or self.lr <= 0:
+        if self.lr is None:
+            raise InputError("lr must be positive, got None")
+        check_finite({"lr": self.lr, "warmup_ratio": self.warmup_ratio}, positive=False)
+        if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.position_jitter < 0:
             raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
         if self.position_jitter and method.uses_virtual_tokens:

@@ -26,9 +26,11 @@ from lmshield.defenses.psim.thresholds import (
     default_threshold,
     flag_scores,
     normalise,
+    rescale_threshold,
 )
 from lmshield.defenses.psim.training import train_random_label_module
 from lmshield.errors import InputError
+from lmshield.text.inputs import as_texts
 from lmshield.tuning import TunedClassifier
 
 PSIM_JSON = "psim.json"
@@ -120,11 +122,18 @@ class PSIM:
         return {**{name: getattr(self, name) for name in names}, "device": self.device, "progress": self.progress}
 
     def set_params(self, **params: Any) -> PSIM:
-        """Change parameters (validated as in the constructor); refit afterwards for them to take effect."""
+        """Change parameters (validated as in the constructor); refit afterwards for them to take effect.
+
+        ``score_kind`` acts at once on a fitted PSIM: its ``threshold_`` is carried to the new scale, so the
+        same inputs stay flagged.
+        """
         unknown = sorted(set(params) - set(self.get_params()))
         if unknown:
             raise InputError(f"unknown PSIM parameter(s): {', '.join(unknown)}")
         PSIMConfig.from_dict({**self.config.to_dict(), **params})
+        if self.is_fitted and "score_kind" in params:
+            kinds = (self.score_kind, params["score_kind"])
+            self.threshold_ = rescale_threshold(self.threshold_, self.num_labels_, *kinds)
         for name, value in params.items():
             setattr(self, name, value)
         return self
@@ -138,7 +147,7 @@ class PSIM:
     def fit(self, model: str | Path | None, texts: list[str], num_labels: int = 2) -> PSIM:
         """Train the module on ``texts`` (the downstream training set, labels not needed) with random labels."""
         config = self.config
-        texts = _as_texts(texts)
+        texts = as_texts(texts, allow_empty=False)
         self.classifier_ = train_random_label_module(
             model, texts, num_labels, config, device=self.device, progress=self.progress
         )
@@ -170,7 +179,7 @@ class PSIM:
     def scores(self, texts: list[str]) -> PSIMScores:
         """Top probability, its class-count-normalised form and the predicted label, per text."""
         classifier = self._check_fitted()
-        texts = _as_texts(texts, allow_empty=True)
+        texts = as_texts(texts)
         probs = classifier.classify(texts, progress=self.progress and len(texts) > 256).probs.numpy()
         top = probs.max(axis=1) if len(texts) else np.zeros(0, dtype=np.float32)
         label = probs.argmax(axis=1) if len(texts) else np.zeros(0, dtype=np.int64)
@@ -191,7 +200,7 @@ class PSIM:
 
     def calibrate(self, texts: list[str], target_frr: float = 0.05) -> PSIM:
         """Set ``threshold_`` so that at most ``target_frr`` of held-out clean task texts are flagged."""
-        scores = self.score(_as_texts(texts))
+        scores = self.score(as_texts(texts, allow_empty=False))
         self.threshold_ = calibrate_threshold(scores.tolist(), target_frr)
         achieved = float(np.mean(self.flags(scores)))
         self.calibration_ = Calibration(target_frr, achieved, len(scores))
@@ -260,12 +269,3 @@ class PSIM:
                 f"{len(psim.classifier_.label_names)} labels"
             )
         return psim
-
-
-def _as_texts(texts: list[str], allow_empty: bool = False) -> list[str]:
-    if isinstance(texts, str):
-        raise InputError("expected a list of texts, got one string")
-    texts = ["" if t is None else str(t) for t in texts]
-    if not texts and not allow_empty:
-        raise InputError("no texts given")
-    return texts

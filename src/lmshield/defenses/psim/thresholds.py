@@ -30,6 +30,16 @@ def default_threshold(num_labels: int, kind: str = "probability") -> float:
     return chance + RELEASE_NORMALISED * (1.0 - chance)
 
 
+def rescale_threshold(threshold: float, num_labels: int, kind: str, new_kind: str) -> float:
+    """``threshold`` on the ``kind`` scale, carried to the ``new_kind`` scale (it flags the same inputs)."""
+    if kind == new_kind:
+        return threshold
+    chance = 1.0 / num_labels
+    if new_kind == "normalised":
+        return normalise(threshold, num_labels)
+    return chance + threshold * (1.0 - chance)
+
+
 def check_target_frr(target_frr: float) -> None:
     """A target false-rejection rate is a share below 1 (at 1 every clean input may be refused)."""
     if not 0 <= target_frr < 1:  # NaN fails too

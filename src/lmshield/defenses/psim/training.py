@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from lmshield.defenses.psim.config import PSIMConfig
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_whole
 from lmshield.models.loading import resolve_model_dir
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, get_method, tune
 
@@ -73,8 +73,7 @@ def train_random_label_module(
     Random labels make dev accuracy meaningless, so the last epoch is kept; the dev set :func:`tune` wants
     is a random-labelled slice of the same texts, reported in the history only.
     """
-    if num_labels < 2:
-        raise InputError(f"num_labels must be at least 2, got {num_labels}")
+    check_whole({"num_labels": num_labels}, minimum=2)
     if len(texts) < num_labels:
         raise InputError(f"PSIM needs at least {num_labels} task texts, got {len(texts)}")
     keep = config.keep_head == "yes" or (config.keep_head == "auto" and has_classification_head(model))

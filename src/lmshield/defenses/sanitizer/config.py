@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError, check_finite, reject_unknown
+from lmshield.errors import InputError, check_finite, check_whole, reject_unknown
 
 MODES = ("detect", "search")
 DISTANCE_SCALES = ("relative", "absolute")
@@ -76,23 +76,14 @@ class SanitizerConfig:
             raise InputError(f"unknown mode {self.mode!r}: use detect or search")
         if self.distance_scale not in DISTANCE_SCALES:
             raise InputError(f"unknown distance scale {self.distance_scale!r}: use relative or absolute")
-        for name in (
-            "trigger_length",
-            "num_carriers",
-            "max_length",
-            "batch_size",
-            "epochs",
-        ):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        sizes = ("trigger_length", "num_carriers", "max_length", "batch_size", "epochs", "max_seeds")
+        check_whole({name: getattr(self, name) for name in sizes})
         if self.split_triggers < 0:
             raise InputError(f"split_triggers must be 0 (off) or more, got {self.split_triggers}")
         if self.seeds_in_parallel is not None and self.seeds_in_parallel < 1:
             raise InputError(f"seeds_in_parallel must be at least 1, got {self.seeds_in_parallel}")
         if self.batch_size < 2:
             raise InputError("batch_size must be at least 2: collapse is measured across the batch")
-        if self.max_seeds < 1:
-            raise InputError(f"max_seeds must be at least 1, got {self.max_seeds}")
         if not 0 < self.collapse_threshold <= 1:
             raise InputError("collapse_threshold is a share of the entropy ceiling, in (0, 1]")
         check_finite({"lr": self.lr, "boost": self.boost, "refine_lr_factor": self.refine_lr_factor}, positive=True)
