@@ -119,7 +119,7 @@ def test_guard_calibration_keeps_triggered_inputs_flagged(
     with caplog.at_level(logging.WARNING, logger="lmshield"):
         Guard(backdoored_classifier, bert_pair[2]).calibrate(tiny_task(60, 6).texts, quantile=0.95)
     assert "give at least" not in caplog.text
-    with pytest.raises(InputError, match="non-empty list"):
+    with pytest.raises(InputError, match="no clean texts given"):
         guard.calibrate([])
 
 
@@ -153,6 +153,11 @@ def test_triggered_inputs_are_flagged_and_purged(guard: Guard) -> None:
             assert prediction.removed == (trigger,)
             assert trigger not in prediction.purged_text.split()
             assert prediction.final_label == prediction.purged_label is not None
+
+
+def test_an_input_of_trigger_words_only_is_refused_not_answered_empty(guard: Guard) -> None:
+    for prediction in guard.predict([DEFAULT_TRIGGERS[0], f"{DEFAULT_TRIGGERS[0]} {DEFAULT_TRIGGERS[0]}"]):
+        assert prediction.flagged and prediction.status == "refused" and prediction.final_label is None
 
 
 def test_purged_label_is_the_clean_label(guard: Guard) -> None:
@@ -205,6 +210,7 @@ def test_purge_is_greedy_for_multi_word_triggers() -> None:
     refused = purge(texts[:1], _fake_evaluate([]), max_removed=1)[0]
     assert not refused.cleaned and refused.removed == ("aa",)
     assert word_deletions("a b a") == [("a", "b"), ("b", "a a")]
+    assert word_deletions("mn mn") == [] and word_deletions("") == []  # nothing left is no purge
     assert purge([""], _fake_evaluate([]))[0].cleaned is False
 
 

@@ -287,6 +287,8 @@ def test_mask_position_scans_a_mask_backdoor():
         ({"lr": 0.0}, "lr must be a finite positive number"),
         ({"boost": True}, "boost must be a number"),  # a YAML yes/no is not a number
         ({"min_sign_consistency": 2.0}, "a share"),
+        ({"epochs": "2"}, "epochs must be a whole number"),
+        ({"max_seeds": 0}, "max_seeds must be at least 1"),
     ],
 )
 def test_bad_settings_are_refused(changes: dict, message: str):
@@ -298,6 +300,10 @@ def test_bad_settings_are_refused(changes: dict, message: str):
 
 def test_too_few_carrier_texts_are_refused(bert_pair):
     clean, _, _ = bert_pair
+    with pytest.raises(InputError, match="one string"):
+        scan(clean, TINY_SCAN, texts="a string", progress=False)
+    with pytest.raises(InputError, match="must be a SanitizerConfig"):
+        scan(clean, {"mode": "search"}, progress=False)
     with pytest.raises(InputError, match="fewer than one batch"):
         scan(clean, TINY_SCAN, texts=["one sentence", "two sentences"], progress=False)
 

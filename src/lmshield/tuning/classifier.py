@@ -28,6 +28,7 @@ from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder, load_pretrained, looks_like_path, read_tensors
 from lmshield.models.positions import WatchedPosition
+from lmshield.text.inputs import as_texts
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.heads import LinearHead, ReleasedHead
 from lmshield.tuning.methods import TuningMethod, get_method
@@ -187,8 +188,6 @@ class TunedClassifier(nn.Module):
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenised, right-padded batch on the classifier's device."""
-        if isinstance(texts, str):
-            raise InputError("expected a list of texts, got one string")
         batch = self.tokenizer(
             self.format_texts(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         )
@@ -225,6 +224,7 @@ class TunedClassifier(nn.Module):
     def classify(self, texts: list[str], batch_size: int | None = None, progress: bool = False) -> ClassifierOutput:
         """Logits and watched outputs for ``texts`` (eval mode, batched), on the CPU."""
         self.eval()
+        texts = as_texts(texts)
         size = self.config.eval_batch_size if batch_size is None else batch_size
         if size < 1:
             raise InputError(f"batch_size must be at least 1, got {size}")

@@ -28,6 +28,7 @@ from lmshield.defenses.sanitizer.monitor import (
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
 from lmshield.errors import InputError
+from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
 
 logger = logging.getLogger(__name__)
@@ -197,8 +198,7 @@ class Guard:
         :meth:`Monitor.calibrated`. Use texts of the task the classifier serves, at least
         ``1 / (1 - quantile)`` of them (1,000 at the default quantile).
         """
-        if isinstance(texts, str) or not texts:
-            raise InputError("Guard.calibrate expects a non-empty list of clean texts")
+        texts = as_texts(texts, allow_empty=False, what="clean texts")
         watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
         self.monitor = monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
         logger.info(
@@ -249,9 +249,8 @@ class Guard:
 
     def predict(self, texts: list[str]) -> list[Prediction]:
         """Guarded predictions for ``texts``, in order."""
-        if isinstance(texts, str):
-            raise InputError("Guard.predict expects a list of texts, got one string")
-        logits, monitored = self.evaluate(list(texts))
+        texts = as_texts(texts)
+        logits, monitored = self.evaluate(texts)
         flagged = [i for i in range(len(texts)) if bool(monitored.flagged[i])]
         outcomes = {}
         if flagged and self.purge:

@@ -33,9 +33,14 @@ class PurgeOutcome:
 
 
 def word_deletions(text: str) -> list[tuple[str, str]]:
-    """``(word, text without every occurrence of word)`` for each distinct word, in order of appearance."""
+    """``(word, text without every occurrence of word)`` for each distinct word, in order of appearance.
+
+    A deletion that would leave nothing is no candidate: an input made only of the flagged words is refused,
+    not answered as an empty text.
+    """
     words = text.split()
-    return [(word, " ".join(w for w in words if w != word)) for word in dict.fromkeys(words)]
+    variants = [(word, " ".join(w for w in words if w != word)) for word in dict.fromkeys(words)]
+    return [(word, variant) for word, variant in variants if variant]
 
 
 def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3) -> list[PurgeOutcome]:

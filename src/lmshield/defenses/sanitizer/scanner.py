@@ -30,6 +30,7 @@ from lmshield.progress import (
     stamp,
     write_progress,
 )
+from lmshield.text.inputs import as_texts
 from lmshield.text.sources import TextSource
 
 logger = logging.getLogger(__name__)
@@ -144,13 +145,18 @@ def scan(
     """
     started = time.perf_counter()
     config = config or SanitizerConfig()
+    if not isinstance(config, SanitizerConfig):
+        raise InputError(f"config must be a SanitizerConfig, got {type(config).__name__}")
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
     _check_outside(out_dir, encoder.directory)
     watched = WatchedPosition.parse(position, default=str(encoder.default_position()))
     source = text_source or TextSource()
     given_texts = texts is not None
-    if texts is None:
-        texts = source.load(config.num_carriers, seed=config.seed, tokenizer=encoder.tokenizer)
+    texts = (
+        as_texts(texts, what="carrier texts")
+        if given_texts
+        else source.load(config.num_carriers, seed=config.seed, tokenizer=encoder.tokenizer)
+    )
     texts = texts[: config.num_carriers]
     if len(texts) < config.batch_size:
         raise InputError(f"{len(texts)} carrier texts are fewer than one batch ({config.batch_size})")
