@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, ModelLoadError
 from lmshield.models import Encoder
 from lmshield.testing import TINY_ARCHITECTURES, tiny_config, tiny_encoder, tiny_tokenizer
 from lmshield.tuning import METHODS, TunedClassifier, TuningConfig, TuningMethod, get_method, register_method, tune
@@ -262,6 +262,20 @@ def test_save_load_round_trip(trained_bert_dir: Path, tmp_path: Path, method: st
     assert torch.allclose(before.logits, after.logits, atol=1e-5)
     assert torch.allclose(before.watched, after.watched, atol=1e-5)
     assert loaded.label_names == result.classifier.label_names
+
+
+def test_a_classifier_tuned_on_a_pickle_base_loads_with_the_same_opt_in(trained_bert_dir: Path, tmp_path: Path) -> None:
+    base = Path(shutil.copytree(trained_bert_dir, tmp_path / "legacy"))
+    torch.save(load_file(base / "model.safetensors"), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    config = fast("lora", epochs=1)
+    result = tune(base, tiny_task(32, 1), tiny_task(16, 2), config, out_dir=tmp_path / "clf", progress=False,
+                  allow_pickle=True)  # fmt: skip
+    with pytest.raises(ModelLoadError, match="allow_pickle=True"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+    loaded = TunedClassifier.from_pretrained(tmp_path / "clf", allow_pickle=True)
+    texts = tiny_task(10, 3).texts
+    assert torch.allclose(result.classifier.classify(texts).logits, loaded.classify(texts).logits, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

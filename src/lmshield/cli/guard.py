@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lmshield.cli._common import AnyScan, Base, Device, LabelField, Quiet, TextField, friendly_errors, output_file
+from lmshield.cli._common import (
+    AllowPickle,
+    AnyScan,
+    Base,
+    Device,
+    LabelField,
+    Quiet,
+    TextField,
+    friendly_errors,
+    output_file,
+)
 from lmshield.errors import InputError
 
 if TYPE_CHECKING:
@@ -93,6 +103,7 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
     base: Base = None,
     any_scan: AnyScan = False,
+    allow_pickle: AllowPickle = False,
     psim_model: Annotated[
         Path | None,
         typer.Option(help="With --psim: where the released model PSIM was fitted on now lives, if it moved."),
@@ -119,10 +130,19 @@ def predict_command(
     progress = not quiet and len(items) > PROGRESS_FROM
     if psim is not None:
         rows = _psim_rows(
-            classifier, psim, items, resolve_device(device), base=base, psim_model=psim_model, progress=progress
+            classifier,
+            psim,
+            items,
+            resolve_device(device),
+            base=base,
+            psim_model=psim_model,
+            progress=progress,
+            allow_pickle=allow_pickle,
         )
     elif scan is None:
-        model = TunedClassifier.from_pretrained(classifier, device=resolve_device(device), base=base)
+        model = TunedClassifier.from_pretrained(
+            classifier, device=resolve_device(device), base=base, allow_pickle=allow_pickle
+        )
         output = model.classify(items, batch_size, progress=progress)
         rows = [
             {"text": t, "label": int(y), "label_name": model.label_names[int(y)], "probs": p.tolist()}
@@ -138,6 +158,7 @@ def predict_command(
             device=resolve_device(device),
             base=base,
             any_scan=any_scan,
+            allow_pickle=allow_pickle,
             batch_size=batch_size,
             progress=progress,
             **guard_options,
@@ -158,13 +179,14 @@ def _psim_rows(
     base: Path | None,
     psim_model: Path | None,
     progress: bool,
+    allow_pickle: bool,
 ) -> list[dict]:
     """The victim's answers behind PSIM: refused inputs get no label. ``base`` / ``psim_model``: where the
     victim's base and PSIM's released model now live, if they moved."""
     from lmshield.defenses.psim import PSIM, ShieldedClassifier
     from lmshield.tuning import TunedClassifier
 
-    victim = TunedClassifier.from_pretrained(classifier, device=device, base=base)
+    victim = TunedClassifier.from_pretrained(classifier, device=device, base=base, allow_pickle=allow_pickle)
     psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress, model=psim_model)
     if psim.num_labels_ != len(victim.label_names):
         raise InputError(f"the PSIM knows {psim.num_labels_} labels, the classifier {len(victim.label_names)}")
@@ -218,6 +240,7 @@ def eval_command(
     ] = None,
     base: Base = None,
     any_scan: AnyScan = False,
+    allow_pickle: AllowPickle = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -236,6 +259,7 @@ def eval_command(
         device=resolve_device(device),
         base=base,
         any_scan=any_scan,
+        allow_pickle=allow_pickle,
         threshold=threshold,
         max_removed=max_removed,
         batch_size=batch_size,

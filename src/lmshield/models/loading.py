@@ -119,7 +119,7 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
         names = ", ".join(p.name for p in pickle_files)
         raise ModelLoadError(
             f"{directory}: only pickle weights ({names}); pickle can run code on load. Convert them to "
-            "safetensors, or pass --allow-pickle (scan, attack, tune) to load them with weights_only=True"
+            "safetensors, or pass --allow-pickle (allow_pickle=True) to load them with weights_only=True"
         )
     if pickle_files:
         return pickle_files, True

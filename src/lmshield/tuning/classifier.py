@@ -276,11 +276,14 @@ class TunedClassifier(nn.Module):
         device: str | torch.device | None = None,
         check_base: bool = True,
         base: str | Path | None = None,
+        allow_pickle: bool = False,
     ) -> TunedClassifier:
         """Load a classifier written by :meth:`save_pretrained` (safetensors only, no remote code).
 
         ``base``: where the base model lives now, when it moved since tuning (its weights must match the
-        recorded fingerprint).
+        recorded fingerprint). ``allow_pickle``: the base model holds pickle weights only, as when it was
+        tuned with ``allow_pickle=True`` (loaded with ``weights_only=True``; the classifier's own weights are
+        always safetensors).
         """
         out = Path(directory)
         if not (out / TUNING_JSON).is_file() or not (out / HEAD_FILE).is_file():
@@ -304,11 +307,11 @@ class TunedClassifier(nn.Module):
         in_memory = base_info.directory is None  # tuned from an in-memory encoder, whose copy is in BASE_DIR
         start: Encoder | str = source
         if in_memory:  # loaded once: its tensors are checked, then built on
-            start = load_encoder(source, device=device)
+            start = load_encoder(source, device=device, allow_pickle=allow_pickle)
             if check_base:
                 _check_base(source, start.tensor_fingerprint(), base_info)
         try:
-            classifier = cls.build(start, config, label_names, device=device, inference=True)
+            classifier = cls.build(start, config, label_names, device=device, allow_pickle=allow_pickle, inference=True)
         except (ValueError, TypeError, KeyError, IndexError) as exc:  # settings peft or torch cannot build
             raise InputError(
                 f"{out / TUNING_JSON}: settings that build no classifier ({type(exc).__name__}: {exc})"

@@ -177,12 +177,16 @@ class Guard:
         device: str | None = None,
         base: str | Path | None = None,
         any_scan: bool = False,
+        allow_pickle: bool = False,
         **kwargs: Any,
     ) -> Guard:
         """Load a classifier saved by ``TunedClassifier.save_pretrained`` (``base``: where its base model lives
-        now, if it moved) and a saved ``ScanResult`` of its base encoder (see :meth:`from_scan`)."""
+        now, if it moved; ``allow_pickle``: its base holds pickle weights only) and a saved ``ScanResult`` of
+        its base encoder (see :meth:`from_scan`)."""
         scan = ScanResult.from_pretrained(scan_dir)
-        classifier = TunedClassifier.from_pretrained(classifier_dir, device=device, base=base)
+        classifier = TunedClassifier.from_pretrained(
+            classifier_dir, device=device, base=base, allow_pickle=allow_pickle
+        )
         return cls.from_scan(classifier, scan, any_scan=any_scan, **kwargs)
 
     def calibrate(
