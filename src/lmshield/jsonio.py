@@ -8,6 +8,8 @@ import json
 import math
 from typing import Any
 
+from lmshield.errors import InputError
+
 
 def json_ready(value: Any) -> Any:
     """``value`` with every non-finite float, at any depth of dicts, lists and tuples, replaced by ``None``."""
@@ -28,3 +30,15 @@ def dumps(payload: Any, **kwargs: Any) -> str:
 def nan_if_none(value: float | None) -> float:
     """Inverse of :func:`json_ready` for a metric: ``None`` (a metric that did not apply) reads back as NaN."""
     return math.nan if value is None else value
+
+
+def check_format_version(data: dict[str, Any], supported: int, where: object) -> None:
+    """Refuse a file written in a newer format than this lmshield reads (a missing version reads as 1)."""
+    version = data.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"{where}: format_version must be a whole number from 1, got {version!r}")
+    if version > supported:
+        raise InputError(
+            f"{where}: format version {version}, written by a newer lmshield (this one reads up to {supported}); "
+            "upgrade lmshield"
+        )

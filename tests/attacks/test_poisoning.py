@@ -436,6 +436,8 @@ def test_a_manifest_of_another_kind_is_refused(tmp_path: Path) -> None:
         ({"base_model": {"path": "/elsewhere"}}, "base_model is not of type str"),
         ({"settings": ["x"]}, "settings is not of type dict"),
         ({"paraphraser": 3}, "paraphraser is not of type str \\| None"),
+        ({"format_version": 2}, "format version 2, written by a newer lmshield"),
+        ({"format_version": "1"}, "format_version must be a whole number"),
     ],
 )
 def test_a_manifest_with_fields_of_the_wrong_type_is_refused(tmp_path: Path, changes: dict, message: str) -> None:

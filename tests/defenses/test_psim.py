@@ -146,6 +146,8 @@ def test_calibrate_threshold_by_hand() -> None:
         calibrate_threshold([], 0.1)
     with pytest.raises(InputError):
         calibrate_threshold(scores, 1.5)
+    with pytest.raises(InputError, match="NaN"):
+        calibrate_threshold([0.5, math.nan, 0.9], 0.1)
 
 
 def test_multi_class_psim() -> None:
@@ -192,6 +194,11 @@ def saved_psim(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda j: {**j, "num_labels_": 0}, "does not match the module's 2 labels"),
         (lambda j: {**j, "config": []}, "unreadable"),
         (lambda j: {**j, "config": {**j["config"], "epochs": 0}}, r"psim.json: epochs must be at least 1"),
+        (lambda j: {**j, "format_version": 99}, "written by a newer lmshield"),
+        (lambda j: {**j, "format": "other"}, r"^[^:]*psim.json: not a PSIM file"),  # the path once
+        (lambda j: {**j, "calibration_": {"target_frr": "lots", "achieved_frr": 0, "num_texts": 3}}, "shares in"),
+        (lambda j: {**j, "calibration_": {"target_frr": 0.1, "achieved_frr": 0, "num_texts": -1}}, "num_texts"),
+        (lambda j: {**j, "calibration_": []}, "unreadable"),
     ],
 )
 def test_a_damaged_saved_psim_is_a_one_line_error(saved_psim: Path, tmp_path: Path, edit, message: str) -> None:

@@ -128,6 +128,10 @@ def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda d: _damage_json(d, lambda j: j["trace"][0].update(epochs=-5)), "epochs and steps must be whole"),
         (lambda d: _damage_json(d, lambda j: _set_accepted(j, pv_index=99)), "pv_index do not number its PVs"),
         (lambda d: _damage_json(d, lambda j: j.update(nearest_tokens=5)), "nearest_tokens must list"),
+        (lambda d: _damage_json(d, lambda j: j.update(format_version=99)), "written by a newer lmshield"),
+        (lambda d: _damage_json(d, lambda j: j.update(timings="x")), "timings must map names to finite numbers"),
+        (lambda d: _damage_json(d, lambda j: j.update(position="middle")), "unknown position"),
+        (lambda d: _damage_json(d, lambda j: j["trace"][0].update(parts=[99])), "parts are not vectors"),
     ],
 )
 def test_damaged_result_is_a_one_line_error(saved_scan: Path, tmp_path: Path, damage, message: str):

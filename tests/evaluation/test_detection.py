@@ -34,6 +34,7 @@ def test_roc_auc_counts_pairs_with_half_ties():
     assert roc_auc([True, False], [1.0, 0.0]) == 1.0
     assert roc_auc([True, False], [0.0, 1.0]) == 0.0
     assert math.isnan(roc_auc([True, True], [1.0, 2.0]))
+    assert math.isnan(roc_auc([True, False], [math.nan, 0.0]))  # a NaN score ranks nowhere
 
 
 def test_roc_curve_moves_tied_scores_together():

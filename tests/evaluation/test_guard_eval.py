@@ -56,8 +56,9 @@ def test_triggered_side() -> None:
     assert trigger_removal_rate([Outcome(0, 1, True, 0, ("mn",))], "mn qt") == 0.0
 
 
-def test_empty_inputs_give_zero_and_rates_over_no_flagged_input_do_not_apply() -> None:
-    assert accuracy([]) == 0.0
+def test_rates_over_no_input_or_no_flagged_input_do_not_apply() -> None:
+    assert math.isnan(accuracy([])) and math.isnan(attack_success_rate([]))
+    assert summarize(CLEAN, {"cf": []}).table().splitlines()[2].split()[1:] == ["0", "-", "-", "-", "-", "-"]
     assert math.isnan(purge_success_rate(CLEAN[:1])) and math.isnan(trigger_removal_rate(CLEAN[:1], "cf"))
     report = summarize(CLEAN, {"cf": TRIGGERED, "mn": CLEAN[:1]})
     assert report.table().splitlines()[3].split()[-2:] == ["-", "-"]  # the mn row: nothing flagged

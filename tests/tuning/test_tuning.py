@@ -307,6 +307,7 @@ def _edit_tuning_json(directory: Path, edit) -> None:
         (_nan_head, "NaN or infinite"),
         (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(head_dropout=5)), r"tuning.json: head_dropout"),
         (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(lora_targets=["nowhere"])), "build no classifier"),
+        (lambda d: _edit_tuning_json(d, lambda j: j.update(format_version=7)), "written by a newer lmshield"),
     ],
 )
 def test_a_damaged_classifier_is_a_one_line_error(saved_lora: Path, tmp_path: Path, damage, message: str) -> None:

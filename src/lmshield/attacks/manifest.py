@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Self
 import torch
 
 from lmshield.errors import InputError
+from lmshield.jsonio import check_format_version
 from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, refuse_finished, refuse_foreign_folder
 
 BACKDOOR_JSON = "backdoor.json"
@@ -60,6 +61,7 @@ class ManifestFile:
             raise InputError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
             raise InputError(f"{path}: not a manifest of {cls.MADE_BY}")
+        check_format_version(data, FORMAT_VERSION, path)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         try:
             manifest = cls(**{k: v for k, v in data.items() if k in known})

@@ -90,7 +90,7 @@ def roc_auc(truth: Sequence[bool], scores: Sequence[float]) -> float:
         raise ValueError(f"{len(truth)} truths but {len(scores)} scores")
     pos = [s for s, t in zip(scores, truth, strict=True) if t]
     neg = [s for s, t in zip(scores, truth, strict=True) if not t]
-    if not pos or not neg:
+    if not pos or not neg or any(math.isnan(s) for s in scores):  # a NaN score ranks nowhere
         return math.nan
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
     return wins / (len(pos) * len(neg))

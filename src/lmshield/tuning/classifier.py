@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
+from lmshield.jsonio import check_format_version
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder, load_pretrained, looks_like_path, read_tensors
 from lmshield.models.positions import WatchedPosition
@@ -290,6 +291,7 @@ class TunedClassifier(nn.Module):
             raise InputError(f"{directory}: not a tuned classifier (expected {TUNING_JSON} and {HEAD_FILE})")
         try:
             payload = json.loads((out / TUNING_JSON).read_text(encoding="utf-8"))
+            check_format_version(payload, FORMAT_VERSION, out / TUNING_JSON)
             config = TuningConfig.from_dict(payload["config"])
             base_info = BaseModelInfo(**payload["base"])
             label_names = payload["label_names"]

@@ -29,7 +29,8 @@ from lmshield.defenses.psim.thresholds import (
     rescale_threshold,
 )
 from lmshield.defenses.psim.training import train_random_label_module
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_whole
+from lmshield.jsonio import check_format_version
 from lmshield.text.inputs import as_texts
 from lmshield.tuning import TunedClassifier
 
@@ -46,6 +47,16 @@ class Calibration:
     target_frr: float
     achieved_frr: float
     num_texts: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Read a saved calibration, refusing values calibration cannot produce."""
+        calibration = cls(**data)
+        rates = (calibration.target_frr, calibration.achieved_frr)
+        if not all(isinstance(r, int | float) and not isinstance(r, bool) and 0 <= r <= 1 for r in rates):
+            raise InputError(f"calibration_ rates must be shares in [0, 1], got {list(rates)}")
+        check_whole({"calibration_ num_texts": calibration.num_texts})
+        return calibration
 
 
 @dataclass(frozen=True)
@@ -238,23 +249,21 @@ class PSIM:
             raise InputError(f"{directory}: not a saved PSIM (no {PSIM_JSON})")
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-                raise InputError(f"{path}: not a PSIM file")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise InputError(f"{path}: not a PSIM file")
+        check_format_version(payload, FORMAT_VERSION, path)
+        try:
             psim = cls.from_config(PSIMConfig.from_dict(payload["config"]), device=device, progress=progress)
             psim.num_labels_ = int(payload["num_labels_"])
             psim.threshold_ = float(payload["threshold_"])
-            psim.calibration_ = Calibration(**payload["calibration_"]) if payload.get("calibration_") else None
+            psim.calibration_ = (
+                Calibration.from_dict(payload["calibration_"]) if payload.get("calibration_") is not None else None
+            )
             psim.n_train_ = int(payload.get("n_train_", 0))
             psim.model_ = payload.get("model_")
-        except (
-            json.JSONDecodeError,
-            UnicodeDecodeError,
-            KeyError,
-            TypeError,
-            ValueError,
-            AttributeError,
-            OverflowError,
-        ) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
         except InputError as exc:  # a setting out of range: say which file holds it
             raise InputError(f"{path}: {exc}") from exc

@@ -57,6 +57,8 @@ def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> flo
     ordered = sorted(float(s) for s in clean_scores)
     if not ordered:
         raise InputError("calibration needs at least one held-out clean text")
+    if any(math.isnan(s) for s in ordered):
+        raise InputError("calibration scores hold NaN: a threshold between them would be arbitrary")
     allowed = math.floor(target_frr * len(ordered) + 1e-9)
     if allowed < STABLE_TAIL:
         fix = (

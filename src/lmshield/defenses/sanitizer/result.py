@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.errors import InputError
+from lmshield.jsonio import check_format_version
+from lmshield.models.positions import WatchedPosition
 
 SCAN_JSON = "scan.json"
 PVS_FILE = "pvs.safetensors"
@@ -152,6 +154,7 @@ class ScanResult:
             raise InputError(f"{directory}: not a scan result (expected {SCAN_JSON} and {PVS_FILE})")
         try:
             data = json.loads((out / SCAN_JSON).read_text(encoding="utf-8"))
+            check_format_version(data, FORMAT_VERSION, out / SCAN_JSON)
             tensors = load_file(str(out / PVS_FILE))
             result = cls(
                 verdict=data["verdict"],
@@ -205,5 +208,18 @@ class ScanResult:
             raise InputError(
                 f"{directory}: {SCAN_JSON}: nearest_tokens must list the tokens of each of the {self.num_pvs} PVs"
             )
+        length = self.triggers.shape[1]
+        for trace in self.trace:
+            if trace.parts is not None and (
+                not isinstance(trace.parts, list)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < length for i in trace.parts)
+            ):
+                raise InputError(f"{directory}: {SCAN_JSON}: seed {trace.seed}'s parts are not vectors 0-{length - 1}")
+        if not isinstance(self.timings, dict) or not all(_finite_number(v) for v in self.timings.values()):
+            raise InputError(f"{directory}: {SCAN_JSON}: timings must map names to finite numbers")
+        try:
+            WatchedPosition.parse(self.position)
+        except InputError as exc:
+            raise InputError(f"{directory}: {SCAN_JSON}: {exc}") from exc
         if bool((self.pvs == 0).any()):  # a zero has no sign: the monitor could never match that PV
             raise InputError(f"{directory}: {PVS_FILE} holds PVs with zero entries, which no output can match")
