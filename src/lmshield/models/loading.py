@@ -261,6 +261,7 @@ def _build_model(
                 _load_pickle_as_safetensors(weights, Path(tmp))
                 config.save_pretrained(tmp)
                 model, info = auto_class.from_pretrained(tmp, **kwargs)
+            model.name_or_path = model.config._name_or_path = str(directory)  # not the folder deleted above
     except ModelLoadError:
         raise
     except Exception as exc:
