@@ -168,6 +168,7 @@ def test_psim_eval_hands_the_onion_budget_on(files: dict[str, Path], monkeypatch
 
     monkeypatch.setattr(lmshield.evaluation.psim_eval, "evaluate_release", evaluate_release)
     root = files["root"]
+    (root / "lm").mkdir(exist_ok=True)
     args = ("psim", "eval", root / "m", "--task", files["task"], "--baselines", "onion", "--onion-lm", root / "lm",
             "--out", root / "onion", "--quiet")  # fmt: skip
     assert invoke(*args, "--onion-max-drop", 0.05).exit_code == 0
@@ -234,3 +235,41 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
                     "--out", root / "p2", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["poison"]["train"].texts == ["a b c", "d e f"] and seen["poison"]["train"].label_names == ["neg", "pos"]
+
+
+def test_psim_eval_refuses_folders_it_would_write_over(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import lmshield.evaluation.psim_eval
+
+    calls = []
+    monkeypatch.setattr(
+        lmshield.evaluation.psim_eval,
+        "evaluate_release",
+        lambda *a, **k: calls.append(a) or SimpleNamespace(all_rows=[]),
+    )
+    root = files["root"]
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "table.md").write_text("my precious table")
+    result = invoke("psim", "eval", root / "m", "--task", files["task"], "--out", mine, "--quiet")
+    assert result.exit_code == 2 and "is not empty" in result.output and not calls
+    assert (mine / "table.md").read_text() == "my precious table"
+    twins = invoke("psim", "eval", root / "m", root / "other" / "m", "--task", files["task"], "--out", root / "tw")
+    assert twins.exit_code == 2 and "share the folder" in twins.output and not calls
+    stray = invoke("psim", "eval", root / "m", "--task", files["task"], "--onion-max-drop", 0.1, "--out", root / "x")
+    assert stray.exit_code == 2 and "--onion-max-drop goes with the onion baseline" in stray.output
+    done = root / "done"
+    assert invoke("psim", "eval", root / "m", "--task", files["task"], "--out", done, "--quiet").exit_code == 0
+    assert invoke("psim", "eval", root / "m", "--task", files["task"], "--out", done, "--quiet").exit_code == 0
+
+
+def test_psim_fit_checks_its_calibration_options_before_training(files: dict[str, Path]) -> None:
+    root = files["root"]
+    empty = root / "empty.txt"
+    empty.write_text("")
+    base = ("psim", "fit", root / "no-model-needed", "--texts", files["train"], "--quiet")
+    result = invoke(*base, "--calibrate", empty, "--out", root / "f1")
+    assert result.exit_code == 2 and "empty" in result.output and "epoch" not in result.output
+    result = invoke(*base, "--calibrate", files["dev"], "--threshold", 0.9, "--out", root / "f2")
+    assert result.exit_code == 2 and "not both" in result.output

@@ -193,9 +193,11 @@ def test_bad_baseline_settings_are_one_line_errors() -> None:
         BaselineSettings(("spectral",))
     with pytest.raises(InputError, match="--onion-lm"):
         BaselineSettings(("onion",))
+    with pytest.raises(InputError, match="--onion-lm no/such/lm: no such folder"):  # before any victim is tuned
+        BaselineSettings(("onion",), onion_lm="no/such/lm")
     for budget in (-0.1, 1.0):
         with pytest.raises(InputError, match="--onion-max-drop"):
-            BaselineSettings(("onion",), onion_lm="lm", onion_max_drop=budget)
+            BaselineSettings(("onion",), onion_lm=".", onion_max_drop=budget)
 
 
 def test_strip_rows_use_their_settings_pool_and_calibration_texts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,3 +232,16 @@ def test_strip_scores_are_normalised_seeded_and_perturb_every_text() -> None:
     for ratio in (0.0, 1.5):
         with pytest.raises(InputError, match="replace_ratio"):
             STRIP(TriggerVictim(), replace_ratio=ratio)
+
+
+def test_paraphrase_baselines_that_cannot_run_say_why(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    settings = BaselineSettings(("strip", "paraphrase-back"))
+    badnet = SimpleNamespace(attack="badnet", triggers=["mn"], target_label=0)
+    insent = SimpleNamespace(attack="insent", triggers=["I watched this 3D movie"], target_label=0)
+    assert settings.skipped(tmp_path, badnet) == {
+        "paraphrase-back": f"{tmp_path} has no matching precomputed paraphrase file"
+    }
+    assert "BadNet 'mn'" in settings.skipped(tmp_path, insent)["paraphrase-back"]
+    assert settings.applicable("lora", tmp_path, insent) == ["strip"]

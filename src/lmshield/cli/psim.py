@@ -17,6 +17,7 @@ from lmshield.cli._common import (
     friendly_errors,
     output_dir,
     output_file,
+    refuse_foreign,
     refuse_to_replace,
 )
 from lmshield.errors import InputError
@@ -81,6 +82,10 @@ def fit(
 
     refuse_to_replace(out, PSIM_JSON, "fitted PSIM", overwrite)
     check_target_frr(target_frr)
+    if calibrate is not None and threshold is not None:
+        raise InputError("give --threshold or --calibrate, not both: calibration sets the threshold")
+    held_out = None if calibrate is None else _texts(calibrate, field)  # a bad file fails before training
+    train_texts = _texts(texts, field, limit)
 
     psim = PSIM(
         method,
@@ -94,9 +99,9 @@ def fit(
         device=_device(device),
         progress=not quiet,
     )
-    psim.fit(model, _texts(texts, field, limit), num_labels)
-    if calibrate is not None:
-        psim.calibrate(_texts(calibrate, field), target_frr)
+    psim.fit(model, train_texts, num_labels)
+    if held_out is not None:
+        psim.calibrate(held_out, target_frr)
     psim.save_pretrained(out)
     typer.echo(
         f"PSIM fitted on {psim.n_train_} texts ({num_labels} labels, lr {psim.lr_:.2g}), "
@@ -216,20 +221,26 @@ def eval_command(
             raise InputError(f"--baseline-on {', '.join(stray)}: not among the evaluated --strategies")
         lm = str(onion_lm) if onion_lm else None
         extra = BaselineSettings(_names(baselines), on, lm, onion_max_drop=onion_max_drop)
+    if onion_max_drop is not None and "onion" not in (extra.names if extra else ()):
+        raise InputError("--onion-max-drop goes with the onion baseline (--baselines onion)")
+    runs = [(model, folder, f"{model.name}-{folder.name}") for model in models for folder in task]
+    clash = next((name for i, (_, _, name) in enumerate(runs) if name in [r[2] for r in runs[:i]]), None)
+    if clash is not None:
+        raise InputError(f"two evaluations would share the folder {out / clash}: give models and tasks distinct names")
+    refuse_foreign(out, "rows.json", "PSIM evaluation", ("rows.json", *(f"{name}/progress.json" for *_, name in runs)))
     rows = []
-    for model in models:
-        for folder in task:
-            result = evaluate_release(
-                model,
-                folder,
-                settings,
-                out_dir=out / f"{model.name}-{folder.name}",
-                device=_device(device),
-                progress=not quiet,
-                fresh=fresh,
-                baselines=extra,
-            )
-            rows.extend(result.all_rows)
+    for model, folder, name in runs:
+        result = evaluate_release(
+            model,
+            folder,
+            settings,
+            out_dir=out / name,
+            device=_device(device),
+            progress=not quiet,
+            fresh=fresh,
+            baselines=extra,
+        )
+        rows.extend(result.all_rows)
     table = markdown_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table, encoding="utf-8")

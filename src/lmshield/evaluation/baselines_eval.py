@@ -48,6 +48,8 @@ class BaselineSettings:
             raise InputError(f"unknown baseline {unknown[0]!r}: use {', '.join(BASELINES)}")
         if "onion" in self.names and not self.onion_lm:
             raise InputError("the onion baseline needs a causal language model: give its path (--onion-lm)")
+        if "onion" in self.names and not Path(self.onion_lm).is_dir():  # before any victim is trained
+            raise InputError(f"--onion-lm {self.onion_lm}: no such folder (ONION's LM is loaded from a path)")
         if self.onion_max_drop is not None and not 0 <= self.onion_max_drop < 1:
             raise InputError(f"the ONION budget (--onion-max-drop) must lie in [0, 1), got {self.onion_max_drop}")
 
@@ -55,8 +57,18 @@ class BaselineSettings:
         """The baselines that run on this victim: all named, but the paraphrases only where their files fit."""
         if self.strategies is not None and strategy not in self.strategies:
             return []
-        fits = _paraphrases_fit(manifest.attack, manifest.triggers, manifest.target_label)
-        return [n for n in self.names if not n.startswith("paraphrase-") or (fits and _has_paraphrases(task_dir, n))]
+        skipped = self.skipped(task_dir, manifest)
+        return [name for name in self.names if name not in skipped]
+
+    def skipped(self, task_dir: str | Path, manifest: Any) -> dict[str, str]:
+        """The paraphrase baselines asked for that cannot run here, each with the reason."""
+        reasons = {}
+        for name in (n for n in self.names if n.startswith("paraphrase-")):
+            if not _paraphrases_fit(manifest.attack, manifest.triggers, manifest.target_label):
+                reasons[name] = "its precomputed files hold BadNet 'mn' inputs for target 0 only"
+            elif not _has_paraphrases(task_dir, name):
+                reasons[name] = f"{task_dir} has no matching precomputed paraphrase file"
+        return reasons
 
     def key(self, name: str) -> str:
         """``name`` and eight hex digits of that baseline's own settings: saved rows of other settings are not

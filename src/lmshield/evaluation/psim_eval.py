@@ -424,6 +424,8 @@ def evaluate_release(
     clean_scores, poisoned_scores = saved.psim["clean"], saved.psim["poisoned"]
     threshold = float(saved.psim["threshold"])
 
+    for name, reason in (baselines.skipped(task, manifest) if baselines else {}).items():
+        logger.warning("%s: baseline %s skipped: %s", manifest.attack, name, reason)
     rows, victims, extra_rows = [], {}, []
     for strategy in settings.strategies:
         kept = keep_victims is True or (not isinstance(keep_victims, bool) and strategy in keep_victims)
