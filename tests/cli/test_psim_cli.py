@@ -100,7 +100,14 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     stray = invoke("predict", victim, served, "--psim", psim_dir, "--threshold", 0.5)
     assert stray.exit_code == 2 and "go with --scan" in stray.output
     stray = invoke("predict", victim, served, "--psim-model", model)
-    assert stray.exit_code == 2 and "goes with --psim" in stray.output
+    assert stray.exit_code == 2 and "go with --psim" in stray.output
+    stranger = root / "stranger"  # tuned from another model than the one PSIM was fitted on
+    result = invoke("tune", "--model", tiny_world(), "--train", files["train"], "--dev", files["dev"],
+                    "--method", "lora", "--epochs", 1, "--batch-size", 16, "--out", stranger, "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mismatch = invoke("predict", stranger, served, "--psim", psim_dir)
+    assert mismatch.exit_code == 2 and "fitted on other weights" in mismatch.output
+    assert invoke("predict", stranger, served, "--psim", psim_dir, "--any-psim").exit_code == 0
 
     # the released model moved: PSIM and the victim find it where they are told, and answer as before
     moved = model.rename(root / "moved")

@@ -108,6 +108,9 @@ def predict_command(
         Path | None,
         typer.Option(help="With --psim: where the released model PSIM was fitted on now lives, if it moved."),
     ] = None,
+    any_psim: Annotated[
+        bool, typer.Option(help="With --psim: accept a PSIM fitted on other weights than the classifier's base.")
+    ] = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -124,8 +127,8 @@ def predict_command(
         raise InputError(
             "--threshold, --purge, --max-removed, --any-scan, --calibrate and --save-calibration go with --scan"
         )
-    if psim is None and psim_model is not None:
-        raise InputError("--psim-model goes with --psim")
+    if psim is None and (psim_model is not None or any_psim):
+        raise InputError("--psim-model and --any-psim go with --psim")
     items = read_texts(texts, field)
     progress = not quiet and len(items) > PROGRESS_FROM
     if psim is not None:
@@ -138,6 +141,7 @@ def predict_command(
             psim_model=psim_model,
             progress=progress,
             allow_pickle=allow_pickle,
+            any_psim=any_psim,
         )
     elif scan is None:
         model = TunedClassifier.from_pretrained(
@@ -180,6 +184,7 @@ def _psim_rows(
     psim_model: Path | None,
     progress: bool,
     allow_pickle: bool,
+    any_psim: bool,
 ) -> list[dict]:
     """The victim's answers behind PSIM: refused inputs get no label. ``base`` / ``psim_model``: where the
     victim's base and PSIM's released model now live, if they moved."""
@@ -190,6 +195,11 @@ def _psim_rows(
     psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress, model=psim_model)
     if psim.num_labels_ != len(victim.label_names):
         raise InputError(f"the PSIM knows {psim.num_labels_} labels, the classifier {len(victim.label_names)}")
+    if psim.classifier_.base.fingerprint != victim.base.fingerprint and not any_psim:
+        raise InputError(
+            f"the PSIM was fitted on other weights ({psim.model_}) than the classifier was tuned from "
+            f"({victim.base.source}); it watches another model's backdoor. Pass --any-psim if that is intended"
+        )
     report = ShieldedClassifier(psim, victim).predict(items)
     typer.secho(report.summary(), err=True)
     return [
