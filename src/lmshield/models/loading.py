@@ -119,7 +119,8 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
         names = ", ".join(p.name for p in pickle_files)
         raise ModelLoadError(
             f"{directory}: only pickle weights ({names}); pickle can run code on load. Convert them to "
-            "safetensors, or pass --allow-pickle (allow_pickle=True) to load them with weights_only=True"
+            "safetensors, or load them with weights_only=True through --allow-pickle (allow_pickle=True), which "
+            "scan, attack, tune, predict and guard eval take"
         )
     if pickle_files:
         return pickle_files, True
