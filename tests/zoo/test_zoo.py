@@ -171,6 +171,25 @@ def test_scan_measures_detection(zoo, scanned, tmp_path):
         scan_zoo(out, results=tmp_path / "broken", progress=False)
 
 
+def test_a_refused_zoo_scan_leaves_nothing_that_blocks_the_corrected_rerun(zoo, scanned, tmp_path):
+    _, out = zoo
+    with pytest.raises(InputError, match="unknown executor"):
+        scan_zoo(out, results=tmp_path / "r", executor="foo", progress=False)
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "r").mkdir()  # settings written, then stopped before any model was scanned
+    (tmp_path / "r" / "scan_settings.json").write_text(json.dumps({"preset": "other"}))
+    shutil.copytree(out / "scans" / "id-0000", tmp_path / "r" / "id-0000")  # let the rerun be quick where it can
+    with pytest.raises(InputError, match="other settings"):  # a scanned model's folder is there: refused
+        scan_zoo(out, results=tmp_path / "r", progress=False)
+    shutil.rmtree(tmp_path / "r" / "id-0000")
+    assert len(scan_zoo(out, results=tmp_path / "r", progress=False).rows) == 4
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="is not empty"):
+        scan_zoo(out, results=mine, progress=False)
+
+
 def test_fresh_rescans_every_model_with_the_new_settings(zoo, scanned, tmp_path):
     _, out = zoo
     results = tmp_path / "scans"

@@ -26,6 +26,11 @@ def _single_threaded(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise InputError(f"unknown executor {executor!r}: use sequential or ray")
+
+
 def run_tasks(
     fn: Callable[[Any], Any],
     items: list[Any],
@@ -37,8 +42,7 @@ def run_tasks(
     desc: str = "tasks",
 ) -> list[Any]:
     """``[fn(item) for item in items]``, sequentially or as Ray tasks (``executor='ray'``)."""
-    if executor not in EXECUTORS:
-        raise InputError(f"unknown executor {executor!r}: use sequential or ray")
+    check_executor(executor)
     if executor == "sequential":
         return [fn(item) for item in tqdm(items, desc=desc, disable=not progress)]
     return _run_ray(fn, items, address=address, num_cpus=num_cpus, progress=progress, desc=desc)

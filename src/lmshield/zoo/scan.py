@@ -18,8 +18,9 @@ from typing import Any
 from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
 from lmshield.jsonio import dumps
+from lmshield.progress import PROGRESS_JSON, refuse_foreign_folder
 from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json, text_source_of
-from lmshield.zoo.executors import run_tasks
+from lmshield.zoo.executors import check_executor, run_tasks
 
 RESULTS_DIR = "scans"
 SETTINGS_JSON = "scan_settings.json"
@@ -99,8 +100,9 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_settings(results: Path, settings: dict[str, Any], fresh: bool = False) -> None:
-    """Refuse bad settings, and results made with other ones (unless ``fresh``), before anything is written."""
+def _check_settings(results: Path, settings: dict[str, Any], model_ids: list[str], fresh: bool = False) -> None:
+    """Refuse bad settings, a folder of other files, and results made with other settings (unless ``fresh``),
+    before anything is written."""
     from lmshield.defenses.sanitizer import SanitizerConfig
     from lmshield.models.positions import WatchedPosition
 
@@ -108,7 +110,11 @@ def _check_settings(results: Path, settings: dict[str, Any], fresh: bool = False
     for position in positions_of(settings):
         WatchedPosition.parse(position)
     saved = results / SETTINGS_JSON
-    if saved.is_file() and not fresh and _read_settings(saved) != settings:
+    ours = [f"{model}/{name}" for model in model_ids for name in ("scan.json", PROGRESS_JSON)]
+    refuse_foreign_folder(results, "zoo scan results", (SETTINGS_JSON, *ours))
+    earlier = _read_settings(saved) if saved.is_file() else settings
+    scanned = saved.is_file() and any(entry.is_dir() for entry in results.iterdir())  # settings alone: no scan yet
+    if scanned and not fresh and earlier != settings:
         raise InputError(
             f"{results} holds scans made with other settings; pass --fresh to rescan, or use another --results"
         )
@@ -136,7 +142,8 @@ def scan_zoo(
     metadata = read_metadata(root)
     settings = scan_settings(root, overrides)
     out = Path(results) if results else root / RESULTS_DIR
-    _check_settings(out, settings, fresh)
+    check_executor(executor)
+    _check_settings(out, settings, [row["model_id"] for row in metadata], fresh)
     tasks = [
         {
             "model": str((root / row["model_id"]).resolve()),
