@@ -191,6 +191,14 @@ def test_progress_made_on_other_carrier_texts_is_not_reused(bert_pair, tmp_path:
     assert scan(clean, config, texts=texts, progress=False, out_dir=tmp_path).summary().endswith("from an earlier run)")
 
 
+def test_fresh_never_replaces_another_models_finished_scan(bert_pair, tmp_path: Path):
+    clean, backdoored, _ = bert_pair
+    scan(backdoored, TINY_SCAN.replace(max_seeds=2), progress=False, out_dir=tmp_path)
+    with pytest.raises(InputError, match="holds the scan of another model"):
+        scan(clean, TINY_SCAN.replace(max_seeds=2), progress=False, out_dir=tmp_path, fresh=True)
+    assert ScanResult.from_pretrained(tmp_path).model["fingerprint"] == backdoored.fingerprint
+
+
 @pytest.mark.parametrize(
     "same", [lambda texts: [texts[0]] * 64, lambda texts: [" ".join(texts[:12]) + " " + t for t in texts]]
 )

@@ -42,6 +42,13 @@ def test_a_sub_trigger_pv_is_hinted_by_its_own_vectors_only(tmp_path: Path) -> N
     assert [result.trigger_hint(0), result.trigger_hint(1)] == ["cf mn qt", "qt (sub-trigger)"]
     report = write_scan_report(result, tmp_path).read_text()
     assert "trigger vector: qt (sub-trigger: vectors [2] of its seed's trigger)" in report
+    assert (tmp_path / "pv_signs.png").is_file()
+    clean = ScanResult(
+        verdict="clean", score=0.5, pvs=torch.empty(0, 8), triggers=torch.empty(0, 3, 8), nearest_tokens=[],
+        trace=[], config=SanitizerConfig(), model=model, position="cls", text_source="given", spread=1.0,
+    )  # fmt: skip
+    write_scan_report(clean, tmp_path)  # a clean rescan in the same folder: no stale sign plot beside it
+    assert not (tmp_path / "pv_signs.png").exists()
 
 
 def test_sub_triggers_are_not_counted_as_seeds() -> None:

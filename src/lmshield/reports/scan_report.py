@@ -46,6 +46,8 @@ def write_scan_report(result: ScanResult, directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plot_seeds(result, out / "seeds.png")
     signs = plot_pv_signs(result, out / "pv_signs.png")
+    if signs is None:  # a clean verdict has no sign plot: none of an earlier scan's may stand beside it
+        (out / "pv_signs.png").unlink(missing_ok=True)
     config, model = result.config, result.model
     lines = [
         f"# lmshield scan: {result.verdict.upper()}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from lmshield.defenses.sanitizer.carriers import prepare_carriers
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome, judge, nearest_tokens
-from lmshield.defenses.sanitizer.result import ScanResult, SeedTrace
+from lmshield.defenses.sanitizer.result import SCAN_JSON, ScanResult, SeedTrace
 from lmshield.defenses.sanitizer.splitting import split_candidates
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
@@ -106,6 +107,21 @@ def _accepted_pvs(outcomes: list[SeedOutcome], hidden_size: int) -> torch.Tensor
     return torch.stack(pvs) if pvs else torch.empty(0, hidden_size)
 
 
+def _check_same_model(out_dir: str | os.PathLike[str] | None, fingerprint: str) -> None:
+    """Refuse an ``out_dir`` that holds another model's finished scan: ``fresh`` discards progress, not results."""
+    saved = Path(out_dir) / SCAN_JSON if out_dir is not None else None
+    if saved is None or not saved.is_file():
+        return
+    try:
+        model = json.loads(saved.read_text(encoding="utf-8")).get("model", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return  # not readable as a scan: refuse_foreign and the progress check deal with it
+    if isinstance(model, dict) and model.get("fingerprint") not in (None, fingerprint):
+        raise InputError(
+            f"{out_dir} holds the scan of another model ({model.get('source')}); choose another --out for this one"
+        )
+
+
 def _check_outside(out_dir: str | os.PathLike[str] | None, model_dir: Path | None) -> None:
     """Refuse an output folder inside the scanned model's: the model is untrusted, and a folder it ships could
     hold a forged result or progress that a rerun would resume from."""
@@ -149,6 +165,7 @@ def scan(
         raise InputError(f"config must be a SanitizerConfig, got {type(config).__name__}")
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
     _check_outside(out_dir, encoder.directory)
+    _check_same_model(out_dir, encoder.fingerprint)
     watched = WatchedPosition.parse(position, default=str(encoder.default_position()))
     source = text_source or TextSource()
     given_texts = texts is not None
