@@ -414,6 +414,9 @@ def test_an_out_folder_holding_a_model_is_replaced_only_when_asked(tmp_path: Pat
     (out / "config.json").write_text("{}")
     with pytest.raises(InputError, match="already holds a model"):
         prepare_out_dir(tiny_world(), out, overwrite=False)
+    with pytest.raises(InputError, match="no lmshield attack wrote"):  # a user's model is never replaced
+        prepare_out_dir(tiny_world(), out, overwrite=True)
+    (out / "backdoor.json").write_text("{}")
     assert prepare_out_dir(tiny_world(), out, overwrite=True) == out
     assert prepare_out_dir(None, tmp_path / "new" / "folder", overwrite=False).is_dir()
 

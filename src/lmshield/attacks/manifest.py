@@ -28,6 +28,11 @@ def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bo
     if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
         raise InputError("the backdoored model must not overwrite the clean one: choose another --out")
     refuse_finished(out, "config.json", "model", overwrite)
+    if (out / "config.json").is_file() and not (out / BACKDOOR_JSON).is_file():
+        raise InputError(
+            f"{out} holds a model that no lmshield attack wrote (no {BACKDOOR_JSON}); --overwrite replaces only "
+            "those: choose another --out"
+        )
     refuse_foreign_folder(out, "model", ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}"))
     out.mkdir(parents=True, exist_ok=True)
     return out
