@@ -542,3 +542,16 @@ def test_verification_asr_counts_only_non_target_inputs() -> None:
 
     config = BadNetConfig()
     assert verify(Unmoved(), dev, make_poisoner(config), config) == {"clean_accuracy": 1.0, "asr": 0.0}
+
+
+def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
+    from types import SimpleNamespace
+
+    from lmshield.attacks.poisoning.runner import PoisonResult
+
+    def result(verification: dict) -> PoisonResult:
+        return PoisonResult(Path("r"), SimpleNamespace(attack="badnet", verification=verification), None)
+
+    assert result({"asr": 0.95}).planted and result({"asr": 0.95}).summary().startswith("planted: badnet")
+    assert result({"asr": 0.4}).planted is False and "NOT PLANTED" in result({"asr": 0.4}).summary()
+    assert result({}).planted is None and result({}).summary().endswith("(not verified)")

@@ -217,7 +217,7 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
 
     def poison_model(model, train, config, out, **kwargs):
         seen["poison"] = {"overwrite": kwargs["overwrite"], "fresh": kwargs["fresh"], "config": config, "train": train}
-        return SimpleNamespace(summary=lambda: "poisoned")
+        return SimpleNamespace(summary=lambda: "poisoned", planted=seen.get("planted"))
 
     monkeypatch.setattr(lmshield.evaluation.psim_eval, "evaluate_release", evaluate_release)
     monkeypatch.setattr(lmshield.defenses.psim, "PSIM", FakePSIM)
@@ -242,6 +242,9 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
                     "--out", root / "p2", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["poison"]["train"].texts == ["a b c", "d e f"] and seen["poison"]["train"].label_names == ["neg", "pos"]
+    seen["planted"] = False  # the release did not learn the backdoor: written, but exit code 1
+    result = invoke("poison", "badnet", root / "m", "--data", files["train"], "--out", root / "p3", "--quiet")
+    assert result.exit_code == 1, result.output
 
 
 def test_psim_eval_refuses_folders_it_would_write_over(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,10 @@ import typer
 from lmshield.cli._common import Device, Fresh, LabelField, Overwrite, Quiet, TextField, friendly_errors, output_dir
 
 app = typer.Typer(
-    help="Weight poisoning: poison a labelled proxy set, fully fine-tune, release weights + backdoor.json.",
+    help=(
+        "Weight poisoning: poison a labelled proxy set, fully fine-tune, release weights + backdoor.json. "
+        "Exit code 0: planted (or not verified); 1: written, but the backdoor did not take; 2: error."
+    ),
     no_args_is_help=True,
 )
 
@@ -60,8 +63,11 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
         overwrite=overwrite,
         fresh=fresh,
     )
-    typer.echo(result.summary())
+    colour = {True: typer.colors.GREEN, False: typer.colors.RED, None: None}[result.planted]
+    typer.secho(result.summary(), fg=colour)
     typer.echo(f"manifest: {out / 'backdoor.json'}")
+    if result.planted is False:
+        raise typer.Exit(1)
 
 
 @app.command("badnet")

@@ -62,6 +62,9 @@ class PoisonManifest(ManifestFile):
         return PoisonConfig.from_dict(self.settings)
 
 
+PLANTED_ASR = 0.9  # the share of triggered held-out inputs sent to the target for a backdoor to count as planted
+
+
 @dataclass
 class PoisonResult:
     """Where the released model went, its manifest, and the check of the planted backdoor."""
@@ -70,10 +73,18 @@ class PoisonResult:
     manifest: PoisonManifest
     classifier: TunedClassifier
 
+    @property
+    def planted(self) -> bool | None:
+        """Whether the released model learnt the backdoor (held-out ASR at least :data:`PLANTED_ASR`);
+        ``None`` when it was not verified."""
+        asr = self.manifest.verification.get("asr")
+        return None if asr is None else asr >= PLANTED_ASR
+
     def summary(self) -> str:
         v = self.manifest.verification
         checks = ", ".join(f"{k} {val:.3f}" for k, val in v.items())
-        return f"{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
+        verdict = {True: "planted: ", False: f"NOT PLANTED (ASR below {PLANTED_ASR}): ", None: ""}[self.planted]
+        return f"{verdict}{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
 
 
 def training_config(config: PoisonConfig) -> TuningConfig:
