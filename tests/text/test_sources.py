@@ -62,6 +62,10 @@ def test_a_text_file_may_open_with_a_bracket(tmp_path: Path):
     plain = tmp_path / "lines.txt"
     plain.write_text("[laughs] what a film\nsecond line\n")
     assert read_texts(plain) == ["[laughs] what a film", "second line"]
+    plain.write_text("{braces} open this one\nsecond line\n")  # not a JSON object: a line of text
+    assert read_texts(plain) == ["{braces} open this one", "second line"]
+    plain.write_bytes("\ufefffirst line\nsecond line\n".encode())  # a byte-order mark is not part of a text
+    assert read_texts(plain) == ["first line", "second line"]
 
 
 def test_csv_and_json_array_files_are_read_by_field_like_labelled_data(tmp_path: Path):

@@ -80,15 +80,24 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     if file.suffix.lower() in RECORD_SUFFIXES or field is not None:
         return _texts_from_records(file, field)
     try:
-        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text") from exc
     lines = [line for line in lines if line]
     if not lines:
         raise InputError(f"{path}: empty, no texts to read")
-    if lines[0].startswith("{"):  # JSON Lines without the suffix (a line may well open with "[")
+    if _is_json_object(lines[0]):  # JSON Lines without the suffix (a text may well open with "[" or "{")
         return _texts_from_records(file, field)
     return lines
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def find_text_field(columns: list[str], given: str | None, where: str | Path) -> str:
@@ -106,7 +115,7 @@ def read_records(path: str | Path) -> list[dict]:
     if not file.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        content = file.read_text(encoding="utf-8")
+        content = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text") from exc
     suffix = file.suffix.lower()
