@@ -283,3 +283,5 @@ def test_psim_fit_checks_its_calibration_options_before_training(files: dict[str
     assert result.exit_code == 2 and "empty" in result.output and "epoch" not in result.output
     result = invoke(*base, "--calibrate", files["dev"], "--threshold", 0.9, "--out", root / "f2")
     assert result.exit_code == 2 and "not both" in result.output
+    result = invoke(*base, "--target-frr", 0.3, "--out", root / "f3")
+    assert result.exit_code == 2 and "--target-frr goes with --calibrate" in result.output

@@ -67,7 +67,9 @@ def fit(
     threshold: Annotated[float | None, typer.Option(help="Fixed threshold (default: release 0.7, binary).")] = None,
     score: Annotated[str, typer.Option(help="probability or normalised ((p-1/K)/(1-1/K)).")] = "probability",
     calibrate: Annotated[Path | None, typer.Option(help="Held-out clean texts to calibrate the threshold.")] = None,
-    target_frr: Annotated[float, typer.Option(help="Target false-rejection rate for --calibrate.")] = 0.05,
+    target_frr: Annotated[
+        float | None, typer.Option(help="Target false-rejection rate for --calibrate (default 0.05).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use at most this many training texts.", min=1)] = None,
     field: TextField = None,
     seed: Annotated[int, typer.Option(help="Seed of the random labels and the module.")] = 0,
@@ -81,6 +83,9 @@ def fit(
     from lmshield.defenses.psim.thresholds import check_target_frr
 
     refuse_to_replace(out, PSIM_JSON, "fitted PSIM", overwrite)
+    if target_frr is not None and calibrate is None:
+        raise InputError("--target-frr goes with --calibrate (the held-out texts it is met on)")
+    target_frr = 0.05 if target_frr is None else target_frr
     check_target_frr(target_frr)
     if calibrate is not None and threshold is not None:
         raise InputError("give --threshold or --calibrate, not both: calibration sets the threshold")
