@@ -285,3 +285,9 @@ def test_psim_fit_checks_its_calibration_options_before_training(files: dict[str
     assert result.exit_code == 2 and "not both" in result.output
     result = invoke(*base, "--target-frr", 0.3, "--out", root / "f3")
     assert result.exit_code == 2 and "--target-frr goes with --calibrate" in result.output
+
+
+def test_a_failed_poison_run_leaves_no_empty_out_folder(files: dict[str, Path]) -> None:
+    out = files["root"] / "never-made"
+    result = invoke("poison", "badnet", files["root"] / "no-such-model", "--data", files["train"], "--out", out)
+    assert result.exit_code == 2 and not out.exists()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -112,6 +113,18 @@ def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resuma
     """:func:`refuse_foreign`, then :func:`lmshield.progress.refuse_finished`."""
     refuse_foreign(out, marker, what, (marker, *resumable))
     refuse_finished(out, marker, what, overwrite)
+
+
+@contextmanager
+def removed_if_left_empty(out: Path) -> Iterator[Path]:
+    """``out``, removed again when the command fails before writing anything into the folder it created."""
+    existed = out.exists()
+    try:
+        yield out
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def quiet_libraries() -> None:

@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from lmshield.cli._common import AllowPickle, Device, Overwrite, Quiet, TextField, friendly_errors, output_dir
+from lmshield.cli._common import (
+    AllowPickle,
+    Device,
+    Overwrite,
+    Quiet,
+    TextField,
+    friendly_errors,
+    output_dir,
+    removed_if_left_empty,
+)
 from lmshield.errors import InputError
 
 app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
@@ -86,21 +95,22 @@ def _attack_command(name: str) -> Callable[..., None]:
         changes["max_length"] = max_length
         config = attack_config(name, preset, **{k: v for k, v in changes.items() if v is not None})
         source = TextSource.from_options(texts, dataset, generator=generator, field=field, split=split, column=column)
-        result = run_attack(
-            config,
-            model,
-            out,
-            preset=preset,
-            triggers=parse_triggers(triggers),
-            vectors=load_vectors(vectors) if vectors else None,
-            text_source=source,
-            seed=seed,
-            device=device,
-            allow_pickle=allow_pickle,
-            progress=not quiet,
-            verify=verify,
-            overwrite=overwrite,
-        )
+        with removed_if_left_empty(out):
+            result = run_attack(
+                config,
+                model,
+                out,
+                preset=preset,
+                triggers=parse_triggers(triggers),
+                vectors=load_vectors(vectors) if vectors else None,
+                text_source=source,
+                seed=seed,
+                device=device,
+                allow_pickle=allow_pickle,
+                progress=not quiet,
+                verify=verify,
+                overwrite=overwrite,
+            )
         manifest = result.manifest
         typer.echo(
             f"{name}: {len(manifest.triggers)} trigger(s) trained in at {manifest.position}; model written to {out}"

@@ -7,7 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from lmshield.cli._common import Device, Fresh, LabelField, Overwrite, Quiet, TextField, friendly_errors, output_dir
+from lmshield.cli._common import (
+    Device,
+    Fresh,
+    LabelField,
+    Overwrite,
+    Quiet,
+    TextField,
+    friendly_errors,
+    output_dir,
+    removed_if_left_empty,
+)
 
 app = typer.Typer(
     help=(
@@ -51,18 +61,19 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
     fields = {"text_field": field, "label_field": label_field}
     train = read_labelled(data, **fields)
     dev_data = read_labelled(dev, label_names=train.label_names, **fields) if dev is not None else None
-    result = poison_model(
-        model,
-        train,
-        config,
-        out,
-        dev=dev_data,
-        data_description=str(data),
-        device=None if device == "auto" else device,
-        progress=not quiet,
-        overwrite=overwrite,
-        fresh=fresh,
-    )
+    with removed_if_left_empty(out):
+        result = poison_model(
+            model,
+            train,
+            config,
+            out,
+            dev=dev_data,
+            data_description=str(data),
+            device=None if device == "auto" else device,
+            progress=not quiet,
+            overwrite=overwrite,
+            fresh=fresh,
+        )
     colour = {True: typer.colors.GREEN, False: typer.colors.RED, None: None}[result.planted]
     typer.secho(result.summary(), fg=colour)
     typer.echo(f"manifest: {out / 'backdoor.json'}")

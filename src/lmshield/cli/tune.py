@@ -84,7 +84,8 @@ def tune_command(
         )
     if not quiet:
         logging.getLogger("lmshield.tuning").setLevel(logging.INFO)
-    typer.echo(f"tuning {method} ({head} head) on {len(train_data)} examples, {train_data.num_labels} labels")
+    held_out = "" if dev_data is not None else f" ({config.dev_fraction:.0%} of them held out for dev)"
+    typer.echo(f"tuning {method} ({head} head) on {len(train_data)} examples{held_out}, {train_data.num_labels} labels")
     result = tune(
         model,
         train_data,
