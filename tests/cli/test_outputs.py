@@ -121,7 +121,7 @@ def test_a_scan_never_writes_inside_the_scanned_model(tmp_path: Path, monkeypatc
         (["tune", "--train", "t.jsonl", "--out", "o", "--limit", "-1"], "--limit"),
         (["psim", "fit", "m", "--texts", "t", "--limit", "0"], "--limit"),
         (["attack", "verify", "d", "--count", "0"], "--count"),
-        (["psim", "fit", "m", "--texts", "t", "--target-frr", "1"], "target FRR must be in [0, 1)"),
+        (["psim", "fit", "m", "--texts", "t", "--calibrate", "c", "--target-frr", "1"], "target FRR must be in [0, 1)"),
         (["psim", "eval", "m", "--task", "t", "--strategies", "lora,foo"], "unknown tuning method 'foo'"),
         (["psim", "eval", "m", "--task", "t", "--target-frr", "1.5"], "target FRR must be in [0, 1)"),
     ],

@@ -281,7 +281,7 @@ def test_mask_position_scans_a_mask_backdoor():
     plant(encoder, tiny_corpus(2000, 7), list(DEFAULT_TRIGGERS), vectors, plan, progress=False)
     result = scan(encoder, TINY_SCAN.replace(mode="search"), position="mask", progress=False)
     assert result.position == "mask"
-    assert result.verdict == "backdoored"
+    assert result.verdict == "backdoored" and "a lead, not a finding" in result.caveat
     assert float(sign_match(result.pvs, vectors).max()) > 0.8  # what the monitor's sign rule needs
 
 

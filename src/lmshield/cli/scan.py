@@ -92,6 +92,8 @@ def scan_command(
     report = write_scan_report(result, out_dir)
     colour = typer.colors.RED if result.is_backdoored else typer.colors.GREEN
     typer.secho(result.summary(), fg=colour, bold=True)
+    if result.caveat:
+        typer.secho(f"caveat: {result.caveat}", fg=typer.colors.YELLOW)
     for index in range(result.num_pvs):
         typer.echo(f"  PV {index}: trigger hint {result.trigger_hint(index)}")
     typer.echo(f"report: {report}")

@@ -60,6 +60,7 @@ def write_scan_report(result: ScanResult, directory: str | Path) -> Path:
         f"{config.distance_scale}; clean-output spread {result.spread:.4g})",
         f"- predefined vectors found: **{result.num_pvs}** in {result.num_seeds} seed(s), mode `{config.mode}`",
         f"- time: {result.timings.get('total_s', 0.0):.1f} s ({int(result.timings.get('steps', 0))} gradient steps)",
+        *([f"- **caveat**: {result.caveat}"] if result.caveat else []),
         "",
         "## Predefined vectors",
         "",

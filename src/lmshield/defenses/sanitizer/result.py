@@ -111,6 +111,16 @@ class ScanResult:
         hint = " ".join(self.nearest_tokens[index][i][0] for i in self.trigger_parts(index))
         return f"{hint} (sub-trigger)" if self.is_sub_trigger(index) else hint
 
+    @property
+    def caveat(self) -> str | None:
+        """A warning that goes with the verdict, or ``None``."""
+        if self.position == "mask" and self.is_backdoored:
+            return (
+                "a mask-position verdict is a lead, not a finding: [MASK] states vary little between sentences, "
+                "which inflates the distance (a clean MiniLM-L6 crossed the threshold); scan cls too"
+            )
+        return None
+
     def summary(self) -> str:
         seeds = self.num_seeds
         took = self.timings.get("total_s", 0.0)
