@@ -6,6 +6,8 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import lmshield.attacks
 
 HEAVY = ("torch", "transformers", "peft")
@@ -29,3 +31,36 @@ def test_the_attack_package_exports_each_name_from_its_module() -> None:
     assert sorted(lmshield.attacks.__all__) == sorted(lmshield.attacks._MODULE_OF)
     for name, module in lmshield.attacks._MODULE_OF.items():
         assert getattr(lmshield.attacks, name) is getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["psim", "fit", "m", "--texts", "t", "--limit", "0"], "error: Invalid value for '--limit'"),
+        (["scan", "--bogus"], "error: No such option: --bogus"),
+        (["psim", "fit"], "error: Missing argument 'model'."),
+    ],
+)
+def test_a_usage_error_is_one_line_with_exit_code_2(
+    args: list[str], line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmshield.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["lmshield", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith(line) and err.count("\n") == 1
+
+
+def test_exit_codes_of_commands_pass_through_main(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from lmshield.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["lmshield", "attack", "verify", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2  # a friendly error: no backdoor.json there
+    monkeypatch.setattr(sys, "argv", ["lmshield", "--version"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0

@@ -24,7 +24,9 @@ from lmshield.cli._common import (
 )
 from lmshield.errors import InputError
 
-app = typer.Typer(help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).")
+app = typer.Typer(
+    help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).", no_args_is_help=True
+)
 
 
 def parse_triggers(value: str | None) -> str | list[str] | None:

@@ -12,6 +12,7 @@ from lmshield.cli.psim import app as psim_app
 from lmshield.cli.scan import scan_command
 from lmshield.cli.tune import tune_command
 from lmshield.cli.zoo import app as zoo_app
+from lmshield.errors import EXIT_ERROR
 
 app = typer.Typer(
     name="lmshield",
@@ -46,8 +47,23 @@ def _root(
 
 
 def main() -> None:
+    """Run the CLI; a usage error (a bad or missing option) is one line on stderr and exit code 2, like every
+    other error, instead of click's usage box."""
     quiet_libraries()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors, the help of a group called without a command
+        message, ctx = exc.format_message(), getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help (rich has printed it already)
+            if message.strip():
+                typer.echo(message, err=True)
+        else:
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(message.split())}{hint}", err=True)
+        raise SystemExit(getattr(exc, "exit_code", EXIT_ERROR)) from None
+    except typer.Abort:  # Ctrl-C at a prompt
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
