@@ -25,7 +25,9 @@ from lmshield.cli._common import (
 from lmshield.errors import InputError
 
 app = typer.Typer(
-    help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).", no_args_is_help=True
+    help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

@@ -64,7 +64,9 @@ def _load_guard(
 
 
 guard_app = typer.Typer(
-    help="Guard a tuned classifier with a scan's PVs (monitoring and purging).", no_args_is_help=True
+    help="Guard a tuned classifier with a scan's PVs (monitoring and purging).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 

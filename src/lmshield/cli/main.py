@@ -18,6 +18,7 @@ app = typer.Typer(
     name="lmshield",
     help="Find and neutralise backdoors in language models adapted with prompt tuning and PEFT.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
 )

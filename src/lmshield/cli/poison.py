@@ -25,6 +25,7 @@ app = typer.Typer(
         "Exit code 0: planted (or not verified); 1: written, but the backdoor did not take; 2: error."
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 Model = Annotated[str | None, typer.Argument(help="Clean model directory or hub id; default: embedded MiniLM-L6.")]

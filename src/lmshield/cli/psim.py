@@ -23,7 +23,11 @@ from lmshield.cli._common import (
 from lmshield.errors import InputError
 from lmshield.jsonio import dumps
 
-app = typer.Typer(help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.", no_args_is_help=True)
+app = typer.Typer(
+    help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 def _device(device: str) -> str | None:

@@ -10,7 +10,9 @@ import typer
 from lmshield.cli._common import Quiet, friendly_errors, output_dir
 
 app = typer.Typer(
-    help="Build a zoo of clean and backdoored models and measure how well scanning detects them.", no_args_is_help=True
+    help="Build a zoo of clean and backdoored models and measure how well scanning detects them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 Executor = Annotated[str, typer.Option(help="sequential (in this process) or ray (local Ray or --address).")]
