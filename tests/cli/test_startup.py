@@ -64,3 +64,11 @@ def test_exit_codes_of_commands_pass_through_main(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 0
+
+
+def test_help_keeps_whole_option_names_on_an_80_column_terminal() -> None:
+    from tests.cli.helpers import invoke
+
+    text = invoke("tune", "--help", terminal_width=80).output
+    assert "--num-virtual-tokens" in text and "--allow-pickle / --no-allow-pickle" in text
+    assert "…" not in text and "<bool>" not in text
