@@ -97,6 +97,13 @@ def test_missing_file_and_conflicting_options():
         TextSource.from_options("a.txt", "some/dataset")
     with pytest.raises(InputError, match="unknown text generator"):
         TextSource.from_options(generator="poetry")
+    with pytest.raises(InputError, match="--generator does not go with a text file"):
+        TextSource.from_options("a.txt", generator="vocab")
+    with pytest.raises(InputError, match="--split does not go with data-free carriers"):
+        TextSource.from_options(split="test")
+    with pytest.raises(InputError, match="--field does not go with a dataset"):
+        TextSource.from_options(dataset="some/dataset", field="text")
+    assert TextSource.from_options(dataset="some/dataset").describe() == "dataset some/dataset[train]"
 
 
 def test_trigger_insertion_respects_bounds_and_short_inputs():

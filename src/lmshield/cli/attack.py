@@ -76,9 +76,11 @@ def _attack_command(name: str) -> Callable[..., None]:
         texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file or JSON Lines.")] = None,
         field: TextField = None,
         dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
-        split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
+        split: Annotated[str | None, typer.Option(help="Dataset split (default train).")] = None,
         column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,
-        generator: Annotated[str, typer.Option(help="Data-free carrier generator: grammar or vocab.")] = "grammar",
+        generator: Annotated[
+            str | None, typer.Option(help="Data-free carrier generator: grammar (default) or vocab.")
+        ] = None,
         preset: Annotated[str, typer.Option(help="paper (the paper's settings) or fast (minutes on a CPU).")] = "paper",
         num_texts: Annotated[int | None, typer.Option(help="Carrier sentences to train on.")] = None,
         epochs: Annotated[int | None, typer.Option(help="Epochs over the carrier sentences.")] = None,

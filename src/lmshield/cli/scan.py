@@ -35,9 +35,11 @@ def scan_command(
     texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file (one a line) or JSON Lines.")] = None,
     field: TextField = None,
     dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
-    split: Annotated[str, typer.Option(help="Dataset split.")] = "train",
+    split: Annotated[str | None, typer.Option(help="Dataset split (default train).")] = None,
     column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,
-    generator: Annotated[str, typer.Option(help="Data-free carrier generator: grammar or vocab.")] = "grammar",
+    generator: Annotated[
+        str | None, typer.Option(help="Data-free carrier generator: grammar (default) or vocab.")
+    ] = None,
     mode: Annotated[str, typer.Option(help="detect: stop at the first PV; search: collect every PV.")] = "detect",
     max_seeds: Annotated[
         int | None, typer.Option(help="Seeds to try (default: the preset's; default 24, fast 8, release 30).")

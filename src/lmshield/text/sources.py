@@ -38,17 +38,26 @@ class TextSource:
         texts: str | Path | None = None,
         dataset: str | None = None,
         *,
-        generator: str = "grammar",
+        generator: str | None = None,
         field: str | None = None,
-        split: str = "train",
+        split: str | None = None,
         column: str | None = None,
     ) -> TextSource:
+        """The source the options name; an option that does not go with it is refused, not ignored."""
         if texts is not None and dataset is not None:
             raise InputError("give either a text file or a dataset id, not both")
+        kind = "file" if texts is not None else "dataset" if dataset is not None else "generated"
+        given = {"generator": generator, "field": field, "split": split, "column": column}
+        fits = {"file": ("field",), "dataset": ("split", "column"), "generated": ("generator",)}[kind]
+        stray = [name for name, value in given.items() if value is not None and name not in fits]
+        if stray:
+            where = {"file": "a text file", "dataset": "a dataset", "generated": "data-free carriers"}[kind]
+            raise InputError(f"--{stray[0]} does not go with {where}")
         if texts is not None:
             return cls(kind="file", path=str(texts), field=field)
         if dataset is not None:
-            return cls(kind="dataset", dataset=dataset, split=split, column=column)
+            return cls(kind="dataset", dataset=dataset, split=split or "train", column=column)
+        generator = generator or "grammar"
         if generator not in GENERATORS:
             raise InputError(f"unknown text generator {generator!r}: use {' or '.join(GENERATORS)}")
         return cls(kind="generated", generator=generator)

@@ -44,9 +44,9 @@ def text_source_of(options: dict[str, Any]) -> TextSource:
     return TextSource.from_options(
         options.get("texts"),
         options.get("dataset"),
-        generator=options.get("generator", "grammar"),
+        generator=options.get("generator"),
         field=options.get("field"),
-        split=options.get("split", "train"),
+        split=options.get("split"),
         column=options.get("column"),
     )
 
