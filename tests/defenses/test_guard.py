@@ -318,6 +318,9 @@ def test_predict_cli_writes_json_lines(saved, tmp_path: Path) -> None:
     assert len(rows) == 2 and {"status", "final_label", "probs", "removed", "purged_text"} <= set(rows[0])
     plain = runner.invoke(app, ["predict", str(classifier_dir), str(texts)])
     assert plain.exit_code == 0 and len(plain.output.strip().splitlines()) == 2
+    for line in plain.output.strip().splitlines():  # the fields every mode shares
+        row = json.loads(line)
+        assert {"text", "final_label", "label_name"} <= set(row) and row["final_label"] == row["label"]
     missing = runner.invoke(app, ["predict", str(classifier_dir), str(tmp_path / "nope.txt")])
     assert missing.exit_code == EXIT_ERROR and "no such file" in missing.output
 

@@ -150,8 +150,14 @@ def predict_command(
             classifier, device=resolve_device(device), base=base, allow_pickle=allow_pickle
         )
         output = model.classify(items, batch_size, progress=progress)
-        rows = [
-            {"text": t, "label": int(y), "label_name": model.label_names[int(y)], "probs": p.tolist()}
+        rows = [  # "final_label", as in the guarded modes: one reader serves all three
+            {
+                "text": t,
+                "label": int(y),
+                "final_label": int(y),
+                "label_name": model.label_names[int(y)],
+                "probs": p.tolist(),
+            }
             for t, y, p in zip(items, output.labels, output.probs, strict=True)
         ]
     else:
