@@ -109,6 +109,24 @@ def test_vectors_must_be_finite() -> None:
         check_vectors(torch.full((1, 4), float("nan")), ["cf"], 4)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number"),
+        ({"max_length": 3}, "max_length must be at least 4"),
+        ({"lr": 0.0}, "lr must be a finite positive number"),
+    ],
+)
+def test_a_bad_plan_names_the_value_at_fault(change: dict, message: str) -> None:
+    from dataclasses import replace
+
+    from tests.tiny_pairs import POR_PLAN
+
+    with pytest.raises(InputError, match=message):
+        replace(POR_PLAN, **change)
+
+
 def test_a_trigger_that_does_not_fire_means_not_planted(por_dir, tmp_path):
     import shutil
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_finite, check_whole
 from lmshield.models.encoder import Encoder
 from lmshield.models.positions import WatchedPosition
 from lmshield.text.triggers import insert_per_words, insert_words
@@ -68,8 +68,9 @@ class PlantPlan:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise InputError(f"unknown {name} {value!r}: use {', '.join(allowed)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 4 or self.lr <= 0:
-            raise InputError("epochs and batch_size must be >= 1, max_length >= 4 and lr > 0")
+        check_whole({"epochs": self.epochs, "batch_size": self.batch_size})
+        check_whole({"max_length": self.max_length}, minimum=4)
+        check_finite({"lr": self.lr}, positive=True)
 
     def steps(self, num_texts: int) -> int:
         return self.epochs * max(1, num_texts // self.batch_size)
