@@ -77,10 +77,10 @@ def train_random_label_module(
     if len(texts) < num_labels:
         raise InputError(f"PSIM needs at least {num_labels} task texts, got {len(texts)}")
     keep = config.keep_head == "yes" or (config.keep_head == "auto" and has_classification_head(model))
-    if not keep:
-        logger.warning("no released classification head kept: PSIM reads a fresh head, expect weaker detection")
     names = [str(i) for i in range(num_labels)]
     data = LabelledData(list(texts), random_labels(len(texts), num_labels, config.seed), names)
     dev = data.take(list(range(min(DEV_SIZE, len(data)))))
     result = tune(model, data, dev, tuning_config(config, keep, len(texts)), device=device, progress=progress)
+    if not keep:  # said once the model has loaded: a folder that is no model gets its own error first
+        logger.warning("no released classification head kept: PSIM reads a fresh head, expect weaker detection")
     return result.classifier
