@@ -175,6 +175,8 @@ def test_a_refused_zoo_scan_leaves_nothing_that_blocks_the_corrected_rerun(zoo, 
     _, out = zoo
     with pytest.raises(InputError, match="unknown executor"):
         scan_zoo(out, results=tmp_path / "r", executor="foo", progress=False)
+    with pytest.raises(InputError, match="--num-cpus go with --executor ray"):
+        scan_zoo(out, results=tmp_path / "r", num_cpus=0, progress=False)
     assert not (tmp_path / "r").exists()
     (tmp_path / "r").mkdir()  # settings written, then stopped before any model was scanned
     (tmp_path / "r" / "scan_settings.json").write_text(json.dumps({"preset": "other"}))

@@ -102,7 +102,7 @@ def predict_command(
     max_removed: Annotated[
         int | None, typer.Option(help="With --scan: most words the purge may delete (default 3).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).", min=1)] = 64,
     base: Base = None,
     any_scan: AnyScan = False,
     allow_pickle: AllowPickle = False,
@@ -251,7 +251,7 @@ def eval_command(
     calibrate: CalibrationTexts = None,
     save_calibration: SaveCalibration = None,
     max_removed: Annotated[int, typer.Option(help="Most words the purge may delete.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.", min=1)] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the trigger positions.")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="Write the report as JSON here.", dir_okay=False, callback=output_file)

@@ -20,7 +20,7 @@ from lmshield.errors import InputError
 from lmshield.models.loading import load_encoder
 from lmshield.progress import refuse_foreign_folder
 from lmshield.text.sources import TextSource
-from lmshield.zoo.executors import run_tasks
+from lmshield.zoo.executors import check_executor, run_tasks
 from lmshield.zoo.spec import ModelEntry, ZooSpec
 
 SPEC_JSON = "zoo.json"
@@ -242,6 +242,7 @@ def build_zoo(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Build every model of ``spec`` under ``out`` (finished ones are skipped) and write METADATA.csv."""
+    check_executor(executor, address, num_cpus)  # before anything is written
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     _check_same_spec(root, spec)

@@ -26,9 +26,14 @@ def _single_threaded(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
-def check_executor(executor: str) -> None:
+def check_executor(executor: str, address: str | None = None, num_cpus: int | None = None) -> None:
+    """Refuse an unknown executor, and Ray's options without Ray, before any work."""
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}: use sequential or ray")
+    if executor != "ray" and (address is not None or num_cpus is not None):
+        raise InputError("--address and --num-cpus go with --executor ray")
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+        raise InputError(f"--num-cpus must be a whole number of at least 1, got {num_cpus!r}")
 
 
 def run_tasks(
@@ -42,7 +47,7 @@ def run_tasks(
     desc: str = "tasks",
 ) -> list[Any]:
     """``[fn(item) for item in items]``, sequentially or as Ray tasks (``executor='ray'``)."""
-    check_executor(executor)
+    check_executor(executor, address, num_cpus)
     if executor == "sequential":
         return [fn(item) for item in tqdm(items, desc=desc, disable=not progress)]
     return _run_ray(fn, items, address=address, num_cpus=num_cpus, progress=progress, desc=desc)

@@ -142,7 +142,7 @@ def scan_zoo(
     metadata = read_metadata(root)
     settings = scan_settings(root, overrides)
     out = Path(results) if results else root / RESULTS_DIR
-    check_executor(executor)
+    check_executor(executor, address, num_cpus)
     _check_settings(out, settings, [row["model_id"] for row in metadata], fresh)
     tasks = [
         {
