@@ -55,7 +55,7 @@ def main() -> None:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors, the help of a group called without a command
         message, ctx = exc.format_message(), getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help (rich has printed it already)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group called alone: its message is the help
             if message.strip():
                 typer.echo(message, err=True)
         else:
