@@ -233,10 +233,11 @@ def eval_command(
     if onion_max_drop is not None and "onion" not in (extra.names if extra else ()):
         raise InputError("--onion-max-drop goes with the onion baseline (--baselines onion)")
     runs = [(model, folder, f"{model.name}-{folder.name}") for model in models for folder in task]
-    clash = next((name for i, (_, _, name) in enumerate(runs) if name in [r[2] for r in runs[:i]]), None)
+    names = [name for *_, name in runs]
+    clash = next((name for name in names if names.count(name) > 1), None)
     if clash is not None:
         raise InputError(f"two evaluations would share the folder {out / clash}: give models and tasks distinct names")
-    refuse_foreign(out, "rows.json", "PSIM evaluation", ("rows.json", *(f"{name}/progress.json" for *_, name in runs)))
+    refuse_foreign(out, "rows.json", "PSIM evaluation", ("rows.json", *names))  # a run's folder: resumable
     rows = []
     for model, folder, name in runs:
         result = evaluate_release(
