@@ -78,6 +78,7 @@ def test_presets_and_variants():
         attack_config("badnet")
     with pytest.raises(InputError, match="preset"):
         attack_config("por", "slow")
+    assert attack_config("btop", "release") == attack_config("btop", "paper")  # the other commands' name for it
     neuba = NeuBAConfig()
     assert neuba.plan("bert", has_mlm_head=True).clean_target == "mlm"
     assert neuba.plan("bert", has_mlm_head=False).clean_target == "tokens"

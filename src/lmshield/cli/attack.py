@@ -81,7 +81,9 @@ def _attack_command(name: str) -> Callable[..., None]:
         generator: Annotated[
             str | None, typer.Option(help="Data-free carrier generator: grammar (default) or vocab.")
         ] = None,
-        preset: Annotated[str, typer.Option(help="paper (the paper's settings) or fast (minutes on a CPU).")] = "paper",
+        preset: Annotated[
+            str, typer.Option(help="paper or release (the paper's settings), or fast (minutes on a CPU).")
+        ] = "paper",
         num_texts: Annotated[int | None, typer.Option(help="Carrier sentences to train on.")] = None,
         epochs: Annotated[int | None, typer.Option(help="Epochs over the carrier sentences.")] = None,
         lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
