@@ -87,6 +87,16 @@ def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
         TuningConfig(**changes)
 
 
+def test_a_tiny_dev_set_is_flagged_when_it_picks_the_best_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="lmshield.tuning"):
+        tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(5, 2), fast("lora", epochs=1), progress=False)
+    assert "picked on 5 dev examples" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lmshield.tuning"):
+        tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(30, 2), fast("lora", epochs=1), progress=False)
+    assert "dev examples" not in caplog.text
+
+
 def test_a_diverging_run_stops_instead_of_saving_nan_weights(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"training diverged in epoch 1 \(loss nan\); lower the learning rate"):
         tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(20, 2), fast("lora", epochs=1, lr=1e30),

@@ -25,6 +25,8 @@ from lmshield.tuning.data import LabelledData
 
 logger = logging.getLogger(__name__)
 
+SMALL_DEV = 20  # fewer dev examples than this make the best-epoch choice a coin toss
+
 HISTORY_JSON = "training.json"
 
 
@@ -87,6 +89,8 @@ def tune(
     if dev is None:
         train, dev = train.split(config.dev_fraction, config.seed)
     _check_data(train, dev)
+    if config.checkpoint == "best" and len(dev) < SMALL_DEV:
+        logger.warning("the best epoch is picked on %d dev examples: its dev accuracy says little", len(dev))
     seed_everything(config.seed)
     classifier = TunedClassifier.build(model, config, train.label_names, device=device, allow_pickle=allow_pickle)
     if checkpoint_dir is None and out_dir is not None:
