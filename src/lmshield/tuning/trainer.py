@@ -161,7 +161,10 @@ def _train(
             )
         dev_accuracy = accuracy(classifier, dev, config.eval_batch_size)
         history.append(EpochRecord(epoch, loss, dev_accuracy, time.perf_counter() - started))
-        logger.info("epoch %d: loss %.4f, dev accuracy %.4f", epoch, loss, dev_accuracy)
+        if config.checkpoint == "best":
+            logger.info("epoch %d: loss %.4f, dev accuracy %.4f", epoch, loss, dev_accuracy)
+        else:  # the last epoch is kept whatever its dev accuracy (PSIM's random labels make it meaningless)
+            logger.info("epoch %d: loss %.4f", epoch, loss)
         if config.checkpoint == "best" and dev_accuracy > state.best_accuracy:
             state.best_state, state.best_accuracy, state.best_epoch = _snapshot(classifier), dev_accuracy, epoch
         state.epoch, state.history = epoch, [asdict(r) for r in history]
