@@ -84,6 +84,12 @@ def test_cli_plants_and_verifies(tiny_dir, tmp_path):
     manifest = json.loads((out / BACKDOOR_JSON).read_text())
     assert manifest["triggers"] == ["cf", "mn", "tq"] and len(manifest["vectors"]) == 3
     assert CliRunner().invoke(app, ["attack", "verify", str(out), "--count", "40"]).exit_code == 0
+    records = tmp_path / "records.jsonl"  # the verification's own sentences, by field
+    records.write_text("\n".join(json.dumps({"body": t}) for t in TEXTS[:40]), encoding="utf-8")
+    verify = ["attack", "verify", str(out), "--texts", str(records), "--field", "body"]
+    assert CliRunner().invoke(app, verify).exit_code == 0
+    stray = CliRunner().invoke(app, ["attack", "verify", str(out), "--field", "body"])
+    assert stray.exit_code == 2 and "--field goes with --texts" in stray.output
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):

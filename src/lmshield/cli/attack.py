@@ -160,6 +160,7 @@ def verify_command(
         str | None, typer.Option(help="Original model to compare clean outputs with (default: recorded).")
     ] = None,
     texts: Annotated[Path | None, typer.Option(help="Sentences to insert triggers into (default: held-out).")] = None,
+    field: TextField = None,
     count: Annotated[int, typer.Option(help="Held-out sentences when --texts is not given.", min=1)] = 200,
     seed: Annotated[int, typer.Option(help="Seed of trigger positions and held-out text.")] = 0,
     device: Device = "auto",
@@ -172,7 +173,9 @@ def verify_command(
     from lmshield.devices import resolve_device
     from lmshield.text import read_texts
 
-    given = read_texts(texts) if texts else None
+    if field is not None and texts is None:
+        raise InputError("--field goes with --texts")
+    given = read_texts(texts, field) if texts else None
     verification = verify_backdoor(
         directory, texts=given, count=count, seed=seed, original=original, device=resolve_device(device)
     )
