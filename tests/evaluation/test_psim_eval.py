@@ -90,6 +90,11 @@ def test_row_sweep_and_table() -> None:
     table = markdown_table([row])
     metrics = "0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.250 | 0.200 | 0.775 | 0.750 | 0.000"
     assert f"| badnet | lora | toy | {metrics} |" in table
+    other = toy_row(source_predicted=SOURCE_PRED, source_labels=SOURCE_LABELS)
+    row.extra["release"], other.extra["release"] = "release-a", "release-b"  # two releases of one attack
+    table = markdown_table([row, other])
+    assert table.startswith("| release | attack |") and f"| release-b | badnet | lora | toy | {metrics} |" in table
+    assert markdown_table([row]).startswith("| attack |")  # one release needs no column
     sweep = threshold_sweep(CLEAN_SCORES, POISON_SCORES)
     assert (sweep[0].frr, sweep[0].far) == (1.0, 0.0) and (sweep[-1].frr, sweep[-1].far) == (0.0, 1.0)
     at = {p.threshold: (p.frr, p.far) for p in threshold_sweep(CLEAN_SCORES, POISON_SCORES, [0.7])}

@@ -250,6 +250,8 @@ def eval_command(
             fresh=fresh,
             baselines=extra,
         )
+        for row in result.all_rows:  # which release a row belongs to, for a table of several
+            row.extra["release"] = model.name
         rows.extend(result.all_rows)
     table = markdown_table(rows)
     out.mkdir(parents=True, exist_ok=True)

@@ -208,12 +208,15 @@ def psim_row(
 
 def markdown_table(rows: Sequence[PSIMRow]) -> str:
     """The benchmark table: clean acc, ASR without defense, with the defense, clean-acc drop, FRR/FAR/AUROC,
-    and the flip ASR without and with the defense; a defense column when baselines are among the rows."""
+    and the flip ASR without and with the defense; a defense column when baselines are among the rows, and a
+    release column when rows of several released models (``extra["release"]``) are."""
     from lmshield.reports.psim_report import format_metric
 
     with_baselines = any(r.defense != "psim" for r in rows)
+    with_releases = len({r.extra.get("release") for r in rows}) > 1
     name = "defense" if with_baselines else "PSIM"
-    columns = ["attack", "strategy", "dataset", *(["defense"] if with_baselines else [])]
+    columns = [*(["release"] if with_releases else []), "attack", "strategy", "dataset"]
+    columns += ["defense"] if with_baselines else []
     columns += ["clean acc", "ASR", f"ASR + {name}", f"clean acc + {name}", "drop", "FRR", "FAR", "AUROC"]
     columns += ["flip ASR", f"flip ASR + {name}"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -221,7 +224,8 @@ def markdown_table(rows: Sequence[PSIMRow]) -> str:
         values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
         flips = (r.flip_asr, r.flip_asr_psim)
         metrics = " | ".join(format_metric(v) for v in (*values, r.frr, r.far, r.auroc, *flips))
-        names = [r.attack, r.strategy, r.dataset, *([r.defense] if with_baselines else [])]
+        names = [*([str(r.extra.get("release", "-"))] if with_releases else []), r.attack, r.strategy, r.dataset]
+        names += [r.defense] if with_baselines else []
         lines.append(f"| {' | '.join(names)} | {metrics} |")
     return "\n".join(lines) + "\n"
 
