@@ -47,6 +47,13 @@ def check_finite(values: dict[str, float], *, positive: bool = False) -> None:
             raise InputError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")
 
 
+def check_share(values: dict[str, float]) -> None:
+    """Raise :class:`InputError` for a value that is not a number in [0, 1) (a rate, a dropout, a warm-up)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:  # NaN fails too
+            raise InputError(f"{name} must be in [0, 1), got {value!r}")
+
+
 def check_whole(values: dict[str, int], *, minimum: int = 1) -> None:
     """Raise :class:`InputError` for a value that is not a whole number of at least ``minimum``."""
     for name, value in values.items():

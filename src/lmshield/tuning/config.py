@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError, check_finite
+from lmshield.errors import InputError, check_finite, check_share
 
 HEADS = ("cls", "mask")
 CHECKPOINTS = ("best", "last")
@@ -116,19 +116,14 @@ class TuningConfig:
                 raise InputError(f"{name} must be a whole number from 1 to {most}, got {value!r}")
         if self.max_length < MIN_LENGTH:  # [CLS] and [SEP] (and a template's words) would leave no room for text
             raise InputError(f"max_length must be at least {MIN_LENGTH} tokens, got {self.max_length}")
-        for name in ("head_dropout", "lora_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise InputError(f"{name} must be in [0, 1), got {value!r}")
+        check_share({name: getattr(self, name) for name in ("head_dropout", "lora_dropout", "warmup_ratio")})
         if self.lora_targets is not None and not all(isinstance(t, str) and t for t in self.lora_targets):
             raise InputError(f"lora_targets must be module names, got {list(self.lora_targets)!r}")
         if self.lr is None:
             raise InputError("lr must be positive, got None")
-        check_finite({"lr": self.lr, "warmup_ratio": self.warmup_ratio}, positive=False)
+        check_finite({"lr": self.lr})
         if self.lr <= 0:
             raise InputError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise InputError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.position_jitter < 0:
             raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
         if self.position_jitter and method.uses_virtual_tokens:

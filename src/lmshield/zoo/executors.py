@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_whole
 
 EXECUTORS = ("sequential", "ray")
 _WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_DATASETS_OFFLINE")
@@ -32,8 +32,8 @@ def check_executor(executor: str, address: str | None = None, num_cpus: int | No
         raise InputError(f"unknown executor {executor!r}: use sequential or ray")
     if executor != "ray" and (address is not None or num_cpus is not None):
         raise InputError("--address and --num-cpus go with --executor ray")
-    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
-        raise InputError(f"--num-cpus must be a whole number of at least 1, got {num_cpus!r}")
+    if num_cpus is not None:
+        check_whole({"--num-cpus": num_cpus})
 
 
 def run_tasks(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmshield.defenses.psim.thresholds import SCORE_KINDS
-from lmshield.errors import InputError, check_finite, check_whole
+from lmshield.errors import InputError, check_finite, check_share, check_whole
 
 KEEP_HEAD = ("auto", "yes", "no")
 # the release's PSIM update: 1 epoch over the 6,920 SST-2 training sentences at batch 32 and lr 2e-5
@@ -68,9 +68,7 @@ class PSIMConfig:
         sizes = ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length")
         check_whole({name: getattr(self, name) for name in sizes})
         check_whole({"seed": self.seed}, minimum=0)
-        check_finite({"warmup_ratio": self.warmup_ratio})
-        if not 0 <= self.warmup_ratio < 1:
-            raise InputError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check_share({"warmup_ratio": self.warmup_ratio})
         if self.lr is not None:
             check_finite({"lr": self.lr}, positive=True)
         if self.threshold is not None and not 0 <= self.threshold < 1:
