@@ -113,7 +113,7 @@ def _check_settings(results: Path, settings: dict[str, Any], model_ids: list[str
     ours = [f"{model}/{name}" for model in model_ids for name in ("scan.json", PROGRESS_JSON)]
     refuse_foreign_folder(results, "zoo scan results", (SETTINGS_JSON, *ours))
     earlier = _read_settings(saved) if saved.is_file() else settings
-    scanned = saved.is_file() and any(entry.is_dir() for entry in results.iterdir())  # settings alone: no scan yet
+    scanned = any((results / path).is_file() for path in ours)  # settings alone: no model scanned yet
     if scanned and not fresh and earlier != settings:
         raise InputError(
             f"{results} holds scans made with other settings; pass --fresh to rescan, or use another --results"

@@ -131,8 +131,8 @@ class ONION:
         self.threshold_ = next((t for t in tried if accuracy(t) >= floor), math.inf)
         return self
 
-    def _suspicions(self, texts: Sequence[str]) -> list[list[float]]:
-        texts = as_texts(texts)
+    def _suspicions(self, texts: list[str]) -> list[list[float]]:
+        """Each text's suspicions (``texts`` checked by the caller)."""
         return [self.suspicion(text) for text in tqdm(texts, desc="ONION", disable=not self.progress, unit="text")]
 
 

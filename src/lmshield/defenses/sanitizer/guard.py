@@ -203,7 +203,7 @@ class Guard:
         ``1 / (1 - quantile)`` of them (1,000 at the default quantile).
         """
         texts = as_texts(texts, allow_empty=False, what="clean texts")
-        watched = self.classifier.classify(list(texts), self.batch_size, progress=self.progress).watched
+        watched = self.classifier.classify(texts, self.batch_size, progress=self.progress).watched
         self.monitor = monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)
         logger.info(
             "calibrated on %d texts: %d of %d PV thresholds raised", len(texts), monitor.num_raised, monitor.num_pvs
