@@ -33,6 +33,14 @@ TextField = Annotated[
 
 LabelField = Annotated[str, typer.Option(help="Label field of the records.")]
 
+# carrier text for the commands that take it (scan, attack); TextSource.from_options refuses the ones that do not fit
+CarrierDataset = Annotated[str | None, typer.Option("--dataset", help="Carrier text from a Hugging Face dataset id.")]
+CarrierSplit = Annotated[str | None, typer.Option("--split", help="Dataset split (default train).")]
+CarrierColumn = Annotated[str | None, typer.Option("--column", help="Dataset text column.")]
+CarrierGenerator = Annotated[
+    str | None, typer.Option("--generator", help="Data-free carrier generator: grammar (default) or vocab.")
+]
+
 
 Base = Annotated[
     Path | None,

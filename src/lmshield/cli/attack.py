@@ -14,6 +14,10 @@ import typer
 
 from lmshield.cli._common import (
     AllowPickle,
+    CarrierColumn,
+    CarrierDataset,
+    CarrierGenerator,
+    CarrierSplit,
     Device,
     Overwrite,
     Quiet,
@@ -75,12 +79,10 @@ def _attack_command(name: str) -> Callable[..., None]:
         ] = None,
         texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file or JSON Lines.")] = None,
         field: TextField = None,
-        dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
-        split: Annotated[str | None, typer.Option(help="Dataset split (default train).")] = None,
-        column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,
-        generator: Annotated[
-            str | None, typer.Option(help="Data-free carrier generator: grammar (default) or vocab.")
-        ] = None,
+        dataset: CarrierDataset = None,
+        split: CarrierSplit = None,
+        column: CarrierColumn = None,
+        generator: CarrierGenerator = None,
         preset: Annotated[
             str, typer.Option(help="paper or release (the paper's settings), or fast (minutes on a CPU).")
         ] = "paper",

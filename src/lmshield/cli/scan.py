@@ -10,6 +10,10 @@ import typer
 
 from lmshield.cli._common import (
     AllowPickle,
+    CarrierColumn,
+    CarrierDataset,
+    CarrierGenerator,
+    CarrierSplit,
     Device,
     Fresh,
     Quiet,
@@ -34,12 +38,10 @@ def scan_command(
     position: Annotated[str, typer.Option(help="Watched output: auto, cls, mask, last or a token index.")] = "auto",
     texts: Annotated[Path | None, typer.Option(help="Carrier text: a text file (one a line) or JSON Lines.")] = None,
     field: TextField = None,
-    dataset: Annotated[str | None, typer.Option(help="Carrier text from a Hugging Face dataset id.")] = None,
-    split: Annotated[str | None, typer.Option(help="Dataset split (default train).")] = None,
-    column: Annotated[str | None, typer.Option(help="Dataset text column.")] = None,
-    generator: Annotated[
-        str | None, typer.Option(help="Data-free carrier generator: grammar (default) or vocab.")
-    ] = None,
+    dataset: CarrierDataset = None,
+    split: CarrierSplit = None,
+    column: CarrierColumn = None,
+    generator: CarrierGenerator = None,
     mode: Annotated[str, typer.Option(help="detect: stop at the first PV; search: collect every PV.")] = "detect",
     max_seeds: Annotated[
         int | None, typer.Option(help="Seeds to try (default: the preset's; default 24, fast 8, release 30).")
