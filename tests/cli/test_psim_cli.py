@@ -61,7 +61,7 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert len(rows) == 3 and [r["flagged"] for r in rows] == [r["score"] > threshold for r in rows]
     assert {"text", "score", "p_max", "normalised"} <= set(rows[0])
 
-    result = invoke("psim", "calibrate", psim_dir, "--texts", files["dev"], "--target-frr", 0.2)
+    result = invoke("psim", "calibrate", psim_dir, "--texts", files["dev"], "--target-frr", 0.2, "--quiet")
     assert result.exit_code == 0 and "FRR" in result.output
     assert json.loads((psim_dir / "psim.json").read_text())["calibration_"]["target_frr"] == 0.2
 

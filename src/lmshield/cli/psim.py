@@ -128,11 +128,12 @@ def calibrate_command(
     field: TextField = None,
     model: MovedModel = None,
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Set the threshold to a target false-rejection rate on held-out clean texts (saved in place)."""
     from lmshield.defenses.psim import PSIM
 
-    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=False, model=model)
+    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=not quiet, model=model)
     psim.calibrate(_texts(texts, field), target_frr)
     psim.save_pretrained(psim_dir)
     cal = psim.calibration_
