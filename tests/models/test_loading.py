@@ -241,3 +241,46 @@ def test_a_base_encoder_loads_under_a_new_task_or_mlm_head(model_type: str, tmp_
     for head in heads:  # XLNet has no masked-LM class
         loaded = load_pretrained(directory, head)
         assert torch.equal(loaded.model.get_input_embeddings().weight, saved), head.__name__  # not re-initialised
+
+
+def test_a_peft_adapter_beside_the_weights_is_never_loaded(tiny_bert_dir: Path, tmp_path: Path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    target = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    plain = load_encoder(target)
+    lora = LoraConfig(target_modules=["query"], init_lora_weights=False)
+    adapted = get_peft_model(AutoModel.from_pretrained(target), lora)
+    adapted.save_pretrained(target)  # adapter_config.json + adapter_model.safetensors, weights nobody checked
+    encoder = load_encoder(target)
+    assert not any("lora" in name for name, _ in encoder.model.named_parameters())
+    cls = WatchedPosition.parse("cls")
+    assert torch.equal(encoder.watched_outputs(["a b c"], cls), plain.watched_outputs(["a b c"], cls))
+    (target / "model.safetensors").unlink()  # the adapter alone does not make a model
+    with pytest.raises(ModelLoadError, match=r"no model\.safetensors"):
+        load_encoder(target)
+
+
+def test_an_attention_implementation_from_the_hub_is_refused(tiny_bert_dir: Path, tmp_path: Path):
+    target = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    config = json.loads((tiny_bert_dir / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "attn_implementation": "kernels-community/flash-attn"}))
+    with pytest.raises(ModelLoadError, match="attention implementation 'kernels-community/flash-attn' refused"):
+        load_encoder(target)
+    (target / "config.json").write_text(json.dumps({**config, "attn_implementation": "eager"}))
+    assert load_encoder(target).model.config._attn_implementation == "eager"
+
+
+def test_the_fingerprint_changes_with_the_config_and_the_vocabulary(tiny_bert_dir: Path, tmp_path: Path):
+    target = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    fingerprints = {load_encoder(target).fingerprint}
+    config = json.loads((tiny_bert_dir / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    fingerprints.add(load_encoder(target).fingerprint)
+    vocabulary = json.loads((target / "tokenizer.json").read_text())
+    first, second = list(vocabulary["model"]["vocab"])[-2:]  # two ordinary tokens trade ids: another model
+    vocab = vocabulary["model"]["vocab"]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (target / "tokenizer.json").write_text(json.dumps(vocabulary))
+    fingerprints.add(load_encoder(target).fingerprint)
+    assert len(fingerprints) == 3

@@ -204,6 +204,17 @@ def test_fresh_rescans_every_model_with_the_new_settings(zoo, scanned, tmp_path)
     assert len(found.rows) == 4
 
 
+def test_a_scan_of_other_weights_is_never_taken_for_a_models_result(zoo, scanned, tmp_path):
+    """A result whose fingerprint is not the model's (the model was rebuilt or replaced since) is rescanned."""
+    _, out = zoo
+    results = tmp_path / "scans"
+    shutil.copytree(out / "scans", results)
+    shutil.rmtree(results / "id-0003")
+    shutil.copytree(results / "id-0000", results / "id-0003")  # a clean model's result in the backdoored one's place
+    found = scan_zoo(out, results=results, progress=False)
+    assert [r["verdict"] for r in found.rows] == ["clean", "clean", "clean", "backdoored"]
+
+
 def test_fresh_discards_an_interrupted_scans_progress(zoo, scanned, tmp_path):
     """Progress a scan left in a model's folder (here of another job) is refused, unless fresh discards it."""
     from lmshield.progress import stamp, write_progress
@@ -284,8 +295,11 @@ def test_several_positions_keep_the_highest_score_and_add_the_times(tmp_path):
     import torch
 
     from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult
+    from lmshield.models.loading import folder_fingerprint
+    from lmshield.testing import save_tiny, tiny_encoder
     from lmshield.zoo.scan import scan_model
 
+    model = save_tiny(tiny_encoder("bert"), tmp_path / "model")
     for position, score, seconds in (("cls", 5.0, 1.0), ("mask", 2.0, 2.0)):
         ScanResult(
             verdict="clean",
@@ -295,12 +309,12 @@ def test_several_positions_keep_the_highest_score_and_add_the_times(tmp_path):
             nearest_tokens=[],
             trace=[],
             config=SanitizerConfig(),
-            model={"hidden_size": 8, "fingerprint": "sha256:0"},
+            model={"hidden_size": 8, "fingerprint": folder_fingerprint(model)},
             position=position,
             text_source="given",
             spread=1.0,
             timings={"total_s": seconds},
         ).save_pretrained(tmp_path / "scan" / position)  # finished results: scan_model reads them back
     settings = {"preset": "default", "position": "cls,mask", "overrides": {}, "text": {}}
-    row = scan_model({"model": "unused", "out": str(tmp_path / "scan"), "settings": settings, "progress": False})
+    row = scan_model({"model": str(model), "out": str(tmp_path / "scan"), "settings": settings, "progress": False})
     assert row == {"verdict": "clean", "score": 5.0, "pvs": 0, "seconds": 3.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,50 @@ def sha256_of_files(files: list[Path]) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+# What transformers reads besides the weights and what changes a model's outputs with them: a changed
+# config.json (activation, head count) or vocabulary is another model, though its weights are the same bytes.
+DEFINING_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
+
+
+# Keys transformers writes about where and by what a file was saved, not about the model.
+SAVING_KEYS = frozenset({"_name_or_path", "name_or_path", "transformers_version", "local_files_only", "is_local"})
+
+
+def model_fingerprint(directory: Path, weight_files: list[Path]) -> str:
+    """sha256 over a model folder's weights and the files in :data:`DEFINING_FILES` it holds (JSON files
+    without :data:`SAVING_KEYS`, so that saving a model again keeps its fingerprint)."""
+    digest = hashlib.sha256(bytes.fromhex(sha256_of_files(weight_files)))
+    for name in DEFINING_FILES:
+        if (directory / name).is_file():
+            digest.update(name.encode() + b"\0" + _defining_bytes(directory / name))
+    return "sha256:" + digest.hexdigest()
+
+
+def _defining_bytes(file: Path) -> bytes:
+    data = file.read_bytes()
+    if file.suffix != ".json":
+        return data
+    try:
+        parsed = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return data  # the loader has read it already; damaged bytes are hashed as they are
+    if isinstance(parsed, dict):
+        parsed = {key: value for key, value in parsed.items() if key not in SAVING_KEYS}
+    return json.dumps(parsed, sort_keys=True).encode()
 
 
 @dataclass
@@ -66,7 +111,10 @@ class Encoder:
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 over the weight files (sorted by name), or over the tensors for in-memory models."""
+        """sha256 over the weight, config and tokenizer files (:func:`model_fingerprint`), or over the tensors
+        for in-memory models."""
+        if self.weight_files and self.directory is not None:
+            return model_fingerprint(self.directory, self.weight_files)
         if self.weight_files:
             return "sha256:" + sha256_of_files(self.weight_files)
         return self.tensor_fingerprint()

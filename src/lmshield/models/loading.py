@@ -8,6 +8,7 @@ they are read with ``weights_only=True`` and converted to safetensors before tra
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -26,15 +27,18 @@ from transformers.utils import logging as hf_logging
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.models.architectures import get_architecture, supported_model_types
-from lmshield.models.encoder import Encoder
+from lmshield.models.encoder import Encoder, model_fingerprint
 
 hf_logging.disable_progress_bar()
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ADAPTER_CONFIG = "adapter_config.json"
+LOCAL_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -97,6 +101,12 @@ def load_config(directory: Path, check_architecture: bool = True) -> PretrainedC
         raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({reason})") from exc
     if getattr(config, "transformers_weights", None) is not None:  # would make transformers read another file
         raise ModelLoadError(f"{directory}/config.json: names its own weights file (transformers_weights); refused")
+    attention = getattr(config, "_attn_implementation_internal", None)
+    if attention is not None and not (isinstance(attention, str) and attention in LOCAL_ATTENTION):
+        raise ModelLoadError(  # a hub repo here would make transformers fetch and run compiled kernels
+            f"{directory}/config.json: attention implementation {attention!r} refused; "
+            f"lmshield runs {', '.join(LOCAL_ATTENTION)} only"
+        )
     if check_architecture and get_architecture(config.model_type) is None:
         supported = ", ".join(supported_model_types())
         raise ModelLoadError(f"unsupported architecture {config.model_type!r}; supported: {supported}")
@@ -125,6 +135,11 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
     if pickle_files:
         return pickle_files, True
     raise ModelLoadError(f"{directory}: no weights found (expected model.safetensors)")
+
+
+def folder_fingerprint(directory: Path, allow_pickle: bool = False) -> str:
+    """The fingerprint :attr:`Encoder.fingerprint` gives the model in ``directory``, without loading it."""
+    return model_fingerprint(directory, find_weights(directory, allow_pickle)[0])
 
 
 def _safetensors_weights(directory: Path) -> list[Path]:
@@ -239,6 +254,22 @@ def _load_pickle_as_safetensors(pickle_files: list[Path], workdir: Path) -> None
     save_file(state, str(workdir / "model.safetensors"))
 
 
+def _stage(directory: Path, config: PretrainedConfig, weights: list[Path], is_pickle: bool, folder: Path) -> None:
+    """Put in ``folder`` only what was checked: the parsed config and the weights (pickle converted to
+    safetensors). transformers reads more than that from a model folder when it is there (an
+    ``adapter_config.json`` makes it inject a PEFT adapter whose weights no check has seen), so it never sees
+    the user's folder itself."""
+    if (directory / ADAPTER_CONFIG).is_file():
+        logger.warning("%s: %s ignored; lmshield loads the base model's own weights only", directory, ADAPTER_CONFIG)
+    config.save_pretrained(folder)
+    if is_pickle:
+        _load_pickle_as_safetensors(weights, folder)
+        return
+    index = directory / SAFETENSORS_INDEX
+    for file in [*weights, *([index] if len(weights) > 1 or weights[0].name != SAFETENSORS_WEIGHTS else [])]:
+        (folder / file.name).symlink_to(file.resolve())
+
+
 def _build_model(
     directory: Path,
     config: PretrainedConfig,
@@ -255,14 +286,10 @@ def _build_model(
         **model_kwargs,
     }
     try:
-        if not is_pickle:
-            model, info = auto_class.from_pretrained(directory, **kwargs)
-        else:
-            with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
-                _load_pickle_as_safetensors(weights, Path(tmp))
-                config.save_pretrained(tmp)
-                model, info = auto_class.from_pretrained(tmp, **kwargs)
-            model.name_or_path = model.config._name_or_path = str(directory)  # not the folder deleted above
+        with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
+            _stage(directory, config, weights, is_pickle, Path(tmp))
+            model, info = auto_class.from_pretrained(tmp, **kwargs)
+        _name_after(model, directory)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -270,6 +297,15 @@ def _build_model(
     _check_complete(directory, model, info)
     _check_finite(directory, model)
     return model
+
+
+def _name_after(model: PreTrainedModel, directory: Path) -> None:
+    """Name the model (and the models inside it, an encoder under its task head) after the user's folder, not
+    the staging folder it was read from, which is gone."""
+    model.config._name_or_path = str(directory)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.name_or_path = str(directory)
 
 
 def _check_complete(directory: Path, model: PreTrainedModel, info: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder, sha256_of_files
-from lmshield.models.loading import find_weights
+from lmshield.models.loading import folder_fingerprint
 from lmshield.progress import CHECKPOINT_DIR
 from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
 from lmshield.tuning.classifier import TunedClassifier
@@ -120,7 +120,7 @@ def _model_identity(model: Encoder | str | Path | None) -> str:
         return model.fingerprint
     path = Path(model)
     if path.is_dir():
-        return sha256_of_files(find_weights(path, allow_pickle=True)[0])
+        return folder_fingerprint(path, allow_pickle=True)
     return sha256_of_files([path]) if path.is_file() else str(model)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,16 +70,15 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
     With several positions a model is backdoored when any position yields a PV (later positions are
     skipped once one has), its score is the largest and its time the sum.
     """
-    from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult, scan
+    from lmshield.defenses.sanitizer import SanitizerConfig, scan
 
     settings, fresh = task["settings"], task.get("fresh", False)
     positions = positions_of(settings)
     results = []
     for position in positions:
         out = Path(task["out"]) if len(positions) == 1 else Path(task["out"]) / position
-        if (out / "scan.json").is_file() and not fresh:
-            result = ScanResult.from_pretrained(out)
-        else:
+        result = _finished_scan(out, Path(task["model"]), fresh)
+        if result is None:
             config = SanitizerConfig.preset(settings["preset"], **settings["overrides"])
             result = scan(
                 task["model"],
@@ -98,6 +98,22 @@ def scan_model(task: dict[str, Any]) -> dict[str, Any]:
         "pvs": sum(r.num_pvs for r in results),
         "seconds": round(sum(float(r.timings.get("total_s", 0.0)) for r in results), 2),
     }
+
+
+def _finished_scan(out: Path, model_dir: Path, fresh: bool):  # -> ScanResult | None, imported lazily
+    """The finished scan of this very model in ``out``, else ``None``. A scan of other weights (a model rebuilt
+    or replaced since) is removed, as a ``fresh`` rerun removes any: ``out`` is the zoo's own results folder."""
+    from lmshield.defenses.sanitizer import ScanResult
+    from lmshield.models.loading import folder_fingerprint
+
+    if not (out / "scan.json").is_file():
+        return None
+    if not fresh:
+        result = ScanResult.from_pretrained(out)
+        if result.model.get("fingerprint") == folder_fingerprint(model_dir):
+            return result
+    shutil.rmtree(out)
+    return None
 
 
 def _check_settings(results: Path, settings: dict[str, Any], model_ids: list[str], fresh: bool = False) -> None:
