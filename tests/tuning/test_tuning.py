@@ -60,7 +60,7 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
         ({"head": "mask", "template": "{text}"}, "{mask}"),
         ({"epochs": 0}, "epochs"),
         ({"lr": -1.0}, "lr"),
-        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"lr": float("nan")}, "lr must be a finite positive number"),
         ({"warmup_ratio": 5}, r"warmup_ratio must be in \[0, 1\)"),
         ({"warmup_ratio": -0.1}, "warmup_ratio"),
         ({"checkpoint": "median"}, "unknown checkpoint"),
@@ -74,6 +74,10 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
         ({"method": "prompt", "num_virtual_tokens": 10**8}, "num_virtual_tokens must be a whole number from 1 to 512"),
         ({"batch_size": 2.5}, "batch_size must be a whole number"),
         ({"lora_targets": ["query", ""]}, "lora_targets must be module names"),
+        ({"lora_alpha": float("nan")}, "lora_alpha must be a finite positive number"),
+        ({"lora_alpha": 1e308}, "lora_alpha must be at most 65536"),
+        ({"max_grad_norm": 0}, "max_grad_norm must be a finite positive number"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
         # a template is formatted with every input: only {text} and {mask}, once each, with no spec or index
         ({"head": "mask", "template": "{text} {mask} {0}"}, "nothing else in braces"),
         ({"head": "mask", "template": "{text:>400000000} {mask}"}, "nothing else in braces"),
@@ -85,6 +89,17 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
 def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         TuningConfig(**changes)
+
+
+def test_nan_outputs_are_refused_not_passed_on(trained_bert: Encoder) -> None:
+    """NaN logits match no PV and beat no PSIM threshold: a classifier giving them must fail, not pass inputs."""
+    classifier = TunedClassifier.build(trained_bert, fast("lora", epochs=1), ["a", "b"])
+    texts = tiny_task(4, 1).texts
+    assert classifier.classify(texts).logits.isfinite().all()
+    with torch.no_grad():
+        next(classifier.head.parameters()).fill_(float("nan"))
+    with pytest.raises(InputError, match="NaN or infinite outputs on 4 of 4 texts"):
+        classifier.classify(texts)
 
 
 def test_a_tiny_dev_set_is_flagged_when_it_picks_the_best_epoch(caplog: pytest.LogCaptureFixture) -> None:

@@ -236,7 +236,14 @@ class TunedClassifier(nn.Module):
             watched.append(out.watched.float().cpu())
         if not logits:
             return ClassifierOutput(torch.empty(0, self.num_labels), torch.empty(0, self.hidden_size))
-        return ClassifierOutput(torch.cat(logits), torch.cat(watched))
+        result = ClassifierOutput(torch.cat(logits), torch.cat(watched))
+        broken = ~(result.logits.isfinite().all(dim=1) & result.watched.isfinite().all(dim=1))
+        if bool(broken.any()):  # NaN matches no PV and beats no threshold: it would pass every check
+            raise InputError(
+                f"the classifier gives NaN or infinite outputs on {int(broken.sum())} of {len(texts)} texts "
+                f"(first: {texts[int(broken.nonzero()[0])]!r}); its weights or settings are broken"
+            )
+        return result
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> list[int]:
         return self.classify(texts, batch_size).labels.tolist()

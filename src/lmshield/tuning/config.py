@@ -24,6 +24,7 @@ SIZES = {  # whole-number settings and their largest sane value (a crafted tunin
     "lora_r": 4_096,
     "num_virtual_tokens": 512,
 }
+MAX_LORA_ALPHA = 65_536
 TEMPLATE_FIELDS = ("text", "mask")
 
 
@@ -121,9 +122,13 @@ class TuningConfig:
             raise InputError(f"lora_targets must be module names, got {list(self.lora_targets)!r}")
         if self.lr is None:
             raise InputError("lr must be positive, got None")
-        check_finite({"lr": self.lr})
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
+        check_finite({"lr": self.lr, "max_grad_norm": self.max_grad_norm}, positive=True)
+        check_finite({"weight_decay": self.weight_decay})
+        if self.weight_decay < 0:
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_finite({"lora_alpha": self.lora_alpha}, positive=True)
+        if self.lora_alpha > MAX_LORA_ALPHA:  # scales LoRA's update by alpha / r: a huge one overflows to NaN
+            raise InputError(f"lora_alpha must be at most {MAX_LORA_ALPHA}, got {self.lora_alpha}")
         if self.position_jitter < 0:
             raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
         if self.position_jitter and method.uses_virtual_tokens:
