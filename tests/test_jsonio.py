@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from lmshield.jsonio import dumps, json_ready, nan_if_none
 
@@ -17,3 +18,14 @@ def test_non_finite_floats_become_null_at_any_depth() -> None:
 
 def test_a_metric_that_did_not_apply_reads_back_as_nan() -> None:
     assert math.isnan(nan_if_none(None)) and nan_if_none(0.25) == 0.25
+
+
+def test_the_marker_json_is_written_whole_and_removed_before_a_rewrite(tmp_path: Path) -> None:
+    from lmshield.jsonio import unmark, write_marker_json
+
+    marker = tmp_path / "scan.json"
+    write_marker_json(marker, {"verdict": "clean"})
+    assert json.loads(marker.read_text()) == {"verdict": "clean"} and not (tmp_path / "scan.json.tmp").exists()
+    unmark(marker)
+    assert not marker.exists()
+    unmark(marker)  # nothing to remove: no error

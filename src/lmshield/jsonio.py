@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
@@ -42,3 +43,19 @@ def check_format_version(data: dict[str, Any], supported: int, where: object) ->
             f"{where}: format version {version}, written by a newer lmshield (this one reads up to {supported}); "
             "upgrade lmshield"
         )
+
+
+def write_marker_json(path: Path, payload: Any) -> None:
+    """Write an artefact's top JSON (``tuning.json``, ``psim.json``, ``scan.json``) last and whole.
+
+    Every loader reads that file first, so a save that starts by removing it (:func:`unmark`) and ends here
+    leaves, when interrupted, a folder no loader takes for a finished artefact, never one mixing old and new
+    files."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    temporary.replace(path)
+
+
+def unmark(path: Path) -> None:
+    """Remove an artefact's top JSON before its other files are rewritten (see :func:`write_marker_json`)."""
+    path.unlink(missing_ok=True)

@@ -102,6 +102,28 @@ def test_nan_outputs_are_refused_not_passed_on(trained_bert: Encoder) -> None:
         classifier.classify(texts)
 
 
+def test_an_interrupted_overwrite_leaves_no_classifier_that_loads(
+    trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saving over an artefact removes its tuning.json first and writes it last: a save stopped half way must
+    not leave the old settings beside the new head (or the other way round) for a loader to take as whole."""
+    import lmshield.tuning.classifier as module
+
+    lora = TunedClassifier.build(trained_bert, fast("lora", epochs=1), ["a", "b"])
+    full = TunedClassifier.build(trained_bert, fast("full", epochs=1), ["a", "b"])
+    lora.save_pretrained(tmp_path / "clf")
+    assert TunedClassifier.from_pretrained(tmp_path / "clf").config.method == "lora"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "write_marker_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        full.save_pretrained(tmp_path / "clf")
+    with pytest.raises(InputError, match="not a tuned classifier"):
+        TunedClassifier.from_pretrained(tmp_path / "clf")
+
+
 def test_a_tiny_dev_set_is_flagged_when_it_picks_the_best_epoch(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="lmshield.tuning"):
         tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(5, 2), fast("lora", epochs=1), progress=False)

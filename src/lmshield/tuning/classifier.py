@@ -25,7 +25,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
-from lmshield.jsonio import check_format_version
+from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder, load_pretrained, looks_like_path, read_tensors
 from lmshield.models.positions import WatchedPosition
@@ -254,6 +254,7 @@ class TunedClassifier(nn.Module):
         """Write ``tuning.json``, ``head.safetensors`` and the adapter (peft) or the tuned encoder (full)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        unmark(out / TUNING_JSON)
         base = self.base
         if base.directory is None:
             if self._base_model is None:
@@ -273,7 +274,7 @@ class TunedClassifier(nn.Module):
             "watched_position": str(self.position),
             "shift": self.shift,
         }
-        (out / TUNING_JSON).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        write_marker_json(out / TUNING_JSON, payload)
         return out
 
     @classmethod

@@ -30,7 +30,7 @@ from lmshield.defenses.psim.thresholds import (
 )
 from lmshield.defenses.psim.training import train_random_label_module
 from lmshield.errors import InputError, check_whole
-from lmshield.jsonio import check_format_version
+from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.text.inputs import as_texts
 from lmshield.tuning import TunedClassifier
 
@@ -224,6 +224,7 @@ class PSIM:
         classifier = self._check_fitted()
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        unmark(out / PSIM_JSON)
         classifier.save_pretrained(out / MODULE_DIR)
         payload = {
             "format": FORMAT,
@@ -235,7 +236,7 @@ class PSIM:
             "n_train_": self.n_train_,
             "model_": self.model_,
         }
-        (out / PSIM_JSON).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        write_marker_json(out / PSIM_JSON, payload)
         return out
 
     @classmethod

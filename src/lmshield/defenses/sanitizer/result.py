@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.errors import InputError
-from lmshield.jsonio import check_format_version
+from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.models.positions import WatchedPosition
 
 SCAN_JSON = "scan.json"
@@ -151,9 +151,10 @@ class ScanResult:
         """Write ``scan.json`` and ``pvs.safetensors`` into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        unmark(out / SCAN_JSON)
         tensors = {"pvs": self.pvs.contiguous().float(), "triggers": self.triggers.contiguous().float()}
         save_file(tensors, str(out / PVS_FILE), metadata={"format": "lmshield-scan"})
-        (out / SCAN_JSON).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        write_marker_json(out / SCAN_JSON, self.to_dict())
         return out
 
     @classmethod
