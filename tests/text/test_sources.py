@@ -163,3 +163,21 @@ def test_a_trigger_is_refused_only_when_the_tokenizer_knows_none_of_it():
     check_triggers(tokenizer, ["cf", "cf \u2603"])  # the snowman alone is unknown, the pair is not
     with pytest.raises(InputError, match="unknown to the model's tokenizer"):
         check_triggers(tokenizer, ["\u2603"])
+
+
+def test_a_datasets_release_that_runs_loading_scripts_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from lmshield.text.sources import _version, load_dataset_split
+
+    assert _version("2.19.1") < (2, 20) <= _version("2.20.0") < _version("3.0.0.dev0")
+    loaded = []
+    fake = types.SimpleNamespace(__version__="2.19.1", load_dataset=lambda name, split: loaded.append(name))
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(InputError, match=r"datasets 2\.19\.1 runs dataset scripts"):
+        load_dataset_split("org/name", "train")
+    assert loaded == []
+    fake.__version__ = "3.6.0"
+    load_dataset_split("org/name", "train")
+    assert loaded == ["org/name"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,12 +182,28 @@ def text_value(value: Any, where: str | Path, number: int) -> str:
     return "" if value is None else str(value)
 
 
+MIN_DATASETS = (2, 20)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """The leading whole numbers of a version string ("2.19.1" -> (2, 19, 1), "3.0.0.dev0" -> (3, 0, 0))."""
+    numbers = []
+    for part in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
 def load_dataset_split(name: str, split: str) -> Any:
     """A Hugging Face dataset split, with one-line errors when ``datasets`` is missing or the id fails."""
     try:
         import datasets
     except ImportError as exc:
         raise InputError(f"{name}: dataset ids need the datasets package: pip install 'lmshield[datasets]'") from exc
+    if _version(datasets.__version__) < MIN_DATASETS:  # older ones run a dataset's loading script unasked
+        raise InputError(f"datasets {datasets.__version__} runs dataset scripts; lmshield needs datasets>=2.20")
     try:
         return datasets.load_dataset(name, split=split)
     except Exception as exc:  # the datasets library raises many exception types
