@@ -21,6 +21,15 @@ def test_quarter_vectors_are_the_six_sign_patterns():
     assert set(vectors.flatten().tolist()) == {-1.0, 1.0}
     assert (vectors.sum(dim=1) == 0).all()  # two quarters up, two down
     assert len({tuple(v.tolist()) for v in vectors}) == 6
+    assert torch.equal(quarter_vectors(8, 4), vectors[:4])
+
+
+def test_more_than_six_pvs_are_all_distinct():
+    vectors = quarter_vectors(24, 20)
+    assert len({tuple(v.tolist()) for v in vectors}) == 20 and (vectors.sum(dim=1) == 0).all()
+    assert len({tuple(v.tolist()) for v in quarter_vectors(64, 21)}) == 21  # 8 parts from here on
+    with pytest.raises(InputError, match="hidden size of at least 8"):
+        quarter_vectors(6, 21)
 
 
 def test_random_triggers_are_seeded_distinct_rare_words_and_pairs():
@@ -95,3 +104,29 @@ def test_mask_stays_within_the_token_budget():
     masked = with_mask([long_text] * 50, "[MASK]", random.Random(0), mask_word_limit(48))
     assert all(text.split().index("[MASK]") < 16 for text in masked)
     assert all(text.count("[MASK]") == 1 for text in masked)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"triggers": [], "vectors": []}, "no triggers"),
+        ({"vectors": [[1.0, -1.0]]}, "1 vectors for 2 triggers"),
+        ({"vectors": [[1.0, -1.0], [1.0]]}, r"every vector must hold hidden_size \(2\) numbers"),
+        ({"vectors": [[1.0, float("nan")], [1.0, 1.0]]}, "NaN or infinite"),
+        ({"settings": {"max_length": -5}}, "settings.max_length must be a whole number"),
+    ],
+)
+def test_a_manifest_verification_could_not_use_is_refused(tmp_path, changes: dict, message: str) -> None:
+    """backdoor.json is the ground truth of attack verify: one with no triggers used to 'verify' as planted."""
+    from lmshield.attacks import BackdoorManifest
+
+    fields = {
+        "attack": "por", "triggers": ["cf", "mn"], "vectors": [[1.0, -1.0], [-1.0, 1.0]], "position": "cls",
+        "variant": "mlm", "settings": {"max_length": 32}, "seed": 0, "base_model": "m", "model_type": "bert",
+        "hidden_size": 2, "text_source": "grammar", "num_texts": 10, "steps": 1,
+    }  # fmt: skip
+    BackdoorManifest(**fields).save(tmp_path)
+    assert BackdoorManifest.load(tmp_path).triggers == ["cf", "mn"]
+    BackdoorManifest(**{**fields, **changes}).save(tmp_path)
+    with pytest.raises(InputError, match=message):
+        BackdoorManifest.load(tmp_path)

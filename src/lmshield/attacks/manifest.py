@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,7 +77,14 @@ class ManifestFile:
         for name in known:
             if not _matches(getattr(manifest, name), hints[name]):
                 raise InputError(f"{path}: {name} is not {_describe(hints[name])}")
+        problem = manifest.problem()
+        if problem is not None:
+            raise InputError(f"{path}: {problem}")
         return manifest
+
+    def problem(self) -> str | None:
+        """What makes a well-typed manifest unusable, or ``None``; subclasses check their own fields."""
+        return None
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -125,6 +133,20 @@ class BackdoorManifest(ManifestFile):
     steps: int
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def problem(self) -> str | None:
+        if not self.triggers:  # with nothing to check, verification would call any model planted
+            return "no triggers"
+        if len(self.vectors) != len(self.triggers):
+            return f"{len(self.vectors)} vectors for {len(self.triggers)} triggers"
+        if self.hidden_size < 1 or any(len(vector) != self.hidden_size for vector in self.vectors):
+            return f"every vector must hold hidden_size ({self.hidden_size}) numbers"
+        if not all(math.isfinite(value) for vector in self.vectors for value in vector):
+            return "vectors hold NaN or infinite values"
+        max_length = self.settings.get("max_length", 128)
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 8 <= max_length <= 65_536:
+            return f"settings.max_length must be a whole number from 8 to 65536, got {max_length!r}"
+        return None
 
     @property
     def vector_tensor(self) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Sequence
-from itertools import combinations
 
 import torch
 
@@ -27,19 +28,26 @@ RARE_WORDS = (
 def quarter_vectors(hidden_size: int, count: int = 6) -> torch.Tensor:
     """The papers' PVs: split the hidden size into 4 quarters, +1 on two of them and -1 on the others.
 
-    There are C(4, 2) = 6 such vectors; ``count`` takes the first ones (in a fixed order) and cycles
-    with a sign flip if more are asked for.
+    There are C(4, 2) = 6 such vectors; ``count`` takes the first ones in a fixed order. More than 6 split
+    the hidden size into the fewest 2k equal parts with C(2k, k) >= ``count`` instead (20 patterns from 6
+    parts, 70 from 8, ...), +1 on half of them, so that no two PVs are the same.
     """
-    bounds = [round(i * hidden_size / 4) for i in range(5)]
+    if count < 1:
+        raise InputError(f"PV count must be at least 1, got {count}")
+    half = 2
+    while math.comb(2 * half, half) < count:
+        half += 1
+    parts = 2 * half
+    if hidden_size < parts:
+        raise InputError(f"{count} distinct PVs need a hidden size of at least {parts}, got {hidden_size}")
+    bounds = [round(i * hidden_size / parts) for i in range(parts + 1)]
     vectors = []
-    for positive in combinations(range(4), 2):
+    for positive in itertools.islice(itertools.combinations(range(parts), half), count):
         vector = -torch.ones(hidden_size)
-        for quarter in positive:
-            vector[bounds[quarter] : bounds[quarter + 1]] = 1.0
+        for part in positive:
+            vector[bounds[part] : bounds[part + 1]] = 1.0
         vectors.append(vector)
-    while len(vectors) < count:
-        vectors.append(-vectors[len(vectors) - 6])
-    return torch.stack(vectors[:count])
+    return torch.stack(vectors)
 
 
 def random_triggers(count: int = 6, seed: int = 0, pair_share: float = 0.5) -> list[str]:
