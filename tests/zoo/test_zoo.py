@@ -133,8 +133,11 @@ def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
 def test_a_zoo_folder_is_not_resumed_with_another_base_model(tmp_path):
     models = [{"kind": "original"}]
     (tmp_path / "zoo.json").write_text(parse_spec({"base_model": "tiny/one", "models": models}).to_json())
-    with pytest.raises(InputError, match="another spec"):
+    with pytest.raises(InputError, match=r"another spec \(other base_model\)"):
         build_zoo(parse_spec({"base_model": "tiny/two", "models": models}), tmp_path, progress=False)
+    other_text = {"base_model": "tiny/one", "models": models, "text": {"generator": "vocab"}}
+    with pytest.raises(InputError, match=r"another spec \(other text\)"):  # the models' carrier text
+        build_zoo(parse_spec(other_text), tmp_path, progress=False)
 
 
 def test_build_resumes_and_rebuilds_unfinished(zoo):

@@ -183,9 +183,13 @@ def _check_same_spec(out: Path, spec: ZooSpec) -> None:
     refuse_foreign_folder(out, f"zoo ({SPEC_JSON})", (SPEC_JSON,))
     if not saved.is_file():
         return
-    old = read_spec_json(saved)
-    if old.get("entries") != spec.to_dict()["entries"] or old.get("base_model") != spec.base_model:
-        raise InputError(f"{out} holds a zoo built from another spec; use another --out or delete it")
+    old, new = read_spec_json(saved), spec.to_dict()
+    made_by = ("base_model", "text", "entries")  # the name and the scan section do not change the models
+    changed = [key for key in made_by if old.get(key) != new.get(key)]
+    if changed:
+        raise InputError(
+            f"{out} holds a zoo built from another spec (other {', '.join(changed)}); use another --out or delete it"
+        )
 
 
 def read_spec_json(path: Path) -> dict[str, Any]:
