@@ -349,7 +349,12 @@ def _edit_tuning_json(directory: Path, edit) -> None:
         (lambda d: (d / "tuning.json").write_bytes(b"\xff\xfe"), "unreadable"),
         (lambda d: _edit_tuning_json(d, lambda j: j.update(config=[])), "unreadable"),
         (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names="xyz")), "label_names must be a list"),
-        (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names=["only"])), "at least 2 names"),
+        (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names=["only"])), "2 to 10000 names"),
+        (lambda d: _edit_tuning_json(d, lambda j: j.update(label_names=["x"] * 10**5)), "2 to 10000 names"),
+        (lambda d: _edit_tuning_json(d, lambda j: j["base"].update(directory=5)), r"base\.directory has the wrong"),
+        (lambda d: _edit_tuning_json(d, lambda j: j["base"].update(hidden_size="32")), r"base\.hidden_size"),
+        (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(keep_head="no")), "keep_head must be true or"),
+        (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(lora_alpha=float("nan"))), "lora_alpha must be"),
         (lambda d: (d / "head.safetensors").write_bytes(b"\x08" + b"\x00" * 15), "corrupted or truncated"),
         (_nan_head, "NaN or infinite"),
         (lambda d: _edit_tuning_json(d, lambda j: j["config"].update(head_dropout=5)), r"tuning.json: head_dropout"),
@@ -363,6 +368,16 @@ def test_a_damaged_classifier_is_a_one_line_error(saved_lora: Path, tmp_path: Pa
     with pytest.raises(InputError, match=message) as caught:
         TunedClassifier.from_pretrained(copy)
     assert "\n" not in str(caught.value)
+
+
+def test_a_classifiers_own_base_copy_is_never_read_as_pickle(trained_bert: Encoder, tmp_path: Path) -> None:
+    """--allow-pickle is for the user's base model; the base/ copy lmshield writes is always safetensors."""
+    out = TunedClassifier.build(trained_bert, fast("lora", epochs=1), ["a", "b"]).save_pretrained(tmp_path / "clf")
+    weights = out / "base" / "model.safetensors"
+    torch.save(load_file(weights), out / "base" / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="only pickle weights"):
+        TunedClassifier.from_pretrained(out, allow_pickle=True)
 
 
 def test_batch_size_must_be_positive(saved_lora: Path) -> None:

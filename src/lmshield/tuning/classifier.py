@@ -31,6 +31,7 @@ from lmshield.models.loading import load_encoder, load_pretrained, looks_like_pa
 from lmshield.models.positions import WatchedPosition
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.config import TuningConfig
+from lmshield.tuning.data import MAX_CLASSES
 from lmshield.tuning.heads import LinearHead, ReleasedHead
 from lmshield.tuning.methods import TuningMethod, get_method
 
@@ -57,6 +58,22 @@ class BaseModelInfo:
     model_type: str
     fingerprint: str
     hidden_size: int
+
+    def __post_init__(self) -> None:  # read back from a tuning.json that may have been edited
+        wrong = [
+            name
+            for name, value, kinds in (
+                ("source", self.source, (str, type(None))),
+                ("directory", self.directory, (str, type(None))),
+                ("model_type", self.model_type, (str,)),
+                ("fingerprint", self.fingerprint, (str,)),
+            )
+            if not isinstance(value, kinds)
+        ]
+        if isinstance(self.hidden_size, bool) or not isinstance(self.hidden_size, int) or self.hidden_size < 1:
+            wrong.append("hidden_size")
+        if wrong:
+            raise InputError(f"base.{wrong[0]} has the wrong type or value ({getattr(self, wrong[0])!r})")
 
 
 @dataclass
@@ -309,15 +326,15 @@ class TunedClassifier(nn.Module):
             raise InputError(f"{out / TUNING_JSON}: {exc}") from exc
         if (
             not isinstance(label_names, list)
-            or len(label_names) < 2
+            or not 2 <= len(label_names) <= MAX_CLASSES
             or not all(isinstance(n, str) for n in label_names)
         ):
-            raise InputError(f"{out / TUNING_JSON}: label_names must be a list of at least 2 names")
+            raise InputError(f"{out / TUNING_JSON}: label_names must be a list of 2 to {MAX_CLASSES} names")
         source = _base_location(out, base_info, moved_to=base)
         in_memory = base_info.directory is None  # tuned from an in-memory encoder, whose copy is in BASE_DIR
         start: Encoder | str = source
-        if in_memory:  # loaded once: its tensors are checked, then built on
-            start = load_encoder(source, device=device, allow_pickle=allow_pickle)
+        if in_memory:  # loaded once: its tensors are checked, then built on; lmshield wrote it, as safetensors
+            start = load_encoder(source, device=device)
             if check_base:
                 _check_base(source, start.tensor_fingerprint(), base_info)
         try:

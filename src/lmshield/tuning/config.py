@@ -103,6 +103,8 @@ class TuningConfig:
                 object.__setattr__(self, name, value)
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if not isinstance(self.keep_head, bool):  # "no" would read as true
+            raise InputError(f"keep_head must be true or false, got {self.keep_head!r}")
         if self.checkpoint not in CHECKPOINTS:
             raise InputError(f"unknown checkpoint {self.checkpoint!r}: use best or last")
         if self.prompt_init not in PROMPT_INITS:
