@@ -99,6 +99,21 @@ def _zero_pvs(scan_dir: Path) -> None:
     save_file(tensors, str(scan_dir / "pvs.safetensors"))
 
 
+def _retype_pvs(scan_dir: Path, dtype: torch.dtype) -> None:
+    tensors = load_file(scan_dir / "pvs.safetensors")
+    save_file({k: v.to(dtype) for k, v in tensors.items()}, str(scan_dir / "pvs.safetensors"))
+
+
+def test_a_pv_with_some_zero_entries_loads(saved_scan: Path, tmp_path: Path):
+    """An output dimension that is exactly 0 (a dead LayerNorm unit) gives PVs a 0 there, which clean outputs
+    share: such a scan must load (it used to be refused, blocking the guard for a model made that way)."""
+    copy = Path(shutil.copytree(saved_scan, tmp_path / "scan"))
+    tensors = load_file(copy / "pvs.safetensors")
+    tensors["pvs"][:, 0] = 0.0
+    save_file(tensors, str(copy / "pvs.safetensors"))
+    assert bool((ScanResult.from_pretrained(copy).pvs[:, 0] == 0).all())
+
+
 @pytest.fixture(scope="module")
 def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, backdoored, _ = bert_pair
@@ -118,16 +133,23 @@ def saved_scan(bert_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (lambda d: (d / "pvs.safetensors").write_bytes(b"\x00" * 20), "unreadable scan result"),
         (_wrong_size_pvs, "hidden size"),
         (lambda d: _nan_pvs(d), "NaN or infinite"),
-        (lambda d: _damage_json(d, lambda j: j.update(score=math.nan)), "score nan"),
-        (lambda d: _damage_json(d, lambda j: j.update(spread=math.inf)), "spread inf"),
+        (lambda d: _damage_json(d, lambda j: j.update(score=math.nan)), r"score has the wrong type \(nan\)"),
+        (lambda d: _damage_json(d, lambda j: j.update(spread=math.inf)), r"spread has the wrong type \(inf\)"),
+        (lambda d: _damage_json(d, lambda j: j.update(score="1")), "score has the wrong type"),
+        (lambda d: _damage_json(d, lambda j: j.update(spread=True)), "spread has the wrong type"),
+        (lambda d: _damage_json(d, lambda j: j.update(position=5)), "position has the wrong type"),
+        (lambda d: _damage_json(d, lambda j: j.update(nearest_tokens=[5])), "nearest_tokens has the wrong type"),
+        (lambda d: _retype_pvs(d, torch.float64), "must hold float32 tensors"),
+        (lambda d: _damage_json(d, lambda j: j["config"].update(trigger_length=2)), r"triggers of shape \(\d+, "),
         (lambda d: _damage_json(d, lambda j: j.update(model={})), "does not record the scanned model's fingerprint"),
         (lambda d: _damage_json(d, lambda j: j["trace"][0].update(distance="abc")), "not finite numbers"),
         (lambda d: _damage_json(d, lambda j: j["trace"][0].update(status="skipped")), "status 'skipped'"),
         (lambda d: _damage_json(d, lambda j: j["config"].update(batch_size=0)), r"scan.json: batch_size"),
-        (_zero_pvs, "zero entries, which no output can match"),
+        (_zero_pvs, "all-zero PV"),
         (lambda d: _damage_json(d, lambda j: j["trace"][0].update(epochs=-5)), "epochs and steps must be whole"),
         (lambda d: _damage_json(d, lambda j: _set_accepted(j, pv_index=99)), "pv_index do not number its PVs"),
-        (lambda d: _damage_json(d, lambda j: j.update(nearest_tokens=5)), "nearest_tokens must list"),
+        (lambda d: _damage_json(d, lambda j: j.update(nearest_tokens=5)), "nearest_tokens has the wrong type"),
+        (lambda d: _damage_json(d, lambda j: j.update(nearest_tokens=[])), "nearest_tokens must list"),
         (lambda d: _damage_json(d, lambda j: j.update(format_version=99)), "written by a newer lmshield"),
         (lambda d: _damage_json(d, lambda j: j.update(timings="x")), "timings must map names to finite numbers"),
         (lambda d: _damage_json(d, lambda j: j.update(position="middle")), "unknown position"),
@@ -430,3 +452,28 @@ def test_the_resume_fingerprint_holds_only_what_changes_a_seed():
     assert all(config.search_fingerprint() == base.search_fingerprint() for config in same)
     other = [base.replace(lr=1e-3), base.replace(seeds_in_parallel=2), base.replace(mode="search")]
     assert all(config.search_fingerprint() != base.search_fingerprint() for config in other)
+
+
+def test_embedding_rows_past_the_vocabulary_are_never_tokens_or_trigger_starts() -> None:
+    """Models pad their embedding matrix past the tokenizer's vocabulary (DeBERTa-v3 among them); a padding
+    row named as the nearest token was None and crashed the report after a backdoored verdict was saved."""
+    from lmshield.defenses.sanitizer.carriers import prepare_carriers
+    from lmshield.defenses.sanitizer.mining import PVMiner, nearest_tokens
+
+    encoder = tiny_encoder("bert")
+    vocabulary = len(encoder.tokenizer)
+    encoder.model.resize_token_embeddings(vocabulary + 40)
+    matrix = encoder.embedding_matrix.detach()
+    with torch.no_grad():
+        encoder.embedding_matrix[vocabulary:] = 100 * matrix[:1]  # padding rows nearest to everything
+    assert encoder.token_rows == vocabulary
+    tokens = nearest_tokens(encoder, matrix[:3], 2)
+    assert all(isinstance(token, str) for row in tokens for token in row)
+    config = TINY_SCAN.replace(trigger_length=50)
+    carriers = prepare_carriers(
+        encoder, [f"the cat {word} sat" for word in ("a", "b", "c", "d")], encoder.default_position(),
+        max_length=64, trigger_length=50, max_insert_word=2, seed=0,
+    )  # fmt: skip
+    triggers = PVMiner(encoder, carriers, config).init_group([0, 1, 2]).triggers
+    padding = encoder.embedding_matrix[vocabulary:].detach()
+    assert not any(bool((row == padding).all(dim=1).any()) for row in triggers.reshape(-1, triggers.shape[-1]))

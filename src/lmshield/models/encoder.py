@@ -98,6 +98,12 @@ class Encoder:
         return self.model.get_input_embeddings().weight
 
     @property
+    def token_rows(self) -> int:
+        """How many rows of the embedding matrix belong to tokens: models pad the matrix past the vocabulary
+        (to a multiple of 64, say), and those rows have no token."""
+        return min(len(self.tokenizer), int(self.embedding_matrix.shape[0]))  # type: ignore[arg-type]
+
+    @property
     def embedding_size(self) -> int:
         return int(self.embedding_matrix.shape[1])
 

@@ -72,7 +72,8 @@ def entropy_across_batch(outputs: torch.Tensor) -> torch.Tensor:
 
 def nearest_tokens(encoder: Encoder, trigger: torch.Tensor, count: int) -> list[list[str]]:
     """For each soft-trigger vector, the ``count`` vocabulary tokens with the most similar embedding."""
-    matrix = torch.nn.functional.normalize(encoder.embedding_matrix.detach().float().cpu(), dim=1)
+    rows = encoder.embedding_matrix.detach()[: encoder.token_rows]  # padding rows past the vocabulary name no token
+    matrix = torch.nn.functional.normalize(rows.float().cpu(), dim=1)
     vectors = torch.nn.functional.normalize(trigger.float().cpu(), dim=1)
     ids = (vectors @ matrix.T).topk(count, dim=1).indices
     return [encoder.tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
@@ -103,7 +104,7 @@ class PVMiner:
         rows = []
         for seed in seeds:
             gen = torch.Generator().manual_seed(seed)
-            rows.append(matrix[torch.randint(0, matrix.shape[0], (self.config.trigger_length,), generator=gen)])
+            rows.append(matrix[torch.randint(0, self.encoder.token_rows, (self.config.trigger_length,), generator=gen)])
         triggers = torch.stack(rows).to(self.encoder.device)
         return _GroupState(seeds=seeds, triggers=triggers, generator=torch.Generator().manual_seed(seeds[0] * 7919 + 1))
 

@@ -29,6 +29,25 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_fields(data: object) -> None:
+    """Raise ``TypeError`` for a scan.json whose fields have types no scan writes."""
+    if not isinstance(data, dict):
+        raise TypeError("scan.json is not a JSON object")
+    wrong = [name for name in ("score", "spread") if not _finite_number(data.get(name))]
+    wrong += [name for name in ("verdict", "position", "text_source") if not isinstance(data.get(name), str)]
+    tokens = data.get("nearest_tokens")
+    if not (
+        isinstance(tokens, list)
+        and all(
+            isinstance(pv, list) and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in pv)
+            for pv in tokens
+        )
+    ):
+        wrong.append("nearest_tokens")
+    if wrong:
+        raise TypeError(f"{wrong[0]} has the wrong type ({data.get(wrong[0])!r})")
+
+
 @dataclass
 class SeedTrace:
     """What one seed of PV mining did and why it ended as it did."""
@@ -167,6 +186,7 @@ class ScanResult:
             data = json.loads((out / SCAN_JSON).read_text(encoding="utf-8"))
             check_format_version(data, FORMAT_VERSION, out / SCAN_JSON)
             tensors = load_file(str(out / PVS_FILE))
+            _check_fields(data)
             result = cls(
                 verdict=data["verdict"],
                 score=float(data["score"]),
@@ -232,5 +252,14 @@ class ScanResult:
             WatchedPosition.parse(self.position)
         except InputError as exc:
             raise InputError(f"{directory}: {SCAN_JSON}: {exc}") from exc
-        if bool((self.pvs == 0).any()):  # a zero has no sign: the monitor could never match that PV
-            raise InputError(f"{directory}: {PVS_FILE} holds PVs with zero entries, which no output can match")
+        if bool((self.pvs == 0).all(dim=1).any()):  # signs of all zeros: the monitor could match any output
+            raise InputError(f"{directory}: {PVS_FILE} holds an all-zero PV, which says nothing of any output")
+        if self.pvs.dtype != torch.float32 or self.triggers.dtype != torch.float32:
+            raise InputError(f"{directory}: {PVS_FILE} must hold float32 tensors, got {self.pvs.dtype}")
+        width = self.model.get("embedding_size")
+        expected = (self.config.trigger_length, width if isinstance(width, int) else self.triggers.shape[2])
+        if self.num_pvs and tuple(self.triggers.shape[1:]) != expected:
+            raise InputError(
+                f"{directory}: triggers of shape {tuple(self.triggers.shape[1:])} in {PVS_FILE}; the scan's settings "
+                f"make {expected}"
+            )
