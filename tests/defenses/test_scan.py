@@ -323,6 +323,8 @@ def test_mask_position_scans_a_mask_backdoor():
         ({"min_sign_consistency": 2.0}, "a share"),
         ({"epochs": "2"}, "epochs must be a whole number"),
         ({"max_seeds": 0}, "max_seeds must be at least 1"),
+        ({"seed": -2}, "seed must be at least 0"),
+        ({"abandon_threshold": 5.0}, r"abandon_threshold \(5.0\) must not exceed distance_threshold \(3.0\)"),
     ],
 )
 def test_bad_settings_are_refused(changes: dict, message: str):
@@ -346,6 +348,14 @@ def test_release_preset_keeps_the_authors_absolute_settings():
     release = SanitizerConfig.preset("release")
     assert (release.distance_scale, release.distance_threshold, release.lr) == ("absolute", 0.2, 5e-5)
     assert (release.num_carriers, release.max_length, release.max_seeds) == (2000, 128, 30)
+
+
+def test_a_new_distance_threshold_moves_the_abandon_threshold_with_it():
+    """The release ties the two thresholds; a lower bar with the old abandon value gave up seeds past it."""
+    assert SanitizerConfig.preset("release", distance_threshold=0.1).abandon_threshold == pytest.approx(0.1)
+    default = SanitizerConfig.preset("default", distance_threshold=1.5)
+    assert default.abandon_threshold == pytest.approx(0.4)  # 0.8 / 3.0 of the bar, as in the preset
+    assert SanitizerConfig.preset("default", distance_threshold=1.5, abandon_threshold=0.2).abandon_threshold == 0.2
 
 
 def test_the_score_ignores_illegitimate_triggers():
@@ -477,3 +487,28 @@ def test_embedding_rows_past_the_vocabulary_are_never_tokens_or_trigger_starts()
     triggers = PVMiner(encoder, carriers, config).init_group([0, 1, 2]).triggers
     padding = encoder.embedding_matrix[vocabulary:].detach()
     assert not any(bool((row == padding).all(dim=1).any()) for row in triggers.reshape(-1, triggers.shape[-1]))
+
+
+@pytest.mark.parametrize(("score", "says_why"), [(5.0, True), (1.0, False)])
+def test_a_clean_verdict_past_the_threshold_says_why(score: float, says_why: bool):
+    result = ScanResult(
+        verdict="clean", score=score, pvs=torch.empty(0, 8), triggers=torch.empty(0, 7, 8), nearest_tokens=[],
+        trace=[], config=SanitizerConfig(), model={"hidden_size": 8, "fingerprint": "sha256:0"}, position="cls",
+        text_source="given", spread=1.0,
+    )  # fmt: skip
+    assert ("failed the collapse, sign-consistency or uniqueness check" in result.summary()) is says_why
+
+
+def test_carriers_without_words_are_left_out_not_given_a_slot_before_cls(caplog: pytest.LogCaptureFixture):
+    from lmshield.defenses.sanitizer.carriers import insertion_slots, prepare_carriers
+
+    with pytest.raises(InputError, match="no words"):  # no end slot at [CLS] for a row without words
+        insertion_slots(torch.tensor([[-1, -1, -1]]), torch.ones(1, 3, dtype=torch.long), max_word=4)
+    encoder = tiny_encoder("bert")
+    texts = [f"the cat {word} sat" for word in "abcd"] + ["\u200b", "\x07\x07"]
+    options = {"max_length": 32, "trigger_length": 4, "max_insert_word": 8, "seed": 0}
+    with caplog.at_level("WARNING"):
+        carriers = prepare_carriers(encoder, texts, encoder.default_position(), **options)
+    assert len(carriers.input_ids) == 4 and "2 of 6 carrier texts hold no word" in caplog.text
+    with pytest.raises(InputError, match="only 1 of the 3 carrier texts hold a word"):
+        prepare_carriers(encoder, ["a b", "\u200b", "\x07"], encoder.default_position(), **options)

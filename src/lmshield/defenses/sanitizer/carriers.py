@@ -67,7 +67,7 @@ def insertion_slots(
     last_token = torch.where(word_ids >= 0, positions, -1).max(dim=1).values
     end_slot = (last_token + 1).clamp(max=word_ids.shape[1] - 1)
     room = word_ids.max(dim=1).values + 1 < max_word
-    starts[torch.arange(len(starts)), end_slot] |= room & (last_token + 1 < word_ids.shape[1])
+    starts[torch.arange(len(starts)), end_slot] |= room & (last_token >= 0) & (last_token + 1 < word_ids.shape[1])
     counts = starts.sum(dim=1)
     if bool((counts == 0).any()):
         raise InputError("some carrier texts have no words after tokenisation")
@@ -75,6 +75,19 @@ def insertion_slots(
     order = torch.argsort((~starts).int(), dim=1, stable=True)[:, :width]
     slots = torch.where(torch.arange(width) < counts[:, None], order, order[:, :1])
     return slots, counts
+
+
+def _with_words(encoder: Encoder, texts: list[str], token_budget: int) -> list[str]:
+    """The carriers that keep a word once tokenised (control or zero-width characters alone give none, and a
+    trigger has nowhere to go in them), with a warning for the others."""
+    word_ids = encoder.tokenize(texts, token_budget)["word_ids"]
+    kept = [text for text, row in zip(texts, (word_ids >= 0).any(dim=1).tolist(), strict=True) if row]
+    if len(kept) < 2:
+        raise InputError(f"only {len(kept)} of the {len(texts)} carrier texts hold a word once tokenised")
+    if len(kept) < len(texts):
+        dropped = len(texts) - len(kept)
+        logger.warning("%d of %d carrier texts hold no word once tokenised: left out", dropped, len(texts))
+    return kept
 
 
 def _check_distinct(input_ids: torch.Tensor, token_budget: int) -> None:
@@ -115,6 +128,7 @@ def prepare_carriers(
         if encoder.tokenizer.mask_token is None:
             raise InputError("position 'mask' needs a tokenizer with a mask token")
         texts = add_mask_tokens(encoder, texts, token_budget, seed)
+    texts = _with_words(encoder, texts, token_budget)
     batch = encoder.tokenize(texts, token_budget)
     cpu = {k: v.cpu() for k, v in batch.items()}
     _check_distinct(cpu["input_ids"], token_budget)

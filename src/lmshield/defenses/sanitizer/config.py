@@ -77,7 +77,8 @@ class SanitizerConfig:
         if self.distance_scale not in DISTANCE_SCALES:
             raise InputError(f"unknown distance scale {self.distance_scale!r}: use relative or absolute")
         sizes = ("trigger_length", "num_carriers", "max_length", "batch_size", "epochs", "max_seeds")
-        check_whole({name: getattr(self, name) for name in sizes})
+        check_whole({name: getattr(self, name) for name in (*sizes, "nearest_tokens")})
+        check_whole({"seed": self.seed}, minimum=0)  # seeds number the trace, which a saved result checks
         if self.split_triggers < 0:
             raise InputError(f"split_triggers must be 0 (off) or more, got {self.split_triggers}")
         if self.seeds_in_parallel is not None and self.seeds_in_parallel < 1:
@@ -89,6 +90,11 @@ class SanitizerConfig:
         check_finite({"lr": self.lr, "boost": self.boost, "refine_lr_factor": self.refine_lr_factor}, positive=True)
         thresholds = ("distance_threshold", "abandon_threshold", "uniqueness_threshold", "legitimacy_factor")
         check_finite({name: getattr(self, name) for name in thresholds}, positive=True)
+        if self.abandon_threshold > self.distance_threshold:
+            raise InputError(
+                f"abandon_threshold ({self.abandon_threshold}) must not exceed distance_threshold "
+                f"({self.distance_threshold}): a seed past the bar would be given up"
+            )
         if not 0 <= self.min_sign_consistency <= 1:
             raise InputError(f"min_sign_consistency is a share, in [0, 1], got {self.min_sign_consistency}")
         if self.num_carriers < self.batch_size:
@@ -100,7 +106,14 @@ class SanitizerConfig:
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r}: use {', '.join(PRESETS)}")
         reject_unknown(cls, overrides, "scan")
-        return cls(**{**PRESETS[name], **overrides})
+        settings = {**PRESETS[name], **overrides}
+        distance = overrides.get("distance_threshold")
+        if isinstance(distance, int | float) and "abandon_threshold" not in overrides:
+            # the preset's abandon threshold goes with its distance threshold (the release ties the two): keep
+            # their ratio, or a seed that already clears a lowered bar would still be given up at the old one
+            preset = cls(**PRESETS[name])
+            settings["abandon_threshold"] = preset.abandon_threshold / preset.distance_threshold * distance
+        return cls(**settings)
 
     @property
     def group_size(self) -> int:

@@ -145,9 +145,15 @@ class ScanResult:
         took = self.timings.get("total_s", 0.0)
         resumed = int(self.timings.get("resumed_seeds", 0))
         earlier = f" ({resumed} seed(s) from an earlier run)" if resumed else ""
+        why = (
+            "; the seeds that reached the threshold failed the collapse, sign-consistency or uniqueness check "
+            "(see the trace)"
+            if not self.is_backdoored and self.score >= self.config.distance_threshold
+            else ""
+        )
         return (
             f"{self.verdict.upper()}: {self.num_pvs} predefined vector(s) found in {seeds} seed(s), "
-            f"score {self.score:.3f} (threshold {self.config.distance_threshold}), {took:.1f} s{earlier}"
+            f"score {self.score:.3f} (threshold {self.config.distance_threshold}), {took:.1f} s{earlier}{why}"
         )
 
     def to_dict(self) -> dict[str, Any]:
