@@ -118,7 +118,7 @@ def test_a_soft_trigger_of_word_embeddings_acts_like_the_inserted_words(position
 
 
 def test_seeds_far_from_a_backdoor_are_abandoned_after_the_set_epoch() -> None:
-    miner = _tiny_miner(SMALL.replace(epochs=3, abandon_threshold=1e6))
+    miner = _tiny_miner(SMALL.replace(epochs=3, abandon_threshold=1e6, distance_threshold=1e6))
     outcomes = miner.run_group([0, 1], torch.empty(0, 32), progress=False)
     assert [(o.trace.status, o.trace.epochs, o.pv) for o in outcomes] == [("abandoned", 1, None)] * 2
     assert outcomes[0].trace.reason.startswith("distance") and "after epoch 1" in outcomes[0].trace.reason
