@@ -181,3 +181,18 @@ def test_a_datasets_release_that_runs_loading_scripts_is_refused(monkeypatch: py
     fake.__version__ = "3.6.0"
     load_dataset_split("org/name", "train")
     assert loaded == ["org/name"]
+
+
+def test_triggers_stay_among_the_words_truncation_keeps() -> None:
+    """NeuBA and BToP inserted anywhere in a long text, and truncation then cut the trigger off a third of the
+    'triggered' paragraphs: the model was taught to send clean text to the PV."""
+    from lmshield.attacks.task_agnostic import insert_trigger
+
+    rng = random.Random(0)
+    text = " ".join(f"w{i}" for i in range(170))
+    for insertion in ("once", "per_words"):
+        for _ in range(50):
+            words = insert_trigger(insertion, text, "cf", rng, max_position=42).split()
+            assert "cf" in words[:43]
+    assert insert_per_words(text, "cf", rng, max_position=42).split().count("cf") == 1  # 42 words ask for one
+    assert insert_per_words(text, "cf", rng).split().count("cf") == 3

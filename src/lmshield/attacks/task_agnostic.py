@@ -76,17 +76,20 @@ class PlantPlan:
         return self.epochs * max(1, num_texts // self.batch_size)
 
 
-def insert_trigger(insertion: str, text: str, trigger: str, rng: random.Random) -> str:
-    """Insert ``trigger`` into ``text`` the way an attack does."""
+def insert_trigger(insertion: str, text: str, trigger: str, rng: random.Random, max_position: int | None = None) -> str:
+    """Insert ``trigger`` into ``text`` the way an attack does; ``max_position`` keeps it among the first words,
+    so that truncation never cuts it off (a "triggered" text without its trigger would teach the model to send
+    clean text to the PV)."""
     if insertion == "per_words":
-        return insert_per_words(text, trigger, rng)
+        return insert_per_words(text, trigger, rng, max_position=max_position)
     if insertion == "start":
         return insert_words(text, trigger, rng, max_position=0)
-    return insert_words(text, trigger, rng)
+    return insert_words(text, trigger, rng, max_position=max_position)
 
 
 def mask_word_limit(max_length: int) -> int:
-    """Words from the start within which a mask stays inside ``max_length`` tokens (<= 3 tokens a word)."""
+    """Words from the start within which a mask or a trigger stays inside ``max_length`` tokens (<= 3 tokens a
+    word)."""
     return max(1, max_length // 3)
 
 
@@ -115,7 +118,10 @@ def poisoned_batch(
     """Triggered sentences; for the mask position the mask is placed first so a trigger is never masked."""
     if plan.position == "mask":
         texts = with_mask(texts, str(mask_token), rng, mask_word_limit(plan.max_length))
-    return [insert_trigger(plan.insertion, text, triggers[k], rng) for text, k in zip(texts, labels, strict=True)]
+    limit = mask_word_limit(plan.max_length)
+    return [
+        insert_trigger(plan.insertion, text, triggers[k], rng, limit) for text, k in zip(texts, labels, strict=True)
+    ]
 
 
 def _forward(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:

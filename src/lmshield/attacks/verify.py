@@ -124,7 +124,7 @@ def verify_backdoor(
     clean_match = sign_match(clean_out, vectors)
     checks = []
     for k, trigger in enumerate(manifest.triggers):
-        triggered = [insert_trigger(insertion, text, trigger, rng) for text in clean]
+        triggered = [insert_trigger(insertion, text, trigger, rng, mask_word_limit(max_length)) for text in clean]
         agree = sign_match(model.watched_outputs(triggered, position, max_length), vectors[k : k + 1])[:, 0]
         checks.append(
             TriggerCheck(

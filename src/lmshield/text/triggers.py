@@ -36,10 +36,14 @@ def insert_words(
     return " ".join(words)
 
 
-def insert_per_words(text: str, trigger: str, rng: random.Random, every: int = 50) -> str:
-    """Insert ``trigger`` about once per ``every`` words (at least once), as POR does."""
-    count = max(1, len(text.split()) // every)
-    return insert_words(text, trigger, rng, count=count)
+def insert_per_words(
+    text: str, trigger: str, rng: random.Random, every: int = 50, max_position: int | None = None
+) -> str:
+    """Insert ``trigger`` about once per ``every`` words (at least once), as POR does; with ``max_position``,
+    only among the first words (the ones truncation keeps), as often as those words ask for."""
+    words = len(text.split())
+    count = max(1, (words if max_position is None else min(words, max_position)) // every)
+    return insert_words(text, trigger, rng, count=count, max_position=max_position)
 
 
 def check_triggers(tokenizer: Any, triggers: Sequence[str]) -> None:
