@@ -512,3 +512,11 @@ def test_carriers_without_words_are_left_out_not_given_a_slot_before_cls(caplog:
     assert len(carriers.input_ids) == 4 and "2 of 6 carrier texts hold no word" in caplog.text
     with pytest.raises(InputError, match="only 1 of the 3 carrier texts hold a word"):
         prepare_carriers(encoder, ["a b", "\u200b", "\x07"], encoder.default_position(), **options)
+
+
+def test_a_max_length_past_the_models_positions_is_refused():
+    """A tiny RoBERTa of 128 positions holds 126 tokens (its ids start after the padding index)."""
+    encoder = tiny_encoder("roberta")
+    assert encoder.max_positions == encoder.model.config.max_position_embeddings - 2
+    with pytest.raises(InputError, match=f"max_length 200 is longer than the {encoder.max_positions} positions"):
+        scan(encoder, TINY_SCAN.replace(max_length=200), progress=False)

@@ -42,6 +42,8 @@ DEFINING_FILES = (
 )
 
 
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}  # position ids start after the padding index
+
 # Keys transformers writes about where and by what a file was saved, not about the model.
 SAVING_KEYS = frozenset({"_name_or_path", "name_or_path", "transformers_version", "local_files_only", "is_local"})
 
@@ -96,6 +98,14 @@ class Encoder:
     def embedding_matrix(self) -> torch.Tensor:
         """Input word-embedding matrix, shape ``(vocab, embedding_size)``."""
         return self.model.get_input_embeddings().weight
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input (special tokens included) the model's position table holds, if it has one."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if not isinstance(positions, int) or positions <= 0:
+            return None
+        return positions - POSITION_OFFSET.get(self.model_type, 0)
 
     @property
     def token_rows(self) -> int:

@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
-from lmshield.models.encoder import Encoder
+from lmshield.models.encoder import POSITION_OFFSET, Encoder
 from lmshield.models.loading import load_encoder, load_pretrained, looks_like_path, read_tensors
 from lmshield.models.positions import WatchedPosition
 from lmshield.text.inputs import as_texts
@@ -46,7 +46,6 @@ ADAPTER_DIR = "adapter"
 ENCODER_DIR = "encoder"
 BASE_DIR = "base"
 FORMAT_VERSION = 1
-_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}  # position ids start after the padding index
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,7 @@ class TunedClassifier(nn.Module):
         if not positions or positions < 0:
             return self.config.max_length
         prompts = int(self.config.num_virtual_tokens or 0) if self.method.uses_virtual_tokens else 0
-        room = positions - _POSITION_OFFSET.get(self.base.model_type, 0) - prompts
+        room = positions - POSITION_OFFSET.get(self.base.model_type, 0) - prompts
         return max(4, min(self.config.max_length, room))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -232,7 +231,7 @@ class TunedClassifier(nn.Module):
     def jittered_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Position ids moved right by a random 0..``position_jitter`` per input (within the table)."""
         rows, length = input_ids.shape
-        start = _POSITION_OFFSET.get(self.base.model_type, 0)
+        start = POSITION_OFFSET.get(self.base.model_type, 0)
         table = getattr(_model_of(self.backbone).config, "max_position_embeddings", None) or start + length
         room = max(0, min(self.config.position_jitter, table - start - length))
         shifts = torch.randint(0, room + 1, (rows, 1), device=input_ids.device)

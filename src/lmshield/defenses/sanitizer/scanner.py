@@ -166,6 +166,10 @@ def scan(
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
     _check_outside(out_dir, encoder.directory)
     _check_same_model(out_dir, encoder.fingerprint)
+    if encoder.max_positions is not None and config.max_length > encoder.max_positions:
+        raise InputError(
+            f"max_length {config.max_length} is longer than the {encoder.max_positions} positions the model holds"
+        )
     watched = WatchedPosition.parse(position, default=str(encoder.default_position()))
     source = text_source or TextSource()
     given_texts = texts is not None
