@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -85,9 +86,12 @@ def test_pickle_state_dict_loads_with_opt_in(tiny_bert_dir: Path, tmp_path: Path
     shutil.copytree(tiny_bert_dir, target)
     (target / "model.safetensors").unlink()
     torch.save(reference.model.state_dict(), target / "pytorch_model.bin")
+    # a Trainer's settings beside the weights: an object the weights-only loader refuses, and no weights
+    torch.save(argparse.Namespace(learning_rate=1e-5), target / "training_args.bin")
     encoder = load_encoder(target, allow_pickle=True)
     for name, tensor in reference.model.state_dict().items():
         assert torch.equal(tensor, encoder.model.state_dict()[name]), name
+    assert [p.name for p in encoder.weight_files] == ["pytorch_model.bin"]
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_WEIGHTS = "pytorch_model.bin"
 ADAPTER_CONFIG = "adapter_config.json"
 LOCAL_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 TOKENIZER_FILES = (
@@ -124,7 +125,7 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
         for file in safetensors_files:
             _check_safetensors(file)
         return safetensors_files, False
-    pickle_files = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    pickle_files = _pickle_weights(directory)
     if pickle_files and not allow_pickle:
         names = ", ".join(p.name for p in pickle_files)
         raise ModelLoadError(
@@ -135,6 +136,24 @@ def find_weights(directory: Path, allow_pickle: bool = False) -> tuple[list[Path
     if pickle_files:
         return pickle_files, True
     raise ModelLoadError(f"{directory}: no weights found (expected model.safetensors)")
+
+
+def _pickle_weights(directory: Path) -> list[Path]:
+    """``pytorch_model.bin`` or the shards its index names, as transformers reads them; else every pickle file
+    (a bare ``.pt`` state dict). A Trainer's ``training_args.bin`` beside the weights is not one of them."""
+    if (directory / PICKLE_WEIGHTS).is_file():
+        return [directory / PICKLE_WEIGHTS]
+    index = directory / f"{PICKLE_WEIGHTS}.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (KeyError, json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{index}: unreadable shard index ({type(exc).__name__}: {exc})") from exc
+        bad = [n for n in shards if not isinstance(n, str) or Path(n).name != n or not (directory / n).is_file()]
+        if bad:
+            raise ModelLoadError(f"{index}: shard {bad[0]!r} is not a file of the model directory")
+        return [directory / name for name in shards]
+    return sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
 
 
 def folder_fingerprint(directory: Path, allow_pickle: bool = False) -> str:
