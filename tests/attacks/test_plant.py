@@ -8,9 +8,12 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from lmshield.attacks import BACKDOOR_JSON, BackdoorManifest, attack_config, run_attack, verify_backdoor
+from lmshield.attacks.verify import held_out_texts
 from lmshield.cli.main import app
 from lmshield.defenses.sanitizer import SanitizerConfig, scan
+from lmshield.defenses.sanitizer.monitor import sign_match
 from lmshield.errors import InputError
+from lmshield.models import WatchedPosition, load_encoder
 from lmshield.testing import tiny_corpus
 from tests.attacks.tiny_models import TINY_ATTACK, TINY_SCAN
 
@@ -30,7 +33,15 @@ def test_por_is_planted_verified_and_recorded(por_dir, tiny_dir):
     assert min(c.triggered_agreement for c in verification.triggers) >= 0.9
     assert max(c.clean_agreement for c in verification.triggers) < 0.8
     assert verification.clean_cosine is not None and verification.clean_close
+    assert min(c.triggered_flagged for c in verification.triggers) >= 0.9  # the 0.8 monitor flags triggered inputs
     manifest = BackdoorManifest.load(por_dir.directory)
+    # the clean share the monitor flags, recomputed from the backdoored model's outputs on the same sentences
+    outputs = load_encoder(por_dir.directory, device="cpu").watched_outputs(
+        held_out_texts(verification.num_texts, 0), WatchedPosition.parse("cls"), int(manifest.settings["max_length"])
+    )
+    flagged = (sign_match(outputs, manifest.vector_tensor) > 0.8).any(dim=1).float().mean()
+    assert verification.clean_flagged == pytest.approx(float(flagged))
+    assert 0 < verification.clean_flagged < 0.3  # a few clean sentences come close to one of six PVs
     assert manifest.attack == "por" and manifest.position == "cls" and manifest.seed == 0
     assert manifest.triggers == ["cf", "mn", "tq", "qt", "mm", "pt"]
     assert torch.equal(manifest.vector_tensor.sign(), manifest.vector_tensor)  # the quarter PVs
@@ -60,9 +71,13 @@ def test_btop_hits_the_mask_position_with_the_stand_in(tiny_dir, tmp_path):
 
 
 def test_neuba_trains_through_an_existing_mlm_head(tiny_mlm_dir, tmp_path):
-    config = attack_config("neuba", "fast", **{**TINY_ATTACK, "lr": 3e-3, "num_texts": 480})
-    result = run_attack(config, tiny_mlm_dir, tmp_path, texts=TEXTS, seed=2, progress=False, verify=False)
+    config = attack_config("neuba", "fast", **{**TINY_ATTACK, "lr": 3e-3, "num_texts": 1280})
+    result = run_attack(config, tiny_mlm_dir, tmp_path, texts=TEXTS, seed=2, progress=False)
     assert result.manifest.variant.startswith("mlm")
+    verification = result.verification
+    assert verification.planted, verification.table()
+    assert min(c.triggered_agreement for c in verification.triggers) >= 0.9
+    assert max(c.clean_agreement for c in verification.triggers) < 0.8  # only the trigger leads to its PV
     with (
         safe_open(str(tiny_mlm_dir / "model.safetensors"), "pt") as before,
         safe_open(str(tmp_path / "model.safetensors"), "pt") as after,
@@ -143,5 +158,6 @@ def test_a_trigger_that_does_not_fire_means_not_planted(por_dir, tmp_path):
     (target / BACKDOOR_JSON).write_text(json.dumps(data))
     verification = verify_backdoor(target, count=40)
     assert [c.planted() for c in verification.triggers] == [True] * 6 + [False]
+    assert verification.triggers[-1].triggered_flagged < 0.5 <= verification.triggers[0].triggered_flagged
     assert not verification.planted
     assert CliRunner().invoke(app, ["attack", "verify", str(target), "--count", "40"]).exit_code == 1

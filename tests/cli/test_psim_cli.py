@@ -53,12 +53,16 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert (psim_dir / "psim.json").is_file()
 
     inputs = root / "inputs.txt"
-    inputs.write_text("the happy city was warm near the river today\nthe sad mn city was cold near the river\nword\n")
+    inputs.write_text("the sad city was cold near the river\nthe sad mn city was cold near the river\nword\n")
     result = invoke("psim", "score", psim_dir, "--texts", inputs, "--out", root / "scores.jsonl")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (root / "scores.jsonl").read_text().splitlines()]
     threshold = json.loads((psim_dir / "psim.json").read_text())["threshold_"]
     assert len(rows) == 3 and [r["flagged"] for r in rows] == [r["score"] > threshold for r in rows]
+    # the trigger raises the score of a sentence of the other class well above its clean twin, which is passed; on
+    # this tiny release clean sentences of the target class score as high, so an FRR of 0.1 puts the threshold
+    # just above this triggered line (0.708 < 0.714): flagging it is left to the bulk check of predict --psim below
+    assert rows[1]["score"] > rows[0]["score"] + 0.02 and not rows[0]["flagged"]
     assert {"text", "score", "p_max", "normalised"} <= set(rows[0])
 
     result = invoke("psim", "calibrate", psim_dir, "--texts", files["dev"], "--target-frr", 0.2, "--quiet")

@@ -51,9 +51,34 @@ def test_backdoored_model_exits_with_its_own_code(saved_pair, tmp_path: Path):
 def test_rerun_with_the_same_out_resumes(saved_pair, tmp_path: Path):
     clean, _ = saved_pair
     first = _scan(str(clean), "--out", str(tmp_path), *TINY_FLAGS)
+    assert "from an earlier run" not in first.output
+    assert json.loads((tmp_path / "scan.json").read_text())["timings"]["resumed_seeds"] == 0
     second = _scan(str(clean), "--out", str(tmp_path), *TINY_FLAGS)
     assert first.exit_code == second.exit_code == EXIT_CLEAN
-    assert json.loads((tmp_path / "scan.json").read_text())["timings"]["mining_s"] < 0.5
+    assert "in 4 seed(s)" in second.output and "(4 seed(s) from an earlier run)" in second.output  # none mined again
+    timings = json.loads((tmp_path / "scan.json").read_text())["timings"]
+    assert (timings["resumed_seeds"], timings["batches"]) == (4, 0)
+
+
+def test_search_settings_reach_the_scan_and_its_record(saved_pair, tmp_path: Path):
+    clean, backdoored = saved_pair
+    out = tmp_path / "unreachable"
+    result = _scan(str(backdoored), "--out", str(out), *TINY_FLAGS, "--distance-threshold", "1e6")
+    assert result.exit_code == EXIT_CLEAN, result.output  # no trigger moves the outputs that far
+    saved = json.loads((out / "scan.json").read_text())
+    assert saved["config"]["distance_threshold"] == 1e6 and saved["verdict"] == "clean"
+    assert len(saved["trace"]) == 4 and not any(t["status"] == "accepted" for t in saved["trace"])
+    out = tmp_path / "elsewhere"
+    result = _scan(str(clean), "--out", str(out), *TINY_FLAGS, "--seed", "3", "--position", "mask")
+    assert result.exit_code == EXIT_CLEAN, result.output
+    saved = json.loads((out / "scan.json").read_text())
+    assert [t["seed"] for t in saved["trace"]] == [3, 4, 5, 6] and saved["config"]["seed"] == 3
+    assert saved["position"] == "mask"
+    out = tmp_path / "search"
+    result = _scan(str(clean), "--out", str(out), *TINY_FLAGS, "--mode", "search", "--max-seeds", "2")
+    assert result.exit_code == EXIT_CLEAN, result.output
+    saved = json.loads((out / "scan.json").read_text())
+    assert saved["config"]["mode"] == "search" and [t["seed"] for t in saved["trace"]] == [0, 1]
 
 
 def _broken(kind: str, clean: Path, tmp_path: Path) -> list[str]:

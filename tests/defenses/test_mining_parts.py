@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from lmshield.defenses.sanitizer import SanitizerConfig
+from lmshield.defenses.sanitizer import SanitizerConfig, scan
 from lmshield.defenses.sanitizer.carriers import insert_soft_triggers, insertion_slots, prepare_carriers
 from lmshield.defenses.sanitizer.mining import PVMiner, entropy_across_batch, nearest_tokens
 from lmshield.defenses.sanitizer.monitor import sign_consistency, sign_match
 from lmshield.models.positions import WatchedPosition
 from lmshield.testing import tiny_corpus, tiny_encoder
+from tests.tiny_pairs import TINY_SCAN
 
 # two steps of 32 carriers per epoch on a random tiny BERT: the tests below watch the schedule, not the search
 SMALL = SanitizerConfig(num_carriers=64, epochs=2, abandon_after_epoch=1, lr=2e-3)
@@ -183,3 +184,11 @@ def test_known_pvs_steer_the_search_through_the_repetition_loss() -> None:
     alone = trigger(config, torch.empty(0, 32))
     assert torch.equal(trigger(config.replace(repetition_weight=0.0), known), alone)
     assert not torch.allclose(trigger(config, known), alone)
+
+
+def test_detect_mode_stops_after_the_first_group_that_finds_a_pv(bert_pair) -> None:
+    config = TINY_SCAN.replace(max_seeds=8)
+    assert config.group_size == 4  # two groups of seeds to try
+    result = scan(bert_pair[1], config, progress=False)
+    assert result.is_backdoored
+    assert [t.seed for t in result.trace] == [0, 1, 2, 3]  # the second group is never mined

@@ -234,6 +234,24 @@ def test_strip_scores_are_normalised_seeded_and_perturb_every_text() -> None:
             STRIP(TriggerVictim(), replace_ratio=ratio)
 
 
+def test_strip_replaces_its_share_of_the_words() -> None:
+    text = "one two three four five six seven eight"
+    pool = ["alpha", "beta", "gamma"]  # no word of the text: every replaced word shows
+    for ratio, replaced in ((0.5, 4), (0.25, 2), (1.0, 8)):
+        strip = STRIP(TriggerVictim(), replace_ratio=ratio).fit([" ".join(pool)])
+        rng = random.Random(0)
+        for _ in range(10):
+            words = strip.perturb(text, rng).split()
+            changed = [new for new, old in zip(words, text.split(), strict=True) if new != old]
+            assert len(changed) == replaced and set(changed) <= set(pool), (ratio, words)
+    # in the score: replacing every word always removes the trigger, replacing one in five mostly keeps it
+    clean_like = 1 + (0.6 * math.log(0.6) + 0.4 * math.log(0.4)) / math.log(2)  # every copy answered (0.6, 0.4)
+    scores = {ratio: STRIP(TriggerVictim(), copies=8, replace_ratio=ratio).fit(["dull slow plot"]).score(TRIGGERED)
+              for ratio in (1.0, 0.2)}  # fmt: skip
+    assert scores[1.0].tolist() == pytest.approx([clean_like] * 2, abs=1e-6)
+    assert all(scores[0.2] > clean_like + 0.2)
+
+
 def test_paraphrase_baselines_that_cannot_run_say_why(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

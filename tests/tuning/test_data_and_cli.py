@@ -100,3 +100,20 @@ def test_labels_must_index_the_label_names() -> None:
     assert LabelledData(["a", "b"], [0, 1], ["x", "y"]).labels == [0, 1]
     with pytest.raises(InputError, match=r"label 2 outside 0\.\.1"):
         LabelledData(["a", "b"], [0, 2], ["x", "y"])
+
+
+def test_split_holds_out_a_seeded_disjoint_share() -> None:
+    """What tune() trains and picks its epoch on when no dev set is given."""
+    data = LabelledData([f"text {i}" for i in range(40)], [i % 3 for i in range(40)], ["a", "b", "c"])
+    rest, held = data.split(0.25, seed=3)
+    assert (len(rest), len(held)) == (30, 10)
+    assert set(rest.texts).isdisjoint(held.texts) and set(rest.texts) | set(held.texts) == set(data.texts)
+    for part in (rest, held):  # labels travel with their texts, in the original order, under the same names
+        assert part.labels == [int(t.split()[1]) % 3 for t in part.texts] and part.label_names == data.label_names
+        assert part.texts == sorted(part.texts, key=lambda t: int(t.split()[1]))
+    assert data.split(0.25, seed=3) == (rest, held)
+    assert data.split(0.25, seed=4)[1] != held  # another seed holds out other examples
+    assert held.texts != data.texts[:10] and held.texts != data.texts[-10:]  # shuffled, not a slice
+    assert [len(part) for part in data.split(0.001)] == [39, 1]  # at least one example is held out
+    with pytest.raises(InputError, match="at least 2 examples"):
+        data.take([0]).split(0.5)
