@@ -109,11 +109,18 @@ def test_calibration_ceiling_keeps_a_pv_that_clean_texts_reach_watching() -> Non
 def test_guard_calibration_keeps_triggered_inputs_flagged(
     backdoored_classifier: TunedClassifier, bert_pair, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="lmshield"):
-        guard = Guard(backdoored_classifier, bert_pair[2]).calibrate(tiny_task(60, 6).texts)
-    assert "give at least 1000" in caplog.text  # the default quantile 0.999 sets none of 60 texts aside
+    # at a base threshold of 0.5 the tiny model's clean outputs reach the PVs: calibration has work to do
+    pvs, clean = bert_pair[2], tiny_task(60, 6).texts
+    guard = Guard(backdoored_classifier, pvs, threshold=0.5)
     test = tiny_task(30, 7).texts
-    assert not any(p.flagged for p in guard.predict(test))
+    assert sum(p.flagged for p in guard.predict(test)) >= 20  # uncalibrated: most clean inputs flagged
+    with caplog.at_level(logging.WARNING, logger="lmshield"):
+        assert guard.calibrate(clean) is guard
+    assert "give at least 1000" in caplog.text  # the default quantile 0.999 sets none of 60 texts aside
+    watched = backdoored_classifier.classify(clean, 64).watched
+    assert torch.equal(guard.thresholds_, Monitor(pvs, 0.5).calibrated(watched).thresholds)
+    assert guard.monitor.num_raised >= 3 and guard.threshold == 0.5
+    assert sum(p.flagged for p in guard.predict(test)) <= 2  # held-out clean inputs: at most a stray one or two
     assert all(p.flagged for p in guard.predict(triggered_copies(test, "mn", seed=3)))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lmshield"):
@@ -242,6 +249,21 @@ def test_uncleanable_inputs_are_refused_not_passed(backdoored_classifier: TunedC
     assert prediction.to_dict()["status"] == "refused"
 
 
+def test_the_threshold_decides_what_is_flagged_and_max_removed_bounds_the_purge(
+    backdoored_classifier: TunedClassifier, bert_pair
+) -> None:
+    texts = tiny_task(12, 3).texts
+    default = Guard(backdoored_classifier, bert_pair[2]).predict(texts)
+    assert not any(p.flagged for p in default)
+    lower = Guard(backdoored_classifier, bert_pair[2], threshold=0.5).predict(texts)
+    assert [p.flagged for p in lower] == [p.match > 0.5 for p in default] and sum(p.flagged for p in lower) >= 6
+    for max_removed in (1, 2):  # every share of matching signs is above 0: no deletion clears the monitor
+        strict = Guard(backdoored_classifier, bert_pair[2], threshold=0.0, max_removed=max_removed)
+        predictions = strict.predict(texts)
+        assert all(p.flagged and p.status == "refused" for p in predictions)
+        assert [len(p.removed) for p in predictions] == [max_removed] * len(texts)
+
+
 def test_guard_eval_protocol_on_the_tiny_backdoor(guard: Guard) -> None:
     test = tiny_task(40, 6)
     report = evaluate_guard(guard, test.texts, test.labels, ["cf", "tq"], seed=0)
@@ -325,6 +347,27 @@ def test_predict_cli_writes_json_lines(saved, tmp_path: Path) -> None:
     assert missing.exit_code == EXIT_ERROR and "no such file" in missing.output
 
 
+def test_predict_cli_hands_threshold_purge_and_max_removed_to_the_guard(saved, tmp_path: Path) -> None:
+    classifier_dir, scan_dir, _ = saved
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(tiny_task(4, 7).texts) + "\n")
+
+    def rows(*options: object) -> list[dict]:
+        result = runner.invoke(app, ["predict", str(classifier_dir), str(texts), "--scan", str(scan_dir),
+                                     *map(str, options)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.strip().splitlines()]
+
+    assert [r["status"] for r in rows()] == ["clean"] * 4
+    # above 0 every output is flagged and no deletion clears it: the purge deletes max_removed words, then refuses
+    for options, removed in ((["--threshold", 0], 3), (["--threshold", 0, "--max-removed", 1], 1)):
+        answers = rows(*options)
+        assert all(r["flagged"] and r["status"] == "refused" and r["final_label"] is None for r in answers)
+        assert [len(r["removed"]) for r in answers] == [removed] * 4
+    unpurged = rows("--threshold", 0, "--no-purge")
+    assert all(r["status"] == "refused" and r["removed"] == [] and r["purged_text"] is None for r in unpurged)
+
+
 def test_guard_eval_cli(saved, tmp_path: Path) -> None:
     classifier_dir, scan_dir, _ = saved
     test = tmp_path / "test.jsonl"
@@ -347,15 +390,21 @@ def test_guard_eval_cli(saved, tmp_path: Path) -> None:
     clean.write_text("\n".join(tiny_task(30, 9).texts))
     saved_calibration = tmp_path / "calibration.safetensors"
     first, second = tmp_path / "first.json", tmp_path / "second.json"
-    calibrated = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(clean),
+    # at 0.5 the clean texts come close to the scan's PVs: calibration raises their thresholds
+    settings = ["--triggers", "cf", "--threshold", "0.5", "--max-removed", "2"]
+    calibrated = runner.invoke(app, [*args, *settings, "--calibrate", str(clean),
                                      "--save-calibration", str(saved_calibration), "--out", str(first)])  # fmt: skip
     assert calibrated.exit_code == 0, calibrated.output
-    reused = runner.invoke(
-        app, [*args, "--triggers", "cf", "--calibrate", str(saved_calibration), "--out", str(second)]
-    )
+    reused = runner.invoke(app, [*args, *settings, "--calibrate", str(saved_calibration), "--out", str(second)])
     assert reused.exit_code == 0, reused.output
+    expected = Guard.from_pretrained(classifier_dir, scan_dir, threshold=0.5).calibrate(tiny_task(30, 9).texts)
+    assert expected.monitor.num_raised >= 1
+    on_disk = Guard.from_pretrained(classifier_dir, scan_dir, threshold=0.5).load_calibration(saved_calibration)
+    assert torch.equal(on_disk.thresholds_, expected.thresholds_)
     reports = [json.loads(path.read_text()) for path in (first, second)]
-    assert reports[0]["settings"]["thresholds"] == reports[1]["settings"]["thresholds"]
+    for report in reports:
+        assert report["settings"]["thresholds"] == [round(float(t), 4) for t in expected.thresholds_]
+        assert (report["settings"]["threshold"], report["settings"]["max_removed"]) == (0.5, 2)
     assert reports[0]["guarded_asr"] == reports[1]["guarded_asr"]
     missing = runner.invoke(app, [*args, "--triggers", "cf", "--calibrate", str(tmp_path / "none.txt")])
     assert missing.exit_code == EXIT_ERROR
@@ -381,15 +430,15 @@ def test_a_calibration_that_would_switch_the_monitor_off_is_refused(
     for number, bad in enumerate((1.0, float("nan"), 0.5, 0.9999)):
         path = tmp_path / f"bad-{number}.safetensors"
         tensors = {"thresholds": torch.full((pvs.shape[0],), bad), "pvs": pvs.contiguous()}
-        save_file(tensors, str(path), metadata={"format": CALIBRATION_FORMAT})
+        save_file(tensors, str(path), metadata={"format": CALIBRATION_FORMAT, "threshold": "0.8"})
         with pytest.raises(InputError, match="thresholds must lie"):
             Guard(backdoored_classifier, pvs).load_calibration(path)
     tensors = {"thresholds": torch.full((pvs.shape[0] + 1,), 0.9), "pvs": pvs.contiguous()}
-    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={"format": CALIBRATION_FORMAT})
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={"format": CALIBRATION_FORMAT, "threshold": "0.8"})
     with pytest.raises(InputError, match=r"shape.safetensors: \(\d+,\) thresholds for \d+ PVs"):
         Guard(backdoored_classifier, pvs).load_calibration(tmp_path / "shape.safetensors")
     tensors["thresholds"] = torch.full((pvs.shape[0],), 0.97)  # the ceiling itself is what calibration may write
-    save_file(tensors, str(tmp_path / "ok.safetensors"), metadata={"format": CALIBRATION_FORMAT})
+    save_file(tensors, str(tmp_path / "ok.safetensors"), metadata={"format": CALIBRATION_FORMAT, "threshold": "0.8"})
     assert Guard(backdoored_classifier, pvs).load_calibration(tmp_path / "ok.safetensors").monitor.num_raised >= 1
 
 
@@ -434,3 +483,26 @@ def test_purge_counts_every_candidate_and_keeps_the_last_answer() -> None:
     log: list[int] = []
     untouched = purge(["one aa"], _fake_evaluate(log), max_removed=0)[0]
     assert log == [] and not untouched.cleaned and (untouched.removed, untouched.candidates) == ((), 0)
+
+
+def test_of_several_deletions_that_clear_the_purge_keeps_the_one_furthest_from_the_pvs() -> None:
+    """Deleting any of several words clears the monitor, at different matches; ties go to the leftmost word."""
+
+    def deleting(text: str, matches: dict[str, float]):
+        """An evaluate for ``text``'s single-word deletions: the match once each word is gone (else flagged)."""
+
+        def evaluate(texts: list[str]) -> tuple[torch.Tensor, MonitorResult]:
+            gone = [set(text.split()) - set(t.split()) for t in texts]
+            match = torch.tensor([min((matches.get(w, 0.9) for w in g), default=0.95) for g in gone])
+            return torch.zeros(len(texts), 2), MonitorResult(match > 0.8, match, torch.where(match > 0.8, 0, -1))
+
+        return evaluate
+
+    text = "x aa bb cc y"
+    [lowest] = purge([text], deleting(text, {"aa": 0.5, "bb": 0.3, "cc": 0.4}), max_removed=1)
+    assert lowest.cleaned and lowest.removed == ("bb",) and lowest.text == "x aa cc y"
+    assert lowest.match == pytest.approx(0.3)
+    [tied] = purge([text], deleting(text, {"aa": 0.5, "bb": 0.3, "cc": 0.3}), max_removed=1)
+    assert tied.cleaned and tied.removed == ("bb",) and tied.text == "x aa cc y"
+    [tied] = purge([text], deleting(text, {"aa": 0.3, "bb": 0.5, "cc": 0.3}), max_removed=1)
+    assert tied.removed == ("aa",)  # the leftmost of the two at 0.3

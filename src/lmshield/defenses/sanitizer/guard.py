@@ -126,7 +126,6 @@ class Guard:
             raise InputError(f"unknown purge strategy {purge_strategy!r}: use {' or '.join(PURGE_STRATEGIES)}")
         self.classifier = classifier.eval()
         self.monitor = Monitor(pvs, threshold)
-        self.threshold = threshold
         self.purge = purge
         self.max_removed = max_removed
         self.purge_strategy = purge_strategy
@@ -139,6 +138,33 @@ class Guard:
                 "%s tuning changes the encoder; the PVs describe the original encoder's outputs",
                 classifier.config.method,
             )
+
+    @property
+    def threshold(self) -> float:
+        """The base threshold every PV starts at (calibration may raise some PVs above it)."""
+        return self.monitor.threshold
+
+    @property
+    def pvs(self) -> torch.Tensor:
+        return self.monitor.pvs
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (scikit-learn's estimator protocol)."""
+        names = ("classifier", "pvs", "threshold", "purge", "max_removed", "purge_strategy", "batch_size", "progress")
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> Guard:
+        """Change parameters (validated as in the constructor). A new ``threshold`` or ``pvs`` drops the
+        calibration, which was made for the old ones: calibrate again afterwards."""
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise InputError(f"unknown Guard parameter(s): {', '.join(unknown)}")
+        monitor = self.monitor
+        checked = type(self)(**{**self.get_params(), **params})  # bad values fail here
+        vars(self).update(vars(checked))
+        if "threshold" not in params and "pvs" not in params:
+            self.monitor = monitor  # keep the calibration
+        return self
 
     @classmethod
     def from_scan(
@@ -235,6 +261,10 @@ class Guard:
             raise InputError(f"{path}: not a guard calibration (write one with --save-calibration)")
         if not torch.equal(tensors["pvs"].float(), self.monitor.pvs):
             raise InputError(f"{path}: calibrated for other PVs than this scan's")
+        if metadata.get("threshold") != str(self.threshold):  # calibration raised PVs above that base only
+            raise InputError(
+                f"{path}: calibrated at threshold {metadata.get('threshold')}, not this guard's {self.threshold}"
+            )
         thresholds = tensors["thresholds"].float()
         if thresholds.shape != (self.monitor.num_pvs,):
             raise InputError(f"{path}: {tuple(thresholds.shape)} thresholds for {self.monitor.num_pvs} PVs")

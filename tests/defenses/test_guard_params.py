@@ -1,0 +1,56 @@
+"""Guard's estimator protocol: get_params / set_params, a threshold that is the monitor's, calibration files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmshield.defenses.sanitizer.guard import Guard
+from lmshield.errors import InputError
+from lmshield.tuning import TunedClassifier, TuningConfig
+from tests.tuning.helpers import tiny_task
+
+PVS = torch.tensor([[1.0, -1.0] * 16, [-1.0, 1.0] * 16])
+
+
+@pytest.fixture(scope="module")
+def classifier(bert_pair) -> TunedClassifier:
+    config = TuningConfig(method="lora", epochs=1, batch_size=16, max_length=32, lr=1e-3)
+    return TunedClassifier.build(bert_pair[0], config, ["a", "b"])
+
+
+def test_params_round_trip_and_a_new_threshold_takes_effect(classifier: TunedClassifier) -> None:
+    guard = Guard(classifier, PVS[:, : classifier.hidden_size], max_removed=2)
+    params = guard.get_params()
+    assert params["threshold"] == 0.8 and params["max_removed"] == 2
+    assert Guard(**params).get_params().keys() == params.keys()
+    texts = tiny_task(20, 1).texts
+    assert guard.set_params(threshold=0.0) is guard
+    assert guard.threshold == 0.0 and guard.thresholds_.tolist() == [0.0, 0.0]
+    flagged = guard.evaluate(texts)[1].flagged
+    assert bool(flagged.all())  # every output shares more than 0 % of its signs with one of two opposite PVs
+    with pytest.raises(InputError, match="max_removed must be at least 1"):
+        guard.set_params(max_removed=0)
+    assert guard.max_removed == 2  # a refused change leaves the guard as it was
+    with pytest.raises(InputError, match="unknown Guard parameter"):
+        guard.set_params(thresold=0.5)
+
+
+def test_a_calibration_is_kept_across_other_changes_and_loads_only_at_its_threshold(
+    classifier: TunedClassifier, tmp_path: Path
+) -> None:
+    guard = Guard(classifier, PVS[:, : classifier.hidden_size], threshold=0.5)
+    guard.calibrate(tiny_task(40, 3).texts, ceiling=0.99)
+    raised = guard.thresholds_.clone()
+    assert bool((raised > 0.5).any())  # opposite PVs: clean outputs share half or more signs with one of them
+    guard.set_params(batch_size=8)
+    assert torch.equal(guard.thresholds_, raised)
+    path = guard.save_calibration(tmp_path / "calibration.safetensors")
+    other = Guard(classifier, guard.pvs, threshold=0.6)
+    with pytest.raises(InputError, match=r"calibrated at threshold 0\.5, not this guard's 0\.6"):
+        other.load_calibration(path)
+    assert torch.equal(Guard(classifier, guard.pvs, threshold=0.5).load_calibration(path).thresholds_, raised)
+    guard.set_params(threshold=0.7)
+    assert guard.thresholds_.tolist() == pytest.approx([0.7, 0.7])  # calibrated for 0.5: calibrate again
