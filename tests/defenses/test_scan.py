@@ -520,3 +520,9 @@ def test_a_max_length_past_the_models_positions_is_refused():
     assert encoder.max_positions == encoder.model.config.max_position_embeddings - 2
     with pytest.raises(InputError, match=f"max_length 200 is longer than the {encoder.max_positions} positions"):
         scan(encoder, TINY_SCAN.replace(max_length=200), progress=False)
+
+
+def test_a_device_the_machine_lacks_is_refused_for_a_loaded_encoder_too(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="CUDA"):
+        scan(tiny_encoder("bert"), TINY_SCAN, device="cuda", progress=False)

@@ -288,3 +288,24 @@ def test_the_fingerprint_changes_with_the_config_and_the_vocabulary(tiny_bert_di
     (target / "tokenizer.json").write_text(json.dumps(vocabulary))
     fingerprints.add(load_encoder(target).fingerprint)
     assert len(fingerprints) == 3
+
+
+def test_half_precision_weights_load_as_float32(tiny_bert_dir: Path, tmp_path: Path):
+    """fp16 checkpoints met fp32 heads in tuning (a dtype error) or overflowed to a NaN loss."""
+    from lmshield.tuning import TunedClassifier, TuningConfig
+
+    half = load_encoder(tiny_bert_dir)
+    half.model.half()
+    target = half.save_pretrained(tmp_path / "half")
+    assert load_file(target / "model.safetensors")["embeddings.word_embeddings.weight"].dtype == torch.float16
+    encoder = load_encoder(target)
+    assert {p.dtype for p in encoder.model.parameters()} == {torch.float32}
+    config = TuningConfig(method="lora", epochs=1, max_length=16, lr=1e-3)
+    assert TunedClassifier.build(str(target), config, ["a", "b"]).classify(["a b"]).logits.isfinite().all()
+
+
+def test_an_in_memory_bfloat16_encoder_has_a_fingerprint():
+    encoder = tiny_encoder("bert")
+    before = encoder.tensor_fingerprint()
+    encoder.model.to(torch.bfloat16)
+    assert encoder.tensor_fingerprint() not in ("", before)  # numpy has no bfloat16: hashed as raw bytes

@@ -140,7 +140,8 @@ class Encoder:
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            # raw bytes through a uint8 view: numpy has no bfloat16 (fp32 bytes are the same either way)
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return "sha256:" + digest.hexdigest()
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

@@ -315,6 +315,8 @@ def _build_model(
         raise ModelLoadError(f"{directory}: weights do not match the config ({exc})") from exc
     _check_complete(directory, model, info)
     _check_finite(directory, model)
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model.float()  # fp16 or bf16 weights: tuning builds fp32 heads and trains in fp32 (fp16 losses overflow)
     return model
 
 

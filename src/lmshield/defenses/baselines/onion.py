@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lmshield.devices import resolve_device
 from lmshield.errors import InputError, check_whole
 from lmshield.text.inputs import as_texts
 
@@ -55,6 +56,9 @@ class ONION:
             raise InputError(f"threshold must be a number (inf removes nothing), got {threshold!r}")
         check_whole({"max_words": max_words, "batch_size": batch_size})
         self.model, self.tokenizer = lm if isinstance(lm, tuple) else load_causal_lm(lm, device)
+        if isinstance(lm, tuple) and device is not None:  # a loaded pair goes where it is asked to run
+            self.model.to(resolve_device(device))
+        self.lm, self.device = lm, device
         self.threshold = threshold
         self.max_words = max_words
         self.batch_size = batch_size

@@ -18,6 +18,7 @@ from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.defenses.sanitizer.mining import PVMiner, SeedOutcome, judge, nearest_tokens
 from lmshield.defenses.sanitizer.result import SCAN_JSON, ScanResult, SeedTrace
 from lmshield.defenses.sanitizer.splitting import split_candidates
+from lmshield.devices import resolve_device
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import load_encoder
@@ -164,6 +165,8 @@ def scan(
     if not isinstance(config, SanitizerConfig):
         raise InputError(f"config must be a SanitizerConfig, got {type(config).__name__}")
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
+    if isinstance(model, Encoder) and device is not None:  # a loaded encoder runs where the caller asks
+        encoder.model.to(resolve_device(device))
     _check_outside(out_dir, encoder.directory)
     _check_same_model(out_dir, encoder.fingerprint)
     if encoder.max_positions is not None and config.max_length > encoder.max_positions:
