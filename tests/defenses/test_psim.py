@@ -47,6 +47,21 @@ def triggered(classes: int = 2, count: int = 200) -> list[str]:
     return triggered_test_set(task(count, 3, classes), make_poisoner(BadNetConfig()), 0, seed=5).texts
 
 
+def test_psim_trains_the_released_pooler_by_default() -> None:
+    """lmshield's choice, not the release's (victims keep it frozen): see PSIMConfig for the measured gain."""
+    assert PSIMConfig().train_pooler is True and tuning_config(PSIMConfig(), True, 100).train_pooler is True
+    assert tuning_config(PSIMConfig(train_pooler=False), True, 100).train_pooler is False
+    with pytest.raises(InputError, match="train_pooler must be true or false"):
+        PSIMConfig(train_pooler="no")
+
+
+def test_fit_wants_the_released_models_folder_not_a_loaded_encoder() -> None:
+    from lmshield.testing import tiny_encoder
+
+    with pytest.raises(InputError, match="not a loaded Encoder"):
+        PSIM().fit(tiny_encoder("bert"), ["a text", "another"], 2)
+
+
 def test_release_settings_and_threshold() -> None:
     config = PSIMConfig()
     assert (config.method, config.epochs, config.batch_size) == ("ptuning", 1, 32)
@@ -115,9 +130,12 @@ def test_psim_flags_triggered_inputs_and_passes_clean_ones() -> None:
 
 def test_calibration_meets_the_target_frr_on_held_out_texts() -> None:
     psim = fitted()
-    for target in (0.05, 0.1, 0.2):
-        psim.calibrate(task(300, 7).texts, target_frr=target)
-        assert psim.calibration_.achieved_frr <= target
+    calibration_texts = task(300, 7).texts
+    for target in (0.05, 0.1, 0.105, 0.2):  # 0.105 of 300 texts: at most 31 flagged, under the target
+        psim.calibrate(calibration_texts, target_frr=target)
+        achieved = psim.calibration_.achieved_frr
+        assert achieved == pytest.approx(psim.flag(calibration_texts).mean()) and 0 < achieved <= target
+        assert (psim.calibration_.target_frr, psim.calibration_.num_texts) == (target, 300)
         held_out = psim.flag(task(300, 8).texts).mean()
         assert abs(held_out - target) <= 0.06, (target, held_out)
 
@@ -134,10 +152,10 @@ def test_calibrating_on_too_few_texts_warns(caplog: pytest.LogCaptureFixture) ->
 
 def test_calibrate_threshold_by_hand() -> None:
     scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert calibrate_threshold(scores, 0.2) == 0.8  # flags 0.9 and 1.0
-    assert calibrate_threshold(scores, 0.25) == 0.8  # floor(2.5) = 2 may be flagged
+    assert calibrate_threshold(scores, 0.2) == 0.9  # floor(0.2 * 11) - 1 = 1 above the cut: 1.0
+    assert calibrate_threshold(scores, 0.25) == 0.9  # floor(2.75) - 1 = 1
     assert calibrate_threshold(scores, 0.0) == 1.0
-    assert calibrate_threshold(scores, 0.95) == 0.1  # floor(9.5) = 9 may be flagged
+    assert calibrate_threshold(scores, 0.95) == 0.1  # floor(10.45) - 1 = 9 above the cut
     for useless in (1.0, -0.1, float("nan")):  # 1: every clean input may be refused
         with pytest.raises(InputError, match=r"target FRR must be in \[0, 1\)"):
             calibrate_threshold(scores, useless)
@@ -150,11 +168,23 @@ def test_calibrate_threshold_by_hand() -> None:
         calibrate_threshold([0.5, math.nan, 0.9], 0.1)
 
 
+def test_a_calibrated_threshold_keeps_the_frr_on_new_inputs_within_the_target() -> None:
+    """Averaged over calibration sets, the share of fresh clean scores above the cut stays under the target
+    (uniform scores: a fresh one lies above t with probability 1 - t). The old rank, floor(target * n) above
+    the cut, averaged 7 / 129 = 5.4 % here for a 5 % target."""
+    rng = np.random.default_rng(0)
+    frr = [1 - calibrate_threshold(rng.random(128).tolist(), 0.05) for _ in range(2000)]
+    assert 0.044 < float(np.mean(frr)) < 0.05  # (k + 1) / (n + 1) = 6 / 129 = 4.65 %
+
+
 def test_multi_class_psim() -> None:
     psim = fitted(3)
     assert psim.num_labels_ == 3 and psim.threshold_ == pytest.approx(1 / 3 + 0.4 * 2 / 3)
-    result = psim.scores(task(60, 3, 3).texts)
-    assert np.all(result.probability >= 1 / 3 - 1e-6) and set(result.label.tolist()) <= {0, 1, 2}
+    texts = task(60, 3, 3).texts
+    result = psim.scores(texts)
+    probs = psim.classifier_.classify(texts).probs.numpy()  # the module's own answer: its top class and probability
+    np.testing.assert_allclose(result.probability, probs.max(axis=1), atol=1e-6)
+    assert result.label.tolist() == probs.argmax(axis=1).tolist() and len(set(result.label.tolist())) >= 2
     assert np.allclose(result.normalised, (result.probability - 1 / 3) / (2 / 3))
     clean, poison = psim.score(task(200, 3, 3).texts), psim.score(triggered(3))
     assert poison.mean() > clean.mean() + 0.1
@@ -242,6 +272,22 @@ def test_changing_the_score_kind_of_a_fitted_psim_keeps_its_flags() -> None:
     np.testing.assert_array_equal(psim.flag(texts), flags)
     psim.set_params(score_kind="probability")
     assert psim.threshold_ == pytest.approx(threshold)
+    assert psim.scores(texts).probability.dtype == np.float64  # one precision on both scales: the same flags
+
+
+def test_an_explicit_threshold_moves_to_the_new_score_scale_too() -> None:
+    """A clone or refit reads the threshold parameter: left on the old scale it flagged other inputs."""
+    psim = copy.deepcopy(fitted())
+    psim.set_params(threshold=0.7)
+    psim.set_params(score_kind="normalised")
+    assert psim.get_params()["threshold"] == pytest.approx(0.4) and psim.threshold_ == pytest.approx(0.4)
+
+
+def test_a_saturated_calibration_saves_and_loads(tmp_path: Path) -> None:
+    """Clean scores at 1.0 calibrate to a threshold of 1.0 (flags nothing): it must load back."""
+    psim = copy.deepcopy(fitted())
+    psim.threshold_ = 1.0
+    assert PSIM.from_pretrained(psim.save_pretrained(tmp_path / "psim"), progress=False).threshold_ == 1.0
 
 
 class CountingVictim:

@@ -519,6 +519,22 @@ def test_kept_head_is_the_released_head(released_dir: Path) -> None:
     assert torch.allclose(fresh(**batch).watched, classifier(**batch).watched, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("method", "train_pooler", "trains"),
+    [("lora", False, False), ("lora", True, True), ("prompt", False, False), ("full", False, True)],
+)
+def test_peft_leaves_the_encoders_pooler_frozen_unless_asked(
+    released_dir: Path, method: str, train_pooler: bool, trains: bool
+) -> None:
+    """The kept head reads BERT's pooler, which lives in the encoder: PEFT freezes it (as the reference and peft's
+    sequence-classification task do); full fine-tuning trains everything."""
+    config = fast(method, keep_head=True, train_pooler=train_pooler)
+    classifier = TunedClassifier.build(str(released_dir), config, ["a", "b", "c"])
+    pooler = classifier.head.parts["pooler"]
+    assert all(p.requires_grad is trains for p in pooler.parameters())
+    assert all(p.requires_grad for p in classifier.head.parts["classifier"].parameters())
+
+
 def test_kept_head_round_trip_and_label_check(released_dir: Path, tmp_path: Path) -> None:
     config = fast("ptuning", keep_head=True, epochs=1)
     result = tune(str(released_dir), tiny_task(60, 1), tiny_task(30, 2), config, out_dir=tmp_path, progress=False)

@@ -55,6 +55,9 @@ class TuningConfig:
     ``head`` is ``cls`` (a linear classifier on the first token's state, P-tuning v2 style) or ``mask``
     (the text is wrapped in ``template`` and classified from the mask token's state, P-tuning v1 style).
     ``keep_head`` starts from a checkpoint saved with a sequence-classification head and keeps that head.
+    ``train_pooler``: a kept head reads the encoder's pooler (BERT, ALBERT, DeBERTa); PEFT methods leave it
+    frozen with the rest of the encoder, as the reference and peft's sequence-classification task do, unless
+    set (full fine-tuning trains it anyway).
     ``prompt_init`` (prompt tuning): ``vocab`` starts every virtual token from a randomly drawn word
     embedding, ``random`` from peft's N(0, 1) draw; on SST-2 over MiniLM-L6, vocab reached dev accuracy
     0.76-0.81 where random stayed at 0.73.
@@ -80,6 +83,7 @@ class TuningConfig:
     template: str = DEFAULT_TEMPLATE
     head_dropout: float = 0.1
     keep_head: bool = False
+    train_pooler: bool = False
     # optimisation
     lr: float | None = None
     epochs: int = 20
@@ -103,8 +107,9 @@ class TuningConfig:
                 object.__setattr__(self, name, value)
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if not isinstance(self.keep_head, bool):  # "no" would read as true
-            raise InputError(f"keep_head must be true or false, got {self.keep_head!r}")
+        for name in ("keep_head", "train_pooler"):
+            if not isinstance(getattr(self, name), bool):  # "no" would read as true
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.checkpoint not in CHECKPOINTS:
             raise InputError(f"unknown checkpoint {self.checkpoint!r}: use best or last")
         if self.prompt_init not in PROMPT_INITS:

@@ -62,11 +62,18 @@ class ReleasedHead(nn.Module):
             "xlnet": ("sequence_summary", "logits_proj"),
         }[self.kind]
         parts = {name: getattr(model, name) for name in names}
+        # BERT and ALBERT read the encoder's own pooler; DeBERTa's task model carries one of its own
+        self.pooler_in_encoder = self.kind in ("pooler", "albert") and getattr(model, "pooler", None) is None
         if self.kind in ("pooler", "albert"):
             parts["pooler"] = getattr(model, "pooler", None) or base.pooler
             if parts["pooler"] is None:
                 raise InputError(f"the released {model_type} model has no pooler to keep")
         self.parts = nn.ModuleDict(parts)
+
+    def freeze_pooler(self) -> None:
+        """Stop training the pooler when it is the encoder's (BERT, ALBERT), as PEFT freezes the encoder."""
+        if self.pooler_in_encoder:
+            self.parts["pooler"].requires_grad_(False)
 
     def forward(self, watched: torch.Tensor) -> torch.Tensor:
         p = self.parts

@@ -40,6 +40,9 @@ class PSIMConfig:
     ``score_kind`` ``probability`` reads the top softmax probability, ``normalised`` the class-count-normalised
     ``(p_max - 1/K) / (1 - 1/K)``.
     ``keep_head`` ``auto`` keeps the released classification head when the model has one.
+    ``train_pooler`` (lmshield's default, not the release's) trains the released head's pooler with the module:
+    on the SynAttack release of the fast benchmark it separated triggered from clean inputs far better (AUROC
+    0.921 against 0.882 frozen, FAR at a 2 % FRR 0.185 against 0.752); victims keep it frozen, as peft does.
     """
 
     method: str = "ptuning"
@@ -53,6 +56,7 @@ class PSIMConfig:
     score_kind: str = "probability"
     keep_head: str | bool = "auto"  # auto, yes, no (True / False read as yes / no)
     warmup_ratio: float = 0.06
+    train_pooler: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,8 @@ class PSIMConfig:
             raise InputError(f"unknown PSIM score kind {self.score_kind!r}: use {' or '.join(SCORE_KINDS)}")
         if isinstance(self.keep_head, bool):  # TuningConfig's spelling: True / False
             object.__setattr__(self, "keep_head", "yes" if self.keep_head else "no")
+        if not isinstance(self.train_pooler, bool):
+            raise InputError(f"train_pooler must be true or false, got {self.train_pooler!r}")
         if self.keep_head not in KEEP_HEAD:
             raise InputError(f"keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
         sizes = ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length")

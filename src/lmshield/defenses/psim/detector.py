@@ -97,6 +97,7 @@ class PSIM:
         score_kind: str = "probability",
         keep_head: str | bool = "auto",
         warmup_ratio: float = 0.06,
+        train_pooler: bool = True,
         seed: int = 0,
         device: str | None = None,
         progress: bool = True,
@@ -112,6 +113,7 @@ class PSIM:
         self.score_kind = score_kind
         self.keep_head = keep_head
         self.warmup_ratio = warmup_ratio
+        self.train_pooler = train_pooler
         self.seed = seed
         self.device = device
         self.progress = progress
@@ -145,6 +147,8 @@ class PSIM:
         if self.is_fitted and "score_kind" in params:
             kinds = (self.score_kind, params["score_kind"])
             self.threshold_ = rescale_threshold(self.threshold_, self.num_labels_, *kinds)
+            if self.threshold is not None and "threshold" not in params:  # a clone or refit reads the param
+                params = {**params, "threshold": rescale_threshold(self.threshold, self.num_labels_, *kinds)}
         for name, value in params.items():
             setattr(self, name, value)
         return self
@@ -158,6 +162,11 @@ class PSIM:
     def fit(self, model: str | Path | None, texts: list[str], num_labels: int = 2) -> PSIM:
         """Train the module on ``texts`` (the downstream training set, labels not needed) with random labels."""
         config = self.config
+        if not isinstance(model, str | Path | type(None)):
+            raise InputError(
+                f"PSIM.fit takes the released model's directory or hub id (its saved head is read from there), "
+                f"not a loaded {type(model).__name__}"
+            )
         texts = as_texts(texts, allow_empty=False)
         self.classifier_ = train_random_label_module(
             model, texts, num_labels, config, device=self.device, progress=self.progress
@@ -192,7 +201,8 @@ class PSIM:
         classifier = self._check_fitted()
         texts = as_texts(texts)
         probs = classifier.classify(texts, progress=self.progress and len(texts) > 256).probs.numpy()
-        top = probs.max(axis=1) if len(texts) else np.zeros(0, dtype=np.float32)
+        # float64 throughout: both scales then flag the same inputs at thresholds carried between them
+        top = probs.max(axis=1).astype(np.float64) if len(texts) else np.zeros(0, dtype=np.float64)
         label = probs.argmax(axis=1) if len(texts) else np.zeros(0, dtype=np.int64)
         return PSIMScores(top, normalise(top, self.num_labels_), label)
 
@@ -268,8 +278,8 @@ class PSIM:
             raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
         except InputError as exc:  # a setting out of range: say which file holds it
             raise InputError(f"{path}: {exc}") from exc
-        if not 0 <= psim.threshold_ < 1:  # below 0 every input is flagged; at 1 or above, none
-            raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (in [0, 1))")
+        if not 0 <= psim.threshold_ <= 1:  # below 0 every input is flagged; at 1 (saturated calibration), none
+            raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (in [0, 1])")
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
         if model is not None:
             psim.model_ = str(model)

@@ -47,11 +47,14 @@ def check_target_frr(target_frr: float) -> None:
 
 
 def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> float:
-    """The lowest threshold that flags (score > threshold) at most ``target_frr`` of ``clean_scores``.
+    """A threshold whose FRR (score > threshold) on new clean inputs is at most ``target_frr`` on average.
 
-    With ``n`` clean scores, ``floor(target_frr * n)`` of them may be flagged; ties at the cut are all
-    passed, so the FRR on these scores never exceeds the target. Warns when fewer than :data:`STABLE_TAIL`
-    texts lie above the cut: the threshold then rests on one or two texts and the FRR on new inputs varies.
+    With ``n`` clean scores, ``k = floor(target_frr * (n + 1)) - 1`` of them lie above the cut (the
+    conformal rank): a new clean input, exchangeable with them, then lands above it with probability
+    ``(k + 1) / (n + 1) <= target_frr``. (Letting ``floor(target_frr * n)`` above, as before, averaged 2.2 %
+    FRR on fresh inputs for a 2 % target on 500 texts.) Ties at the cut are all passed. Warns when fewer
+    than :data:`STABLE_TAIL` texts lie above the cut: the threshold then rests on one or two texts and the
+    FRR on new inputs varies.
     """
     check_target_frr(target_frr)
     ordered = sorted(float(s) for s in clean_scores)
@@ -59,7 +62,7 @@ def calibrate_threshold(clean_scores: Sequence[float], target_frr: float) -> flo
         raise InputError("calibration needs at least one held-out clean text")
     if any(math.isnan(s) for s in ordered):
         raise InputError("calibration scores hold NaN: a threshold between them would be arbitrary")
-    allowed = math.floor(target_frr * len(ordered) + 1e-9)
+    allowed = max(0, math.floor(target_frr * (len(ordered) + 1) + 1e-9) - 1)
     if allowed < STABLE_TAIL:
         fix = (
             f"give at least {math.ceil(STABLE_TAIL / target_frr)} held-out texts"

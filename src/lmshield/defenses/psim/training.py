@@ -53,6 +53,7 @@ def tuning_config(config: PSIMConfig, keep_head: bool, num_texts: int) -> Tuning
         batch_size=config.batch_size,
         max_length=config.max_length,
         warmup_ratio=config.warmup_ratio,
+        train_pooler=config.train_pooler,
         checkpoint="last",
         seed=config.seed,
         **prompt,
