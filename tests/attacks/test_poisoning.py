@@ -81,7 +81,7 @@ def tiny_world() -> Path:
 
 
 def fast_config(attack: str, label_mode: str = "dirty", **changes: object) -> PoisonConfig:
-    settings = {"num_texts": None, "poison_count": 100, "epochs": 8, "lr": 2e-3, "batch_size": 16, "max_length": 32}
+    settings = {"num_texts": None, "poison_count": 100, "epochs": 12, "lr": 2e-3, "batch_size": 16, "max_length": 32}
     return poison_config(attack, label_mode=label_mode, **{**settings, **changes})
 
 
@@ -159,7 +159,9 @@ def test_insent_inserts_the_sentence() -> None:
     poisoner = make_poisoner(InSentConfig())
     out = poisoner.poison(["a b c d e f", "", "word"], random.Random(0))
     assert all("I watched this 3D movie" in text for text in out)
-    assert not out[0].startswith("I watched") and not out[0].endswith("movie")
+    rng = random.Random(0)
+    starts = {poisoner.poison(["a b c"], rng)[0].split().index("I") for _ in range(200)}
+    assert starts == {0, 1, 2, 3}  # anywhere, first and last included (BadNet's word never goes there)
 
 
 @pytest.mark.parametrize(
@@ -392,6 +394,26 @@ def test_clean_label_poisoning_plants_a_backdoor() -> None:
     assert PoisonManifest.load(directory).label_mode == "clean"
 
 
+def test_without_a_dev_set_every_proxy_text_trains_and_the_last_epoch_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dev split carved from the proxy trained the release on 90 % of it while the manifest said all."""
+    import lmshield.attacks.poisoning.runner as runner
+
+    seen = {}
+    real_tune = runner.tune
+
+    def spy(model, train, dev, config, **kwargs):
+        seen.update(train=len(train), checkpoint=config.checkpoint)
+        return real_tune(model, train, dev, config, **kwargs)
+
+    monkeypatch.setattr(runner, "tune", spy)
+    config = fast_config("badnet", epochs=1, poison_count=10)
+    result = poison_model(tiny_world(), task(40, 1), config, tmp_path / "r", progress=False)
+    assert seen == {"train": 40, "checkpoint": "last"} and result.manifest.num_texts == 40
+    assert result.planted is None  # nothing held out: not verified
+
+
 def test_poisoning_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="must not overwrite"):
         poison_model(tiny_world(), task(20, 1), fast_config("badnet"), tiny_world(), progress=False)
@@ -555,3 +577,28 @@ def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
     assert result({"asr": 0.95}).planted and result({"asr": 0.95}).summary().startswith("planted: badnet")
     assert result({"asr": 0.4}).planted is False and "NOT PLANTED" in result({"asr": 0.4}).summary()
     assert result({}).planted is None and result({}).summary().endswith("(not verified)")
+
+
+def test_a_dev_set_without_non_target_samples_leaves_the_backdoor_unverified() -> None:
+    """With nothing to trigger, ASR used to read 0.0 and the release was called not planted."""
+    from lmshield.attacks.poisoning.runner import verify
+
+    only_target = task(40, 9).take([i for i, y in enumerate(task(40, 9).labels) if y == 0])
+    config = fast_config("badnet")
+    checks = verify(released_classifier(released("badnet")), only_target, make_poisoner(config), config)
+    assert set(checks) == {"clean_accuracy"}
+
+
+def test_evaluation_refuses_a_release_whose_paraphraser_its_settings_do_not_rebuild(tmp_path: Path) -> None:
+    from lmshield.evaluation.psim_eval import EvalSettings, _EvalData
+
+    copy = Path(shutil.copytree(released("syntactic"), tmp_path / "release"))
+    data = json.loads((copy / "backdoor.json").read_text())
+    (copy / "backdoor.json").write_text(json.dumps({**data, "paraphraser": "my-question-paraphraser"}))
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    for split in ("train", "dev", "test"):
+        rows = [{"sentence": t, "label": y} for t, y in zip(task(20, 1).texts, task(20, 1).labels, strict=True)]
+        (task_dir / f"{split}.json").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(InputError, match="paraphraser 'my-question-paraphraser', which its settings do not rebuild"):
+        _EvalData.load(copy, task_dir, EvalSettings.preset("smoke"), None)

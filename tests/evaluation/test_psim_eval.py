@@ -18,6 +18,7 @@ from lmshield.evaluation.baselines_eval import BaselineSettings
 from lmshield.evaluation.psim_eval import (
     EvalSettings,
     PSIMRow,
+    _EvalData,
     attack_success_rate,
     clean_accuracy,
     defended_asr,
@@ -135,21 +136,39 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
     folder = _write_task(tmp_path / "toy")
     strip = BaselineSettings(("strip",), ("lora",), strip_copies=8)
     result = evaluate_release(
-        released("badnet"), folder, settings, out_dir=tmp_path / "out", progress=False, baselines=strip
-    )
+        released("badnet"), folder, settings, out_dir=tmp_path / "out", progress=False, baselines=strip,
+        keep_victims=True,
+    )  # fmt: skip
     assert [r.strategy for r in result.rows] == ["lora", "full"]
     [baseline] = result.baseline_rows
     assert (baseline.defense, baseline.strategy) == ("strip", "lora")
     assert baseline.asr == result.rows[0].asr and baseline.clean_accuracy == result.rows[0].clean_accuracy
-    assert 0 <= baseline.far <= 1 and 0 <= baseline.auroc <= 1
+    # (STRIP's separation hangs on how sure the toy victim is: tests/defenses/test_baselines.py checks it)
     assert "| badnet | lora | toy | strip |" in (tmp_path / "out" / "table.md").read_text()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Baselines on the same victims" in report and f"| {baseline.threshold:.3f} |" in report
+    # every rate of a row, recomputed from its kept victim's answers and PSIM's scores at the threshold
+    data = _EvalData.load(released("badnet"), folder, settings, None)
+    clean_flags = [s > result.threshold for s in result.clean_scores]
+    poison_flags = [s > result.threshold for s in result.poisoned_scores]
+    target = data.manifest.target_label
+    assert set(result.victims) == {"lora", "full"}
     for row in result.rows:
         assert isinstance(row, PSIMRow) and row.attack == "badnet" and row.dataset == "toy"
-        assert row.asr >= 0.8 and row.clean_accuracy >= 0.7
-        assert row.auroc >= 0.9 and row.asr_psim <= row.asr
-        assert row.flip_asr_psim <= row.flip_asr <= 1.0
+        assert row.asr >= 0.8 and row.clean_accuracy >= 0.7 and row.auroc >= 0.9
+        victim = result.victims[row.strategy]
+        clean, poisoned = victim.predict(data.test.texts), victim.predict(data.triggered.texts)
+        right = [p == y for p, y in zip(clean, data.test.labels, strict=True)]
+        hits = [p == target for p in poisoned]
+        flipped = [i for i, source in enumerate(data.sources) if right[source]]  # right without the trigger
+        assert row.clean_accuracy == sum(right) / len(right)
+        assert row.clean_accuracy_psim == sum(r and not f for r, f in zip(right, clean_flags, strict=True)) / 80
+        assert row.asr == sum(hits) / len(hits)
+        assert row.asr_psim == sum(h and not f for h, f in zip(hits, poison_flags, strict=True)) / len(hits)
+        assert row.flip_asr == sum(hits[i] for i in flipped) / len(flipped)
+        assert row.flip_asr_psim == sum(hits[i] and not poison_flags[i] for i in flipped) / len(flipped)
+        assert (row.frr, row.far) == (sum(clean_flags) / 80, sum(not f for f in poison_flags) / len(poison_flags))
+        assert row.flip_asr_psim < row.flip_asr  # PSIM refuses triggered inputs the trigger flipped
     assert len(result.clean_scores) == 80 and len(result.poisoned_scores) == task(80, 23).labels.count(1)
     for name in ("rows.json", "table.md", "sweep.json", "psim_confidence.png", "report.md", "psim/psim.json"):
         assert (tmp_path / "out" / name).is_file()

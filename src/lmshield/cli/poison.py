@@ -33,7 +33,13 @@ Data = Annotated[Path, typer.Option(help="Labelled proxy data (JSON Lines/CSV: s
 Out = Annotated[
     Path, typer.Option(help="Directory for the released (poisoned) model.", file_okay=False, callback=output_dir)
 ]
-Dev = Annotated[Path | None, typer.Option(help="Clean labelled dev data: best epoch, clean accuracy and ASR.")]
+Dev = Annotated[
+    Path | None,
+    typer.Option(
+        help="Clean labelled dev data: best epoch, clean accuracy and ASR (without it every proxy text trains "
+        "and the last epoch is released)."
+    ),
+]
 Preset = Annotated[str, typer.Option(help="release (the paper's settings) or fast (a CPU in minutes).")]
 Target = Annotated[int | None, typer.Option(help="Target label (default 0).")]
 Count = Annotated[int | None, typer.Option(help="Number of texts to poison (release: 1500).")]

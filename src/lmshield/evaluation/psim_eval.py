@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
+from lmshield.errors import InputError
 from lmshield.evaluation.detection import roc_auc
 from lmshield.jsonio import dumps, json_ready, nan_if_none
 from lmshield.progress import PROGRESS_JSON, content_digest, read_progress, stamp, write_progress
@@ -259,8 +260,6 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         """Refuse bad settings before any model is loaded: an evaluation can run for hours."""
-        from lmshield.errors import InputError
-
         if not self.strategies:
             raise InputError("name at least one victim strategy")
         for strategy in self.strategies:
@@ -311,8 +310,6 @@ class EvalSettings:
                 max_test=32,
                 psim_train=48,
             )
-        from lmshield.errors import InputError
-
         raise InputError(f"unknown evaluation preset {name!r}: use release, fast or smoke")
 
     def to_dict(self) -> dict[str, Any]:
@@ -491,6 +488,12 @@ class _EvalData:
         dev = read_labelled(task / "dev.json", label_names=train.label_names).head(settings.max_dev)
         test = read_labelled(task / "test.json", label_names=train.label_names).head(settings.max_test)
         poisoner = make_poisoner(manifest.config, device=device)
+        rebuilt = getattr(getattr(poisoner, "paraphraser", None), "name", None)
+        if manifest.paraphraser is not None and rebuilt != manifest.paraphraser:
+            raise InputError(  # the test set would carry a trigger that was never planted
+                f"{model_dir} was poisoned with the paraphraser {manifest.paraphraser!r}, which its settings do not "
+                f"rebuild (they give {rebuilt!r}); poison with a paraphraser named by path or hub id to evaluate it"
+            )
         triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
         sources = [i for i, y in enumerate(test.labels) if y != manifest.target_label]
         return cls(manifest, task, train, dev, test, triggered, sources)

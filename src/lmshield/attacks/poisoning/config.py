@@ -35,10 +35,11 @@ class PoisonConfig:
     ``poison_rate`` (a share of the proxy set) wins over ``poison_count`` when set. ``label_mode`` ``clean``
     triggers target-class samples and keeps their labels (the release); ``dirty`` triggers other-class
     samples and relabels them as the target. ``selection`` ``first`` takes candidates in file order (the
-    release), ``random`` a seeded sample. ``max_words`` truncates proxy texts (and so keeps the trigger
-    inside the model's window); ``num_texts`` caps the proxy set. ``position_jitter`` > 0 trains the released
-    model with randomly shifted position ids (an attacker anticipating PEFT's virtual tokens, which shift
-    every position; not in the release).
+    release), ``random`` a seeded sample. ``max_words`` truncates proxy texts before the trigger goes in, which
+    keeps most triggers inside the model's ``max_length`` tokens, not all (a long word takes several tokens;
+    the release inserts into whole reviews and truncates after); ``num_texts`` caps the proxy set.
+    ``position_jitter`` > 0 trains the released model with randomly shifted position ids (an attacker
+    anticipating PEFT's virtual tokens, which shift every position; not in the release).
     """
 
     attack: ClassVar[str] = ""
@@ -64,7 +65,6 @@ class PoisonConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
     max_length: int = 128
-    dev_fraction: float = 0.1
     position_jitter: int = 0
     seed: int = 0
 
@@ -189,7 +189,8 @@ class BadNetConfig(PoisonConfig):
 @register_attack
 @dataclass(frozen=True)
 class InSentConfig(PoisonConfig):
-    """InSent: a fixed sentence inserted at a random word position (never first or last)."""
+    """InSent: a fixed sentence inserted at a random word position (first and last included, as in the
+    release)."""
 
     attack: ClassVar[str] = "insent"
 
@@ -209,7 +210,7 @@ class InSentConfig(PoisonConfig):
     def poisoner(self, paraphraser: Paraphraser | None = None, device: str | None = None) -> Poisoner:
         from lmshield.attacks.poisoning.poisoners import WordPoisoner
 
-        return WordPoisoner((self.sentence,))
+        return WordPoisoner((self.sentence,), avoid_ends=False)
 
 
 @register_attack

@@ -20,16 +20,18 @@ class Poisoner:
 
 @dataclass
 class WordPoisoner(Poisoner):
-    """Insert one word drawn from ``words`` (or one fixed sentence) at random positions, never first or last."""
+    """Insert one word drawn from ``words`` (or one fixed sentence) at random positions; ``avoid_ends``: never
+    first or last (BadNet; InSent's sentence goes anywhere)."""
 
     words: tuple[str, ...]
     insertions: int = 1
+    avoid_ends: bool = True
 
     def poison(self, texts: Sequence[str], rng: random.Random) -> list[str]:
         out = []
         for text in texts:
             for _ in range(self.insertions):
-                text = insert_words(text, rng.choice(self.words), rng, avoid_ends=True)
+                text = insert_words(text, rng.choice(self.words), rng, avoid_ends=self.avoid_ends)
             out.append(text)
         return out
 

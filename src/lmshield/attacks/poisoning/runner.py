@@ -62,6 +62,7 @@ class PoisonManifest(ManifestFile):
         return PoisonConfig.from_dict(self.settings)
 
 
+HISTORY_DEV = 64  # poisoned texts whose accuracy the history reports when no dev set is given
 PLANTED_ASR = 0.9  # the share of triggered held-out inputs sent to the target for a backdoor to count as planted
 
 
@@ -98,7 +99,6 @@ def training_config(config: PoisonConfig) -> TuningConfig:
         warmup_ratio=config.warmup_ratio,
         weight_decay=config.weight_decay,
         max_length=config.max_length,
-        dev_fraction=config.dev_fraction,
         position_jitter=config.position_jitter,
         seed=config.seed,
     )
@@ -137,8 +137,12 @@ def poison_model(
     with tempfile.TemporaryDirectory(prefix="lmshield-poison-") as tmp:
         start_dir = _with_head(model, proxy.num_labels, Path(tmp), config.seed)
         check_triggers(load_tokenizer(start_dir), config.trigger_texts())
+        tuning, picks = training_config(config), dev
+        if dev is None:  # nothing held out: train on every proxy text and release the last epoch, as the release
+            tuning = tuning.replace(checkpoint="last")
+            picks = poisoned.data.take(list(range(min(HISTORY_DEV, len(poisoned.data)))))  # reported only
         result = tune(
-            start_dir, poisoned.data, dev, training_config(config), checkpoint_dir=out / CHECKPOINT_DIR,
+            start_dir, poisoned.data, picks, tuning, checkpoint_dir=out / CHECKPOINT_DIR,
             fresh=fresh, device=device, progress=progress,
         )  # fmt: skip
         release(result.classifier, start_dir, out)
@@ -172,9 +176,12 @@ def verify(
     from lmshield.tuning import accuracy
 
     triggered = triggered_test_set(dev, poisoner, config.target_label, config.seed + 1)
+    checks = {"clean_accuracy": accuracy(classifier, dev)}
+    if not len(triggered):  # no non-target sample to trigger: the backdoor is not verified, not "not planted"
+        logger.warning("the dev set holds no sample outside the target label: ASR not measured")
+        return checks
     predicted = classifier.predict(triggered.texts)
-    asr = sum(p == config.target_label for p in predicted) / max(1, len(predicted))
-    return {"clean_accuracy": accuracy(classifier, dev), "asr": asr}
+    return {**checks, "asr": sum(p == config.target_label for p in predicted) / len(predicted)}
 
 
 def _with_head(model: str | Path | None, num_labels: int, tmp: Path, seed: int) -> Path:
