@@ -222,3 +222,18 @@ def test_paraphrase_files_must_match_the_test_set(shared_data: Path, tmp_path: P
         load_paraphrased(folder, "scpn")
     with pytest.raises(InputError, match="unknown paraphrase"):
         load_paraphrased(folder, "pivot")
+
+
+def test_onion_follows_the_scikit_learn_protocol(tiny_gpt2: Path) -> None:
+    onion = ONION(tiny_gpt2, threshold=1.0, max_words=8)
+    assert onion.get_params() == {
+        "lm": tiny_gpt2, "threshold": 1.0, "max_words": 8, "batch_size": 32, "device": None, "progress": False,
+    }  # fmt: skip
+    model = onion.model
+    assert onion.set_params(threshold=2.5) is onion and onion.threshold == 2.5 and onion.model is model
+    with pytest.raises(InputError, match="max_words"):
+        onion.set_params(max_words=0)
+    assert onion.max_words == 8
+    with pytest.raises(InputError, match="unknown ONION parameter"):
+        onion.set_params(treshold=1.0)
+    assert type(onion)(**onion.get_params()).get_params()["threshold"] == 2.5  # what sklearn.base.clone does

@@ -64,6 +64,22 @@ class ONION:
         self.batch_size = batch_size
         self.progress = progress
 
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (scikit-learn's estimator protocol)."""
+        names = ("lm", "threshold", "max_words", "batch_size", "device", "progress")
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> ONION:
+        """Change parameters (validated as in the constructor; the LM is loaded again only for a new ``lm``);
+        calibrate again afterwards."""
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise InputError(f"unknown ONION parameter(s): {', '.join(unknown)}")
+        loaded = {} if "lm" in params or "device" in params else {"lm": (self.model, self.tokenizer)}
+        checked = type(self)(**{**self.get_params(), **params, **loaded})  # bad values fail here
+        vars(self).update({**vars(checked), "lm": params.get("lm", self.lm)})
+        return self
+
     @torch.no_grad()
     def perplexity(self, texts: Sequence[str]) -> list[float]:
         """Per-text perplexity under the LM (empty texts get ``inf``)."""
