@@ -526,3 +526,15 @@ def test_a_device_the_machine_lacks_is_refused_for_a_loaded_encoder_too(monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="CUDA"):
         scan(tiny_encoder("bert"), TINY_SCAN, device="cuda", progress=False)
+
+
+def test_a_scan_extended_to_more_seeds_gives_what_a_fresh_one_gives(tmp_path: Path):
+    """Seeds of one group share their carrier draws: a 2-seed run resumed to 8 used to run seeds 2-5 as a group
+    where a fresh scan runs 0-3 and 4-7, and the same seed then reached another distance."""
+    encoder = tiny_encoder("bert")
+    config = TINY_SCAN.replace(max_seeds=8, distance_threshold=1e6, abandon_threshold=1e-9)  # no seed accepted
+    fresh = scan(encoder, config, progress=False)
+    scan(encoder, config.replace(max_seeds=2), progress=False, out_dir=tmp_path)
+    extended = scan(encoder, config, progress=False, out_dir=tmp_path)
+    assert [t.final_distance for t in extended.trace] == [t.final_distance for t in fresh.trace]
+    assert extended.timings["resumed_seeds"] == 0  # the two earlier seeds were half a group: run again whole

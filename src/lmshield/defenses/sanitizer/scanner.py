@@ -215,9 +215,15 @@ def scan(
         found = any(o.trace.status == "accepted" for o in outcomes)
         return (config.mode == "detect" and found) or len(outcomes) >= len(all_seeds)
 
+    whole = len(outcomes) // config.group_size * config.group_size
+    if not done() and whole < len(outcomes):
+        # a part of a group, from an earlier run with fewer seeds: run that group whole, so every seed gives
+        # what a fresh scan gives (seeds of one group share their random carrier draws)
+        outcomes = outcomes[:whole]
+        resumed = whole
+
     while not done():
-        remaining = all_seeds[len(outcomes) :]
-        group = remaining[: config.group_size]
+        group = all_seeds[len(outcomes) : len(outcomes) + config.group_size]
         known = _accepted_pvs(outcomes, encoder.hidden_size)
         for outcome in miner.run_group(group, known, progress=progress):
             judge(outcome, _accepted_pvs(outcomes, encoder.hidden_size), config, scale)
