@@ -1,3 +1,3 @@
 """lmshield: find and neutralise backdoors in PEFT-adapted language models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
