@@ -263,3 +263,22 @@ def test_paraphrase_baselines_that_cannot_run_say_why(tmp_path: Path) -> None:
     }
     assert "BadNet 'mn'" in settings.skipped(tmp_path, insent)["paraphrase-back"]
     assert settings.applicable("lora", tmp_path, insent) == ["strip"]
+
+
+def test_registering_a_baseline_touches_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmshield.evaluation import baselines_eval as module
+
+    monkeypatch.setattr(module, "BASELINE_REGISTRY", dict(module.BASELINE_REGISTRY))
+    seen = {}
+
+    def refuse_all(answers: VictimAnswers, settings: BaselineSettings, context) -> object:
+        seen.update(name=context.name, frr=context.target_frr)
+        return "row"
+
+    module.register_baseline("refuse-all", module.Baseline(refuse_all))
+    settings = BaselineSettings(("refuse-all", "strip"))  # accepted beside the built-in ones
+    assert settings.key("refuse-all").startswith("refuse-all/")
+    row = module.baseline_row("refuse-all", answers(), settings, task_dir="t", dev_texts=["a"], target_frr=0.02)
+    assert row == "row" and seen == {"name": "refuse-all", "frr": 0.02}
+    with pytest.raises(InputError, match="unknown baseline 'nope'"):
+        BaselineSettings(("nope",))

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,39 @@ from typing import Any
 from lmshield.errors import InputError
 from lmshield.evaluation.psim_eval import PSIMRow, attack_success_rate, clean_accuracy, flip_asr, psim_row
 
-BASELINES = ("strip", "onion", "paraphrase-back", "paraphrase-scpn")
 DEFAULT_FRR = 0.05
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What a baseline's row may read besides the victim: its name, the task and the held-out dev texts."""
+
+    name: str
+    task_dir: Path
+    dev_texts: Sequence[str]
+    dev_labels: Sequence[int]
+    target_frr: float | None
+    seed: int
+    device: str | None
+    progress: bool
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline defense: how its row is made, which :class:`BaselineSettings` fields it reads (they name its
+    saved rows) and whether it answers precomputed inputs that fit only some tasks and attacks."""
+
+    row: Callable[[VictimAnswers, BaselineSettings, RowContext], PSIMRow]
+    settings: tuple[str, ...] = ()
+    precomputed: bool = False
+
+
+BASELINE_REGISTRY: dict[str, Baseline] = {}  # filled below the row functions; register_baseline adds more
+
+
+def register_baseline(name: str, baseline: Baseline) -> None:
+    """Add a baseline under ``name``: the one place a new baseline touches (its settings aside)."""
+    BASELINE_REGISTRY[name] = baseline
 
 
 @dataclass(frozen=True)
@@ -43,9 +74,9 @@ class BaselineSettings:
     strip_ratio: float = 0.25
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.names if name not in BASELINES]
+        unknown = [name for name in self.names if name not in BASELINE_REGISTRY]
         if unknown:
-            raise InputError(f"unknown baseline {unknown[0]!r}: use {', '.join(BASELINES)}")
+            raise InputError(f"unknown baseline {unknown[0]!r}: use {', '.join(BASELINE_REGISTRY)}")
         if "onion" in self.names and not self.onion_lm:
             raise InputError("the onion baseline needs a causal language model: give its path (--onion-lm)")
         if "onion" in self.names and not Path(self.onion_lm).is_dir():  # before any victim is trained
@@ -63,7 +94,7 @@ class BaselineSettings:
     def skipped(self, task_dir: str | Path, manifest: Any) -> dict[str, str]:
         """The paraphrase baselines asked for that cannot run here, each with the reason."""
         reasons = {}
-        for name in (n for n in self.names if n.startswith("paraphrase-")):
+        for name in (n for n in self.names if BASELINE_REGISTRY[n].precomputed):
             if not _paraphrases_fit(manifest.attack, manifest.triggers, manifest.target_label):
                 reasons[name] = "its precomputed files hold BadNet 'mn' inputs for target 0 only"
             elif not _has_paraphrases(task_dir, name):
@@ -73,11 +104,7 @@ class BaselineSettings:
     def key(self, name: str) -> str:
         """``name`` and eight hex digits of that baseline's own settings: saved rows of other settings are not
         reused, and adding a baseline or a victim keeps the rows already done."""
-        own = {
-            "strip": ("strip_copies", "strip_ratio"),
-            "onion": ("onion_lm", "onion_threshold", "onion_max_drop"),
-        }.get(name, ())
-        values = {field: getattr(self, field) for field in own}
+        values = {field: getattr(self, field) for field in BASELINE_REGISTRY[name].settings}
         return f"{name}/{hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
@@ -128,12 +155,10 @@ def baseline_row(
 ) -> PSIMRow:
     """The row of one baseline (see :meth:`BaselineSettings.applicable` for which ones fit); ``dev_labels``
     (of ``dev_texts``) calibrate ONION when ``settings.onion_max_drop`` is set."""
-    if name == "strip":
-        frr = DEFAULT_FRR if target_frr is None else target_frr
-        return strip_row(answers, settings, dev_texts, frr, seed, progress)
-    if name == "onion":
-        return onion_row(answers, settings, device, progress, dev=(dev_texts, dev_labels))
-    return paraphrase_row(answers, task_dir, name)
+    if name not in BASELINE_REGISTRY:
+        raise InputError(f"unknown baseline {name!r}: use {', '.join(BASELINE_REGISTRY)}")
+    context = RowContext(name, Path(task_dir), dev_texts, dev_labels, target_frr, seed, device, progress)
+    return BASELINE_REGISTRY[name].row(answers, settings, context)
 
 
 def strip_row(
@@ -242,3 +267,24 @@ def _changed_input_row(
         flip_asr_psim=defended_flip,
         defense=defense,
     )
+
+
+def _strip(answers: VictimAnswers, settings: BaselineSettings, context: RowContext) -> PSIMRow:
+    frr = DEFAULT_FRR if context.target_frr is None else context.target_frr
+    return strip_row(answers, settings, context.dev_texts, frr, context.seed, context.progress)
+
+
+def _onion(answers: VictimAnswers, settings: BaselineSettings, context: RowContext) -> PSIMRow:
+    dev = (context.dev_texts, context.dev_labels)
+    return onion_row(answers, settings, context.device, context.progress, dev=dev)
+
+
+def _paraphrase(answers: VictimAnswers, settings: BaselineSettings, context: RowContext) -> PSIMRow:
+    return paraphrase_row(answers, context.task_dir, context.name)
+
+
+register_baseline("strip", Baseline(_strip, ("strip_copies", "strip_ratio")))
+register_baseline("onion", Baseline(_onion, ("onion_lm", "onion_threshold", "onion_max_drop")))
+register_baseline("paraphrase-back", Baseline(_paraphrase, precomputed=True))
+register_baseline("paraphrase-scpn", Baseline(_paraphrase, precomputed=True))
+BASELINES = tuple(BASELINE_REGISTRY)  # the built-in ones, in the order the table lists them
