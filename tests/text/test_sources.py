@@ -196,3 +196,11 @@ def test_triggers_stay_among_the_words_truncation_keeps() -> None:
             assert "cf" in words[:43]
     assert insert_per_words(text, "cf", rng, max_position=42).split().count("cf") == 1  # 42 words ask for one
     assert insert_per_words(text, "cf", rng).split().count("cf") == 3
+
+
+def test_records_with_an_empty_text_are_left_out_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    file = tmp_path / "texts.jsonl"
+    file.write_text('{"sentence": "one"}\n{"sentence": ""}\n{"sentence": "three"}\n')
+    with caplog.at_level("WARNING"):
+        assert read_texts(file) == ["one", "three"]
+    assert "1 of 3 records have an empty 'sentence' and are left out" in caplog.text

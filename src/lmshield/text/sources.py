@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
 from lmshield.text.grammar import grammar_sentences, vocabulary_sentences
+
+logger = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("text", "sentence", "content", "review")  # tried in this order when no field is named
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -169,10 +172,13 @@ def _texts_from_records(file: Path, field: str | None) -> list[str]:
     records = read_records(file)
     key = find_text_field(list(records[0]), field, file)
     texts = [text_value(record.get(key), file, number).strip() for number, record in enumerate(records, start=1)]
-    texts = [text for text in texts if text]
-    if not texts:
+    kept = [text for text in texts if text]
+    if not kept:
         raise InputError(f"{file}: field {key!r} is empty in every record")
-    return texts
+    if len(kept) < len(texts):  # the outputs then number fewer lines than the records: say so
+        logger.warning("%s: %d of %d records have an empty %r and are left out", file, len(texts) - len(kept),
+                       len(texts), key)  # fmt: skip
+    return kept
 
 
 def text_value(value: Any, where: str | Path, number: int) -> str:
