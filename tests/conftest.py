@@ -25,14 +25,15 @@ hf_logging.disable_progress_bar()
 # one thread per pytest-xdist worker (workers share the cores), at most two in a single process
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# beside the project, or wherever LMSHIELD_SHARED_DATA says (a checkout elsewhere, a CI runner)
+SHARED_DATA = Path(os.environ.get("LMSHIELD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The shared text data beside the project; tests that need it skip when it is absent."""
+    """The shared text data; tests that need it skip when it is absent."""
     if not (SHARED_DATA / "sst-2" / "train.json").is_file():
-        pytest.skip("../shared/data is not available")
+        pytest.skip(f"{SHARED_DATA} is not available (LMSHIELD_SHARED_DATA names another place)")
     return SHARED_DATA
 
 
