@@ -38,8 +38,13 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "lmshield"
 SETTINGS = {"epochs": 3, "lr": 1e-3, "batch_size": 16, "max_length": 32, "progress": False}
 
 
-@lru_cache(maxsize=4)
 def fitted(classes: int = 2) -> PSIM:
+    """A fitted PSIM of its own (tests calibrate it): a copy of the one fitted per process."""
+    return copy.deepcopy(_fitted(classes))
+
+
+@lru_cache(maxsize=4)
+def _fitted(classes: int) -> PSIM:
     return PSIM("lora", **SETTINGS).fit(released("badnet", "dirty", classes), task(300, 4, classes).texts, classes)
 
 
@@ -279,8 +284,10 @@ def test_an_explicit_threshold_moves_to_the_new_score_scale_too() -> None:
     """A clone or refit reads the threshold parameter: left on the old scale it flagged other inputs."""
     psim = copy.deepcopy(fitted())
     psim.set_params(threshold=0.7)
+    learned = psim.threshold_
     psim.set_params(score_kind="normalised")
-    assert psim.get_params()["threshold"] == pytest.approx(0.4) and psim.threshold_ == pytest.approx(0.4)
+    assert psim.get_params()["threshold"] == pytest.approx(0.4)  # (0.7 - 1/2) / (1 - 1/2)
+    assert psim.threshold_ == pytest.approx(2 * learned - 1)
 
 
 def test_a_saturated_calibration_saves_and_loads(tmp_path: Path) -> None:
