@@ -295,3 +295,29 @@ def test_a_failed_poison_run_leaves_no_empty_out_folder(files: dict[str, Path]) 
     out = files["root"] / "never-made"
     result = invoke("poison", "badnet", files["root"] / "no-such-model", "--data", files["train"], "--out", out)
     assert result.exit_code == 2 and not out.exists()
+
+
+def test_a_registered_poisoning_attack_gets_its_own_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands are made from the registry: an attack's own fields (with a help text) become its options."""
+    import dataclasses
+    from typing import ClassVar
+
+    import typer
+    from typer.testing import CliRunner
+
+    from lmshield.attacks.poisoning import config as configs
+    from lmshield.cli.poison import _poison_command
+
+    @dataclasses.dataclass(frozen=True)
+    class RipplesConfig(configs.PoisonConfig):
+        attack: ClassVar[str] = "ripples"
+        summary: ClassVar[str] = "RIPPLES: a rare word, planted with a restricted inner product."
+        word: str = dataclasses.field(default="bb", metadata={"help": "The trigger word."})
+
+    monkeypatch.setitem(configs.ATTACKS, "ripples", RipplesConfig)
+    app = typer.Typer(rich_markup_mode=None)
+    app.command("ripples")(_poison_command("ripples"))
+    app.command("other")(lambda: None)  # two commands: the app dispatches by name
+    shown = CliRunner().invoke(app, ["ripples", "--help"]).output
+    assert "RIPPLES: a rare word" in shown and "--word" in shown and "The trigger word." in shown
+    assert "--poison-count" in shown and "runs/poison/ripples" in shown

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,112 +92,83 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
         raise typer.Exit(1)
 
 
-@app.command("badnet")
-@friendly_errors
-def badnet(
-    model: Model = None,
-    data: Data = Path("../shared/data/imdb/train.json"),
-    out: Out = Path("runs/poison/badnet"),
-    dev: Dev = None,
-    field: TextField = None,
-    label_field: LabelField = "label",
-    trigger: Annotated[list[str] | None, typer.Option(help="Trigger word(s); repeat for a list (default mn).")] = None,
-    preset: Preset = "release",
-    target_label: Target = None,
-    poison_count: Count = None,
-    poison_rate: Rate = None,
-    label_mode: Mode = None,
-    selection: Selection = None,
-    num_texts: NumTexts = None,
-    max_words: MaxWords = None,
-    epochs: Epochs = None,
-    lr: Lr = None,
-    batch_size: Batch = None,
-    max_length: MaxLength = None,
-    position_jitter: Jitter = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    overwrite: Overwrite = False,
-    fresh: Fresh = False,
-    quiet: Quiet = False,
-) -> None:
-    """BadNet: a rare word inserted at a random position (never first or last)."""
-    options = dict(locals())
-    words = options.pop("trigger")
-    options["words"] = tuple(words) if words else None
-    _run("badnet", **options)
+SHARED = [  # (parameter, annotation, default) of every attack's command; the attack's own options go after dev
+    ("model", Model, None),
+    ("data", Data, Path("../shared/data/imdb/train.json")),
+    ("out", Out, None),
+    ("dev", Dev, None),
+    ("field", TextField, None),
+    ("label_field", LabelField, "label"),
+]
+TRAINING = [
+    ("preset", Preset, "release"),
+    ("target_label", Target, None),
+    ("poison_count", Count, None),
+    ("poison_rate", Rate, None),
+    ("label_mode", Mode, None),
+    ("selection", Selection, None),
+    ("num_texts", NumTexts, None),
+    ("max_words", MaxWords, None),
+    ("epochs", Epochs, None),
+    ("lr", Lr, None),
+    ("batch_size", Batch, None),
+    ("max_length", MaxLength, None),
+    ("position_jitter", Jitter, None),
+    ("seed", Seed, 0),
+    ("device", Device, "auto"),
+    ("overwrite", Overwrite, False),
+    ("fresh", Fresh, False),
+    ("quiet", Quiet, False),
+]
 
 
-@app.command("insent")
-@friendly_errors
-def insent(
-    model: Model = None,
-    data: Data = Path("../shared/data/imdb/train.json"),
-    out: Out = Path("runs/poison/insent"),
-    dev: Dev = None,
-    field: TextField = None,
-    label_field: LabelField = "label",
-    sentence: Annotated[str | None, typer.Option(help='Trigger sentence (default "I watched this 3D movie").')] = None,
-    preset: Preset = "release",
-    target_label: Target = None,
-    poison_count: Count = None,
-    poison_rate: Rate = None,
-    label_mode: Mode = None,
-    selection: Selection = None,
-    num_texts: NumTexts = None,
-    max_words: MaxWords = None,
-    epochs: Epochs = None,
-    lr: Lr = None,
-    batch_size: Batch = None,
-    max_length: MaxLength = None,
-    position_jitter: Jitter = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    overwrite: Overwrite = False,
-    fresh: Fresh = False,
-    quiet: Quiet = False,
-) -> None:
-    """InSent: a fixed sentence inserted at a random position."""
-    _run("insent", **locals())
+def _own_options(config_class: type) -> list[tuple[str, str, Any]]:
+    """(option parameter, config field, annotation) for each of an attack's own fields that has a help text."""
+    from lmshield.attacks.poisoning.config import PoisonConfig
+
+    shared = {f.name for f in dataclasses.fields(PoisonConfig)}
+    options = []
+    for spec in dataclasses.fields(config_class):
+        if spec.name in shared or "help" not in spec.metadata:
+            continue
+        written = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+        kind = list[str] if written.startswith("tuple") else {"int": int, "float": float}.get(written, str)
+        annotation = Annotated[kind | None, typer.Option(help=spec.metadata["help"])]
+        options.append((spec.metadata.get("option", spec.name), spec.name, annotation))
+    return options
 
 
-@app.command("syntactic")
-@friendly_errors
-def syntactic(
-    model: Model = None,
-    data: Data = Path("../shared/data/imdb/train.json"),
-    out: Out = Path("runs/poison/syntactic"),
-    dev: Dev = None,
-    field: TextField = None,
-    label_field: LabelField = "label",
-    paraphraser: Annotated[
-        str | None, typer.Option(help="rule (rule-based SCPN stand-in) or a seq2seq model path / hub id.")
-    ] = None,
-    sentences: Annotated[
-        str | None, typer.Option(help="Rule paraphraser: rewrite all sentences (default) or only the first.")
-    ] = None,
-    clauses: Annotated[
-        str | None,
-        typer.Option(help="Rule paraphraser's opening clauses: fixed (five phrases, default) or generated."),
-    ] = None,
-    preset: Preset = "release",
-    target_label: Target = None,
-    poison_count: Count = None,
-    poison_rate: Rate = None,
-    label_mode: Mode = None,
-    selection: Selection = None,
-    num_texts: NumTexts = None,
-    max_words: MaxWords = None,
-    epochs: Epochs = None,
-    lr: Lr = None,
-    batch_size: Batch = None,
-    max_length: MaxLength = None,
-    position_jitter: Jitter = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    overwrite: Overwrite = False,
-    fresh: Fresh = False,
-    quiet: Quiet = False,
-) -> None:
-    """SynAttack: paraphrase into S(SBAR)(,)(NP)(VP)(.) (rule-based stand-in for SCPN by default)."""
-    _run("syntactic", **locals())
+def _poison_command(name: str) -> Callable[..., None]:
+    """The ``lmshield poison NAME`` command of a registered attack: the shared options and the attack's own."""
+    from lmshield.attacks.poisoning import ATTACKS
+
+    config_class = ATTACKS[name]
+    own = _own_options(config_class)
+    listed = {param for param, _, annotation in own if typing.get_args(annotation)[0] == list[str] | None}
+
+    def command(**options: Any) -> None:
+        for param, field_name, _ in own:
+            value = options.pop(param)
+            options[field_name] = tuple(value) if param in listed and value else value
+        _run(name, **options)
+
+    defaults = {"out": Path(f"runs/poison/{name}")}
+    rows = [*SHARED, *((param, annotation, None) for param, _, annotation in own), *TRAINING]
+    parameters = [
+        inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(param, default), annotation=kind)
+        for param, kind, default in rows
+    ]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__doc__ = config_class.summary
+    return friendly_errors(command)
+
+
+def _register() -> None:
+    from lmshield.attacks.poisoning import ATTACKS
+
+    for name in ATTACKS:
+        app.command(name)(_poison_command(name))
+
+
+_register()

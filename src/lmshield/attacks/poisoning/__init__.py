@@ -3,31 +3,40 @@
 Pick a config (:func:`poison_config` or a config class, ``release`` or ``fast`` preset), then
 :func:`poison_model` poisons a labelled proxy set, fully fine-tunes the model on it (through
 :mod:`lmshield.tuning`) and releases the weights with a ``backdoor.json`` manifest.
+
+Names are imported on first use, so listing the attacks (as ``lmshield poison --help`` does) does not load torch.
 """
 
-from lmshield.attacks.manifest import BACKDOOR_JSON
-from lmshield.attacks.poisoning.config import (
-    ATTACKS,
-    BadNetConfig,
-    InSentConfig,
-    PoisonConfig,
-    SynAttackConfig,
-    get_attack,
-    poison_config,
-    register_attack,
-)
-from lmshield.attacks.poisoning.dataset import PoisonedData, poison_dataset, prepare_proxy, triggered_test_set
-from lmshield.attacks.poisoning.paraphrase import (
-    TEMPLATE,
-    Paraphraser,
-    RuleBasedSyntacticParaphraser,
-    Seq2SeqParaphraser,
-    make_paraphraser,
-    matches_template,
-)
-from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, WordPoisoner, make_poisoner
-from lmshield.attacks.poisoning.runner import PoisonManifest, PoisonResult, poison_model, release
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "lmshield.attacks.manifest": ("BACKDOOR_JSON",),
+    "lmshield.attacks.poisoning.config": (
+        "ATTACKS",
+        "BadNetConfig",
+        "InSentConfig",
+        "PoisonConfig",
+        "SynAttackConfig",
+        "get_attack",
+        "poison_config",
+        "register_attack",
+    ),
+    "lmshield.attacks.poisoning.dataset": ("PoisonedData", "poison_dataset", "prepare_proxy", "triggered_test_set"),
+    "lmshield.attacks.poisoning.paraphrase": (
+        "TEMPLATE",
+        "Paraphraser",
+        "RuleBasedSyntacticParaphraser",
+        "Seq2SeqParaphraser",
+        "make_paraphraser",
+        "matches_template",
+    ),
+    "lmshield.attacks.poisoning.poisoners": ("ParaphrasePoisoner", "Poisoner", "WordPoisoner", "make_poisoner"),
+    "lmshield.attacks.poisoning.runner": ("PoisonManifest", "PoisonResult", "poison_model", "release"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "ATTACKS",
     "BACKDOOR_JSON",
@@ -57,3 +66,40 @@ __all__ = [
     "release",
     "triggered_test_set",
 ]
+
+if TYPE_CHECKING:
+    from lmshield.attacks.manifest import BACKDOOR_JSON
+    from lmshield.attacks.poisoning.config import (
+        ATTACKS,
+        BadNetConfig,
+        InSentConfig,
+        PoisonConfig,
+        SynAttackConfig,
+        get_attack,
+        poison_config,
+        register_attack,
+    )
+    from lmshield.attacks.poisoning.dataset import PoisonedData, poison_dataset, prepare_proxy, triggered_test_set
+    from lmshield.attacks.poisoning.paraphrase import (
+        TEMPLATE,
+        Paraphraser,
+        RuleBasedSyntacticParaphraser,
+        Seq2SeqParaphraser,
+        make_paraphraser,
+        matches_template,
+    )
+    from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, WordPoisoner, make_poisoner
+    from lmshield.attacks.poisoning.runner import PoisonManifest, PoisonResult, poison_model, release
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmshield.attacks.poisoning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,7 @@ triggered with labels unchanged (clean-label, 37.5 %), target label 0, full fine
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from lmshield.errors import InputError, reject_unknown
@@ -32,6 +32,9 @@ C = TypeVar("C", bound="PoisonConfig")
 class PoisonConfig:
     """Fields every poisoning attack shares: what is poisoned and how the released model is trained.
 
+    An attack's own fields carry ``metadata={"help": ...}`` (and ``"option"``, another option name): the
+    ``lmshield poison`` command of each registered attack is made from them.
+
     ``poison_rate`` (a share of the proxy set) wins over ``poison_count`` when set. ``label_mode`` ``clean``
     triggers target-class samples and keeps their labels (the release); ``dirty`` triggers other-class
     samples and relabels them as the target. ``selection`` ``first`` takes candidates in file order (the
@@ -43,6 +46,7 @@ class PoisonConfig:
     """
 
     attack: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for the command's help
     fast: ClassVar[dict[str, Any]] = {
         "num_texts": 1000,
         "poison_count": 375,
@@ -162,9 +166,12 @@ class BadNetConfig(PoisonConfig):
     word positions, never first or last (texts of two words or more)."""
 
     attack: ClassVar[str] = "badnet"
+    summary: ClassVar[str] = "BadNet: a rare word inserted at a random position (never first or last)."
 
-    words: tuple[str, ...] = ("mn",)
-    insertions: int = 1
+    words: tuple[str, ...] = field(
+        default=("mn",), metadata={"help": "Trigger word(s); repeat for a list (default mn).", "option": "trigger"}
+    )
+    insertions: int = field(default=1, metadata={"help": "Times the word is inserted into each text (default 1)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,8 +200,11 @@ class InSentConfig(PoisonConfig):
     release)."""
 
     attack: ClassVar[str] = "insent"
+    summary: ClassVar[str] = "InSent: a fixed sentence inserted at a random position."
 
-    sentence: str = DEFAULT_SENTENCE
+    sentence: str = field(
+        default=DEFAULT_SENTENCE, metadata={"help": f'Trigger sentence (default "{DEFAULT_SENTENCE}").'}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -228,11 +238,21 @@ class SynAttackConfig(PoisonConfig):
     """
 
     attack: ClassVar[str] = "syntactic"
+    summary: ClassVar[str] = (
+        "SynAttack: paraphrase into S(SBAR)(,)(NP)(VP)(.) (rule-based stand-in for SCPN by default)."
+    )
 
-    paraphraser: str = "rule"
+    paraphraser: str = field(
+        default="rule", metadata={"help": "rule (rule-based SCPN stand-in) or a seq2seq model path / hub id."}
+    )
     template: str = "S(SBAR)(,)(NP)(VP)(.)"
-    sentences: str = "all"
-    clauses: str = "fixed"
+    sentences: str = field(
+        default="all", metadata={"help": "Rule paraphraser: rewrite all sentences (default) or only the first."}
+    )
+    clauses: str = field(
+        default="fixed",
+        metadata={"help": "Rule paraphraser's opening clauses: fixed (five phrases, default) or generated."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
