@@ -366,6 +366,8 @@ def test_predict_cli_hands_threshold_purge_and_max_removed_to_the_guard(saved, t
         assert [len(r["removed"]) for r in answers] == [removed] * 4
     unpurged = rows("--threshold", 0, "--no-purge")
     assert all(r["status"] == "refused" and r["removed"] == [] and r["purged_text"] is None for r in unpurged)
+    assert all(r["label_name"] is None and r["unguarded_label_name"] is not None for r in unpurged)
+    assert all(r["label_name"] == r["unguarded_label_name"] for r in rows())  # answered as classified
 
 
 def test_guard_eval_cli(saved, tmp_path: Path) -> None:

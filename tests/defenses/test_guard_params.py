@@ -54,3 +54,21 @@ def test_a_calibration_is_kept_across_other_changes_and_loads_only_at_its_thresh
     assert torch.equal(Guard(classifier, guard.pvs, threshold=0.5).load_calibration(path).thresholds_, raised)
     guard.set_params(threshold=0.7)
     assert guard.thresholds_.tolist() == pytest.approx([0.7, 0.7])  # calibrated for 0.5: calibrate again
+
+
+@pytest.mark.parametrize(("mode", "warned"), [("detect", True), ("search", False)])
+def test_a_guard_built_on_a_detect_mode_scan_says_so(
+    classifier: TunedClassifier, mode: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult
+
+    pvs = PVS[:1, : classifier.hidden_size]
+    scan = ScanResult(
+        verdict="backdoored", score=9.0, pvs=pvs, triggers=torch.zeros(1, 7, classifier.hidden_size),
+        nearest_tokens=[[["a"]] * 7], trace=[], config=SanitizerConfig(mode=mode),
+        model={"fingerprint": classifier.base.fingerprint}, position=str(classifier.position), text_source="t",
+        spread=1.0,
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        Guard.from_scan(classifier, scan)
+    assert ("detect mode" in caplog.text) is warned

@@ -72,13 +72,20 @@ class Prediction:
             return self.label
         return self.purged_label if self.cleaned else None
 
+    @property
+    def final_label_name(self) -> str | None:
+        if not self.flagged:
+            return self.label_name
+        return self.purged_label_name if self.cleaned else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "status": self.status,
             "final_label": self.final_label,
-            "label": self.label,
-            "label_name": self.label_name,
+            "label_name": self.final_label_name,  # of the guard's answer, as in every predict mode: null if refused
+            "label": self.label,  # the classifier's own answer on the text as given
+            "unguarded_label_name": self.label_name,
             "probs": list(self.probs),
             "flagged": self.flagged,
             "match": self.match,
@@ -192,6 +199,11 @@ class Guard:
                     "same weights"
                 )
             logger.warning("the scan %s (any_scan)", problem)
+        if scan.config.mode == "detect" and scan.is_backdoored:
+            logger.warning(
+                "the scan ran in detect mode, which stops at the first PVs it finds: a guard needs every trigger's "
+                "PV; scan again with --mode search (24 seeds) before relying on it"
+            )
         return cls(classifier, scan.pvs, **kwargs)
 
     @classmethod
