@@ -449,8 +449,12 @@ def test_a_manifest_of_another_kind_is_refused(tmp_path: Path) -> None:
     data = json.loads((released("badnet") / BACKDOOR_JSON).read_text())
     assert PoisonManifest.load(released("badnet")).attack == "badnet"
     (tmp_path / BACKDOOR_JSON).write_text(json.dumps({**data, "format": "lmshield-backdoor"}))
-    with pytest.raises(InputError, match="not a manifest of lmshield poison"):
+    with pytest.raises(InputError, match="not a manifest of lmshield poison but of lmshield attack"):
         PoisonManifest.load(tmp_path)
+    from lmshield.attacks import BackdoorManifest
+
+    with pytest.raises(InputError, match=r"not a manifest of lmshield attack but of lmshield poison \(its check"):
+        BackdoorManifest.load(released("badnet"))  # what attack verify reads
 
 
 @pytest.mark.parametrize(

@@ -321,3 +321,9 @@ def test_a_registered_poisoning_attack_gets_its_own_command(monkeypatch: pytest.
     shown = CliRunner().invoke(app, ["ripples", "--help"]).output
     assert "RIPPLES: a rare word" in shown and "--word" in shown and "The trigger word." in shown
     assert "--poison-count" in shown and "runs/poison/ripples" in shown
+
+
+def test_poison_without_its_data_names_the_option_to_give(tmp_path: Path) -> None:
+    result = invoke("poison", "badnet", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "give the labelled proxy data with --data" in result.output
+    assert not (tmp_path / "out").exists()

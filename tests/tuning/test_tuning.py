@@ -124,6 +124,12 @@ def test_an_interrupted_overwrite_leaves_no_classifier_that_loads(
         TunedClassifier.from_pretrained(tmp_path / "clf")
 
 
+def test_a_classifier_no_better_than_the_commonest_label_is_flagged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="lmshield.tuning"):  # lr 1e-9: it learns nothing
+        tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(30, 2), fast("lora", epochs=1, lr=1e-9), progress=False)
+    assert "no better than always answering the commonest label" in caplog.text
+
+
 def test_a_tiny_dev_set_is_flagged_when_it_picks_the_best_epoch(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="lmshield.tuning"):
         tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(5, 2), fast("lora", epochs=1), progress=False)

@@ -20,6 +20,8 @@ from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, refuse_finished, re
 BACKDOOR_JSON = "backdoor.json"
 FORMAT = "lmshield-backdoor"
 FORMAT_VERSION = 1
+# which command writes each kind of manifest, for a message when one is handed to the other's reader
+MADE_BY = {FORMAT: "lmshield attack", "lmshield-poison": "lmshield poison (its check is backdoor.json's verification)"}
 
 
 def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bool) -> Path:
@@ -66,7 +68,9 @@ class ManifestFile:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
-            raise InputError(f"{path}: not a manifest of {cls.MADE_BY}")
+            other = MADE_BY.get(data.get("format")) if isinstance(data, dict) else None
+            made = f" but of {other}, which this command does not read" if other else ""
+            raise InputError(f"{path}: not a manifest of {cls.MADE_BY}{made}")
         check_format_version(data, FORMAT_VERSION, path)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         try:

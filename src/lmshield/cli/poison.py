@@ -22,6 +22,7 @@ from lmshield.cli._common import (
     output_dir,
     removed_if_left_empty,
 )
+from lmshield.errors import InputError
 
 app = typer.Typer(
     help=(
@@ -69,6 +70,8 @@ def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None
     device, overwrite, quiet = options.pop("device"), options.pop("overwrite"), options.pop("quiet")
     fresh, field, label_field = options.pop("fresh"), options.pop("field"), options.pop("label_field")
     config = poison_config(attack, preset, **options)
+    if not data.exists():  # the default names the shared data beside this repository
+        raise InputError(f"{data}: no such file; give the labelled proxy data with --data")
     fields = {"text_field": field, "label_field": label_field}
     train = read_labelled(data, **fields)
     dev_data = read_labelled(dev, label_names=train.label_names, **fields) if dev is not None else None

@@ -105,11 +105,24 @@ def tune(
         }
     checkpoint = EpochCheckpoint(checkpoint_dir, identity)
     result = _train(classifier, train, dev, config, progress, checkpoint, fresh)
+    _warn_if_no_better_than_majority(result.dev_accuracy, dev, config)
     if out_dir is not None:
         out = classifier.save_pretrained(out_dir)
         (out / HISTORY_JSON).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     checkpoint.clear()
     return result
+
+
+def _warn_if_no_better_than_majority(dev_accuracy: float, dev: LabelledData, config: TuningConfig) -> None:
+    """A classifier no better than always answering the commonest dev label learnt nothing: say so, since
+    everything measured on it next (a guard's ASR, PSIM's clean accuracy) would mean little."""
+    majority = max(dev.labels.count(label) for label in set(dev.labels)) / len(dev)
+    if config.checkpoint == "best" and dev_accuracy <= majority:
+        logger.warning(
+            "dev accuracy %.3f is no better than always answering the commonest label (%.3f): the classifier "
+            "learnt little; give more training data or epochs",
+            dev_accuracy, majority,
+        )  # fmt: skip
 
 
 def _model_identity(model: Encoder | str | Path | None) -> str:
