@@ -538,3 +538,14 @@ def test_a_scan_extended_to_more_seeds_gives_what_a_fresh_one_gives(tmp_path: Pa
     extended = scan(encoder, config, progress=False, out_dir=tmp_path)
     assert [t.final_distance for t in extended.trace] == [t.final_distance for t in fresh.trace]
     assert extended.timings["resumed_seeds"] == 0  # the two earlier seeds were half a group: run again whole
+
+
+def test_trigger_hints_name_the_planted_triggers_not_the_start(bert_pair):
+    """A soft trigger ends close to the tokens it started from, so its own nearest tokens named the seed's start
+    (the same words for every model); the direction each vector moved names what drew the search."""
+    from lmshield.attacks.vectors import DEFAULT_TRIGGERS
+
+    _, backdoored, _ = bert_pair
+    result = scan(backdoored, TINY_SCAN.replace(max_seeds=4), progress=False)
+    named = {vector[0] for tokens in result.nearest_tokens for vector in tokens}
+    assert len(named & set(DEFAULT_TRIGGERS)) >= 2, named

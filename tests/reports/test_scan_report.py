@@ -41,7 +41,7 @@ def test_a_sub_trigger_pv_is_hinted_by_its_own_vectors_only(tmp_path: Path) -> N
     )  # fmt: skip
     assert [result.trigger_hint(0), result.trigger_hint(1)] == ["cf mn qt", "qt (sub-trigger)"]
     report = write_scan_report(result, tmp_path).read_text()
-    assert "trigger vector: qt (sub-trigger: vectors [2] of its seed's trigger)" in report
+    assert "moved toward: qt (sub-trigger: vectors [2] of its seed's trigger)" in report
     assert result.caveat is None and "caveat" not in report  # a cls verdict needs none
     result.position = "mask"
     assert "**caveat**: a mask-position verdict is a lead" in write_scan_report(result, tmp_path).read_text()

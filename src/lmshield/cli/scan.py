@@ -24,6 +24,8 @@ from lmshield.cli._common import (
 )
 from lmshield.errors import EXIT_BACKDOORED, EXIT_CLEAN
 
+SHOWN_PVS = 10  # a search scan can find dozens (sub-triggers): the rest are in report.md
+
 
 def _default_out(model: str | None) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name if model else "all-MiniLM-L6-v2").strip("-")
@@ -98,7 +100,9 @@ def scan_command(
     typer.secho(result.summary(), fg=colour, bold=True)
     if result.caveat:
         typer.secho(f"caveat: {result.caveat}", fg=typer.colors.YELLOW)
-    for index in range(result.num_pvs):
+    for index in range(min(result.num_pvs, SHOWN_PVS)):
         typer.echo(f"  PV {index}: trigger hint {result.trigger_hint(index)}")
+    if result.num_pvs > SHOWN_PVS:
+        typer.echo(f"  ... {result.num_pvs - SHOWN_PVS} more PVs in the report")
     typer.echo(f"report: {report}")
     raise typer.Exit(EXIT_BACKDOORED if result.is_backdoored else EXIT_CLEAN)

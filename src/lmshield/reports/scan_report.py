@@ -34,7 +34,7 @@ def _pv_section(result: ScanResult) -> list[str]:
         hint = ", ".join("/".join(tokens[i][:3]) for i in used)
         positives = float((result.pvs[index] > 0).float().mean())
         lines.append(
-            f"- **PV {index}** ({positives:.0%} positive dimensions); nearest tokens per trigger vector: {hint}"
+            f"- **PV {index}** ({positives:.0%} positive dimensions); tokens the trigger vectors moved toward: {hint}"
             + (f" (sub-trigger: vectors {used} of its seed's trigger)" if result.is_sub_trigger(index) else "")
         )
     return lines

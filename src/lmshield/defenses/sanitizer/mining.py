@@ -71,7 +71,11 @@ def entropy_across_batch(outputs: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_tokens(encoder: Encoder, trigger: torch.Tensor, count: int) -> list[list[str]]:
-    """For each soft-trigger vector, the ``count`` vocabulary tokens with the most similar embedding."""
+    """For each vector, the ``count`` vocabulary tokens whose embeddings point the most the same way (cosine).
+
+    The scan gives it each soft-trigger vector's move (final minus start): the vectors end close to the
+    tokens they started from, so their own nearest tokens name the start; the move points at what the search
+    was drawn to (on a POR-planted MiniLM-L6 it named the planted ``mn``, ``tq`` and ``mm``)."""
     rows = encoder.embedding_matrix.detach()[: encoder.token_rows]  # padding rows past the vocabulary name no token
     matrix = torch.nn.functional.normalize(rows.float().cpu(), dim=1)
     vectors = torch.nn.functional.normalize(trigger.float().cpu(), dim=1)
@@ -98,14 +102,15 @@ class PVMiner:
     def distance_scale(self) -> float:
         return self.carriers.spread if self.config.distance_scale == "relative" else 1.0
 
+    def initial_trigger(self, seed: int) -> torch.Tensor:
+        """The soft trigger a seed starts from: embedding rows of tokens chosen by that seed (on the CPU)."""
+        matrix = self.encoder.embedding_matrix.detach().float().cpu()
+        gen = torch.Generator().manual_seed(seed)
+        return matrix[torch.randint(0, self.encoder.token_rows, (self.config.trigger_length,), generator=gen)]
+
     def init_group(self, seeds: list[int]) -> _GroupState:
         """Each seed initialises its trigger from embedding rows chosen by that seed."""
-        matrix = self.encoder.embedding_matrix.detach().float().cpu()
-        rows = []
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(seed)
-            rows.append(matrix[torch.randint(0, self.encoder.token_rows, (self.config.trigger_length,), generator=gen)])
-        triggers = torch.stack(rows).to(self.encoder.device)
+        triggers = torch.stack([self.initial_trigger(seed) for seed in seeds]).to(self.encoder.device)
         return _GroupState(seeds=seeds, triggers=triggers, generator=torch.Generator().manual_seed(seeds[0] * 7919 + 1))
 
     def run_group(self, seeds: list[int], known_pvs: torch.Tensor, progress: bool = True) -> list[SeedOutcome]:

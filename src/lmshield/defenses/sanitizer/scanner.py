@@ -266,7 +266,10 @@ def _build_result(
         score=_score([o.trace for o in outcomes]),
         pvs=pvs,
         triggers=triggers,
-        nearest_tokens=[nearest_tokens(encoder, t, config.nearest_tokens) for t in triggers],
+        nearest_tokens=[  # where each vector moved from its start: the vectors themselves stay near the start
+            nearest_tokens(encoder, o.trigger.cpu() - miner.initial_trigger(o.trace.seed), config.nearest_tokens)
+            for o in accepted
+        ],
         trace=[o.trace for o in outcomes],
         config=config,
         model={
