@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-import lmshield.attacks
-
 HEAVY = ("torch", "transformers", "peft")
 
 
@@ -27,10 +25,15 @@ def test_building_the_cli_imports_no_heavy_library() -> None:
     assert result.stdout.strip() == ""
 
 
-def test_the_attack_package_exports_each_name_from_its_module() -> None:
-    assert sorted(lmshield.attacks.__all__) == sorted(lmshield.attacks._MODULE_OF)
-    for name, module in lmshield.attacks._MODULE_OF.items():
-        assert getattr(lmshield.attacks, name) is getattr(importlib.import_module(module), name)
+@pytest.mark.parametrize("package", ["lmshield.attacks", "lmshield.attacks.poisoning"])
+def test_a_lazy_package_exports_each_name_from_its_module(package: str) -> None:
+    lazy = importlib.import_module(package)
+    pairs = [(name, module) for module, names in lazy._EXPORTS.items() for name in names]
+    assert sorted(lazy.__all__) == sorted(name for name, _ in pairs)
+    for name, module in pairs:
+        assert getattr(lazy, name) is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        lazy.nope  # noqa: B018
 
 
 @pytest.mark.parametrize(

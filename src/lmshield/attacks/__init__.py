@@ -8,8 +8,9 @@ Names are imported on first use, so listing the attacks (as ``lmshield --help`` 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lmshield._lazy import lazy_exports
 
 _EXPORTS = {
     "lmshield.attacks.configs": (
@@ -26,7 +27,6 @@ _EXPORTS = {
     "lmshield.attacks.vectors": ("DEFAULT_TRIGGERS", "quarter_vectors", "random_triggers", "resolve_triggers"),
     "lmshield.attacks.verify": ("TriggerCheck", "Verification", "verify_backdoor"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ATTACKS",
@@ -59,14 +59,4 @@ if TYPE_CHECKING:
     from lmshield.attacks.verify import TriggerCheck, Verification, verify_backdoor
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lmshield.attacks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

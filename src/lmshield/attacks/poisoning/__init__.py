@@ -9,8 +9,9 @@ Names are imported on first use, so listing the attacks (as ``lmshield poison --
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lmshield._lazy import lazy_exports
 
 _EXPORTS = {
     "lmshield.attacks.manifest": ("BACKDOOR_JSON",),
@@ -36,7 +37,6 @@ _EXPORTS = {
     "lmshield.attacks.poisoning.poisoners": ("ParaphrasePoisoner", "Poisoner", "WordPoisoner", "make_poisoner"),
     "lmshield.attacks.poisoning.runner": ("PoisonManifest", "PoisonResult", "poison_model", "release"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "ATTACKS",
     "BACKDOOR_JSON",
@@ -92,14 +92,4 @@ if TYPE_CHECKING:
     from lmshield.attacks.poisoning.runner import PoisonManifest, PoisonResult, poison_model, release
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lmshield.attacks.poisoning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
