@@ -66,3 +66,17 @@ def test_a_metric_that_does_not_apply_is_a_dash_in_the_report(tmp_path: Path) ->
         threshold=0.7, model="m",
     )  # fmt: skip
     assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | - | - |" in path.read_text()
+
+
+def test_an_uncalibrated_threshold_above_well_ranked_scores_is_pointed_out(tmp_path: Path) -> None:
+    clean, poisoned = [0.55, 0.6, 0.58, 0.62], [0.66, 0.68, 0.65, 0.67, 0.69]  # ranked well, all under 0.7
+    row = psim_row(
+        attack="badnet", strategy="lora", dataset="toy", clean_predicted=[0, 1, 0, 0], clean_labels=[0, 1, 1, 0],
+        poisoned_predicted=[0] * 5, target_label=0, clean_scores=clean, poisoned_scores=poisoned, threshold=0.7,
+        source_predicted=[1] * 5, source_labels=[1] * 5,
+    )  # fmt: skip
+    common = {"rows": [row], "sweep": threshold_sweep(clean, poisoned), "manifest": MANIFEST, "threshold": 0.7}
+    fixed = write_psim_report(tmp_path / "fixed", settings={"psim": {}}, model="m", **common).read_text()
+    assert "the fixed threshold passes 100% of the triggered inputs" in fixed and "`--target-frr`" in fixed
+    calibrated = write_psim_report(tmp_path / "cal", settings={"psim": {}, "target_frr": 0.02}, model="m", **common)
+    assert "note:" not in calibrated.read_text()

@@ -49,6 +49,16 @@ def _settings_line(settings: dict[str, Any], threshold: float) -> str:
     )
 
 
+def _uncalibrated_note(settings: dict[str, Any], row: PSIMRow) -> list[str]:
+    """A fixed threshold above the scores PSIM gives triggered inputs, while it ranks them well: say what to do."""
+    if settings.get("target_frr") is not None or not (row.far >= 0.5 and row.auroc >= 0.8):
+        return []
+    return [
+        f"- note: the fixed threshold passes {row.far:.0%} of the triggered inputs although PSIM ranks them above "
+        f"clean ones (ROC-AUC {row.auroc:.3f}); calibrate it on held-out clean texts (`--target-frr`)"
+    ]
+
+
 def _baseline_lines(rows: Sequence[PSIMRow]) -> list[str]:
     if not rows:
         return []
@@ -103,6 +113,7 @@ def write_psim_report(
         _settings_line(settings, threshold),
         f"- detection: FRR **{first.frr:.1%}** of clean test inputs flagged, FAR **{first.far:.1%}** of triggered "
         f"inputs passed, ROC-AUC **{first.auroc:.3f}**",
+        *_uncalibrated_note(settings, first),
         "",
         "## Victims",
         "",
