@@ -145,15 +145,25 @@ def _pickle_weights(directory: Path) -> list[Path]:
         return [directory / PICKLE_WEIGHTS]
     index = directory / f"{PICKLE_WEIGHTS}.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (KeyError, json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(f"{index}: unreadable shard index ({type(exc).__name__}: {exc})") from exc
-        bad = [n for n in shards if not isinstance(n, str) or Path(n).name != n or not (directory / n).is_file()]
-        if bad:
-            raise ModelLoadError(f"{index}: shard {bad[0]!r} is not a file of the model directory")
-        return [directory / name for name in shards]
+        return _index_shards(directory, index)
     return sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+
+
+def _index_shards(directory: Path, index: Path) -> list[Path]:
+    """The shard files a weights index (safetensors or pickle) names, each a file of ``directory`` itself."""
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except KeyError as exc:
+        raise ModelLoadError(f"{index}: unreadable shard index (no 'weight_map')") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"{index}: unreadable shard index ({type(exc).__name__}: {exc})") from exc
+    outside = [name for name in shards if not isinstance(name, str) or Path(name).name != name]
+    if outside:
+        raise ModelLoadError(f"{index}: shard {outside[0]!r} is not a file of the model directory")
+    missing = [name for name in shards if not (directory / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"{index}: shard {missing[0]} is missing")
+    return [directory / name for name in shards]
 
 
 def folder_fingerprint(directory: Path, allow_pickle: bool = False) -> str:
@@ -170,19 +180,7 @@ def _safetensors_weights(directory: Path) -> list[Path]:
         raise ModelLoadError(f"{directory / SAFETENSORS_WEIGHTS}: not a regular file")
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except KeyError as exc:
-            raise ModelLoadError(f"{index}: unreadable shard index (no 'weight_map')") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(f"{index}: unreadable shard index ({type(exc).__name__}: {exc})") from exc
-        outside = [name for name in shards if not isinstance(name, str) or Path(name).name != name]
-        if outside:
-            raise ModelLoadError(f"{index}: shard {outside[0]!r} is not a file of the model directory")
-        missing = [name for name in shards if not (directory / name).is_file()]
-        if missing:
-            raise ModelLoadError(f"{index}: shard {missing[0]} is missing")
-        return [directory / name for name in shards]
+        return _index_shards(directory, index)
     others = sorted(p.name for p in directory.glob("*.safetensors"))
     if others:
         raise ModelLoadError(f"{directory}: no {SAFETENSORS_WEIGHTS} (found {', '.join(others)}, which are not read)")
