@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -147,12 +146,11 @@ def _poison_command(name: str) -> Callable[..., None]:
 
     config_class = ATTACKS[name]
     own = _own_options(config_class)
-    listed = {param for param, _, annotation in own if typing.get_args(annotation)[0] == list[str] | None}
 
     def command(**options: Any) -> None:
         for param, field_name, _ in own:
-            value = options.pop(param)
-            options[field_name] = tuple(value) if param in listed and value else value
+            value = options.pop(param)  # a repeatable option gives a list; the config holds a tuple
+            options[field_name] = tuple(value) if isinstance(value, list) and value else value
         _run(name, **options)
 
     defaults = {"out": Path(f"runs/poison/{name}")}
