@@ -141,7 +141,16 @@ def test_a_candidate_refines_until_its_distance_plateaus() -> None:
     assert epochs(mode="detect") == 2
 
 
-def test_refining_uses_its_own_step_size() -> None:
+@pytest.fixture
+def one_thread():
+    """Bitwise comparisons of two runs: a CPU's parallel sums need not add up in the same order twice."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_refining_uses_its_own_step_size(one_thread) -> None:
     """Once boosting ends, a refining seed steps ``refine_lr_factor`` x the learning rate."""
     config = SMALL.replace(
         mode="search", distance_threshold=1e-9, abandon_threshold=1e-9, refine_epochs=1, refine_plateau=-1e6,
@@ -172,7 +181,7 @@ def test_nearest_tokens_compare_directions_not_lengths() -> None:
     assert nearest_tokens(encoder, matrix[ids].detach(), 1) == [["cf"], ["mn"], ["qt"]]
 
 
-def test_known_pvs_steer_the_search_through_the_repetition_loss() -> None:
+def test_known_pvs_steer_the_search_through_the_repetition_loss(one_thread) -> None:
     config = SMALL.replace(epochs=1)
     known = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
 
