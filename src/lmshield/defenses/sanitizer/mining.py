@@ -104,9 +104,10 @@ class PVMiner:
 
     def initial_trigger(self, seed: int) -> torch.Tensor:
         """The soft trigger a seed starts from: embedding rows of tokens chosen by that seed (on the CPU)."""
-        matrix = self.encoder.embedding_matrix.detach().float().cpu()
+        matrix = self.encoder.embedding_matrix.detach()
         gen = torch.Generator().manual_seed(seed)
-        return matrix[torch.randint(0, self.encoder.token_rows, (self.config.trigger_length,), generator=gen)]
+        ids = torch.randint(0, self.encoder.token_rows, (self.config.trigger_length,), generator=gen)
+        return matrix[ids.to(matrix.device)].float().cpu()  # only the chosen rows, not a copy of the whole matrix
 
     def init_group(self, seeds: list[int]) -> _GroupState:
         """Each seed initialises its trigger from embedding rows chosen by that seed."""
