@@ -38,6 +38,13 @@ def reject_unknown(settings: Any, names: Iterable[str], what: str) -> None:
         raise InputError(f"unknown {what} setting(s): {', '.join(unknown)}")
 
 
+def reject_unknown_params(estimator: Any, params: Iterable[str]) -> None:
+    """Raise :class:`InputError` naming the ``params`` that are not among ``estimator.get_params()``."""
+    unknown = sorted(set(params) - set(estimator.get_params()))
+    if unknown:
+        raise InputError(f"unknown {type(estimator).__name__} parameter(s): {', '.join(unknown)}")
+
+
 def check_finite(values: dict[str, float], *, positive: bool = False) -> None:
     """Raise :class:`InputError` for a NaN or infinite value (or, with ``positive``, one at or below 0)."""
     for name, value in values.items():

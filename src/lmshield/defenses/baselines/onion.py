@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmshield.devices import resolve_device
-from lmshield.errors import InputError, check_whole
+from lmshield.errors import InputError, check_whole, reject_unknown_params
 from lmshield.text.inputs import as_texts
 
 
@@ -72,9 +72,7 @@ class ONION:
     def set_params(self, **params: Any) -> ONION:
         """Change parameters (validated as in the constructor; the LM is loaded again only for a new ``lm``);
         calibrate again afterwards."""
-        unknown = sorted(set(params) - set(self.get_params()))
-        if unknown:
-            raise InputError(f"unknown ONION parameter(s): {', '.join(unknown)}")
+        reject_unknown_params(self, params)
         loaded = {} if "lm" in params or "device" in params else {"lm": (self.model, self.tokenizer)}
         checked = type(self)(**{**self.get_params(), **params, **loaded})  # bad values fail here
         vars(self).update({**vars(checked), "lm": params.get("lm", self.lm)})

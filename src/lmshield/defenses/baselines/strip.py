@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmshield.defenses.psim.thresholds import calibrate_threshold, flag_scores
-from lmshield.errors import InputError, check_finite, check_whole
+from lmshield.errors import InputError, check_finite, check_whole, reject_unknown_params
 from lmshield.text.inputs import as_texts
 
 
@@ -61,9 +61,7 @@ class STRIP:
 
     def set_params(self, **params: Any) -> STRIP:
         """Change parameters (validated as in the constructor); calibrate again afterwards."""
-        unknown = sorted(set(params) - set(self.get_params()))
-        if unknown:
-            raise InputError(f"unknown STRIP parameter(s): {', '.join(unknown)}")
+        reject_unknown_params(self, params)
         checked = type(self)(**{**self.get_params(), **params})  # bad values fail here
         vars(self).update({name: getattr(checked, name) for name in params})
         return self

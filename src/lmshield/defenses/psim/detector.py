@@ -29,7 +29,7 @@ from lmshield.defenses.psim.thresholds import (
     rescale_threshold,
 )
 from lmshield.defenses.psim.training import train_random_label_module
-from lmshield.errors import InputError, check_whole
+from lmshield.errors import InputError, check_whole, reject_unknown_params
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.text.inputs import as_texts
 from lmshield.tuning import TunedClassifier
@@ -140,9 +140,7 @@ class PSIM:
         ``score_kind`` acts at once on a fitted PSIM: its ``threshold_`` is carried to the new scale, so the
         same inputs stay flagged.
         """
-        unknown = sorted(set(params) - set(self.get_params()))
-        if unknown:
-            raise InputError(f"unknown PSIM parameter(s): {', '.join(unknown)}")
+        reject_unknown_params(self, params)
         PSIMConfig.from_dict({**self.config.to_dict(), **params})
         if self.is_fitted and "score_kind" in params:
             kinds = (self.score_kind, params["score_kind"])

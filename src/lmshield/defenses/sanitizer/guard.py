@@ -27,7 +27,7 @@ from lmshield.defenses.sanitizer.monitor import (
 )
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
-from lmshield.errors import InputError
+from lmshield.errors import InputError, reject_unknown_params
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
 
@@ -163,9 +163,7 @@ class Guard:
     def set_params(self, **params: Any) -> Guard:
         """Change parameters (validated as in the constructor). A new ``threshold`` or ``pvs`` drops the
         calibration, which was made for the old ones: calibrate again afterwards."""
-        unknown = sorted(set(params) - set(self.get_params()))
-        if unknown:
-            raise InputError(f"unknown Guard parameter(s): {', '.join(unknown)}")
+        reject_unknown_params(self, params)
         monitor = self.monitor
         checked = type(self)(**{**self.get_params(), **params})  # bad values fail here
         vars(self).update(vars(checked))
