@@ -12,6 +12,7 @@ import pytest
 from lmshield import __version__
 from lmshield.errors import InputError
 from lmshield.progress import (
+    identity_changes,
     progress_key,
     read_progress,
     refuse_finished,
@@ -47,12 +48,24 @@ def test_progress_round_trips_and_leaves_no_partial_file(tmp_path: Path) -> None
 def test_other_identities_and_damaged_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "progress.json"
     write_progress(path, {"identity": stamp({"model": "m"})})
-    with pytest.raises(InputError, match=r"progress of a job with another model.*--fresh"):
+    with pytest.raises(InputError, match=r"progress of a job made with another model;.*--fresh"):
         read_progress(path, stamp({"model": "other"}), "a job")
     for damaged in ("{", "[1, 2]", "\udcff"):
         path.write_text(damaged, encoding="utf-8", errors="surrogateescape")
         with pytest.raises(InputError, match="--fresh"):
             read_progress(path, stamp({"model": "m"}), "a job")
+
+
+def test_the_refusal_names_the_settings_that_changed(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    write_progress(path, {"identity": stamp({"model": "m", "settings": {"lr": 0.1, "epochs": 2, "seed": 0}})})
+    current = stamp({"model": "m", "settings": {"lr": 0.2, "epochs": 2, "seed": 1}})
+    with pytest.raises(InputError, match=r"another settings\.lr, settings\.seed; use another"):
+        read_progress(path, current, "a job")
+    many = {f"k{i}": i for i in range(7)}
+    assert identity_changes(many, {}) == ["k0", "k1", "k2", "k3", "3 more"]
+    assert identity_changes({"a": [1]}, {"a": [1]}) == []
+    assert identity_changes(1, 2) == ["identity"]
 
 
 def test_progress_that_this_user_s_lmshield_did_not_write_is_refused(tmp_path: Path) -> None:

@@ -134,8 +134,23 @@ def read_progress(path: Path, identity: dict[str, Any], job: str) -> dict[str, A
             f"data), so it is not resumed; {FRESH_HINT}"
         )
     if saved.get("identity") != identity:
-        raise InputError(
-            f"{path.parent} holds progress of {job} with another model, data, settings or lmshield version; "
-            + FRESH_HINT
-        )
+        changed = ", ".join(identity_changes(saved.get("identity"), identity)) or "identity"
+        raise InputError(f"{path.parent} holds progress of {job} made with another {changed}; {FRESH_HINT}")
     return saved
+
+
+def identity_changes(saved: Any, current: Any, limit: int = 4) -> list[str]:
+    """Dotted names of what differs between a saved identity and this run's (``settings.lr``, ``model``, ...):
+    the first ``limit``, then how many more, so the refusal says which setting made the rerun another job."""
+    names = _differing_keys(saved, current, "")
+    return names if len(names) <= limit else [*names[:limit], f"{len(names) - limit} more"]
+
+
+def _differing_keys(saved: Any, current: Any, prefix: str) -> list[str]:
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return [] if saved == current else [prefix or "identity"]
+    names: list[str] = []
+    for key in sorted(set(saved) | set(current), key=str):
+        if saved.get(key) != current.get(key):
+            names += _differing_keys(saved.get(key), current.get(key), f"{prefix}.{key}" if prefix else str(key))
+    return names
