@@ -38,6 +38,16 @@ def test_params_round_trip_and_a_new_threshold_takes_effect(classifier: TunedCla
         guard.set_params(thresold=0.5)
 
 
+def test_scikit_learn_clones_a_guard(classifier: TunedClassifier) -> None:
+    base = pytest.importorskip("sklearn.base")  # not a dependency: checked where a user has it
+    pvs = PVS[:, : classifier.hidden_size].half()  # the guard's own copy is float32: get_params gives what was passed
+    guard = Guard(classifier, pvs, threshold=0.6, max_removed=3)
+    copy = base.clone(guard)
+    given = copy.get_params()["pvs"]  # clone deep-copies what is not an estimator
+    assert copy is not guard and given.dtype == torch.float16 and torch.equal(given, pvs) and copy.max_removed == 3
+    assert copy.threshold == 0.6 and copy.pvs.dtype == torch.float32
+
+
 def test_a_calibration_is_kept_across_other_changes_and_loads_only_at_its_threshold(
     classifier: TunedClassifier, tmp_path: Path
 ) -> None:

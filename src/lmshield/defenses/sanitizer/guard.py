@@ -133,6 +133,7 @@ class Guard:
             raise InputError(f"unknown purge strategy {purge_strategy!r}: use {' or '.join(PURGE_STRATEGIES)}")
         self.classifier = classifier.eval()
         self.monitor = Monitor(pvs, threshold)
+        self._given = {"pvs": pvs, "threshold": threshold}  # as passed: scikit-learn's clone checks identity
         self.purge = purge
         self.max_removed = max_removed
         self.purge_strategy = purge_strategy
@@ -157,8 +158,8 @@ class Guard:
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters (scikit-learn's estimator protocol)."""
-        names = ("classifier", "pvs", "threshold", "purge", "max_removed", "purge_strategy", "batch_size", "progress")
-        return {name: getattr(self, name) for name in names}
+        names = ("classifier", "purge", "max_removed", "purge_strategy", "batch_size", "progress")
+        return {**{name: getattr(self, name) for name in names}, **self._given}
 
     def set_params(self, **params: Any) -> Guard:
         """Change parameters (validated as in the constructor). A new ``threshold`` or ``pvs`` drops the
