@@ -200,6 +200,10 @@ def test_strip_follows_the_scikit_learn_protocol() -> None:
         with pytest.raises(InputError):
             strip.set_params(**bad)
     assert strip.get_params()["copies"] == 5
+    base = pytest.importorskip("sklearn.base")  # not a dependency: checked where a user has it
+    params = base.clone(strip).get_params()
+    assert params.pop("victim") is not victim  # clone deep-copies what is not an estimator
+    assert params == {name: value for name, value in strip.get_params().items() if name != "victim"}
 
 
 def test_precomputed_paraphrases(shared_data: Path) -> None:
@@ -224,6 +228,12 @@ def test_paraphrase_files_must_match_the_test_set(shared_data: Path, tmp_path: P
         load_paraphrased(folder, "pivot")
 
 
+def test_onion_keeps_within_the_lm_s_positions(tiny_gpt2: Path) -> None:
+    onion = ONION(tiny_gpt2)  # 64 words may take 256 tokens; this GPT-2 has 128 positions
+    suspicion = onion.suspicion(" ".join(["the film was good and the plot was bad"] * 12))
+    assert len(suspicion) == 64 and all(math.isfinite(value) for value in suspicion)
+
+
 def test_onion_follows_the_scikit_learn_protocol(tiny_gpt2: Path) -> None:
     onion = ONION(tiny_gpt2, threshold=1.0, max_words=8)
     assert onion.get_params() == {
@@ -237,3 +247,5 @@ def test_onion_follows_the_scikit_learn_protocol(tiny_gpt2: Path) -> None:
     with pytest.raises(InputError, match="unknown ONION parameter"):
         onion.set_params(treshold=1.0)
     assert type(onion)(**onion.get_params()).get_params()["threshold"] == 2.5  # what sklearn.base.clone does
+    base = pytest.importorskip("sklearn.base")  # not a dependency: checked where a user has it
+    assert base.clone(onion).get_params() == onion.get_params()

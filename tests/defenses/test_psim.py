@@ -82,6 +82,12 @@ def test_release_settings_and_threshold() -> None:
         PSIM("adapters")
 
 
+def test_scikit_learn_clones_psim() -> None:
+    base = pytest.importorskip("sklearn.base")  # not a dependency: checked where a user has it
+    psim = PSIM("prompt", epochs=2, score_kind="normalised", threshold=0.5)
+    assert base.clone(psim).get_params() == psim.get_params()
+
+
 def test_parameters_follow_the_scikit_learn_protocol(tmp_path: Path) -> None:
     psim = PSIM("prompt", epochs=2, score_kind="normalised", threshold=0.5)
     params = psim.get_params(deep=True)

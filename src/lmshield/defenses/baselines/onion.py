@@ -83,7 +83,7 @@ class ONION:
         """Per-text perplexity under the LM (empty texts get ``inf``)."""
         out: list[float] = []
         bos = self.tokenizer.bos_token or ""
-        max_tokens = max(128, 4 * self.max_words)
+        max_tokens = min(max(128, 4 * self.max_words), self._lm_positions())
         for start in range(0, len(texts), self.batch_size):
             chunk = [f"{bos}{t}" for t in texts[start : start + self.batch_size]]
             # room for max_words words of several tokens each, so deletions never differ only by truncation
@@ -96,6 +96,12 @@ class ONION:
             for total, count in zip(nll.sum(1).tolist(), counts.tolist(), strict=True):
                 out.append(math.exp(min(total / count, 50.0)) if count > 0 else math.inf)
         return out
+
+    def _lm_positions(self) -> int:
+        """How many tokens the LM has positions for (GPT-2's ``n_positions``, others' ``max_position_embeddings``)."""
+        config = self.model.config
+        limits = [getattr(config, name, None) for name in ("n_positions", "max_position_embeddings", "n_ctx")]
+        return min((limit for limit in limits if isinstance(limit, int) and limit > 1), default=1 << 30)
 
     def suspicion(self, text: str) -> list[float]:
         """``ppl(text) - ppl(text without word i)`` for each of the first ``max_words`` words."""
