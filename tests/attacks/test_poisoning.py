@@ -455,6 +455,10 @@ def test_a_manifest_of_another_kind_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match=r"not a manifest of lmshield attack but of lmshield poison \(its check"):
         BackdoorManifest.load(released("badnet"))  # what attack verify reads
+    for odd in (["x"], {"a": 1}, None):
+        (tmp_path / BACKDOOR_JSON).write_text(json.dumps({**data, "format": odd}))
+        with pytest.raises(InputError, match=r"not a manifest of lmshield poison$"):
+            PoisonManifest.load(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,8 @@ class ManifestFile:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
-            other = MADE_BY.get(data.get("format")) if isinstance(data, dict) else None
+            kind = data.get("format") if isinstance(data, dict) else None
+            other = MADE_BY.get(kind) if isinstance(kind, str) else None
             made = f" but of {other}, which this command does not read" if other else ""
             raise InputError(f"{path}: not a manifest of {cls.MADE_BY}{made}")
         check_format_version(data, FORMAT_VERSION, path)
