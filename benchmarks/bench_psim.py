@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim-train", type=int, default=None, help="SST-2 sentences per victim (default: preset)")
     parser.add_argument("--victim-epochs", type=int, default=None, help="victim epochs (default: preset)")
     parser.add_argument("--victim-lr", type=float, default=None, help="every victim's lr (default: each method's)")
+    parser.add_argument(
+        "--psim-train", type=int, default=None, help="task training texts PSIM's one epoch reads (default: preset)"
+    )
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
     parser.add_argument(
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     changes = {"target_frr": args.target_frr}
     if args.victim_train is not None:
         changes["max_train"] = args.victim_train
+    if args.psim_train is not None:
+        changes["psim_train"] = args.psim_train
     victim = {k: v for k, v in {"epochs": args.victim_epochs, "lr": args.victim_lr}.items() if v is not None}
     if victim:
         changes["victim"] = {**settings.victim, **victim}
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     name += "" if args.victim_lr is None else f"-lr{args.victim_lr:g}"
+    name += "" if args.psim_train is None else f"-psim{args.psim_train}"
     name += "" if args.target_frr is None else f"-frr{args.target_frr:g}"
     name += "" if attacks == list(ATTACKS) else "-" + "+".join(attacks)  # one attack's run keeps the others' table
     name += "" if not args.strategies else "-" + "+".join(settings.strategies)  # a partial table keeps the full one
