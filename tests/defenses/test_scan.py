@@ -540,6 +540,20 @@ def test_a_scan_extended_to_more_seeds_gives_what_a_fresh_one_gives(tmp_path: Pa
     assert extended.timings["resumed_seeds"] == 0  # the two earlier seeds were half a group: run again whole
 
 
+def test_a_rerun_with_fewer_seeds_uses_only_those_seeds(tmp_path: Path):
+    """A rerun with a smaller --max-seeds resumed all the earlier run's seeds, whose extra ones could flip the
+    verdict: it must give what a fresh scan of the fewer seeds gives (the shorter last group run again)."""
+    encoder = tiny_encoder("bert")
+    config = TINY_SCAN.replace(max_seeds=8, distance_threshold=1e6, abandon_threshold=1e-9)  # no seed accepted
+    scan(encoder, config, progress=False, out_dir=tmp_path)
+    for fewer in (4, 3):
+        fresh = scan(encoder, config.replace(max_seeds=fewer), progress=False)
+        rerun = scan(encoder, config.replace(max_seeds=fewer), progress=False, out_dir=tmp_path)
+        assert [t.seed for t in rerun.trace] == [t.seed for t in fresh.trace] == list(range(fewer))
+        assert [t.final_distance for t in rerun.trace] == [t.final_distance for t in fresh.trace]
+    assert rerun.timings["resumed_seeds"] == (3 // config.group_size) * config.group_size
+
+
 def test_trigger_hints_name_the_planted_triggers_not_the_start(bert_pair):
     """A soft trigger ends close to the tokens it started from, so its own nearest tokens named the seed's start
     (the same words for every model); the direction each vector moved names what drew the search."""

@@ -215,6 +215,11 @@ def scan(
         found = any(o.trace.status == "accepted" for o in outcomes)
         return (config.mode == "detect" and found) or len(outcomes) >= len(all_seeds)
 
+    if len(outcomes) > len(all_seeds):
+        # an earlier run with more seeds: keep only the groups a fresh scan of these seeds runs whole (a shorter
+        # last group runs again), or seeds beyond --max-seeds would decide the verdict
+        outcomes = outcomes[: len(all_seeds) // config.group_size * config.group_size]
+        resumed = len(outcomes)
     whole = len(outcomes) // config.group_size * config.group_size
     if not done() and whole < len(outcomes):
         # a part of a group, from an earlier run with fewer seeds: run that group whole, so every seed gives
