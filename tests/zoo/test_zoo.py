@@ -186,6 +186,12 @@ def test_a_refused_zoo_scan_leaves_nothing_that_blocks_the_corrected_rerun(zoo, 
     shutil.copytree(out / "scans" / "id-0000", tmp_path / "r" / "id-0000")  # let the rerun be quick where it can
     with pytest.raises(InputError, match="other settings"):  # a scanned model's folder is there: refused
         scan_zoo(out, results=tmp_path / "r", progress=False)
+    several = tmp_path / "several"  # the same at several positions, where each has its own subfolder
+    several.mkdir()
+    (several / "scan_settings.json").write_text(json.dumps({"preset": "other"}))
+    shutil.copytree(out / "scans" / "id-0000", several / "id-0000" / "cls")
+    with pytest.raises(InputError, match="other settings"):
+        scan_zoo(out, results=several, overrides={"position": "cls,mask"}, progress=False)
     shutil.rmtree(tmp_path / "r" / "id-0000")
     assert len(scan_zoo(out, results=tmp_path / "r", progress=False).rows) == 4
     mine = tmp_path / "mine"

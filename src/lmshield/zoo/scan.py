@@ -126,16 +126,21 @@ def _check_settings(results: Path, settings: dict[str, Any], model_ids: list[str
     for position in positions_of(settings):
         WatchedPosition.parse(position)
     saved = results / SETTINGS_JSON
-    ours = [f"{model}/{name}" for model in model_ids for name in ("scan.json", PROGRESS_JSON)]
-    refuse_foreign_folder(results, "zoo scan results", (SETTINGS_JSON, *ours))
+    refuse_foreign_folder(results, "zoo scan results", (SETTINGS_JSON, *model_ids))
     earlier = _read_settings(saved) if saved.is_file() else settings
-    scanned = any((results / path).is_file() for path in ours)  # settings alone: no model scanned yet
+    scanned = any(_holds_scan(results / model) for model in model_ids)  # settings alone: no model scanned yet
     if scanned and not fresh and earlier != settings:
         raise InputError(
             f"{results} holds scans made with other settings; pass --fresh to rescan, or use another --results"
         )
     results.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _holds_scan(folder: Path) -> bool:
+    """Whether a model's results folder holds a scan or its progress, at one position or several (subfolders)."""
+    names = ("scan.json", PROGRESS_JSON)
+    return folder.is_dir() and any(path.name in names for path in folder.rglob("*") if path.is_file())
 
 
 def scan_zoo(
