@@ -123,6 +123,29 @@ def test_the_clean_model_and_earlier_results_are_never_overwritten(tiny_dir, tmp
         run_attack(config, tiny_dir, tmp_path, texts=TEXTS, progress=False)
 
 
+def test_an_attack_interrupted_after_its_weights_can_be_rerun(tiny_dir, tmp_path, monkeypatch):
+    """Stopped while verifying (weights and manifest written), the same command was refused as a folder holding
+    a model; the folder stays marked unfinished until the run completes, so the rerun writes it again."""
+    import lmshield.attacks.runner as runner
+    from lmshield.attacks.manifest import UNFINISHED
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Interrupted
+
+    config, out = attack_config("por", "fast", **TINY_ATTACK), tmp_path / "por"
+    monkeypatch.setattr(runner, "verify_backdoor", stop)
+    with pytest.raises(Interrupted):
+        run_attack(config, tiny_dir, out, texts=TEXTS, progress=False)
+    assert (out / UNFINISHED).is_file() and (out / "config.json").is_file()
+    result = run_attack(config, tiny_dir, out, texts=TEXTS, progress=False, verify=False)
+    assert result.manifest.triggers and not (out / UNFINISHED).exists()
+    with pytest.raises(InputError, match="already holds a model"):  # finished: replaced only when asked
+        run_attack(config, tiny_dir, out, texts=TEXTS, progress=False, verify=False)
+
+
 def test_vectors_must_be_finite() -> None:
     from lmshield.attacks.vectors import check_vectors
 

@@ -511,6 +511,43 @@ def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     assert not (out / "checkpoint").exists()
 
 
+def test_poisoning_stopped_after_training_finishes_on_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while checking the release (weights written, no manifest yet), the same command used to be refused
+    ("already holds a model") with its training gone; it now finishes from the kept checkpoint. An interrupted
+    --overwrite never leaves the new weights beside the old manifest."""
+    import lmshield.attacks.poisoning.runner as runner
+    import lmshield.tuning.trainer as trainer
+    from lmshield.attacks.manifest import BACKDOOR_JSON, UNFINISHED
+
+    class Interrupted(Exception):
+        pass
+
+    real_verify, real_epoch, epochs = runner.verify, trainer._run_epoch, []
+
+    def stop(*args, **kwargs):
+        raise Interrupted
+
+    def run_epoch(*args, **kwargs):
+        epochs.append(args[7])
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_run_epoch", run_epoch)
+    config, out = fast_config("badnet", epochs=2, poison_count=30), tmp_path / "release"
+    monkeypatch.setattr(runner, "verify", stop)
+    with pytest.raises(Interrupted):
+        poison_model(tiny_world(), task(60, 1), config, out, dev=task(20, 2), progress=False)
+    assert (out / "config.json").is_file() and (out / UNFINISHED).is_file() and not (out / BACKDOOR_JSON).exists()
+    monkeypatch.setattr(runner, "verify", real_verify)
+    epochs.clear()
+    result = poison_model(tiny_world(), task(60, 1), config, out, dev=task(20, 2), progress=False)
+    assert epochs == [] and result.manifest.verification  # nothing trained again
+    assert not (out / UNFINISHED).exists() and not (out / "checkpoint").exists()
+    monkeypatch.setattr(runner, "verify", stop)
+    with pytest.raises(Interrupted):
+        poison_model(tiny_world(), task(60, 1), config.replace(seed=3), out, dev=task(20, 2), overwrite=True)
+    assert not (out / BACKDOOR_JSON).exists()  # the old manifest went before the new weights came
+
+
 def test_the_release_is_trained_with_the_attack_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What poison_model hands the trainer: full fine-tuning with the kept head, the position jitter, and
     the choice to discard an interrupted run's checkpoint."""

@@ -15,9 +15,10 @@ import torch
 
 from lmshield.errors import InputError
 from lmshield.jsonio import check_format_version
-from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, refuse_finished, refuse_foreign_folder
+from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, atomic_write, refuse_finished, refuse_foreign_folder
 
 BACKDOOR_JSON = "backdoor.json"
+UNFINISHED = ".lmshield-unfinished"  # in an attack's output folder from its first weights until its manifest
 FORMAT = "lmshield-backdoor"
 FORMAT_VERSION = 1
 # which command writes each kind of manifest, for a message when one is handed to the other's reader
@@ -26,19 +27,33 @@ MADE_BY = {FORMAT: "lmshield attack", "lmshield-poison": "lmshield poison (its c
 
 def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bool) -> Path:
     """The folder a backdoored model goes to: never the clean model's own, never one that already holds a
-    model unless ``overwrite``; checked before any training so that no work is lost to a refusal."""
+    model unless ``overwrite`` or the model is this command's own unfinished one (see :func:`claim_out_dir`);
+    checked before any training so that no work is lost to a refusal."""
     out = Path(out_dir)
     if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
         raise InputError("the backdoored model must not overwrite the clean one: choose another --out")
-    refuse_finished(out, "config.json", "model", overwrite)
-    if (out / "config.json").is_file() and not (out / BACKDOOR_JSON).is_file():
-        raise InputError(
-            f"{out} holds a model that no lmshield attack wrote (no {BACKDOOR_JSON}); --overwrite replaces only "
-            "those: choose another --out"
-        )
-    refuse_foreign_folder(out, "model", ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}"))
+    if not (out / UNFINISHED).is_file():
+        refuse_finished(out, "config.json", "model", overwrite)
+        if (out / "config.json").is_file() and not (out / BACKDOOR_JSON).is_file():
+            raise InputError(
+                f"{out} holds a model that no lmshield attack wrote (no {BACKDOOR_JSON}); --overwrite replaces "
+                "only those: choose another --out"
+            )
+    refuse_foreign_folder(out, "model", ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}", UNFINISHED))
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def claim_out_dir(out: Path) -> None:
+    """Mark ``out`` unfinished before the first weights are written, and drop an earlier run's manifest: an
+    interrupted run then never leaves new weights beside old ground truth, and its rerun may write again."""
+    (out / UNFINISHED).write_text("an lmshield attack is writing this model: rerun it to finish\n", encoding="utf-8")
+    (out / BACKDOOR_JSON).unlink(missing_ok=True)
+
+
+def finish_out_dir(out: Path) -> None:
+    """The model and its manifest are complete (see :func:`claim_out_dir`)."""
+    (out / UNFINISHED).unlink(missing_ok=True)
 
 
 class ManifestFile:
@@ -55,7 +70,8 @@ class ManifestFile:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / BACKDOOR_JSON
-        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2)
+        atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
         return path
 
     @classmethod

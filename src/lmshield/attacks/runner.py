@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import AutoModelForMaskedLM, PreTrainedModel
 
 from lmshield.attacks.configs import TaskAgnosticConfig, attack_config
-from lmshield.attacks.manifest import BackdoorManifest, prepare_out_dir
+from lmshield.attacks.manifest import BackdoorManifest, claim_out_dir, finish_out_dir, prepare_out_dir
 from lmshield.attacks.task_agnostic import plant
 from lmshield.attacks.vectors import check_vectors, quarter_vectors, resolve_triggers
 from lmshield.attacks.verify import Verification, verify_backdoor
@@ -125,6 +125,7 @@ def run_attack(
     carriers = load_texts(config, texts, source, seed, encoder.tokenizer)
     plan = config.plan(encoder.model_type, has_mlm_head=mlm is not None)
     plant(encoder, carriers, trigger_list, pvs, plan, seed=seed, progress=progress, mlm=mlm)
+    claim_out_dir(out)
     (mlm or encoder.model).save_pretrained(out, safe_serialization=True)
     encoder.tokenizer.save_pretrained(out)
     manifest = BackdoorManifest(
@@ -145,4 +146,5 @@ def run_attack(
     )
     manifest.save(out)
     verification = verify_backdoor(out, seed=seed, device=device) if verify else None
+    finish_out_dir(out)
     return AttackResult(directory=out, manifest=manifest, verification=verification)

@@ -175,3 +175,8 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) 
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     return state
+
+
+def clear_checkpoint(directory: str | Path) -> None:
+    """Remove a finished run's epoch checkpoints from ``directory`` (see :meth:`EpochCheckpoint.clear`)."""
+    EpochCheckpoint(directory, {}).clear()

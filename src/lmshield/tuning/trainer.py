@@ -17,7 +17,7 @@ from lmshield.devices import seed_everything
 from lmshield.errors import InputError
 from lmshield.models.encoder import Encoder, sha256_of_files
 from lmshield.models.loading import folder_fingerprint
-from lmshield.progress import CHECKPOINT_DIR
+from lmshield.progress import CHECKPOINT_DIR, atomic_write
 from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
 from lmshield.tuning.classifier import TunedClassifier
 from lmshield.tuning.config import TuningConfig
@@ -75,6 +75,7 @@ def tune(
     device: str | torch.device | None = None,
     allow_pickle: bool = False,
     progress: bool = True,
+    keep_checkpoint: bool = False,
 ) -> TuningResult:
     """Tune a classifier on ``train``; keep the epoch with the best ``dev`` accuracy (or the last one).
 
@@ -82,8 +83,9 @@ def tune(
     classifier and the training history are saved there. Each finished epoch is checkpointed in
     ``checkpoint_dir`` (default ``out_dir/checkpoint``), so a rerun with the same model, data and settings
     resumes and ends with the same weights (bit for bit on a CPU); ``fresh`` discards an earlier run's
-    checkpoint. The checkpoint is removed when training ends. Naming the starting weights for the checkpoint
-    reads local weight files once (about a second per GB).
+    checkpoint. The checkpoint is removed when training ends, unless ``keep_checkpoint`` (a caller that
+    writes more from the result removes it afterwards: :func:`lmshield.tuning.checkpoint.clear_checkpoint`).
+    Naming the starting weights for the checkpoint reads local weight files once (about a second per GB).
     """
     config = config or TuningConfig()
     if dev is None:
@@ -104,12 +106,15 @@ def tune(
             "dev": data_digest(dev.texts, dev.labels),
         }
     checkpoint = EpochCheckpoint(checkpoint_dir, identity)
-    result = _train(classifier, train, dev, config, progress, checkpoint, fresh)
+    result = _train(classifier, train, dev, config, progress, checkpoint, fresh, keep_last=keep_checkpoint)
     _warn_if_no_better_than_majority(result.dev_accuracy, dev, config)
-    if out_dir is not None:
-        out = classifier.save_pretrained(out_dir)
-        (out / HISTORY_JSON).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-    checkpoint.clear()
+    if out_dir is not None:  # the history first: the classifier's tuning.json, written last, marks it finished
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        history = json.dumps(result.to_dict(), indent=2)
+        atomic_write(Path(out_dir) / HISTORY_JSON, lambda path: path.write_text(history, encoding="utf-8"))
+        classifier.save_pretrained(out_dir)
+    if not keep_checkpoint:
+        checkpoint.clear()
     return result
 
 
@@ -154,6 +159,7 @@ def _train(
     progress: bool,
     checkpoint: EpochCheckpoint | None = None,
     fresh: bool = False,
+    keep_last: bool = False,
 ) -> TuningResult:
     checkpoint = checkpoint or EpochCheckpoint(None, {})
     params = classifier.trainable_parameters()
@@ -181,7 +187,7 @@ def _train(
         if config.checkpoint == "best" and dev_accuracy > state.best_accuracy:
             state.best_state, state.best_accuracy, state.best_epoch = _snapshot(classifier), dev_accuracy, epoch
         state.epoch, state.history = epoch, [asdict(r) for r in history]
-        if epoch < config.epochs:
+        if epoch < config.epochs or keep_last:  # the last one only for a caller that writes more from it
             checkpoint.save(state, classifier, optimizer, schedule, rng)
     if config.checkpoint == "last":
         best_accuracy, best_epoch = history[-1].dev_accuracy, config.epochs

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from lmshield.attacks.manifest import ManifestFile, prepare_out_dir
+from lmshield.attacks.manifest import ManifestFile, claim_out_dir, finish_out_dir, prepare_out_dir
 from lmshield.attacks.poisoning.config import PoisonConfig
 from lmshield.attacks.poisoning.dataset import poison_dataset, prepare_proxy, triggered_test_set
 from lmshield.attacks.poisoning.paraphrase import Paraphraser
@@ -28,6 +28,7 @@ from lmshield.models.loading import load_pretrained, load_tokenizer
 from lmshield.progress import CHECKPOINT_DIR
 from lmshield.text.triggers import check_triggers
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
+from lmshield.tuning.checkpoint import clear_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,9 @@ def poison_model(
             picks = poisoned.data.take(list(range(min(HISTORY_DEV, len(poisoned.data)))))  # reported only
         result = tune(
             start_dir, poisoned.data, picks, tuning, checkpoint_dir=out / CHECKPOINT_DIR,
-            fresh=fresh, device=device, progress=progress,
+            fresh=fresh, device=device, progress=progress, keep_checkpoint=True,
         )  # fmt: skip
+        claim_out_dir(out)
         release(result.classifier, start_dir, out)
     classifier = result.classifier
     manifest = PoisonManifest(
@@ -166,6 +168,8 @@ def poison_model(
         manifest.verification = verify(classifier, dev, poisoner, config)
     manifest.seconds = time.perf_counter() - started
     manifest.save(out)
+    finish_out_dir(out)
+    clear_checkpoint(out / CHECKPOINT_DIR)  # kept until now: an interrupted release or check resumes from it
     return PoisonResult(out, manifest, classifier)
 
 
