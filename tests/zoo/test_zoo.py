@@ -149,6 +149,18 @@ def test_build_resumes_and_rebuilds_unfinished(zoo):
     assert (out / "id-0000" / "clean.json").is_file() and len(rows) == 4
 
 
+def test_an_attacked_model_counts_as_built_only_with_the_zoo_s_record(tmp_path):
+    """Interrupted between the attack's manifest and the zoo's record in it, a model was skipped as built with an
+    empty ``planted`` column; it is built again."""
+    from lmshield.zoo.build import is_built
+
+    manifest = tmp_path / "backdoor.json"
+    cases = (("{not json", False), ("[]", False), ('{"extra": {}}', False), ('{"extra": {"zoo": {}}}', True))
+    for text, built in cases:
+        manifest.write_text(text)
+        assert is_built(tmp_path) is built, text
+
+
 def test_scan_measures_detection(zoo, scanned, tmp_path):
     _, out = zoo
     found = scanned

@@ -18,7 +18,7 @@ from typing import Any
 from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError
 from lmshield.models.loading import load_encoder
-from lmshield.progress import refuse_foreign_folder
+from lmshield.progress import atomic_write, refuse_foreign_folder
 from lmshield.text.sources import TextSource
 from lmshield.zoo.executors import check_executor, run_tasks
 from lmshield.zoo.spec import ModelEntry, ZooSpec
@@ -37,7 +37,15 @@ def model_id(index: int) -> str:
 
 
 def is_built(directory: Path) -> bool:
-    return (directory / BACKDOOR_JSON).is_file() or (directory / CLEAN_JSON).is_file()
+    """A clean model's record, or an attacked model's manifest that holds the zoo's record (written last)."""
+    if (directory / CLEAN_JSON).is_file():
+        return True
+    try:
+        manifest = json.loads((directory / BACKDOOR_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    extra = manifest.get("extra") if isinstance(manifest, dict) else None
+    return isinstance(extra, dict) and isinstance(extra.get("zoo"), dict)
 
 
 def text_source_of(options: dict[str, Any]) -> TextSource:
@@ -150,9 +158,11 @@ def build_model(task: dict[str, Any]) -> dict[str, Any]:
     if entry.kind == "attack":
         manifest = json.loads((out / BACKDOOR_JSON).read_text(encoding="utf-8"))
         manifest["extra"] = {**manifest.get("extra", {}), "zoo": record}
-        (out / BACKDOOR_JSON).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        text = json.dumps(manifest, indent=2)
+        atomic_write(out / BACKDOOR_JSON, lambda path: path.write_text(text, encoding="utf-8"))
         return _row(task["id"], entry, manifest)
-    (out / CLEAN_JSON).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    text = json.dumps(record, indent=2)
+    atomic_write(out / CLEAN_JSON, lambda path: path.write_text(text, encoding="utf-8"))
     return _row(task["id"], entry, record)
 
 
