@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from lmshield.jsonio import dumps, json_ready, nan_if_none
 
 
@@ -27,5 +29,22 @@ def test_the_marker_json_is_written_whole_and_removed_before_a_rewrite(tmp_path:
     write_marker_json(marker, {"verdict": "clean"})
     assert json.loads(marker.read_text()) == {"verdict": "clean"} and not (tmp_path / "scan.json.tmp").exists()
     unmark(marker)
-    assert not marker.exists()
+    assert not marker.exists() and (tmp_path / ".scan.json.unfinished").is_file()
     unmark(marker)  # nothing to remove: no error
+    write_marker_json(marker, {"verdict": "clean"})
+    assert not (tmp_path / ".scan.json.unfinished").exists()
+
+
+def test_a_command_may_write_over_its_own_interrupted_save(tmp_path: Path) -> None:
+    """An artefact save interrupted after its top JSON went (psim fit, a one-epoch tune) was refused as a folder
+    of other files, even with --overwrite; the unfinished marker names it as the command's own."""
+    from lmshield.cli._common import refuse_to_replace
+    from lmshield.errors import InputError
+    from lmshield.jsonio import unmark
+
+    (tmp_path / "module").mkdir()
+    (tmp_path / "module" / "head.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="holds no fitted PSIM"):
+        refuse_to_replace(tmp_path, "psim.json", "fitted PSIM", overwrite=False)
+    unmark(tmp_path / "psim.json")
+    refuse_to_replace(tmp_path, "psim.json", "fitted PSIM", overwrite=False)  # accepted: its own

@@ -54,8 +54,16 @@ def write_marker_json(path: Path, payload: Any) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     temporary.replace(path)
+    unfinished(path).unlink(missing_ok=True)
 
 
 def unmark(path: Path) -> None:
-    """Remove an artefact's top JSON before its other files are rewritten (see :func:`write_marker_json`)."""
+    """Remove an artefact's top JSON before its other files are rewritten (see :func:`write_marker_json`),
+    leaving :func:`unfinished` in its place: a rerun may write over its own interrupted save."""
+    unfinished(path).touch()
     path.unlink(missing_ok=True)
+
+
+def unfinished(path: Path) -> Path:
+    """The hidden file that marks an artefact whose top JSON ``path`` is being written (see :func:`unmark`)."""
+    return path.with_name(f".{path.name}.unfinished")
