@@ -303,6 +303,25 @@ def test_a_saturated_calibration_saves_and_loads(tmp_path: Path) -> None:
     assert PSIM.from_pretrained(psim.save_pretrained(tmp_path / "psim"), progress=False).threshold_ == 1.0
 
 
+def test_a_calibration_saved_in_place_rewrites_only_psim_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """psim calibrate saved back into the PSIM's folder removed psim.json and rewrote the module: interrupted
+    there, a valid PSIM was gone. Only psim.json (written whole) changes now; a refitted PSIM rewrites all."""
+    from lmshield.tuning import TunedClassifier
+
+    folder = copy.deepcopy(fitted()).save_pretrained(tmp_path / "psim")
+    psim = PSIM.from_pretrained(folder, progress=False)
+    psim.calibrate(task(200, 6).texts, 0.1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TunedClassifier, "save_pretrained", interrupted)
+    psim.save_pretrained(folder)
+    assert PSIM.from_pretrained(folder, progress=False).threshold_ == psim.threshold_
+    with pytest.raises(KeyboardInterrupt):
+        psim.save_pretrained(tmp_path / "elsewhere")  # another folder needs the module
+
+
 class CountingVictim:
     def __init__(self) -> None:
         self.seen: list[str] = []

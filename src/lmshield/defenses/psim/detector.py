@@ -232,8 +232,11 @@ class PSIM:
         classifier = self._check_fitted()
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        unmark(out / PSIM_JSON)
-        classifier.save_pretrained(out / MODULE_DIR)
+        module = (out / MODULE_DIR).resolve()
+        if not self._module_saved_at(module):  # saving a calibration in place rewrites psim.json alone
+            unmark(out / PSIM_JSON)
+            classifier.save_pretrained(module)
+            self._module_home = (module, classifier)
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -246,6 +249,11 @@ class PSIM:
         }
         write_marker_json(out / PSIM_JSON, payload)
         return out
+
+    def _module_saved_at(self, module: Path) -> bool:
+        """Whether ``module`` already holds this PSIM's module as loaded or saved (not refitted since)."""
+        home = getattr(self, "_module_home", None)
+        return home is not None and home[0] == module and home[1] is self.classifier_ and module.is_dir()
 
     @classmethod
     def from_pretrained(
@@ -281,6 +289,8 @@ class PSIM:
         psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
         if model is not None:
             psim.model_ = str(model)
+        else:  # a module that names its base where it lies now: saving back here need not rewrite it
+            psim._module_home = ((Path(directory) / MODULE_DIR).resolve(), psim.classifier_)
         if psim.num_labels_ < 2 or psim.num_labels_ != len(psim.classifier_.label_names):
             raise InputError(
                 f"{path}: num_labels_ {psim.num_labels_} does not match the module's "
