@@ -236,7 +236,7 @@ def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):
     clean, _, _ = bert_pair
     config = TINY_SCAN.replace(max_seeds=2)
     scan(clean, config, progress=False, out_dir=tmp_path)
-    (tmp_path / "progress.safetensors").write_bytes(b"not tensors")
+    _tensor_file(tmp_path).write_bytes(b"not tensors")
     with pytest.raises(InputError, match=r"did not write for this user.*--fresh"):  # the seal covers the tensors
         scan(clean, config, progress=False, out_dir=tmp_path)
     reseal(tmp_path / "progress.json", lambda saved: None)  # sealed, yet damaged
@@ -248,14 +248,41 @@ def test_damaged_progress_is_a_one_line_error(bert_pair, tmp_path: Path):
     assert scan(clean, config, progress=False, out_dir=tmp_path, fresh=True).verdict == "clean"
 
 
+def test_a_scan_stopped_between_its_two_progress_files_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The tensors were written under a fixed name before the sealed JSON that names them: stopped between the
+    two, the old JSON's seal no longer matched and all progress was refused."""
+    import lmshield.defenses.sanitizer.scanner as scanner
+
+    encoder = tiny_encoder("bert")
+    config = TINY_SCAN.replace(max_seeds=8, distance_threshold=1e6, abandon_threshold=1e-9)  # no seed accepted
+    scan(encoder, config.replace(max_seeds=4), progress=False, out_dir=tmp_path)
+    real = scanner.write_progress
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scanner, "write_progress", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        scan(encoder, config, progress=False, out_dir=tmp_path)
+    monkeypatch.setattr(scanner, "write_progress", real)
+    resumed = scan(encoder, config, progress=False, out_dir=tmp_path)
+    assert resumed.timings["resumed_seeds"] == 4 and len(resumed.trace) == 8
+    assert len(list(tmp_path.glob("progress-*.safetensors"))) == 1  # the stray tensors went with the next save
+
+
 def _edit_progress(folder: Path, number: int, **changes) -> None:
     reseal(folder / "progress.json", lambda saved: saved["outcomes"][number].update(changes))
 
 
+def _tensor_file(folder: Path) -> Path:
+    (path,) = folder.glob("progress-*.safetensors")  # one at a time: the one progress.json names
+    return path
+
+
 def _replace_pv(folder: Path, pv: torch.Tensor) -> None:
-    tensors = load_file(folder / "progress.safetensors")
+    tensors = load_file(_tensor_file(folder))
     tensors["pv.0"] = pv
-    save_file(tensors, str(folder / "progress.safetensors"))
+    save_file(tensors, str(_tensor_file(folder)))
     reseal(folder / "progress.json", lambda saved: None)
 
 
@@ -267,7 +294,7 @@ def _replace_pv(folder: Path, pv: torch.Tensor) -> None:
         (lambda d: _edit_progress(d, 0, distance=[None]), "distances that are not finite"),
         (lambda d: _replace_pv(d, torch.full((32,), math.nan)), "PV is missing, not of shape \\(32,\\), or not finite"),
         (lambda d: _replace_pv(d, torch.zeros(5)), "PV is missing"),
-        (lambda d: (d / "progress.safetensors").write_bytes(b"{}"), "did not write for this user"),
+        (lambda d: _tensor_file(d).write_bytes(b"{}"), "did not write for this user"),
     ],
 )
 def test_saved_seeds_are_checked_before_a_scan_resumes_from_them(bert_pair, tmp_path: Path, forge, message: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from lmshield.models.positions import WatchedPosition
 from lmshield.progress import (
     FRESH_HINT,
     PROGRESS_JSON,
+    SEALED_FILES,
     atomic_write,
     content_digest,
     read_progress,
@@ -37,7 +39,7 @@ from lmshield.text.sources import TextSource
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_TENSORS = "progress.safetensors"
+PROGRESS_TENSORS = "progress*.safetensors"  # progress-<token>.safetensors, named in progress.json
 
 
 class _Checkpoint:
@@ -59,14 +61,14 @@ class _Checkpoint:
             return []
         saved = read_progress(self.directory / PROGRESS_JSON, self.identity, "a scan")
         try:
-            tensors = load_file(str(self.directory / PROGRESS_TENSORS)) if saved["outcomes"] else {}
+            tensors = load_file(str(self.directory / saved[SEALED_FILES][0])) if saved["outcomes"] else {}
             outcomes = []
             for number, item in enumerate(saved["outcomes"]):
                 pv, trigger = tensors.get(f"pv.{number}"), tensors.get(f"trigger.{number}")
                 outcome = SeedOutcome(SeedTrace(**item), pv=pv, trigger=trigger)
                 _check_outcome(outcome, first_seed + number, pv_shape, trigger_shape)
                 outcomes.append(outcome)
-        except (OSError, KeyError, TypeError, ValueError, SafetensorError) as exc:
+        except (OSError, KeyError, IndexError, TypeError, ValueError, SafetensorError) as exc:
             raise InputError(f"{self.directory}: damaged scan progress ({exc}); {FRESH_HINT}") from exc
         return outcomes
 
@@ -79,15 +81,25 @@ class _Checkpoint:
             if outcome.pv is not None and outcome.trigger is not None:
                 tensors[f"pv.{number}"] = outcome.pv.contiguous()
                 tensors[f"trigger.{number}"] = outcome.trigger.contiguous()
-        atomic_write(self.directory / PROGRESS_TENSORS, lambda p: save_file(tensors, str(p)))
+        # a new tensor file each time, named by the sealed JSON written after it: interrupted anywhere, the
+        # folder keeps a JSON and the tensors it names
+        name = f"progress-{secrets.token_hex(4)}.safetensors"
+        atomic_write(self.directory / name, lambda p: save_file(tensors, str(p)))
         payload = {"identity": self.identity, "outcomes": [vars(o.trace) for o in outcomes]}
-        write_progress(self.directory / PROGRESS_JSON, payload, files=(PROGRESS_TENSORS,))
+        write_progress(self.directory / PROGRESS_JSON, payload, files=(name,))
+        self._remove_tensors(keep=name)
 
     def clear(self) -> None:
         if self.directory is None:
             return
-        for name in (PROGRESS_JSON, PROGRESS_TENSORS):
-            (self.directory / name).unlink(missing_ok=True)
+        (self.directory / PROGRESS_JSON).unlink(missing_ok=True)
+        self._remove_tensors()
+
+    def _remove_tensors(self, keep: str | None = None) -> None:
+        assert self.directory is not None
+        for path in self.directory.glob(PROGRESS_TENSORS):
+            if path.name != keep:
+                path.unlink()
 
 
 def _check_outcome(outcome: SeedOutcome, seed: int, pv_shape: tuple[int, ...], trigger_shape: tuple[int, ...]) -> None:
