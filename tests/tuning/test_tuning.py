@@ -315,6 +315,10 @@ def test_save_load_round_trip(trained_bert_dir: Path, tmp_path: Path, method: st
     assert torch.allclose(before.logits, after.logits, atol=1e-5)
     assert torch.allclose(before.watched, after.watched, atol=1e-5)
     assert loaded.label_names == result.classifier.label_names
+    assert not list(tmp_path.rglob(".*.unfinished")) and (tmp_path / "training.json").is_file()
+    if method == "lora":  # a set, in hash order unless sorted: the same run must write the same bytes
+        modules = json.loads((weights / "adapter_config.json").read_text())["target_modules"]
+        assert modules == sorted(modules) and len(modules) >= 2
 
 
 def test_a_classifier_tuned_on_a_pickle_base_loads_with_the_same_opt_in(trained_bert_dir: Path, tmp_path: Path) -> None:

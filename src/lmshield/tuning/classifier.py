@@ -280,6 +280,7 @@ class TunedClassifier(nn.Module):
             Encoder(self._base_model, self.tokenizer, "in-memory").save_pretrained(out / BASE_DIR)
         if self.method.is_peft:
             self.backbone.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
+            _sort_target_modules(out / ADAPTER_DIR / "adapter_config.json")
         else:
             self.backbone.save_pretrained(out / ENCODER_DIR, safe_serialization=True)
             self.tokenizer.save_pretrained(out / ENCODER_DIR)
@@ -480,3 +481,14 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], file: Path) -
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise InputError(f"{file}: weights do not fit the model ({first})") from exc
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft writes LoRA's ``target_modules`` (a set) in hash order, which changes between processes: sorted, the
+    same run writes the same bytes."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
