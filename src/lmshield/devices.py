@@ -9,6 +9,7 @@ import torch
 from lmshield.errors import InputError
 
 DEVICE_VARIABLE = "LMSHIELD_DEVICE"
+SUPPORTED = ("cpu", "cuda")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -26,6 +27,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown {source} {str(device)!r}: use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type not in SUPPORTED:  # mps, xpu, meta, ...: torch parses them, lmshield does not run there
+        raise InputError(f"unsupported {source} {str(device)!r}: use auto, cpu, cuda or cuda:N")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"{source} {str(device)!r} requested but CUDA is not available on this machine")
     return resolved
