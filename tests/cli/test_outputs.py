@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,42 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Pa
     for command in (["tune", "--train", "t.jsonl", "--out"], ["predict", "clf", "texts.txt", "--out"]):
         result = invoke(*command, in_the_way / "below")  # a file where a folder must be made
         assert result.exit_code == EXIT_ERROR and "is a file, so" in said(result), (command, result.output)
+
+
+def test_an_output_never_replaces_an_input(tmp_path: Path) -> None:
+    """predict, psim score and guard eval wrote their output over their own input texts, or over an artefact's
+    top file, without a word; both are refused before any work, and the files stay as they were."""
+    texts, data = tmp_path / "texts.txt", tmp_path / "test.jsonl"
+    texts.write_text("a text\n")
+    data.write_text(json.dumps({"sentence": "a text", "label": 0}) + "\n")
+    classifier = tmp_path / "clf"
+    classifier.mkdir()
+    (classifier / "tuning.json").write_text("{}")
+    guard = ["guard", "eval", "--classifier", classifier, "--scan", tmp_path / "scan", "--test", data]
+    for command, message in (
+        (["predict", classifier, texts, "--out", texts], "--out .* is one of this command's inputs"),
+        (["predict", classifier, texts, "--out", classifier / "tuning.json"], "would replace a file of the input"),
+        (["psim", "score", tmp_path / "psim", "--texts", texts, "--out", texts], "is one of this command's inputs"),
+        ([*guard, "--triggers", "cf", "--out", data], "is one of this command's inputs"),
+        (["predict", classifier, texts, "--scan", tmp_path / "scan", "--calibrate", texts, "--save-calibration", texts],
+         "--save-calibration .* is one of this command's inputs"),
+        ([*guard, "--triggers", "cf", "--calibrate", texts, "--save-calibration", tmp_path / "r.json", "--out",
+          tmp_path / "r.json"], "is what --out writes"),
+    ):  # fmt: skip
+        result = invoke(*command)
+        assert result.exit_code == EXIT_ERROR and re.search(message, said(result)), (command, result.output)
+    assert texts.read_text() == "a text\n" and (classifier / "tuning.json").read_text() == "{}"
+    assert json.loads(data.read_text())["label"] == 0
+
+
+def test_a_calibration_is_saved_only_under_a_name_calibrate_reads_back(tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a text\n")
+    scan = ["--scan", tmp_path / "scan", "--calibrate", texts]
+    result = invoke("predict", tmp_path / "clf", texts, *scan, "--save-calibration", tmp_path / "calibration")
+    assert result.exit_code == EXIT_ERROR and "name it *.safetensors" in said(result)
+    result = invoke("predict", tmp_path / "clf", texts, "--psim", tmp_path / "psim", "--batch-size", "5")
+    assert result.exit_code == EXIT_ERROR and "--batch-size does not go with --psim" in said(result)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from lmshield.cli._common import (
     TextField,
     friendly_errors,
     output_file,
+    refuse_clobbering,
 )
 from lmshield.errors import InputError
 
@@ -31,7 +32,9 @@ CalibrationTexts = Annotated[
         "or a calibration saved with --save-calibration (.safetensors)."
     ),
 ]
+CALIBRATION_SUFFIX = ".safetensors"  # a saved calibration; any other --calibrate file holds texts
 PROGRESS_FROM = 256  # texts; fewer are classified before a bar would be read
+BATCH_SIZE = 64
 
 SaveCalibration = Annotated[
     Path | None,
@@ -53,8 +56,10 @@ def _load_guard(
 
     if save is not None and calibrate is None:
         raise InputError("--save-calibration needs --calibrate")
+    if save is not None and save.suffix.lower() != CALIBRATION_SUFFIX:  # --calibrate tells the two apart by it
+        raise InputError(f"--save-calibration {save}: name it *{CALIBRATION_SUFFIX}, so --calibrate reads it back")
     guard = Guard.from_pretrained(classifier, scan, **options)
-    if calibrate is not None and calibrate.suffix == ".safetensors":
+    if calibrate is not None and calibrate.suffix.lower() == CALIBRATION_SUFFIX:
         guard.load_calibration(calibrate)
     elif calibrate is not None:
         guard.calibrate(read_texts(calibrate, field))
@@ -102,7 +107,7 @@ def predict_command(
     max_removed: Annotated[
         int | None, typer.Option(help="With --scan: most words the purge may delete (default 3).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).", min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).", min=1)] = BATCH_SIZE,
     base: Base = None,
     any_scan: AnyScan = False,
     allow_pickle: AllowPickle = False,
@@ -131,6 +136,12 @@ def predict_command(
         )
     if psim is None and (psim_model is not None or any_psim):
         raise InputError("--psim-model and --any-psim go with --psim")
+    if psim is not None and batch_size != BATCH_SIZE:
+        raise InputError("--batch-size does not go with --psim (PSIM and the victim use their own)")
+    refuse_clobbering(
+        {"--out": out, "--save-calibration": save_calibration},
+        (texts, classifier, scan, psim, calibrate, base, psim_model),
+    )
     items = read_texts(texts, field)
     progress = not quiet and len(items) > PROGRESS_FROM
     if psim is not None:
@@ -267,6 +278,9 @@ def eval_command(
     from lmshield.evaluation.guard_eval import evaluate_guard
     from lmshield.tuning import read_labelled
 
+    refuse_clobbering(
+        {"--out": out, "--save-calibration": save_calibration}, (classifier, scan, test, backdoor, calibrate, base)
+    )
     trigger_list = _triggers(backdoor, triggers)
     guard = _load_guard(
         classifier,

@@ -17,6 +17,7 @@ from lmshield.cli._common import (
     friendly_errors,
     output_dir,
     output_file,
+    refuse_clobbering,
     refuse_foreign,
     refuse_to_replace,
 )
@@ -156,6 +157,7 @@ def score_command(
     """Score and flag texts; flagged texts would be refused."""
     from lmshield.defenses.psim import PSIM
 
+    refuse_clobbering({"--out": out}, (psim_dir, texts, model))
     psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=not quiet, model=model)
     items = _texts(texts, field)
     result = psim.scores(items)
