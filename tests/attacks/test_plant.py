@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from lmshield.attacks.verify import held_out_texts
 from lmshield.cli.main import app
 from lmshield.defenses.sanitizer import SanitizerConfig, scan
 from lmshield.defenses.sanitizer.monitor import sign_match
-from lmshield.errors import InputError
+from lmshield.errors import InputError, ModelLoadError
 from lmshield.models import WatchedPosition, load_encoder
 from lmshield.testing import tiny_corpus
 from tests.attacks.tiny_models import TINY_ATTACK, TINY_SCAN
@@ -56,10 +58,24 @@ def test_scanner_finds_por_and_passes_the_clean_model(por_dir, tiny_dir):
     assert not scan(str(tiny_dir), config, progress=False).is_backdoored
 
 
-def test_verify_says_when_the_original_cannot_be_loaded(por_dir, tmp_path):
-    verification = verify_backdoor(por_dir.directory, original=str(tmp_path / "gone"), count=50)
+def test_verify_says_when_the_recorded_original_cannot_be_loaded(por_dir, tmp_path):
+    moved = Path(shutil.copytree(por_dir.directory, tmp_path / "por"))
+    manifest = json.loads((moved / "backdoor.json").read_text())
+    (moved / "backdoor.json").write_text(json.dumps({**manifest, "base_model": str(tmp_path / "gone")}))
+    verification = verify_backdoor(moved, count=50)
     assert verification.planted and verification.clean_cosine is None
     assert "not loadable" in verification.note
+
+
+def test_an_original_the_user_names_must_load_and_fit(por_dir, tmp_path):
+    """A mistyped --original was only noted (exit 0 when planted); one of another hidden size crashed."""
+    from lmshield.testing import save_tiny, tiny_encoder
+
+    with pytest.raises(ModelLoadError, match="gone: no such model"):
+        verify_backdoor(por_dir.directory, original=str(tmp_path / "gone"), count=50)
+    wider = save_tiny(tiny_encoder("bert", hidden=64), tmp_path / "wider")
+    with pytest.raises(InputError, match="hidden size 64, this one 32"):
+        verify_backdoor(por_dir.directory, original=str(wider), count=50)
 
 
 def test_btop_hits_the_mask_position_with_the_stand_in(tiny_dir, tmp_path):

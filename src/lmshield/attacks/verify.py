@@ -105,7 +105,8 @@ def verify_backdoor(
     """Verify the backdoor in ``directory`` against its ``backdoor.json``.
 
     ``texts`` (default: ``count`` held-out grammar sentences) carry the triggers; ``original`` overrides the
-    recorded base model used to judge the clean outputs. ``device``: as for :func:`load_encoder` (CUDA when
+    recorded base model used to judge the clean outputs (it must load and match the hidden size; the recorded
+    one, when it cannot, leaves closeness unmeasured with a note). ``device``: as for :func:`load_encoder` (CUDA when
     present unless ``LMSHIELD_DEVICE`` says otherwise).
     """
     if texts is None and count < 1:
@@ -135,7 +136,13 @@ def verify_backdoor(
             )
         )
     name = original or manifest.base_model
-    reference, note = _try_load(name, device)
+    # a model the user names must load; the recorded one may be gone (a hub id offline, a moved folder)
+    reference, note = (load_encoder(original, device=device), "") if original else _try_load(name, device)
+    if reference is not None and reference.hidden_size != model.hidden_size:
+        problem = f"the original model {name} has hidden size {reference.hidden_size}, this one {model.hidden_size}"
+        if original:
+            raise InputError(f"{problem}: give the model it was made from")
+        reference, note = None, f"{problem}; clean closeness not measured"
     cosine = None
     if reference is not None:
         ref_out = reference.watched_outputs(clean, position, max_length)
