@@ -32,7 +32,7 @@ def test_unknown_or_missing_devices_are_refused(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(InputError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
     for other in ("mps", "xpu", "meta", torch.device("meta")):  # torch parses them; they crashed deep inside
-        with pytest.raises(InputError, match="unsupported device .*use auto, cpu, cuda"):
+        with pytest.raises(InputError, match=r"unsupported device .*use auto, cpu, cuda"):
             resolve_device(other)
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
