@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 EXIT_CLEAN = 0
@@ -68,3 +70,13 @@ def check_whole(values: dict[str, int], *, minimum: int = 1) -> None:
             raise InputError(f"{name} must be a whole number, got {value!r}")
         if value < minimum:
             raise InputError(f"{name} must be at least {minimum}, got {value}")
+
+
+def require_file(path: str | os.PathLike[str], hint: str = "") -> Path:
+    """``path`` as a ``Path`` when it is a file; else a one-line error that tells a folder from a missing path."""
+    file = Path(path)
+    if file.is_dir():
+        raise InputError(f"{path} is a folder, not a file{hint}")
+    if not file.is_file():
+        raise InputError(f"{path}: no such file")
+    return file

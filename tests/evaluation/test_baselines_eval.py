@@ -195,6 +195,8 @@ def test_bad_baseline_settings_are_one_line_errors() -> None:
         BaselineSettings(("onion",))
     with pytest.raises(InputError, match="--onion-lm no/such/lm: no such folder"):  # before any victim is tuned
         BaselineSettings(("onion",), onion_lm="no/such/lm")
+    with pytest.raises(InputError, match="is a file, not a model folder"):
+        BaselineSettings(("onion",), onion_lm=__file__)
     for budget in (-0.1, 1.0):
         with pytest.raises(InputError, match="--onion-max-drop"):
             BaselineSettings(("onion",), onion_lm=".", onion_max_drop=budget)

@@ -96,6 +96,10 @@ def test_read_triggers(tmp_path: Path) -> None:
             read_triggers(bad)
     with pytest.raises(InputError, match="no such file"):
         read_triggers(tmp_path / "missing.json")
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "backdoor.json").write_text(json.dumps({"triggers": ["cf"]}))
+    with pytest.raises(InputError, match=r"is a folder, not a file; give the attack's backdoor\.json inside it"):
+        read_triggers(tmp_path / "attack")  # the attack's output folder
 
 
 def test_table_values_sit_under_their_headers() -> None:

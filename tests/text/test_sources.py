@@ -11,6 +11,7 @@ import pytest
 from lmshield.errors import InputError
 from lmshield.testing import tiny_tokenizer
 from lmshield.text import TextSource, grammar_sentences, insert_per_words, insert_words, read_texts
+from lmshield.text.sources import read_records
 from lmshield.text.triggers import check_triggers
 from lmshield.tuning import read_labelled
 
@@ -93,6 +94,10 @@ def test_bad_files_fail_clearly(tmp_path: Path, content: str, message: str):
 def test_missing_file_and_conflicting_options():
     with pytest.raises(InputError, match="no such file"):
         read_texts("/nonexistent/file.txt")
+    with pytest.raises(InputError, match="is a folder, not a file"):  # was reported as missing
+        read_texts(Path(__file__).parent)
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        read_records(Path(__file__).parent)
     with pytest.raises(InputError, match="not both"):
         TextSource.from_options("a.txt", "some/dataset")
     with pytest.raises(InputError, match="unknown text generator"):

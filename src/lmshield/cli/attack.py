@@ -26,7 +26,7 @@ from lmshield.cli._common import (
     output_dir,
     removed_if_left_empty,
 )
-from lmshield.errors import InputError
+from lmshield.errors import InputError, require_file
 
 app = typer.Typer(
     help="Plant task-agnostic backdoors to test the defenses (ground truth in backdoor.json).",
@@ -48,8 +48,7 @@ def load_vectors(path: Path):  # noqa: ANN201 - a torch tensor
 
     from lmshield.models.loading import read_tensors
 
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(path)
     if path.suffix == ".safetensors":
         tensors = read_tensors(path)
         if "vectors" not in tensors and len(tensors) != 1:

@@ -80,7 +80,8 @@ class BaselineSettings:
         if "onion" in self.names and not self.onion_lm:
             raise InputError("the onion baseline needs a causal language model: give its path (--onion-lm)")
         if "onion" in self.names and not Path(self.onion_lm).is_dir():  # before any victim is trained
-            raise InputError(f"--onion-lm {self.onion_lm}: no such folder (ONION's LM is loaded from a path)")
+            problem = "is a file, not a model folder" if Path(self.onion_lm).exists() else "no such folder"
+            raise InputError(f"--onion-lm {self.onion_lm}: {problem} (ONION's LM is loaded from a path)")
         if self.onion_max_drop is not None and not 0 <= self.onion_max_drop < 1:
             raise InputError(f"the ONION budget (--onion-max-drop) must lie in [0, 1), got {self.onion_max_drop}")
 

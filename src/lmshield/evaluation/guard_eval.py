@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, require_file
 from lmshield.jsonio import dumps, json_ready
 from lmshield.text.triggers import insert_words
 
@@ -192,9 +192,8 @@ def triggered_copies(texts: Sequence[str], trigger: str, seed: int, max_position
 
 def read_triggers(path: str | Path) -> list[str]:
     """The ``triggers`` list of an attack's ``backdoor.json``."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{path}: no such file")
+    hint = "; give the attack's backdoor.json inside it" if (Path(path) / "backdoor.json").is_file() else ""
+    file = require_file(path, hint)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, require_file
 from lmshield.text.grammar import grammar_sentences, vocabulary_sentences
 
 logger = logging.getLogger(__name__)
@@ -87,9 +87,7 @@ class TextSource:
 
 def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     """Read a plain-text file (one text a line) or records (JSON Lines, a JSON array, CSV/TSV) by ``field``."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{path}: no such file")
+    file = require_file(path)
     if file.suffix.lower() in RECORD_SUFFIXES or field is not None:
         return _texts_from_records(file, field)
     try:
@@ -124,9 +122,7 @@ def find_text_field(columns: list[str], given: str | None, where: str | Path) ->
 
 def read_records(path: str | Path) -> list[dict]:
     """Read records from JSON Lines, a JSON array of objects, or CSV/TSV, with a clear error on bad input."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{path}: no such file")
+    file = require_file(path)
     try:
         content = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
