@@ -228,6 +228,14 @@ def test_paraphrase_files_must_match_the_test_set(shared_data: Path, tmp_path: P
         load_paraphrased(folder, "pivot")
 
 
+def test_onion_refuses_an_encoder_for_its_language_model(tmp_path: Path) -> None:
+    """A BERT loads as BertLMHeadModel with a random LM head: its perplexities meant nothing, silently."""
+    from lmshield.testing import save_tiny, tiny_encoder
+
+    with pytest.raises(InputError, match="bert encoder reads in both directions, not a causal language model"):
+        ONION(save_tiny(tiny_encoder("bert"), tmp_path / "bert"))
+
+
 def test_onion_keeps_within_the_lm_s_positions(tiny_gpt2: Path) -> None:
     onion = ONION(tiny_gpt2)  # 64 words may take 256 tokens; this GPT-2 has 128 positions
     suspicion = onion.suspicion(" ".join(["the film was good and the plot was bad"] * 12))

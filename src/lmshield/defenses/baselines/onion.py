@@ -26,9 +26,16 @@ def load_causal_lm(model: str | Path, device: str | None = None) -> tuple[Any, A
     """Load a causal LM and its tokenizer: safetensors only, no remote code, one-line errors."""
     from transformers import AutoModelForCausalLM
 
+    from lmshield.models.architectures import get_architecture
     from lmshield.models.loading import load_pretrained
 
     loaded = load_pretrained(model, AutoModelForCausalLM, device=device, check_architecture=False)
+    config = loaded.model.config
+    if get_architecture(config.model_type) is not None and config.model_type != "xlnet" and not config.is_decoder:
+        raise InputError(  # transformers gives it a random LM head: its perplexities would mean nothing
+            f"{model}: a {config.model_type} encoder reads in both directions, not a causal language model; "
+            "ONION needs one (a GPT-2, say)"
+        )
     tokenizer = loaded.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
