@@ -112,8 +112,10 @@ def test_output_folders_refuse_users_files_and_finished_results(tmp_path: Path) 
     (out / ".gitkeep").write_text("")
     refuse_foreign_folder(out, "model", ("config.json",))
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="holds no model"):
+    with pytest.raises(InputError, match=r"holds no model.*choose a new --out$"):
         refuse_foreign_folder(out, "model", ("config.json",))
+    with pytest.raises(InputError, match=r"choose a new --results$"):  # the option the command names it by
+        refuse_foreign_folder(out, "results", ("settings.json",), option="--results")
     refuse_finished(out, "config.json", "model", overwrite=False)  # nothing finished yet
     (out / "config.json").write_text("{}")
     refuse_foreign_folder(out, "model", ("config.json",))

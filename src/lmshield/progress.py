@@ -34,12 +34,16 @@ SEAL = "seal"
 SEALED_FILES = "sealed_files"
 
 
-def refuse_foreign_folder(out: Path, what: str, ours: tuple[str, ...]) -> None:
+def refuse_foreign_folder(out: Path, what: str, ours: tuple[str, ...], option: str = "--out") -> None:
     """Refuse (before any work) an output folder with files in it that hold none of ``ours`` (paths relative to
-    ``out``, files or folders: the job's result or progress): the job would write over a user's files."""
+    ``out``, files or folders: the job's result or progress): the job would write over a user's files.
+
+    ``option`` is the command-line option that names the folder, which the message asks the user to change."""
     visible = out.is_dir() and any(not entry.name.startswith(".") for entry in out.iterdir())  # not .gitkeep
     if visible and not any((out / name).exists() for name in ours):
-        raise InputError(f"{out} is not empty and holds no {what}: its files could be written over; choose a new --out")
+        raise InputError(
+            f"{out} is not empty and holds no {what}: its files could be written over; choose a new {option}"
+        )
 
 
 def refuse_finished(out: Path, marker: str, what: str, overwrite: bool) -> None:

@@ -213,6 +213,20 @@ def test_a_refused_zoo_scan_leaves_nothing_that_blocks_the_corrected_rerun(zoo, 
         scan_zoo(out, results=mine, progress=False)
 
 
+def test_a_results_folder_of_other_files_is_refused_naming_results(tmp_path):
+    """zoo scan names its output folder --results, not --out: the refusal says which option to change."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "METADATA.csv").write_text("model_id,truth,kind,attack\nid-0000,clean,original,\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["zoo", "scan", str(zoo), "--results", str(mine), "--quiet"])
+    assert result.exit_code == 2 and "choose a new --results" in result.output, result.output
+    assert "--out" not in result.output
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
 def test_fresh_rescans_every_model_with_the_new_settings(zoo, scanned, tmp_path):
     _, out = zoo
     results = tmp_path / "scans"

@@ -126,7 +126,7 @@ def _check_settings(results: Path, settings: dict[str, Any], model_ids: list[str
     for position in positions_of(settings):
         WatchedPosition.parse(position)
     saved = results / SETTINGS_JSON
-    refuse_foreign_folder(results, "zoo scan results", (SETTINGS_JSON, *model_ids))
+    refuse_foreign_folder(results, "zoo scan results", (SETTINGS_JSON, *model_ids), option="--results")
     earlier = _read_settings(saved) if saved.is_file() else settings
     scanned = any(_holds_scan(results / model) for model in model_ids)  # settings alone: no model scanned yet
     if scanned and not fresh and earlier != settings:
