@@ -90,6 +90,32 @@ def test_spec_expands_lists_into_models(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("triggers", "message"),
+    [
+        ([1, 2], r"a trigger set is .* got 1$"),  # was a TypeError traceback
+        ([[{"a": 1}]], r"got \[\{'a': 1\}\]$"),  # was planted as the text "{'a': 1}"
+        ([["cf", 2]], r"got \['cf', 2\]$"),
+        (5, r"got 5$"),
+        ("cf", r"use default, random or a list of trigger sets, got 'cf'$"),
+        ([], r"non-empty list"),
+        ([[]], r"a trigger set is"),
+        ([["cf", " cf"]], r"distinct non-empty"),
+        ([[" "]], r"distinct non-empty"),
+    ],
+)
+def test_triggers_must_be_strings(triggers, message: str):
+    models = [{"kind": "original"}, {"kind": "attack", "attack": "por", "triggers": triggers}]
+    with pytest.raises(InputError, match=r"^models\[1\]\.triggers: .*" + message):
+        parse_spec({"models": models})
+
+
+def test_trigger_sets_keep_keywords_and_make_a_lone_trigger_a_set():
+    models = [{"kind": "attack", "attack": "por", "triggers": ["random", "cf", ["cf", "mn"], "default"]}]
+    assert [e.triggers for e in parse_spec({"models": models}).entries] == ["random", ["cf"], ["cf", "mn"], "default"]
+    assert [e.triggers for e in parse_spec({"models": [{"kind": "attack", "attack": "btop"}]}).entries] == ["default"]
+
+
+@pytest.mark.parametrize(
     ("metadata", "message"),
     [
         ("model_id,truth,kind,attack\n../victim,clean,original,\n", "not of the form id-NNNN"),

@@ -109,15 +109,38 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _trigger_sets(value: Any) -> list[Any]:
-    """``default`` / ``random`` / a list of sets, where a set is default, random or a list of strings."""
-    if value is None or isinstance(value, str):
-        return [value or "default"]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return [v if v in ("default", "random") else [v] for v in value]
-    if isinstance(value, list):
-        return [v if isinstance(v, str) else [str(t) for t in v] for v in value]
-    raise InputError(f"triggers must be default, random or a list of trigger sets, got {value!r}")
+TRIGGER_KEYWORDS = ("default", "random")
+
+
+def _trigger_sets(value: Any, number: int) -> list[str | list[str]]:
+    """``default`` / ``random`` / a list of sets, where a set is default, random, one trigger or a list of triggers.
+
+    Triggers are strings: a number or a mapping would be written out as text and planted as such, so it is refused.
+    """
+    where = f"models[{number}].triggers"
+    if value is None:
+        return ["default"]
+    if isinstance(value, str):
+        if value not in TRIGGER_KEYWORDS:
+            raise InputError(f"{where}: use default, random or a list of trigger sets, got {value!r}")
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{where}: use default, random or a non-empty list of trigger sets, got {value!r}")
+    sets: list[str | list[str]] = []
+    for item in value:
+        if isinstance(item, str) and item in TRIGGER_KEYWORDS:
+            sets.append(item)
+            continue
+        triggers = [item] if isinstance(item, str) else item
+        if not isinstance(triggers, list) or not triggers or not all(isinstance(t, str) for t in triggers):
+            raise InputError(
+                f"{where}: a trigger set is default, random, a trigger or a list of triggers (strings), got {item!r}"
+            )
+        stripped = [t.strip() for t in triggers]  # as the attack reads them
+        if not all(stripped) or len(set(stripped)) != len(stripped):
+            raise InputError(f"{where}: triggers must be distinct non-empty strings, got {triggers!r}")
+        sets.append(list(triggers))
+    return sets
 
 
 def _resolve_path(value: str | None, base: Path) -> str | None:
@@ -168,7 +191,7 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
     attacks = _as_list(raw.get("attack") or ("por" if kind == "clean-continue" else None))
     preset = str(raw.get("preset", "fast"))
     _check_settings(kind, attacks, preset, overrides, number)
-    triggers = _trigger_sets(raw.get("triggers")) if kind == "attack" else [None]
+    triggers = _trigger_sets(raw.get("triggers"), number) if kind == "attack" else [None]
     seeds = _as_list(raw.get("seed", 0))
     entries = []
     for attack, trigger_set, seed in itertools.product(attacks, triggers, seeds):
