@@ -115,6 +115,21 @@ def test_trigger_sets_keep_keywords_and_make_a_lone_trigger_a_set():
     assert [e.triggers for e in parse_spec({"models": [{"kind": "attack", "attack": "btop"}]}).entries] == ["default"]
 
 
+def test_spec_numbers_with_an_exponent_and_no_dot_are_floats(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string, so the documented ``overrides: {lr: 1e-4}`` was refused as no number."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("models:\n  - kind: attack\n    attack: por\n    overrides: {lr: 1e-4}\n")
+    assert load_spec(spec_file).entries[0].overrides == {"lr": 1e-4}
+    from lmshield.zoo.spec import SpecLoader
+
+    numbers = "[1e-4, 2e3, 2E+3, -1E5, 1.5e-4, .5e1, 1_0e2, 1.0, 7, 1e4x, 1e, e5, abc, '1e-4', 2e3.0, v1e2]"
+    assert yaml.load(numbers, Loader=SpecLoader) == [
+        *(1e-4, 2000.0, 2000.0, -1e5, 1.5e-4, 5.0, 1000.0, 1.0, 7),
+        *("1e4x", "1e", "e5", "abc", "1e-4", "2e3.0", "v1e2"),
+    ]
+    assert yaml.safe_load("1e-4") == "1e-4"  # the loader of everyone else is left as it is
+
+
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [

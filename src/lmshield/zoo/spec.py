@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,13 +237,25 @@ def parse_spec(data: dict[str, Any], base: Path | None = None) -> ZooSpec:
     )
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` and ``2E3`` as numbers: YAML 1.1 wants a dot and a signed exponent
+    (``1.0e-4``), so ``lr: 1e-4`` came back as the string '1e-4', while YAML 1.2 and JSON read a float."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_spec(path: str | Path) -> ZooSpec:
     """Read a YAML zoo spec."""
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{path}: no such spec file")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=SpecLoader)  # safe: a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid YAML text ({exc})") from exc
     return parse_spec(data, file.resolve().parent)
