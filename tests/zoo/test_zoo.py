@@ -131,6 +131,24 @@ def test_spec_numbers_with_an_exponent_and_no_dot_are_floats(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ({"generator": "foo"}, "unknown text generator 'foo'"),
+        ({"foo": 1}, "unknown key"),
+        ({"generator": "vocab", "split": "test"}, "split does not go with data-free carriers"),
+        ({"texts": "a.txt", "dataset": "sst2"}, "not both"),
+        ({"generator": None}, r"generator must be a string, got None$"),
+    ],
+)
+def test_the_carrier_text_section_is_checked(tmp_path, text: dict, message: str):
+    """An unknown key or generator in ``text`` was accepted, and the zoo built on the default carriers."""
+    with pytest.raises(InputError, match=r"^zoo spec: text[:.] ?.*" + message):
+        parse_spec({"models": [{"kind": "original"}], "text": text}, tmp_path)
+    for good in ({"generator": "vocab"}, {"texts": "a.txt", "field": "text"}, {"dataset": "sst2", "column": "x"}):
+        assert parse_spec({"models": [{"kind": "original"}], "text": good}, tmp_path).text == good
+
+
+@pytest.mark.parametrize(
     ("metadata", "message"),
     [
         ("model_id,truth,kind,attack\n../victim,clean,original,\n", "not of the form id-NNNN"),

@@ -39,10 +39,12 @@ from typing import Any
 import yaml
 
 from lmshield.errors import InputError
+from lmshield.text.sources import TextSource
 
 KINDS = ("original", "clean-continue", "clean-finetune", "attack")
 _ENTRY_KEYS = {"kind", "attack", "triggers", "seed", "preset", "overrides", "data", "text_field", "label_field"}
 _TOP_KEYS = {"name", "base_model", "text", "models", "scan"}
+TEXT_KEYS = ("texts", "field", "dataset", "split", "column", "generator")  # TextSource.from_options
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,28 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
     return entries
 
 
+def _check_text(text: dict[str, Any]) -> None:
+    """Refuse a carrier-text section that no build could read (an unknown key or generator, a stray option),
+    here rather than in the middle of a build."""
+    unknown = sorted(set(text) - set(TEXT_KEYS), key=str)
+    if unknown:
+        raise InputError(f"zoo spec: text: unknown key(s) {', '.join(map(str, unknown))}; use {', '.join(TEXT_KEYS)}")
+    for key, value in text.items():
+        if not isinstance(value, str):
+            raise InputError(f"zoo spec: text.{key} must be a string, got {value!r}")
+    try:
+        TextSource.from_options(
+            text.get("texts"),
+            text.get("dataset"),
+            generator=text.get("generator"),
+            field=text.get("field"),
+            split=text.get("split"),
+            column=text.get("column"),
+        )
+    except InputError as exc:  # its messages name command-line options: --split, ...; the spec's keys have no --
+        raise InputError(f"zoo spec: text: {str(exc).removeprefix('--')}") from None
+
+
 def parse_spec(data: dict[str, Any], base: Path | None = None) -> ZooSpec:
     """Validate and expand a spec mapping (as read from YAML)."""
     base = base or Path.cwd()
@@ -224,8 +248,9 @@ def parse_spec(data: dict[str, Any], base: Path | None = None) -> ZooSpec:
     if unknown:
         raise InputError(f"zoo spec: unknown key(s) {', '.join(unknown)}")
     text = dict(data.get("text") or {})
+    _check_text(text)
     if "texts" in text:
-        text["texts"] = _resolve_path(str(text["texts"]), base)
+        text["texts"] = _resolve_path(text["texts"], base)
     base_model = data.get("base_model")
     entries = [e for number, raw in enumerate(data["models"]) for e in _expand(raw, base, number)]
     return ZooSpec(
