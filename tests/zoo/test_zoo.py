@@ -192,11 +192,24 @@ def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
 def test_a_zoo_folder_is_not_resumed_with_another_base_model(tmp_path):
     models = [{"kind": "original"}]
     (tmp_path / "zoo.json").write_text(parse_spec({"base_model": "tiny/one", "models": models}).to_json())
+    (tmp_path / "id-0000").mkdir()
+    (tmp_path / "id-0000" / "clean.json").write_text("{}")  # a model built from that spec
     with pytest.raises(InputError, match=r"another spec \(other base_model\)"):
         build_zoo(parse_spec({"base_model": "tiny/two", "models": models}), tmp_path, progress=False)
     other_text = {"base_model": "tiny/one", "models": models, "text": {"generator": "vocab"}}
     with pytest.raises(InputError, match=r"another spec \(other text\)"):  # the models' carrier text
         build_zoo(parse_spec(other_text), tmp_path, progress=False)
+
+
+def test_a_zoo_with_no_finished_model_takes_the_corrected_spec(zoo_base, tmp_path):
+    """A build refused on a bad base model left zoo.json and an empty id-0000/; the corrected spec was then refused
+    as 'another spec' although the old one never made a model."""
+    models = [{"kind": "original"}]
+    (tmp_path / "zoo.json").write_text(parse_spec({"base_model": "/nonexistent/model", "models": models}).to_json())
+    (tmp_path / "id-0000").mkdir()
+    rows = build_zoo(parse_spec({"base_model": str(zoo_base), "models": models}), tmp_path, progress=False)
+    assert [row["model_id"] for row in rows] == ["id-0000"] and (tmp_path / "id-0000" / "clean.json").is_file()
+    assert json.loads((tmp_path / "zoo.json").read_text())["base_model"] == str(zoo_base)
 
 
 def test_build_resumes_and_rebuilds_unfinished(zoo):

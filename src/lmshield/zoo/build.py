@@ -188,10 +188,11 @@ def _row(identifier: str, entry: ModelEntry, record: dict[str, Any]) -> dict[str
 
 def _check_same_spec(out: Path, spec: ZooSpec) -> None:
     """A zoo resumes only in its own folder: one with the same spec, or a new or empty one (unfinished model
-    folders are rebuilt from scratch, so a folder of other files must never be taken for a zoo)."""
+    folders are rebuilt from scratch, so a folder of other files must never be taken for a zoo). A zoo with no
+    finished model yet (a build stopped or refused before its first) takes any spec: nothing was made by the old one."""
     saved = out / SPEC_JSON
     refuse_foreign_folder(out, f"zoo ({SPEC_JSON})", (SPEC_JSON,))
-    if not saved.is_file():
+    if not saved.is_file() or not any(is_built(folder) for folder in _model_folders(out)):
         return
     old, new = read_spec_json(saved), spec.to_dict()
     made_by = ("base_model", "text", "entries")  # the name and the scan section do not change the models
@@ -200,6 +201,10 @@ def _check_same_spec(out: Path, spec: ZooSpec) -> None:
         raise InputError(
             f"{out} holds a zoo built from another spec (other {', '.join(changed)}); use another --out or delete it"
         )
+
+
+def _model_folders(out: Path) -> list[Path]:
+    return [folder for folder in out.iterdir() if MODEL_ID.fullmatch(folder.name) and folder.is_dir()]
 
 
 def read_spec_json(path: Path) -> dict[str, Any]:
