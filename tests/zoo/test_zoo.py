@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -210,6 +211,29 @@ def test_a_zoo_with_no_finished_model_takes_the_corrected_spec(zoo_base, tmp_pat
     rows = build_zoo(parse_spec({"base_model": str(zoo_base), "models": models}), tmp_path, progress=False)
     assert [row["model_id"] for row in rows] == ["id-0000"] and (tmp_path / "id-0000" / "clean.json").is_file()
     assert json.loads((tmp_path / "zoo.json").read_text())["base_model"] == str(zoo_base)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"base_model": "/nonexistent/model"}, r"base_model: /nonexistent/model: no such model directory"),
+        ({"base_model": "no-such-org/no-such-model"}, r"base_model: no-such-org/no-such-model: not a local directory"),
+        ({"text": {"texts": "missing.txt"}}, r"text\.texts: .*missing\.txt: no such file"),
+        ({"models": [{"kind": "clean-finetune", "data": "missing.jsonl"}]}, r"data: .*missing\.jsonl: no such file"),
+    ],
+)
+def test_a_refused_build_writes_nothing(zoo_base, tmp_path, bad: dict, message: str):
+    """A base model or file that is not there was found only once zoo.json and id-0000/ were written."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"base_model": str(zoo_base), "models": [{"kind": "original"}], **bad}))
+    out = tmp_path / "z"
+    result = CliRunner().invoke(app, ["zoo", "build", str(spec_file), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert re.search("zoo spec: " + message, result.output), result.output
+    assert not out.exists()
+    with pytest.raises(InputError, match=message):
+        build_zoo(load_spec(spec_file), out, progress=False)
+    assert not out.exists()
 
 
 def test_build_resumes_and_rebuilds_unfinished(zoo):

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.attacks.manifest import BACKDOOR_JSON
-from lmshield.errors import InputError
-from lmshield.models.loading import load_encoder
+from lmshield.errors import InputError, ModelLoadError
+from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
 from lmshield.progress import atomic_write, refuse_foreign_folder
 from lmshield.text.sources import TextSource
 from lmshield.zoo.executors import check_executor, run_tasks
@@ -207,6 +207,23 @@ def _model_folders(out: Path) -> list[Path]:
     return [folder for folder in out.iterdir() if MODEL_ID.fullmatch(folder.name) and folder.is_dir()]
 
 
+def check_inputs(spec: ZooSpec) -> None:
+    """Refuse, before anything is written, what no model could be built from: a base model that is not there or
+    cannot be loaded (a hub id is fetched as the build would), a carrier-text or fine-tuning file that is missing."""
+    try:
+        directory = resolve_model_dir(spec.base_model)
+        load_config(directory)
+        find_weights(directory)
+    except ModelLoadError as exc:
+        raise InputError(f"zoo spec: base_model: {exc}") from None
+    texts = spec.text.get("texts")
+    if texts is not None and not Path(texts).is_file():
+        raise InputError(f"zoo spec: text.texts: {texts}: no such file")
+    for data in dict.fromkeys(entry.data for entry in spec.entries if entry.data is not None):
+        if not Path(data).is_file():
+            raise InputError(f"zoo spec: data: {data}: no such file")
+
+
 def read_spec_json(path: Path) -> dict[str, Any]:
     """A zoo's saved spec (``zoo.json``), with a one-line error when it is damaged."""
     try:
@@ -263,8 +280,9 @@ def build_zoo(
     """Build every model of ``spec`` under ``out`` (finished ones are skipped) and write METADATA.csv."""
     check_executor(executor, address, num_cpus)  # before anything is written
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
     _check_same_spec(root, spec)
+    check_inputs(spec)
+    root.mkdir(parents=True, exist_ok=True)
     (root / SPEC_JSON).write_text(spec.to_json(), encoding="utf-8")
     tasks = [
         {
