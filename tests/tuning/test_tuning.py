@@ -78,6 +78,12 @@ def test_replacing_the_method_takes_its_defaults_but_keeps_explicit_settings() -
         ({"lora_alpha": 1e308}, "lora_alpha must be at most 65536"),
         ({"max_grad_norm": 0}, "max_grad_norm must be a finite positive number"),
         ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"dev_fraction": "x"}, r"dev_fraction must be a number in \(0, 1\), got 'x'"),
+        ({"dev_fraction": float("nan")}, "dev_fraction"),
+        ({"dev_fraction": True}, "dev_fraction"),
+        ({"max_length": "64"}, "max_length must be a whole number"),
+        ({"position_jitter": "2"}, "position_jitter must be a whole number"),
+        ({"seed": None}, "seed must be a whole number"),
         # a template is formatted with every input: only {text} and {mask}, once each, with no spec or index
         ({"head": "mask", "template": "{text} {mask} {0}"}, "nothing else in braces"),
         ({"head": "mask", "template": "{text:>400000000} {mask}"}, "nothing else in braces"),

@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError, check_finite, check_share
+from lmshield.errors import InputError, check_finite, check_share, check_whole
 
 HEADS = ("cls", "mask")
 CHECKPOINTS = ("best", "last")
@@ -122,6 +122,8 @@ class TuningConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
                 raise InputError(f"{name} must be a whole number from 1 to {most}, got {value!r}")
+        check_whole({"max_length": self.max_length})
+        check_whole({"position_jitter": self.position_jitter, "seed": self.seed}, minimum=0)
         if self.max_length < MIN_LENGTH:  # [CLS] and [SEP] (and a template's words) would leave no room for text
             raise InputError(f"max_length must be at least {MIN_LENGTH} tokens, got {self.max_length}")
         check_share({name: getattr(self, name) for name in ("head_dropout", "lora_dropout", "warmup_ratio")})
@@ -136,12 +138,11 @@ class TuningConfig:
         check_finite({"lora_alpha": self.lora_alpha}, positive=True)
         if self.lora_alpha > MAX_LORA_ALPHA:  # scales LoRA's update by alpha / r: a huge one overflows to NaN
             raise InputError(f"lora_alpha must be at most {MAX_LORA_ALPHA}, got {self.lora_alpha}")
-        if self.position_jitter < 0:
-            raise InputError(f"position_jitter must be >= 0, got {self.position_jitter}")
         if self.position_jitter and method.uses_virtual_tokens:
             raise InputError("position_jitter works with full fine-tuning and LoRA, not with virtual tokens")
-        if not 0 < self.dev_fraction < 1:
-            raise InputError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        fraction = self.dev_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:  # NaN too
+            raise InputError(f"dev_fraction must be a number in (0, 1), got {fraction!r}")
 
     def replace(self, **changes: Any) -> TuningConfig:
         """A copy with ``changes``; on a change of ``method``, fields still at the old method's defaults
