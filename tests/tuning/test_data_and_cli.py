@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,28 @@ def test_missing_file_is_not_mistaken_for_a_dataset(tmp_path: Path) -> None:
         read_labelled(tmp_path / "nope.jsonl")
 
 
+def test_a_mistyped_path_or_a_folder_is_not_mistaken_for_a_dataset(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("data/train.txt", "train.txt", "data/sub/train", "data\\train"):
+        with pytest.raises(InputError, match=f"{re.escape(name)}: no such file"):
+            read_labelled(name)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(InputError, match="a folder, not a file"):
+        read_labelled("data")
+    with pytest.raises(InputError, match="a folder, not a file"):
+        read_labelled(tmp_path / "data")
+
+
+def test_tune_cli_on_too_few_records_says_the_dev_split_took_a_label(tmp_path: Path) -> None:
+    train = _jsonl(tmp_path / "two.jsonl", [{"sentence": "good", "label": 1}, {"sentence": "bad", "label": 0}])
+    result = runner.invoke(app, ["tune", "--model", str(tmp_path / "none"), "--train", str(train), "--out", "x"])
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert "too few to hold out a dev set" in result.output and "--dev" in result.output
+    typo = str(tmp_path / "data" / "train.txt")
+    missing = runner.invoke(app, ["tune", "--model", "m", "--train", typo, "--out", "x"])
+    assert missing.exit_code == EXIT_ERROR and "no such file" in missing.output and "datasets" not in missing.output
+
+
 def test_tune_cli(trained_bert_dir: Path, tmp_path: Path) -> None:
     rows = lambda data: [{"sentence": t, "label": y} for t, y in zip(data.texts, data.labels, strict=True)]  # noqa: E731
     train = _jsonl(tmp_path / "train.jsonl", rows(tiny_task(120, 1)))
@@ -100,6 +123,24 @@ def test_labels_must_index_the_label_names() -> None:
     assert LabelledData(["a", "b"], [0, 1], ["x", "y"]).labels == [0, 1]
     with pytest.raises(InputError, match=r"label 2 outside 0\.\.1"):
         LabelledData(["a", "b"], [0, 2], ["x", "y"])
+
+
+def test_labelled_data_refuses_what_is_not_texts_and_class_indices() -> None:
+    numpy = pytest.importorskip("numpy")
+    data = LabelledData(("a", "b"), numpy.array([0, 1]), ["x", "y"])
+    assert data.texts == ["a", "b"] and data.labels == [0, 1] and type(data.labels[0]) is int
+    for texts, labels, names, message in (
+        (["a", "b"], ["0", "1"], ["0", "1"], "labels must be whole-number class indices: label 0 is '0'"),
+        (["a", "b"], [0, 1.0], ["0", "1"], "label 1 is 1.0"),
+        (["a", "b"], [True, False], ["0", "1"], "label 0 is True"),
+        (["a", "b"], "01", ["0", "1"], "list of labels, got one string"),
+        (["a", "b"], 1, ["0", "1"], "list of labels, got int"),
+        ("ab", [0, 1], ["0", "1"], "list of texts, got one string"),
+        (["a", None], [0, 1], ["0", "1"], "item 1 is NoneType"),
+        (["a", "b"], [0, 1], [0, 1], "label names must be strings"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            LabelledData(texts, labels, names)
 
 
 def test_split_holds_out_a_seeded_disjoint_share() -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
+from lmshield.text.inputs import as_texts
 from lmshield.text.sources import RECORD_SUFFIXES, find_text_field, load_dataset_split, read_records, text_value
 
 LABEL_FIELD = "label"
 MAX_CLASSES = 10_000
+TEXT_SUFFIXES = (".txt", ".text", ".parquet", ".arrow", ".gz", ".zip")  # paths, never hub ids
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,20 @@ class LabelledData:
     label_names: list[str]
 
     def __post_init__(self) -> None:
+        texts = as_texts(self.texts)
+        if isinstance(self.labels, str | bytes):
+            raise InputError("expected a list of labels, got one string")
+        try:
+            labels = list(self.labels)
+        except TypeError:
+            raise InputError(f"expected a list of labels, got {type(self.labels).__name__}") from None
+        for index, label in enumerate(labels):  # numpy integers are Integral too; "1" or 1.0 is no class index
+            if isinstance(label, bool) or not isinstance(label, Integral):
+                raise InputError(f"labels must be whole-number class indices: label {index} is {label!r}")
+        names = as_texts(self.label_names, what="label names")
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "labels", [int(label) for label in labels])
+        object.__setattr__(self, "label_names", names)
         if len(self.texts) != len(self.labels):
             raise InputError(f"{len(self.texts)} texts but {len(self.labels)} labels")
         bad = [label for label in self.labels if not 0 <= label < len(self.label_names)]
@@ -72,6 +89,8 @@ def read_labelled(
     mapping.
     """
     path = Path(source)
+    if path.is_dir():
+        raise InputError(f"{source}: a folder, not a file of labelled records")
     records = read_records(path) if path.exists() else _read_dataset(str(source), split)
     if not records:
         raise InputError(f"{source}: no records")
@@ -115,7 +134,18 @@ def _is_int(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` reads as a file path rather than a hub dataset id (``name`` or ``owner/name``): it starts
+    with ``.``, ``/`` or ``~``, holds a backslash or more than one ``/``, or ends in a file suffix."""
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or Path(name).suffix.lower() in (*RECORD_SUFFIXES, *TEXT_SUFFIXES)
+    )
+
+
 def _read_dataset(name: str, split: str) -> list[dict[str, Any]]:
-    if name.startswith((".", "/", "~")) or Path(name).suffix in RECORD_SUFFIXES:
+    if looks_like_path(name):
         raise InputError(f"{name}: no such file")
     return [dict(row) for row in load_dataset_split(name, split)]
