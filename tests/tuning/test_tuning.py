@@ -97,6 +97,26 @@ def test_bad_settings_are_one_line_errors(changes: dict, message: str) -> None:
         TuningConfig(**changes)
 
 
+def test_tune_refuses_what_is_not_labelled_data_before_loading_a_model(tmp_path: Path) -> None:
+    data = tiny_task(10, 1)
+    for train, dev, name in (([("a", 0)], None, "train"), (data, [("a", 0)], "dev"), ({"a": 0}, data, "train")):
+        with pytest.raises(InputError, match=f"{name} data must be a LabelledData, got .*LabelledData\\(texts, labels"):
+            tune(tmp_path / "no-model", train, dev, progress=False)
+    with pytest.raises(InputError, match="config must be a TuningConfig, got dict"):
+        tune(tmp_path / "no-model", data, config={"epochs": 1}, progress=False)
+
+
+def test_a_dev_split_that_leaves_one_label_is_blamed_on_the_data_size(tmp_path: Path) -> None:
+    """Two examples, two labels: the automatic hold-out takes one label away, which is not the data's lack."""
+    two = tiny_task(20, 1, classes=2)
+    two = two.take([two.labels.index(0), two.labels.index(1)])
+    with pytest.raises(InputError, match=r"2 training examples are too few to hold out a dev set.*dev="):
+        tune(tmp_path / "no-model", two, progress=False)
+    one = two.take([0, 0, 0])
+    with pytest.raises(InputError, match="the training data holds a single label"):
+        tune(tmp_path / "no-model", one, progress=False)
+
+
 def test_nan_outputs_are_refused_not_passed_on(trained_bert: Encoder) -> None:
     """NaN logits match no PV and beat no PSIM threshold: a classifier giving them must fail, not pass inputs."""
     classifier = TunedClassifier.build(trained_bert, fast("lora", epochs=1), ["a", "b"])

@@ -88,8 +88,19 @@ def tune(
     Naming the starting weights for the checkpoint reads local weight files once (about a second per GB).
     """
     config = config or TuningConfig()
+    if not isinstance(config, TuningConfig):
+        raise InputError(f"config must be a TuningConfig, got {type(config).__name__}")
+    _check_labelled(train, "train")
     if dev is None:
+        _check_labels(train)  # before the split: a single label is the data's fault, not the split's
+        whole = len(train)
         train, dev = train.split(config.dev_fraction, config.seed)
+        if len(set(train.labels)) < 2:
+            raise InputError(
+                f"{whole} training examples are too few to hold out a dev set: the {len(dev)} held out left a "
+                "single label to train on; give dev data (dev=..., --dev) or more training data"
+            )
+    _check_labelled(dev, "dev")
     _check_data(train, dev)
     if config.checkpoint == "best" and len(dev) < SMALL_DEV:
         logger.warning("the best epoch is picked on %d dev examples: its dev accuracy says little", len(dev))
@@ -142,13 +153,27 @@ def _model_identity(model: Encoder | str | Path | None) -> str:
     return sha256_of_files([path]) if path.is_file() else str(model)
 
 
+def _check_labelled(data: object, name: str) -> None:
+    if not isinstance(data, LabelledData):
+        raise InputError(
+            f"{name} data must be a LabelledData, got {type(data).__name__}: build one with "
+            "LabelledData(texts, labels, label_names) or read_labelled(path)"
+        )
+
+
+def _check_labels(train: LabelledData) -> None:
+    if len(train) == 0:
+        raise InputError("training data must be non-empty")
+    if len(set(train.labels)) < 2:
+        raise InputError("the training data holds a single label; a classifier needs at least two")
+
+
 def _check_data(train: LabelledData, dev: LabelledData) -> None:
     if len(train) == 0 or len(dev) == 0:
         raise InputError("training and dev data must both be non-empty")
     if train.label_names != dev.label_names:
         raise InputError(f"train labels {train.label_names} and dev labels {dev.label_names} differ")
-    if len(set(train.labels)) < 2:
-        raise InputError("the training data holds a single label; a classifier needs at least two")
+    _check_labels(train)
 
 
 def _train(
