@@ -402,3 +402,53 @@ def test_psim_keeps_the_last_epoch_of_its_random_label_training() -> None:
     assert (tuning.checkpoint, tuning.epochs, tuning.seed, tuning.lr, tuning.keep_head) == ("last", 3, 4, 1e-3, True)
     prompt = tuning_config(PSIMConfig(method="ptuning", num_virtual_tokens=7), keep_head=False, num_texts=100)
     assert prompt.num_virtual_tokens == 7 and prompt.lr == PSIMConfig().learning_rate(100)
+
+
+def test_numbers_given_as_strings_are_refused_at_construction() -> None:
+    for bad in ("0.5", True, math.nan):
+        with pytest.raises(InputError, match="threshold must be"):
+            PSIM(threshold=bad)
+    with pytest.raises(InputError, match=r"threshold must be a number, got '0\.5'"):
+        PSIM().set_params(threshold="0.5")
+    with pytest.raises(InputError, match=r"target FRR must be a number in \[0, 1\), got '0.1'"):
+        calibrate_threshold([0.1, 0.2], "0.1")
+    with pytest.raises(InputError, match="target FRR must be a number"):  # before any scoring, fitted or not
+        PSIM().calibrate(["a text"], "0.1")
+
+
+def test_a_bad_device_or_progress_is_refused_at_construction(tmp_path: Path) -> None:
+    for params in ({"device": "bogus"}, {"progress": "no"}):
+        with pytest.raises(InputError, match=r"unknown device 'bogus'|progress must be true or false"):
+            PSIM(**params)
+        with pytest.raises(InputError, match=r"unknown device 'bogus'|progress must be true or false"):
+            PSIM().set_params(**params)
+    with pytest.raises(InputError, match=r"^unknown device 'bogus'"):  # the caller's setting, not the file's
+        PSIM.from_pretrained(tmp_path, device="bogus")
+    assert PSIM(device="cpu").device == "cpu"
+
+
+def test_flags_takes_scores_and_says_texts_go_to_flag() -> None:
+    psim = PSIM(threshold=0.5)
+    psim.classifier_, psim.threshold_, psim.num_labels_ = object(), 0.5, 2  # flags reads the threshold alone
+    for bad in ("abc", ["0.4", "0.6"], [[0.4, 0.6]], [0.4, None]):
+        with pytest.raises(InputError, match=r"flags takes the scores score\(texts\) gives; to flag texts"):
+            psim.flags(bad)
+    assert psim.flags([0.4, 0.6, math.nan]).tolist() == [False, True, False] and psim.flags([]).shape == (0,)
+
+
+def test_fit_leaves_out_empty_texts_as_the_cli_reader_does(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lmshield.defenses.psim import detector
+
+    trained: list[list[str]] = []
+    monkeypatch.setattr(detector, "train_random_label_module", lambda model, texts, *a, **k: trained.append(texts))
+    with pytest.raises(InputError, match="every one of the 40 texts is empty"):
+        PSIM().fit("no-model", [""] * 40, 2)
+    with pytest.raises(InputError, match="every one of the 2 texts is empty"):
+        PSIM().fit("no-model", ["", "  \n"], 2)
+    assert not trained
+    with caplog.at_level("WARNING", logger="lmshield.text.inputs"):
+        psim = PSIM().fit("no-model", ["a text", "", "another", " "], 2)
+    assert trained == [["a text", "another"]] and psim.n_train_ == 2
+    assert "2 of 4 texts are empty and are left out" in caplog.text

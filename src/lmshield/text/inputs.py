@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from lmshield.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def as_texts(texts: Iterable[str], *, allow_empty: bool = True, what: str = "texts") -> list[str]:
@@ -25,3 +28,14 @@ def as_texts(texts: Iterable[str], *, allow_empty: bool = True, what: str = "tex
     if not items and not allow_empty:
         raise InputError(f"no {what} given")
     return [str(item) for item in items]
+
+
+def without_blanks(texts: list[str], *, what: str = "texts") -> list[str]:
+    """``texts`` less the empty or whitespace-only ones (with a warning), as the CLI's readers leave them out;
+    :class:`InputError` when nothing is left."""
+    kept = [text for text in texts if text.strip()]
+    if texts and not kept:
+        raise InputError(f"every one of the {len(texts)} {what} is empty")
+    if len(kept) < len(texts):
+        logger.warning("%d of %d %s are empty and are left out", len(texts) - len(kept), len(texts), what)
+    return kept

@@ -78,6 +78,8 @@ class PSIMConfig:
         check_share({"warmup_ratio": self.warmup_ratio})
         if self.lr is not None:
             check_finite({"lr": self.lr}, positive=True)
+        if self.threshold is not None:
+            check_finite({"threshold": self.threshold})  # "0.5", True or NaN: refused before the range check
         if self.threshold is not None and not 0 <= self.threshold < 1:
             raise InputError(
                 f"threshold must be in [0, 1) (at 1 or above nothing is ever flagged), got {self.threshold}"

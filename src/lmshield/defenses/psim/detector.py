@@ -23,15 +23,17 @@ from lmshield.defenses.psim.config import PSIMConfig
 from lmshield.defenses.psim.thresholds import (
     SCORE_KINDS,
     calibrate_threshold,
+    check_target_frr,
     default_threshold,
     flag_scores,
     normalise,
     rescale_threshold,
 )
 from lmshield.defenses.psim.training import train_random_label_module
+from lmshield.devices import resolve_device
 from lmshield.errors import InputError, check_whole, reject_unknown_params
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
-from lmshield.text.inputs import as_texts
+from lmshield.text.inputs import as_texts, without_blanks
 from lmshield.tuning import TunedClassifier
 
 PSIM_JSON = "psim.json"
@@ -72,6 +74,30 @@ class PSIMScores:
         if kind not in SCORE_KINDS:
             raise InputError(f"unknown score kind {kind!r}: use {' or '.join(SCORE_KINDS)}")
         return getattr(self, kind)
+
+
+def _check_run_params(device: str | None, progress: bool) -> None:
+    """``device`` names a usable device (checked now, not after the model loads); ``progress`` is a bool."""
+    if device is not None:
+        resolve_device(device)
+    if not isinstance(progress, bool):  # "no" would read as true
+        raise InputError(f"progress must be true or false, got {progress!r}")
+
+
+def _as_scores(scores: Any) -> np.ndarray:
+    """``scores`` as a 1-D float array, or :class:`InputError` (texts belong to :meth:`PSIM.flag`, not ``flags``)."""
+    hint = "flags takes the scores score(texts) gives; to flag texts, pass a list of texts to flag()"
+    if isinstance(scores, str | bytes):
+        raise InputError(f"{hint}, not one string")
+    try:
+        values = np.asarray(scores)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{hint} ({exc})") from None
+    if values.size and values.dtype.kind not in "iuf":
+        raise InputError(f"{hint}, not {'strings' if values.dtype.kind in 'US' else f'{values.dtype} values'}")
+    if values.ndim != 1:
+        raise InputError(f"{hint}: one score per text, got an array of shape {values.shape}")
+    return values.astype(np.float64)
 
 
 class PSIM:
@@ -118,6 +144,7 @@ class PSIM:
         self.device = device
         self.progress = progress
         self.config  # noqa: B018 - validate the settings now: a bad value fails here, not after training
+        _check_run_params(device, progress)
 
     @classmethod
     def from_config(cls, config: PSIMConfig, **kwargs: Any) -> PSIM:
@@ -142,6 +169,7 @@ class PSIM:
         """
         reject_unknown_params(self, params)
         PSIMConfig.from_dict({**self.config.to_dict(), **params})
+        _check_run_params(params.get("device", self.device), params.get("progress", self.progress))
         if self.is_fitted and "score_kind" in params:
             kinds = (self.score_kind, params["score_kind"])
             self.threshold_ = rescale_threshold(self.threshold_, self.num_labels_, *kinds)
@@ -165,7 +193,7 @@ class PSIM:
                 f"PSIM.fit takes the released model's directory or hub id (its saved head is read from there), "
                 f"not a loaded {type(model).__name__}"
             )
-        texts = as_texts(texts, allow_empty=False)
+        texts = without_blanks(as_texts(texts, allow_empty=False))  # as the CLI's readers leave them out
         self.classifier_ = train_random_label_module(
             model, texts, num_labels, config, device=self.device, progress=self.progress
         )
@@ -215,11 +243,12 @@ class PSIM:
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """``True`` where a score is above ``threshold_``: the one rule by which PSIM refuses an input."""
         self._check_fitted()
-        return np.asarray(flag_scores(scores, self.threshold_), dtype=bool)
+        return np.asarray(flag_scores(_as_scores(scores), self.threshold_), dtype=bool)
 
     def calibrate(self, texts: list[str], target_frr: float = 0.05) -> PSIM:
         """Set ``threshold_`` so that at most ``target_frr`` of held-out clean task texts are flagged."""
-        scores = self.score(as_texts(texts, allow_empty=False))
+        check_target_frr(target_frr)  # before scoring: a bad target must not cost a pass over the texts
+        scores = self.score(without_blanks(as_texts(texts, allow_empty=False), what="calibration texts"))
         self.threshold_ = calibrate_threshold(scores.tolist(), target_frr)
         achieved = float(np.mean(self.flags(scores)))
         self.calibration_ = Calibration(target_frr, achieved, len(scores))
@@ -261,6 +290,7 @@ class PSIM:
     ) -> PSIM:
         """Load a PSIM written by :meth:`save_pretrained`; ``model``: where the released model it was fitted on
         lives now, when it moved (its weights must match the recorded fingerprint)."""
+        _check_run_params(device, progress)  # the caller's, not the file's: said before the file is read
         path = Path(directory) / PSIM_JSON
         if not path.is_file():
             raise InputError(f"{directory}: not a saved PSIM (no {PSIM_JSON})")

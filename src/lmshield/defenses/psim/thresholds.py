@@ -42,6 +42,8 @@ def rescale_threshold(threshold: float, num_labels: int, kind: str, new_kind: st
 
 def check_target_frr(target_frr: float) -> None:
     """A target false-rejection rate is a share below 1 (at 1 every clean input may be refused)."""
+    if isinstance(target_frr, bool) or not isinstance(target_frr, int | float):
+        raise InputError(f"target FRR must be a number in [0, 1), got {target_frr!r}")
     if not 0 <= target_frr < 1:  # NaN fails too
         raise InputError(f"target FRR must be in [0, 1), got {target_frr}")
 
