@@ -82,3 +82,48 @@ def test_a_guard_built_on_a_detect_mode_scan_says_so(
     with caplog.at_level("WARNING"):
         Guard.from_scan(classifier, scan)
     assert ("detect mode" in caplog.text) is warned
+
+
+def test_nonsense_params_are_refused_at_construction(classifier: TunedClassifier) -> None:
+    pvs = PVS[:, : classifier.hidden_size]
+    nan_pvs = torch.full((1, classifier.hidden_size), float("nan"))
+    for params, message in (
+        ({"pvs": [[1.0] * classifier.hidden_size]}, r"PVs must be a \(K, hidden\) float tensor, got list"),
+        ({"pvs": pvs.long()}, "PVs must be a .* float tensor, got a torch.int64 tensor"),
+        ({"pvs": nan_pvs}, "PVs hold NaN or infinite values"),
+        ({"pvs": pvs[0]}, r"PVs must be a \(K, hidden\) tensor, got shape"),
+        ({"threshold": "0.8"}, "threshold must be a number, got '0.8'"),
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
+        ({"max_removed": "x"}, "max_removed must be a whole number, got 'x'"),
+        ({"max_removed": 0}, "max_removed must be at least 1"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number, got 2.5"),
+        ({"purge": "no"}, "purge must be true or false, got 'no'"),
+        ({"progress": 1}, "progress must be true or false, got 1"),
+        ({"purge_strategy": ["batched"]}, "unknown purge strategy"),
+    ):
+        with pytest.raises(InputError, match=message):
+            Guard(classifier, **{"pvs": pvs, **params})
+        guard = Guard(classifier, pvs)
+        with pytest.raises(InputError, match=message):
+            guard.set_params(**params)
+    with pytest.raises(InputError, match="classifier must be a TunedClassifier, got str"):
+        Guard("clf-dir", pvs)
+
+
+def test_calibration_settings_are_checked_before_the_pass_over_the_texts(classifier: TunedClassifier) -> None:
+    guard = Guard(classifier, PVS[:, : classifier.hidden_size], threshold=0.5)
+    texts = tiny_task(10, 3).texts
+    for settings, message in (
+        ({"margin": float("nan")}, "margin must be a finite number"),
+        ({"margin": float("inf")}, "margin must be a finite number"),
+        ({"margin": -0.1}, "margin must be >= 0"),
+        ({"margin": "0.1"}, "margin must be a number"),
+        ({"quantile": "0.9"}, "quantile must be a number"),
+        ({"ceiling": None}, "ceiling must be a number"),
+        ({"ceiling": 0.4}, r"ceiling must be in \[0\.5, 1\)"),
+    ):
+        with pytest.raises(InputError, match=message):
+            guard.calibrate(texts, **settings)
+    assert guard.monitor.num_raised == 0
+    assert guard.calibrate(texts, margin=0.0, ceiling=0.99) is guard
+

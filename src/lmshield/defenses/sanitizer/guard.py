@@ -24,10 +24,11 @@ from lmshield.defenses.sanitizer.monitor import (
     DEFAULT_THRESHOLD,
     Monitor,
     MonitorResult,
+    check_calibration,
 )
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
-from lmshield.errors import InputError, reject_unknown_params
+from lmshield.errors import InputError, check_whole, reject_unknown_params
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
 
@@ -121,18 +122,21 @@ class Guard:
         batch_size: int = 64,
         progress: bool = False,
     ) -> None:
-        if pvs.dim() != 2 or pvs.shape[1] != classifier.hidden_size:
+        if not isinstance(classifier, TunedClassifier):
+            raise InputError(f"classifier must be a TunedClassifier, got {type(classifier).__name__}")
+        monitor = Monitor(pvs, threshold)  # a float (K, hidden) tensor of finite PVs, a threshold in [0, 1)
+        if pvs.shape[1] != classifier.hidden_size:
             raise InputError(
                 f"PVs of shape {tuple(pvs.shape)} do not fit the classifier's hidden size {classifier.hidden_size}"
             )
-        if max_removed < 1:
-            raise InputError(f"max_removed must be at least 1, got {max_removed}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        if purge_strategy not in PURGE_STRATEGIES:
+        check_whole({"max_removed": max_removed, "batch_size": batch_size})
+        for name, value in (("purge", purge), ("progress", progress)):
+            if not isinstance(value, bool):  # "no" would read as true
+                raise InputError(f"{name} must be true or false, got {value!r}")
+        if not isinstance(purge_strategy, str) or purge_strategy not in PURGE_STRATEGIES:
             raise InputError(f"unknown purge strategy {purge_strategy!r}: use {' or '.join(PURGE_STRATEGIES)}")
         self.classifier = classifier.eval()
-        self.monitor = Monitor(pvs, threshold)
+        self.monitor = monitor
         self._given = {"pvs": pvs, "threshold": threshold}  # as passed: scikit-learn's clone checks identity
         self.purge = purge
         self.max_removed = max_removed
@@ -239,6 +243,7 @@ class Guard:
         :meth:`Monitor.calibrated`. Use texts of the task the classifier serves, at least
         ``1 / (1 - quantile)`` of them (1,000 at the default quantile).
         """
+        check_calibration(self.threshold, margin, quantile, ceiling)  # before the pass over the texts
         texts = as_texts(texts, allow_empty=False, what="clean texts")
         watched = self.classifier.classify(texts, self.batch_size, progress=self.progress).watched
         self.monitor = monitor = self.monitor.calibrated(watched, margin, quantile, ceiling)

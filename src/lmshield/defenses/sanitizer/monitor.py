@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmshield.errors import InputError
+from lmshield.errors import InputError, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,18 @@ CALIBRATION_CEILING = 0.97
 def calibration_size(quantile: float) -> int:
     """Clean texts a calibration at ``quantile`` needs for the quantile to set aside at least one of them."""
     return 1 if quantile >= 1.0 else math.ceil(round(1.0 / (1.0 - quantile), 6))
+
+
+def check_calibration(threshold: float, margin: float, quantile: float, ceiling: float) -> None:
+    """Settings :meth:`Monitor.calibrated` can use: a finite ``margin`` >= 0 (NaN would set every raised
+    threshold to NaN, which flags nothing), ``quantile`` in (0, 1], ``ceiling`` in [``threshold``, 1)."""
+    check_finite({"margin": margin, "quantile": quantile, "ceiling": ceiling})
+    if margin < 0:
+        raise InputError(f"margin must be >= 0 (how far above clean matches a PV's threshold goes), got {margin}")
+    if not 0.0 < quantile <= 1.0:
+        raise InputError(f"quantile must be in (0, 1], got {quantile}")
+    if not threshold <= ceiling < 1.0:
+        raise InputError(f"ceiling must be in [{threshold}, 1), got {ceiling}")
 
 
 def sign_match(outputs: torch.Tensor, pvs: torch.Tensor) -> torch.Tensor:
@@ -61,8 +73,14 @@ class Monitor:
     def __init__(
         self, pvs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, thresholds: torch.Tensor | None = None
     ) -> None:
+        if not isinstance(pvs, torch.Tensor) or not torch.is_floating_point(pvs):
+            given = f"a {pvs.dtype} tensor" if isinstance(pvs, torch.Tensor) else type(pvs).__name__
+            raise InputError(f"PVs must be a (K, hidden) float tensor, got {given}")
         if pvs.dim() != 2:
             raise InputError(f"PVs must be a (K, hidden) tensor, got shape {tuple(pvs.shape)}")
+        if not bool(pvs.isfinite().all()):  # a NaN PV matches no sign: it would never flag anything
+            raise InputError("PVs hold NaN or infinite values")
+        check_finite({"threshold": threshold})
         if not 0.0 <= threshold < 1.0:
             raise InputError(f"monitor threshold must be in [0, 1), got {threshold}")
         self.pvs = pvs.detach().float().cpu()
@@ -96,12 +114,9 @@ class Monitor:
         the 12 guard benchmark cells (``benchmarks/bench_guard.py --parts sweep``), calibrated on 1,000 texts:
         give at least ``1 / (1 - quantile)`` texts, or the quantile is close to the maximum.
         """
+        check_calibration(self.threshold, margin, quantile, ceiling)
         if clean_outputs.shape[0] == 0:
             raise InputError("calibration needs at least one clean input")
-        if not 0.0 < quantile <= 1.0:
-            raise InputError(f"quantile must be in (0, 1], got {quantile}")
-        if not self.threshold <= ceiling < 1.0:
-            raise InputError(f"ceiling must be in [{self.threshold}, 1), got {ceiling}")
         if (count := clean_outputs.shape[0]) < (enough := calibration_size(quantile)):
             logger.warning(
                 "calibrating on %d texts: their %g quantile is close to their maximum, so one clean text that "
