@@ -127,3 +127,15 @@ def test_calibration_settings_are_checked_before_the_pass_over_the_texts(classif
     assert guard.monitor.num_raised == 0
     assert guard.calibrate(texts, margin=0.0, ceiling=0.99) is guard
 
+
+def test_a_calibration_path_that_is_a_folder_or_under_a_file_is_an_input_error(
+    classifier: TunedClassifier, tmp_path: Path
+) -> None:
+    guard = Guard(classifier, PVS[:, : classifier.hidden_size])
+    with pytest.raises(InputError, match="a folder; give the calibration a file name"):
+        guard.save_calibration(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for path in (tmp_path / "afile" / "x.safetensors", tmp_path / "afile" / "sub" / "x.safetensors"):
+        with pytest.raises(InputError, match="afile is a file, not a folder"):
+            guard.save_calibration(path)
+    assert guard.save_calibration(tmp_path / "new" / "c.safetensors").is_file()

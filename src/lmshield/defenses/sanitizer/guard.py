@@ -260,9 +260,21 @@ class Guard:
     def save_calibration(self, path: str | Path) -> Path:
         """Write the per-PV thresholds (and the PVs they belong to) as safetensors, for :meth:`load_calibration`."""
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            example = out / "calibration.safetensors"
+            raise InputError(f"{path}: a folder; give the calibration a file name (say {example})")
+        blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+        if blocking is not None:
+            raise InputError(f"{path}: cannot write there, {blocking} is a file, not a folder")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
         tensors = {"thresholds": self.monitor.thresholds.contiguous(), "pvs": self.monitor.pvs.contiguous()}
-        save_file(tensors, str(out), metadata={"format": CALIBRATION_FORMAT, "threshold": str(self.threshold)})
+        try:
+            save_file(tensors, str(out), metadata={"format": CALIBRATION_FORMAT, "threshold": str(self.threshold)})
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{path}: cannot write the guard calibration ({exc})") from exc
         return out
 
     def load_calibration(self, path: str | Path) -> Guard:
