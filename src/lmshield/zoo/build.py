@@ -19,9 +19,8 @@ from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
 from lmshield.progress import atomic_write, refuse_foreign_folder
-from lmshield.text.sources import TextSource
 from lmshield.zoo.executors import check_executor, run_tasks
-from lmshield.zoo.spec import ModelEntry, ZooSpec
+from lmshield.zoo.spec import ModelEntry, ZooSpec, text_source_of
 
 SPEC_JSON = "zoo.json"
 METADATA_CSV = "METADATA.csv"
@@ -46,17 +45,6 @@ def is_built(directory: Path) -> bool:
         return False
     extra = manifest.get("extra") if isinstance(manifest, dict) else None
     return isinstance(extra, dict) and isinstance(extra.get("zoo"), dict)
-
-
-def text_source_of(options: dict[str, Any]) -> TextSource:
-    return TextSource.from_options(
-        options.get("texts"),
-        options.get("dataset"),
-        generator=options.get("generator"),
-        field=options.get("field"),
-        split=options.get("split"),
-        column=options.get("column"),
-    )
 
 
 def _weight_drift(before: dict, model: Any) -> float:

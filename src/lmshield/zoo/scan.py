@@ -20,8 +20,9 @@ from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
 from lmshield.jsonio import dumps
 from lmshield.progress import PROGRESS_JSON, refuse_foreign_folder
-from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json, text_source_of
+from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json
 from lmshield.zoo.executors import check_executor, run_tasks
+from lmshield.zoo.spec import text_source_of
 
 RESULTS_DIR = "scans"
 SETTINGS_JSON = "scan_settings.json"

@@ -214,6 +214,18 @@ def _expand(raw: dict[str, Any], base: Path, number: int) -> list[ModelEntry]:
     return entries
 
 
+def text_source_of(options: dict[str, Any]) -> TextSource:
+    """The carrier texts a spec's ``text`` section names (keys as :meth:`TextSource.from_options` takes them)."""
+    return TextSource.from_options(
+        options.get("texts"),
+        options.get("dataset"),
+        generator=options.get("generator"),
+        field=options.get("field"),
+        split=options.get("split"),
+        column=options.get("column"),
+    )
+
+
 def _check_text(text: dict[str, Any]) -> None:
     """Refuse a carrier-text section that no build could read (an unknown key or generator, a stray option),
     here rather than in the middle of a build."""
@@ -224,14 +236,7 @@ def _check_text(text: dict[str, Any]) -> None:
         if not isinstance(value, str):
             raise InputError(f"zoo spec: text.{key} must be a string, got {value!r}")
     try:
-        TextSource.from_options(
-            text.get("texts"),
-            text.get("dataset"),
-            generator=text.get("generator"),
-            field=text.get("field"),
-            split=text.get("split"),
-            column=text.get("column"),
-        )
+        text_source_of(text)
     except InputError as exc:  # its messages name command-line options: --split, ...; the spec's keys have no --
         raise InputError(f"zoo spec: text: {str(exc).removeprefix('--')}") from None
 
