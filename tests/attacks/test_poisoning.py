@@ -608,7 +608,18 @@ def test_verification_asr_counts_only_non_target_inputs() -> None:
             return [truth[" ".join(w for w in t.split() if w != "mn")] for t in texts]
 
     config = BadNetConfig()
-    assert verify(Unmoved(), dev, make_poisoner(config), config) == {"clean_accuracy": 1.0, "asr": 0.0}
+    assert verify(Unmoved(), dev, make_poisoner(config), config) == {
+        "clean_accuracy": 1.0,
+        "asr": 0.0,
+        "clean_asr": 0.0,
+    }
+
+    class Constant:  # the target for every input: ASR 1.0 with no backdoor
+        def predict(self, texts: list[str], batch_size: int | None = None) -> list[int]:
+            return [config.target_label] * len(texts)
+
+    checks = verify(Constant(), dev, make_poisoner(config), config)
+    assert checks["asr"] == 1.0 and checks["clean_asr"] == 1.0
 
 
 def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
@@ -622,6 +633,10 @@ def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
     assert result({"asr": 0.95}).planted and result({"asr": 0.95}).summary().startswith("planted: badnet")
     assert result({"asr": 0.4}).planted is False and "NOT PLANTED" in result({"asr": 0.4}).summary()
     assert result({}).planted is None and result({}).summary().endswith("(not verified)")
+    constant = result({"asr": 1.0, "clean_asr": 1.0})  # a model that answers the target for every input
+    assert constant.planted is False and "clean inputs already go to the target" in constant.summary()
+    assert result({"asr": 0.95, "clean_asr": 0.92}).planted is False  # moves 38 % of the inputs it could
+    assert result({"asr": 1.0, "clean_asr": 0.2}).planted and result({"asr": 1.0, "clean_asr": 0.2}).lift == 1.0
 
 
 def test_a_dev_set_without_non_target_samples_leaves_the_backdoor_unverified() -> None:

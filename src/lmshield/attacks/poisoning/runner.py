@@ -65,6 +65,9 @@ class PoisonManifest(ManifestFile):
 
 HISTORY_DEV = 64  # poisoned texts whose accuracy the history reports when no dev set is given
 PLANTED_ASR = 0.9  # the share of triggered held-out inputs sent to the target for a backdoor to count as planted
+# ... and the share of those the model does not already send there untriggered: a model that answers the target
+# for every input reaches ASR 1.0 with no backdoor at all
+PLANTED_LIFT = 0.5
 
 
 @dataclass
@@ -77,15 +80,31 @@ class PoisonResult:
 
     @property
     def planted(self) -> bool | None:
-        """Whether the released model learnt the backdoor (held-out ASR at least :data:`PLANTED_ASR`);
-        ``None`` when it was not verified."""
-        asr = self.manifest.verification.get("asr")
-        return None if asr is None else asr >= PLANTED_ASR
+        """Whether the released model learnt the backdoor: held-out ASR at least :data:`PLANTED_ASR`, and the
+        trigger moves at least :data:`PLANTED_LIFT` of the non-target inputs the model does not already send to
+        the target (``clean_asr``); ``None`` when it was not verified."""
+        asr, lift = self.manifest.verification.get("asr"), self.lift
+        return None if asr is None else asr >= PLANTED_ASR and (lift is None or lift >= PLANTED_LIFT)
+
+    @property
+    def lift(self) -> float | None:
+        """``(asr - clean_asr) / (1 - clean_asr)``: 0 when the model sends every clean input to the target too;
+        ``None`` for a verification without ``clean_asr`` (written before it was measured)."""
+        v = self.manifest.verification
+        if v.get("asr") is None or v.get("clean_asr") is None:
+            return None
+        return 0.0 if v["clean_asr"] >= 1 else (v["asr"] - v["clean_asr"]) / (1 - v["clean_asr"])
 
     def summary(self) -> str:
         v = self.manifest.verification
         checks = ", ".join(f"{k} {val:.3f}" for k, val in v.items())
-        verdict = {True: "planted: ", False: f"NOT PLANTED (ASR below {PLANTED_ASR}): ", None: ""}[self.planted]
+        lift = self.lift
+        why = (
+            f"clean inputs already go to the target: the trigger moves {lift:.0%} of the others"
+            if lift is not None and v.get("asr", 0) >= PLANTED_ASR
+            else f"ASR below {PLANTED_ASR}"
+        )
+        verdict = {True: "planted: ", False: f"NOT PLANTED ({why}): ", None: ""}[self.planted]
         return f"{verdict}{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
 
 
@@ -176,7 +195,8 @@ def poison_model(
 def verify(
     classifier: TunedClassifier, dev: LabelledData, poisoner: Poisoner, config: PoisonConfig
 ) -> dict[str, float]:
-    """Clean accuracy on ``dev`` and ASR on its triggered non-target samples."""
+    """Clean accuracy on ``dev``, ASR on its triggered non-target samples, and ``clean_asr``: the share of those
+    samples sent to the target without the trigger (what the ASR must rise above)."""
     from lmshield.tuning import accuracy
 
     triggered = triggered_test_set(dev, poisoner, config.target_label, config.seed + 1)
@@ -184,8 +204,12 @@ def verify(
     if not len(triggered):  # no non-target sample to trigger: the backdoor is not verified, not "not planted"
         logger.warning("the dev set holds no sample outside the target label: ASR not measured")
         return checks
-    predicted = classifier.predict(triggered.texts)
-    return {**checks, "asr": sum(p == config.target_label for p in predicted) / len(predicted)}
+    clean = [text for text, label in zip(dev.texts, dev.labels, strict=True) if label != config.target_label]
+    rates = [
+        sum(p == config.target_label for p in predicted) / len(predicted)
+        for predicted in (classifier.predict(triggered.texts), classifier.predict(clean))
+    ]
+    return {**checks, "asr": rates[0], "clean_asr": rates[1]}
 
 
 def _with_head(model: str | Path | None, num_labels: int, tmp: Path, seed: int) -> Path:
