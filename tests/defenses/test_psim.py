@@ -393,6 +393,14 @@ def test_the_released_head_is_kept_only_when_the_model_has_one(
     for count, labels in ((1, 2), (5, 1)):
         with pytest.raises(InputError, match="at least"):
             train_random_label_module(headed, texts[:count], labels, PSIMConfig(), progress=False)
+    # a task of 3 classes on a release whose head has 2: "auto" used to keep it and fail ("drop keep_head")
+    train_random_label_module(headed, texts, 3, PSIMConfig(), progress=False)
+    assert calls[-1][3].keep_head is False
+    (headed / "config.json").write_text(
+        json.dumps({"architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "1": "b", "2": "c"}})
+    )
+    train_random_label_module(headed, texts, 3, PSIMConfig(), progress=False)
+    assert calls[-1][3].keep_head is True
 
 
 def test_psim_keeps_the_last_epoch_of_its_random_label_training() -> None:

@@ -29,15 +29,23 @@ def random_labels(count: int, num_labels: int, seed: int) -> list[int]:
 
 def has_classification_head(model: str | Path | None) -> bool:
     """Whether the model directory was saved with a ``*ForSequenceClassification`` head."""
+    return head_labels(model) is not None
+
+
+def head_labels(model: str | Path | None) -> int | None:
+    """How many classes the model directory's ``*ForSequenceClassification`` head has; ``None`` without one."""
     config = resolve_model_dir(model) / "config.json"
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False  # the loader then says what is wrong with the file
+        return None  # the loader then says what is wrong with the file
     architectures = data.get("architectures") if isinstance(data, dict) else None
     if not isinstance(architectures, list):
-        return False
-    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
+        return None
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        return None
+    labels = data.get("id2label")  # transformers keeps the class count there (num_labels is derived from it)
+    return len(labels) if isinstance(labels, dict) and labels else 2
 
 
 def tuning_config(config: PSIMConfig, keep_head: bool, num_texts: int) -> TuningConfig:
@@ -77,7 +85,10 @@ def train_random_label_module(
     check_whole({"num_labels": num_labels}, minimum=2)
     if len(texts) < num_labels:
         raise InputError(f"PSIM needs at least {num_labels} task texts, got {len(texts)}")
-    keep = config.keep_head == "yes" or (config.keep_head == "auto" and has_classification_head(model))
+    head = head_labels(model) if config.keep_head == "auto" else None
+    keep = config.keep_head == "yes" or head == num_labels
+    if head is not None and head != num_labels:
+        logger.warning("the released head has %d classes and the task %d: PSIM reads a fresh head", head, num_labels)
     names = [str(i) for i in range(num_labels)]
     data = LabelledData(list(texts), random_labels(len(texts), num_labels, config.seed), names)
     dev = data.take(list(range(min(DEV_SIZE, len(data)))))
