@@ -43,7 +43,8 @@ def test_an_output_never_replaces_an_input(tmp_path: Path) -> None:
     guard = ["guard", "eval", "--classifier", classifier, "--scan", tmp_path / "scan", "--test", data]
     for command, message in (
         (["predict", classifier, texts, "--out", texts], "--out .* is one of this command's inputs"),
-        (["predict", classifier, texts, "--out", classifier / "tuning.json"], "would replace a file of the input"),
+        (["predict", classifier, texts, "--out", classifier / "tuning.json"], "lies inside the input"),
+        (["predict", classifier, texts, "--out", classifier / "new.jsonl"], "lies inside the input"),
         (["psim", "score", tmp_path / "psim", "--texts", texts, "--out", texts], "is one of this command's inputs"),
         ([*guard, "--triggers", "cf", "--out", data], "is one of this command's inputs"),
         (["predict", classifier, texts, "--scan", tmp_path / "scan", "--calibrate", texts, "--save-calibration", texts],

@@ -84,8 +84,8 @@ def output_file(value: Path | None) -> Path | None:
 
 
 def refuse_clobbering(outputs: dict[str, Path | None], inputs: tuple[Path | None, ...]) -> None:
-    """Refuse (before any work) an output file that is one of the command's inputs or another output, or an
-    existing file inside an input folder (a classifier's, a scan's): writing it would destroy what the run reads."""
+    """Refuse (before any work) an output file that is one of the command's inputs or another output, or a file
+    inside an input folder (a classifier's, a scan's): writing there would change or destroy what the run reads."""
     sources = [Path(path).resolve() for path in inputs if path is not None]
     taken: dict[Path, str] = {}
     for option, path in outputs.items():
@@ -96,8 +96,8 @@ def refuse_clobbering(outputs: dict[str, Path | None], inputs: tuple[Path | None
             other = f"what {taken[target]} writes" if target in taken else "one of this command's inputs"
             raise InputError(f"{option} {path} is {other}; choose another file")
         inside = next((source for source in sources if source.is_dir() and source in target.parents), None)
-        if inside is not None and target.exists():
-            raise InputError(f"{option} {path} would replace a file of the input {inside}; write outside it")
+        if inside is not None:
+            raise InputError(f"{option} {path} lies inside the input {inside}; write outside it")
         taken[target] = option
 
 
