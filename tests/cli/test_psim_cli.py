@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.attacks.test_poisoning import task, tiny_world
-from tests.cli.helpers import invoke
+from tests.cli.helpers import invoke, said
 
 
 def _write(path: Path, count: int, seed: int) -> Path:
@@ -117,6 +117,8 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     moved = model.rename(root / "moved")
     lost = invoke("psim", "score", psim_dir, "--texts", inputs)
     assert lost.exit_code == 2 and "--model for a PSIM" in lost.output
+    wrong = invoke("psim", "score", psim_dir, "--texts", inputs, "--model", tiny_world())  # not the release
+    assert wrong.exit_code == 2 and "not the weights of the released model this PSIM was fitted on" in said(wrong)
     result = invoke("psim", "score", psim_dir, "--texts", inputs, "--model", moved, "--out", root / "again.jsonl")
     assert result.exit_code == 0, result.output
     scores = [[json.loads(line)["score"] for line in (root / name).read_text().splitlines()]

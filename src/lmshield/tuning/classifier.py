@@ -422,9 +422,13 @@ def _in_hub_cache(directory: str) -> bool:
     return "snapshots" in parts and any(part.startswith("models--") for part in parts)
 
 
+class BaseMismatchError(InputError):
+    """The weights given as a saved classifier's base are not the ones it was tuned from."""
+
+
 def _check_base(source: str, fingerprint: str, recorded: BaseModelInfo) -> None:
     if fingerprint != recorded.fingerprint:
-        raise InputError(f"{source}: not the base model's weights the classifier was tuned from")
+        raise BaseMismatchError(f"{source}: not the base model's weights the classifier was tuned from")
 
 
 def _base_location(out: Path, base: BaseModelInfo, moved_to: str | Path | None = None) -> str:

@@ -35,6 +35,7 @@ from lmshield.errors import InputError, check_whole, reject_unknown_params
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.text.inputs import as_texts, without_blanks
 from lmshield.tuning import TunedClassifier
+from lmshield.tuning.classifier import BaseMismatchError
 
 PSIM_JSON = "psim.json"
 MODULE_DIR = "module"
@@ -316,7 +317,10 @@ class PSIM:
             raise InputError(f"{path}: {exc}") from exc
         if not 0 <= psim.threshold_ <= 1:  # below 0 every input is flagged; at 1 (saturated calibration), none
             raise InputError(f"{path}: threshold_ {psim.threshold_} is not a usable threshold (in [0, 1])")
-        psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
+        try:
+            psim.classifier_ = TunedClassifier.from_pretrained(Path(directory) / MODULE_DIR, device=device, base=model)
+        except BaseMismatchError:  # said of PSIM, not of a classifier the user never tuned
+            raise InputError(f"{model}: not the weights of the released model this PSIM was fitted on") from None
         if model is not None:
             psim.model_ = str(model)
         else:  # a module that names its base where it lies now: saving back here need not rewrite it
