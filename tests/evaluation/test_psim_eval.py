@@ -126,7 +126,8 @@ def _write_task(folder: Path) -> Path:
     return folder
 
 
-def test_protocol_end_to_end(tmp_path: Path) -> None:
+def test_protocol_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="lmshield.evaluation.psim_eval")
     settings = EvalSettings(
         strategies=("lora", "full"),
         victim={"epochs": 2, "batch_size": 16, "max_length": 32},
@@ -140,6 +141,12 @@ def test_protocol_end_to_end(tmp_path: Path) -> None:
         keep_victims=True,
     )  # fmt: skip
     assert [r.strategy for r in result.rows] == ["lora", "full"]
+    steps = [line for line in caplog.messages if "fitting" in line or "tuning the" in line]
+    assert steps == [
+        "badnet: fitting PSIM (lora, 120 texts)",
+        "badnet: tuning the lora victim (120 texts, 2 epochs)",
+        "badnet: tuning the full victim (120 texts, 2 epochs)",
+    ]  # each progress bar's step, named
     [baseline] = result.baseline_rows
     assert (baseline.defense, baseline.strategy) == ("strip", "lora")
     assert baseline.asr == result.rows[0].asr and baseline.clean_accuracy == result.rows[0].clean_accuracy

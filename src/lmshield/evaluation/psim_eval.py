@@ -505,9 +505,10 @@ class _EvalData:
         from lmshield.evaluation.baselines_eval import VictimAnswers
         from lmshield.tuning import tune
 
-        victim = tune(
-            model_dir, self.train, self.dev, settings.victim_config(strategy), device=device, progress=progress
-        ).classifier
+        config = settings.victim_config(strategy)
+        logger.info("%s: tuning the %s victim (%d texts, %d epochs)", self.manifest.attack, strategy,
+                    len(self.train), config.epochs)  # fmt: skip
+        victim = tune(model_dir, self.train, self.dev, config, device=device, progress=progress).classifier
         clean_predicted = victim.predict(self.test.texts)
         return VictimAnswers(
             attack=self.manifest.attack,
@@ -539,6 +540,7 @@ def _fit_psim(
 
     psim_texts = read_labelled(data.task / "train.json").texts[: settings.psim_train]
     psim = PSIM.from_config(settings.psim_config(), device=device, progress=progress)
+    logger.info("%s: fitting PSIM (%s, %d texts)", data.manifest.attack, psim.method, len(psim_texts))
     psim.fit(model_dir, psim_texts, data.manifest.num_labels)
     if settings.target_frr is not None:
         psim.calibrate(data.dev.texts, settings.target_frr)
