@@ -395,7 +395,7 @@ def test_clean_label_poisoning_plants_a_backdoor() -> None:
 
 
 def test_without_a_dev_set_every_proxy_text_trains_and_the_last_epoch_is_released(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A dev split carved from the proxy trained the release on 90 % of it while the manifest said all."""
     import lmshield.attacks.poisoning.runner as runner
@@ -408,9 +408,10 @@ def test_without_a_dev_set_every_proxy_text_trains_and_the_last_epoch_is_release
         return real_tune(model, train, dev, config, **kwargs)
 
     monkeypatch.setattr(runner, "tune", spy)
-    config = fast_config("badnet", epochs=1, poison_count=10)
+    config = fast_config("badnet", epochs=1, poison_count=10, num_texts=1000)
     result = poison_model(tiny_world(), task(40, 1), config, tmp_path / "r", progress=False)
     assert seen == {"train": 40, "checkpoint": "last"} and result.manifest.num_texts == 40
+    assert "holds 40 texts, fewer than num_texts 1000" in caplog.text  # the settings record the request
     assert result.planted is None  # nothing held out: not verified
 
 

@@ -148,6 +148,9 @@ def poison_model(
     out = prepare_out_dir(model, out_dir, overwrite)
     poisoner = make_poisoner(config, paraphraser, device)
     proxy = prepare_proxy(train, config)
+    if config.num_texts is not None and len(proxy) < config.num_texts:  # the manifest's num_texts is what was used
+        logger.warning("the proxy data holds %d texts, fewer than num_texts %d: all are used", len(proxy),
+                       config.num_texts)  # fmt: skip
     poisoned = poison_dataset(proxy, config, poisoner)
     logger.info("poisoned %d of %d proxy texts (%s-label)", len(poisoned.poisoned), len(proxy), config.label_mode)
     if len(poisoned.poisoned) < poisoned.requested:
