@@ -338,6 +338,7 @@ def test_predict_cli_writes_json_lines(saved, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and {"status", "final_label", "probs", "removed", "purged_text"} <= set(rows[0])
+    assert "unguarded_label" in rows[0] and "label" not in rows[0]  # a bare label read as the answer: maybe refused
     plain = runner.invoke(app, ["predict", str(classifier_dir), str(texts)])
     assert plain.exit_code == 0 and len(plain.output.strip().splitlines()) == 2
     for line in plain.output.strip().splitlines():  # the fields every mode shares

@@ -66,22 +66,26 @@ def test_a_calibration_is_kept_across_other_changes_and_loads_only_at_its_thresh
     assert guard.thresholds_.tolist() == pytest.approx([0.7, 0.7])  # calibrated for 0.5: calibrate again
 
 
-@pytest.mark.parametrize(("mode", "warned"), [("detect", True), ("search", False)])
-def test_a_guard_built_on_a_detect_mode_scan_says_so(
-    classifier: TunedClassifier, mode: str, warned: bool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("mode", "seeds", "warning"),
+    [("detect", 24, "detect mode"), ("search", 24, None), ("search", 8, "searched 8 seeds")],
+)
+def test_a_guard_built_on_a_scan_that_may_miss_triggers_says_so(
+    classifier: TunedClassifier, mode: str, seeds: int, warning: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A fast search scan (8 seeds) let a trigger through a guard with no word of warning."""
     from lmshield.defenses.sanitizer import SanitizerConfig, ScanResult
 
     pvs = PVS[:1, : classifier.hidden_size]
     scan = ScanResult(
         verdict="backdoored", score=9.0, pvs=pvs, triggers=torch.zeros(1, 7, classifier.hidden_size),
-        nearest_tokens=[[["a"]] * 7], trace=[], config=SanitizerConfig(mode=mode),
+        nearest_tokens=[[["a"]] * 7], trace=[], config=SanitizerConfig(mode=mode, max_seeds=seeds),
         model={"fingerprint": classifier.base.fingerprint}, position=str(classifier.position), text_source="t",
         spread=1.0,
     )  # fmt: skip
     with caplog.at_level("WARNING"):
         Guard.from_scan(classifier, scan)
-    assert ("detect mode" in caplog.text) is warned
+    assert (warning in caplog.text and "--max-seeds 24" in caplog.text) if warning else "--max-seeds" not in caplog.text
 
 
 def test_nonsense_params_are_refused_at_construction(classifier: TunedClassifier) -> None:

@@ -85,7 +85,7 @@ class Prediction:
             "status": self.status,
             "final_label": self.final_label,
             "label_name": self.final_label_name,  # of the guard's answer, as in every predict mode: null if refused
-            "label": self.label,  # the classifier's own answer on the text as given
+            "unguarded_label": self.label,  # the classifier's own answer on the text as given: maybe the backdoor's
             "unguarded_label_name": self.label_name,
             "probs": list(self.probs),
             "flagged": self.flagged,
@@ -98,6 +98,9 @@ class Prediction:
             "purged_label_name": self.purged_label_name,
             "purged_probs": None if self.purged_probs is None else list(self.purged_probs),
         }
+
+
+GUARD_SEEDS = 24  # seeds of the default search scan, which found every trigger of a six-trigger POR model
 
 
 class Guard:
@@ -205,7 +208,15 @@ class Guard:
         if scan.config.mode == "detect" and scan.is_backdoored:
             logger.warning(
                 "the scan ran in detect mode, which stops at the first PVs it finds: a guard needs every trigger's "
-                "PV; scan again with --mode search (24 seeds) before relying on it"
+                "PV; scan again with --mode search --max-seeds %d before relying on it",
+                GUARD_SEEDS,
+            )
+        elif scan.is_backdoored and scan.config.max_seeds < GUARD_SEEDS:
+            logger.warning(
+                "the scan searched %d seeds: a trigger whose PV none of them reached passes the guard unseen; "
+                "scan again with --mode search --max-seeds %d before relying on it",
+                scan.config.max_seeds,
+                GUARD_SEEDS,
             )
         return cls(classifier, scan.pvs, **kwargs)
 
