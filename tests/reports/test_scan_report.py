@@ -19,7 +19,10 @@ def test_the_seed_table_puts_each_value_under_its_header(tmp_path: Path) -> None
         verdict="clean", score=0.5, pvs=torch.empty(0, 8), triggers=torch.empty(0, 1, 8), nearest_tokens=[],
         trace=[trace], config=SanitizerConfig(), model=model, position="cls", text_source="given", spread=1.0,
     )  # fmt: skip
+    result.timings = {"total_s": 0.9, "steps": 32.0, "batches": 8.0, "resumed_seeds": 4.0}
     lines = write_scan_report(result, tmp_path).read_text().splitlines()
+    expected = "- time: 0.9 s (32 optimisation steps over all seeds, 8 batches; 4 seed(s) from an earlier run, whose"
+    assert f"{expected} time is not counted)" in lines  # a resumed scan's time read as the whole scan's
     header = next(line for line in lines if line.startswith("| seed |"))
     row = next(line for line in lines if line.startswith("| 3 |"))
     cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")],

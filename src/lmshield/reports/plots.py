@@ -49,7 +49,9 @@ def plot_pv_signs(result: ScanResult, path: str | Path) -> Path | None:
         return None
     signs = result.pvs.sign().numpy()
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(signs)), dpi=110)
-    ax.imshow(signs, aspect="auto", cmap="coolwarm", vmin=-1, vmax=1, interpolation="nearest")
+    image = ax.imshow(signs, aspect="auto", cmap="coolwarm", vmin=-1, vmax=1, interpolation="nearest")
+    legend = fig.colorbar(image, ax=ax, ticks=[-1, 1], fraction=0.04)
+    legend.ax.set_yticklabels(["negative", "positive"])
     ax.set_yticks(range(len(signs)), [f"PV {i}" for i in range(len(signs))])
     ax.set_xlabel("hidden dimension")
     ax.set_title("sign pattern of each predefined vector found")

@@ -63,7 +63,7 @@ class SeedTrace:
     legitimate: bool | None = None
     unique: bool | None = None
     pv_index: int | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # from its group's start until it finished: a group's seeds run side by side (overlap)
     parts: list[int] | None = None  # a sub-trigger: which vectors of the seed's trigger (None: all)
 
     def check(self) -> None:
