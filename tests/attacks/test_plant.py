@@ -65,6 +65,19 @@ def test_verify_says_when_the_recorded_original_cannot_be_loaded(por_dir, tmp_pa
     verification = verify_backdoor(moved, count=50)
     assert verification.planted and verification.clean_cosine is None
     assert "not loadable" in verification.note
+    assert verification.summary().startswith("PLANTED on 50 held-out grammar sentences:")  # where it holds
+
+
+def test_the_summary_says_when_clean_outputs_give_the_backdoor_away() -> None:
+    """A POR model that drifted on real text (cosine 0.709, 36.7 % flagged) was summed up as PLANTED only."""
+    from lmshield.attacks.verify import Verification
+
+    drifted = Verification(True, [], clean_flagged=0.367, clean_cosine=0.709, clean_close=False, original="m",
+                           texts="30 given texts")  # fmt: skip
+    assert drifted.summary().startswith("PLANTED on 30 given texts:")
+    assert drifted.summary().endswith("(drifted); not stealthy there: clean outputs give the backdoor away")
+    quiet = Verification(True, [], clean_flagged=0.0, clean_cosine=0.97, clean_close=True, original="m")
+    assert "stealthy" not in quiet.summary()
 
 
 def test_an_original_the_user_names_must_load_and_fit(por_dir, tmp_path):

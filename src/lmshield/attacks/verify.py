@@ -19,6 +19,7 @@ from lmshield.models.positions import WatchedPosition
 from lmshield.text.grammar import grammar_sentences
 
 PLANTED_AGREEMENT = 0.9  # planted when every trigger's mean sign agreement reaches this
+STEALTHY_FLAGGED = 0.1  # clean inputs the monitor flags beyond this share give a backdoor away
 CLOSE_COSINE = 0.8  # clean outputs "stayed close" when their mean cosine to the original's reaches this
 
 
@@ -49,6 +50,7 @@ class Verification:
     num_texts: int = 0
     threshold: float = PLANTED_AGREEMENT
     extra: dict[str, float] = field(default_factory=dict)
+    texts: str = ""  # what the check ran on: the clean figures hold for such texts only
 
     def summary(self) -> str:
         worst = min((c.triggered_agreement for c in self.triggers), default=0.0)
@@ -58,9 +60,12 @@ class Verification:
             if self.clean_cosine is None
             else f"clean cosine to original {self.clean_cosine:.3f} ({'close' if self.clean_close else 'drifted'})"
         )
+        loud = self.clean_close is False or self.clean_flagged > STEALTHY_FLAGGED
+        where = f" on {self.texts}" if self.texts else ""
         return (
-            f"{head}: lowest triggered sign agreement {worst:.3f} (need {self.threshold}), "
+            f"{head}{where}: lowest triggered sign agreement {worst:.3f} (need {self.threshold}), "
             f"clean flagged {100 * self.clean_flagged:.1f} %, {close}"
+            + ("; not stealthy there: clean outputs give the backdoor away" if loud else "")
         )
 
     def table(self) -> str:
@@ -117,6 +122,7 @@ def verify_backdoor(
     max_length = int(manifest.settings.get("max_length", 128))
     rng = random.Random(seed)
     clean = list(texts) if texts is not None else held_out_texts(count, seed)
+    described = f"{len(clean)} given texts" if texts is not None else f"{len(clean)} held-out grammar sentences"
     if position.kind == "mask":
         clean = with_mask(clean, model.tokenizer.mask_token, rng, mask_word_limit(max_length))
     vectors = manifest.vector_tensor
@@ -157,4 +163,5 @@ def verify_backdoor(
         note=note,
         num_texts=len(clean),
         threshold=threshold,
+        texts=described,
     )
