@@ -188,7 +188,7 @@ def test_a_calibrated_threshold_keeps_the_frr_on_new_inputs_within_the_target() 
     assert 0.044 < float(np.mean(frr)) < 0.05  # (k + 1) / (n + 1) = 6 / 129 = 4.65 %
 
 
-def test_multi_class_psim() -> None:
+def test_multi_class_psim(caplog: pytest.LogCaptureFixture) -> None:
     psim = fitted(3)
     assert psim.num_labels_ == 3 and psim.threshold_ == pytest.approx(1 / 3 + 0.4 * 2 / 3)
     texts = task(60, 3, 3).texts
@@ -200,8 +200,10 @@ def test_multi_class_psim() -> None:
     clean, poison = psim.score(task(200, 3, 3).texts), psim.score(triggered(3))
     assert poison.mean() > clean.mean() + 0.1
     assert score_auroc(clean.tolist(), poison.tolist()) >= 0.7
-    with pytest.raises(InputError, match="labels"):
-        PSIM("lora", **SETTINGS).fit(released("badnet", "dirty", 3), task(40, 4).texts, 2)
+    with pytest.raises(InputError, match="labels"):  # a head kept on request must fit the task
+        PSIM("lora", **{**SETTINGS, "keep_head": True}).fit(released("badnet", "dirty", 3), task(40, 4).texts, 2)
+    binary = PSIM("lora", **SETTINGS).fit(released("badnet", "dirty", 3), task(40, 4).texts, 2)  # "auto": a new head
+    assert binary.num_labels_ == 2 and "the released head has 3 classes and the task 2" in caplog.text
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

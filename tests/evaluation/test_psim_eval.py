@@ -301,6 +301,7 @@ def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(
 
     class FakePSIM:
         threshold_ = 0.7
+        method = "ptuning"
 
         @classmethod
         def from_config(cls, config, device=None, progress=True):
@@ -323,7 +324,7 @@ def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(
         dev=SimpleNamespace(texts=["dev one", "dev two"]),
         test=SimpleNamespace(texts=["a", "b", "c"]),
         triggered=SimpleNamespace(texts=["a mn"]),
-        manifest=SimpleNamespace(num_labels=2),
+        manifest=SimpleNamespace(num_labels=2, attack="badnet"),
     )
     fixed = _fit_psim("model", data, EvalSettings(psim_train=50), None, None, False)
     assert fixed == ([0.5] * 3, [0.5], 0.7) and calls == [("fit", 50, 2)]
