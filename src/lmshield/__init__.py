@@ -1,3 +1,3 @@
 """lmshield: find and neutralise backdoors in PEFT-adapted language models."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
