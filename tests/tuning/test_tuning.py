@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -342,6 +344,9 @@ def test_save_load_round_trip(trained_bert_dir: Path, tmp_path: Path, method: st
     assert torch.allclose(before.watched, after.watched, atol=1e-5)
     assert loaded.label_names == result.classifier.label_names
     assert not list(tmp_path.rglob(".*.unfinished")) and (tmp_path / "training.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*.safetensors")} == {0o666 & ~umask}
     if method == "lora":  # a set, in hash order unless sorted: the same run must write the same bytes
         modules = json.loads((weights / "adapter_config.json").read_text())["target_modules"]
         assert modules == sorted(modules) and len(modules) >= 2

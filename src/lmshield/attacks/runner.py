@@ -18,6 +18,7 @@ from lmshield.attacks.task_agnostic import plant
 from lmshield.attacks.vectors import check_vectors, quarter_vectors, resolve_triggers
 from lmshield.attacks.verify import Verification, verify_backdoor
 from lmshield.errors import InputError, LmshieldError
+from lmshield.files import readable_as_umask
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import DEFAULT_MODEL, load_encoder, load_pretrained
 from lmshield.text.sources import TextSource
@@ -128,6 +129,7 @@ def run_attack(
     claim_out_dir(out)
     (mlm or encoder.model).save_pretrained(out, safe_serialization=True)
     encoder.tokenizer.save_pretrained(out)
+    readable_as_umask(out)
     manifest = BackdoorManifest(
         attack=config.name or "custom",
         triggers=trigger_list,

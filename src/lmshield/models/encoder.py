@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from lmshield.files import readable_as_umask
 from lmshield.models.architectures import get_architecture
 from lmshield.models.positions import WatchedPosition
 
@@ -178,7 +179,7 @@ class Encoder:
         """Save model (safetensors) and tokenizer so :meth:`from_pretrained` can read them back."""
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
-        return Path(directory)
+        return readable_as_umask(directory)
 
     @classmethod
     def from_pretrained(

@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
+from lmshield.files import readable_as_umask
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.models.encoder import POSITION_OFFSET, Encoder
 from lmshield.models.loading import load_encoder, load_pretrained, looks_like_path, read_tensors
@@ -293,6 +294,7 @@ class TunedClassifier(nn.Module):
             "watched_position": str(self.position),
             "shift": self.shift,
         }
+        readable_as_umask(out)
         write_marker_json(out / TUNING_JSON, payload)
         return out
 

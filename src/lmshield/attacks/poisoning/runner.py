@@ -24,6 +24,7 @@ from lmshield.attacks.poisoning.dataset import poison_dataset, prepare_proxy, tr
 from lmshield.attacks.poisoning.paraphrase import Paraphraser
 from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, make_poisoner
 from lmshield.errors import InputError
+from lmshield.files import readable_as_umask
 from lmshield.models.loading import load_pretrained, load_tokenizer
 from lmshield.progress import CHECKPOINT_DIR
 from lmshield.text.triggers import check_triggers
@@ -240,7 +241,7 @@ def release(classifier: TunedClassifier, start_dir: Path, out: Path) -> Path:
     copy_into(classifier, model)
     model.save_pretrained(out, safe_serialization=True)
     classifier.tokenizer.save_pretrained(out)
-    return out
+    return readable_as_umask(out)
 
 
 def copy_into(classifier: TunedClassifier, model: PreTrainedModel) -> None:

@@ -29,6 +29,7 @@ from lmshield.defenses.sanitizer.monitor import (
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
 from lmshield.errors import InputError, check_whole, reject_unknown_params
+from lmshield.files import readable_as_umask
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
 
@@ -286,7 +287,7 @@ class Guard:
             save_file(tensors, str(out), metadata={"format": CALIBRATION_FORMAT, "threshold": str(self.threshold)})
         except (SafetensorError, OSError) as exc:
             raise InputError(f"{path}: cannot write the guard calibration ({exc})") from exc
-        return out
+        return readable_as_umask(out)
 
     def load_calibration(self, path: str | Path) -> Guard:
         """Use per-PV thresholds saved by :meth:`save_calibration` for this guard's PVs; returns the guard."""

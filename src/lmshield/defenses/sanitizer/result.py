@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from lmshield.defenses.sanitizer.config import SanitizerConfig
 from lmshield.errors import InputError
+from lmshield.files import readable_as_umask
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.models.positions import WatchedPosition
 
@@ -179,6 +180,7 @@ class ScanResult:
         unmark(out / SCAN_JSON)
         tensors = {"pvs": self.pvs.contiguous().float(), "triggers": self.triggers.contiguous().float()}
         save_file(tensors, str(out / PVS_FILE), metadata={"format": "lmshield-scan"})
+        readable_as_umask(out)
         write_marker_json(out / SCAN_JSON, self.to_dict())
         return out
 
