@@ -132,6 +132,25 @@ def test_spec_numbers_with_an_exponent_and_no_dot_are_floats(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("scan", "message"),
+    [
+        ({"preset": "turbo"}, "unknown preset"),
+        ({"position": "middle"}, "unknown position"),
+        ({"overrides": {"max_seed": 2}}, "max_seed"),
+        ({"overrides": {"max_seeds": 0}}, "max_seeds must be at least 1"),
+        ({"mode": "search"}, "unknown key"),
+        ({"text": {"generator": "foo"}}, "unknown text generator 'foo'"),
+    ],
+)
+def test_the_scan_section_is_checked_when_the_spec_is_read(scan: dict, message: str):
+    """A bad scan section passed zoo build and failed only at zoo scan, after every model was built."""
+    with pytest.raises(InputError, match=r"^zoo spec: .*" + message):
+        parse_spec({"models": [{"kind": "original"}], "scan": scan})
+    good = {"preset": "fast", "position": "cls,mask", "overrides": {"max_seeds": 4}, "text": {"generator": "vocab"}}
+    assert parse_spec({"models": [{"kind": "original"}], "scan": good}).scan == good
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ({"generator": "foo"}, "unknown text generator 'foo'"),

@@ -226,6 +226,9 @@ def text_source_of(options: dict[str, Any]) -> TextSource:
     )
 
 
+SCAN_KEYS = ("preset", "position", "overrides", "text")  # what zoo scan reads of a spec's scan section
+
+
 def _check_text(text: dict[str, Any]) -> None:
     """Refuse a carrier-text section that no build could read (an unknown key or generator, a stray option),
     here rather than in the middle of a build."""
@@ -258,13 +261,36 @@ def parse_spec(data: dict[str, Any], base: Path | None = None) -> ZooSpec:
         text["texts"] = _resolve_path(text["texts"], base)
     base_model = data.get("base_model")
     entries = [e for number, raw in enumerate(data["models"]) for e in _expand(raw, base, number)]
+    scan = dict(data.get("scan") or {})
+    _check_scan(scan)
     return ZooSpec(
         name=str(data.get("name", "zoo")),
         base_model=_resolve_path(str(base_model), base) if base_model else None,
         text=text,
         entries=entries,
-        scan=dict(data.get("scan") or {}),
+        scan=scan,
     )
+
+
+def _check_scan(scan: dict[str, Any]) -> None:
+    """Refuse a ``scan`` section that ``zoo scan`` could not run, when the spec is read (before any build)."""
+    from lmshield.defenses.sanitizer import SanitizerConfig
+    from lmshield.models.positions import WatchedPosition
+
+    unknown = sorted(set(scan) - set(SCAN_KEYS), key=str)
+    if unknown:
+        raise InputError(f"zoo spec: scan: unknown key(s) {', '.join(map(str, unknown))}; use {', '.join(SCAN_KEYS)}")
+    overrides = scan.get("overrides") or {}
+    if not isinstance(overrides, dict) or not isinstance(scan.get("text") or {}, dict):
+        raise InputError("zoo spec: scan.overrides and scan.text must be mappings")
+    try:
+        SanitizerConfig.preset(str(scan.get("preset", "default")), **overrides)
+        position = scan.get("position", "auto")
+        for name in position.split(",") if isinstance(position, str) else position:
+            WatchedPosition.parse(str(name).strip())
+    except (InputError, TypeError) as exc:
+        raise InputError(f"zoo spec: scan: {exc}") from None
+    _check_text(dict(scan.get("text") or {}))
 
 
 class SpecLoader(yaml.SafeLoader):
