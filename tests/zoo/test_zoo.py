@@ -219,6 +219,22 @@ def test_a_zoo_folder_is_not_resumed_with_another_base_model(tmp_path):
     other_text = {"base_model": "tiny/one", "models": models, "text": {"generator": "vocab"}}
     with pytest.raises(InputError, match=r"another spec \(other text\)"):  # the models' carrier text
         build_zoo(parse_spec(other_text), tmp_path, progress=False)
+    other_model = {"base_model": "tiny/one", "models": [{"kind": "original", "seed": 3}]}
+    with pytest.raises(InputError, match=r"another spec \(other entries of finished id-0000\)"):
+        build_zoo(parse_spec(other_model), tmp_path, progress=False)
+
+
+def test_a_corrected_entry_of_a_model_not_built_yet_resumes(zoo_base, tmp_path):
+    """Model 0 built, model 1 failed: the spec corrected for model 1 was refused as 'another spec'."""
+    spec = {"base_model": str(zoo_base), "models": [{"kind": "original"}, {"kind": "original", "seed": 1}]}
+    (tmp_path / "zoo.json").write_text(parse_spec(spec).to_json())
+    (tmp_path / "id-0000").mkdir()
+    (tmp_path / "id-0000" / "clean.json").write_text(json.dumps({"entry": {"kind": "original"}}))
+    (tmp_path / "id-0001").mkdir()  # failed before it finished
+    corrected = {**spec, "models": [{"kind": "original"}, {"kind": "original", "seed": 2}]}
+    rows = build_zoo(parse_spec(corrected), tmp_path, progress=False)
+    assert [row["model_id"] for row in rows] == ["id-0000", "id-0001"]
+    assert (tmp_path / "id-0001" / "clean.json").is_file()
 
 
 def test_a_zoo_with_no_finished_model_takes_the_corrected_spec(zoo_base, tmp_path):

@@ -175,16 +175,23 @@ def _row(identifier: str, entry: ModelEntry, record: dict[str, Any]) -> dict[str
 
 
 def _check_same_spec(out: Path, spec: ZooSpec) -> None:
-    """A zoo resumes only in its own folder: one with the same spec, or a new or empty one (unfinished model
-    folders are rebuilt from scratch, so a folder of other files must never be taken for a zoo). A zoo with no
-    finished model yet (a build stopped or refused before its first) takes any spec: nothing was made by the old one."""
+    """A zoo resumes only in its own folder: one whose finished models the spec still makes the same way (same
+    base model and text, the same entry at each finished model's place), or a new or empty one (unfinished model
+    folders are rebuilt from scratch, so a folder of other files must never be taken for a zoo). The entries of
+    models not finished yet may change: a spec corrected after a failed build resumes."""
     saved = out / SPEC_JSON
     refuse_foreign_folder(out, f"zoo ({SPEC_JSON})", (SPEC_JSON,))
-    if not saved.is_file() or not any(is_built(folder) for folder in _model_folders(out)):
+    if not saved.is_file():
+        return
+    built = sorted(int(folder.name[3:]) for folder in _model_folders(out) if is_built(folder))
+    if not built:
         return
     old, new = read_spec_json(saved), spec.to_dict()
-    made_by = ("base_model", "text", "entries")  # the name and the scan section do not change the models
-    changed = [key for key in made_by if old.get(key) != new.get(key)]
+    changed = [key for key in ("base_model", "text") if old.get(key) != new.get(key)]  # name, scan: no model
+    entries = [entry.get("entries") if isinstance(entry.get("entries"), list) else [] for entry in (old, new)]
+    kept = [n for n in built if n < min(map(len, entries)) and entries[0][n] == entries[1][n]]
+    if kept != built:
+        changed.append(f"entries of finished {', '.join(model_id(n) for n in built if n not in kept)}")
     if changed:
         raise InputError(
             f"{out} holds a zoo built from another spec (other {', '.join(changed)}); use another --out or delete it"
