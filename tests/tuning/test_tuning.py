@@ -152,6 +152,24 @@ def test_an_interrupted_overwrite_leaves_no_classifier_that_loads(
         TunedClassifier.from_pretrained(tmp_path / "clf")
 
 
+def test_a_tune_stopped_before_its_classifier_is_saved_leaves_no_classifier_that_loads(
+    trained_bert: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history was written before the classifier's save removed the old tuning.json: stopped between the
+    two, the old classifier loaded beside the new run's history."""
+    tune(trained_bert, tiny_task(40, 1), tiny_task(20, 2), fast("lora", epochs=1), out_dir=tmp_path, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TunedClassifier, "save_pretrained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(trained_bert, tiny_task(40, 1), tiny_task(20, 2), fast("lora", epochs=2), out_dir=tmp_path,
+             progress=False)  # fmt: skip
+    with pytest.raises(InputError, match="not a tuned classifier"):
+        TunedClassifier.from_pretrained(tmp_path)
+
+
 def test_a_classifier_no_better_than_the_commonest_label_is_flagged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="lmshield.tuning"):  # lr 1e-9: it learns nothing
         tune(tiny_encoder("bert"), tiny_task(40, 1), tiny_task(30, 2), fast("lora", epochs=1, lr=1e-9), progress=False)

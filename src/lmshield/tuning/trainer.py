@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
+from lmshield.jsonio import unmark
 from lmshield.models.encoder import Encoder, sha256_of_files
 from lmshield.models.loading import folder_fingerprint
 from lmshield.progress import CHECKPOINT_DIR, atomic_write
 from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
-from lmshield.tuning.classifier import TunedClassifier
+from lmshield.tuning.classifier import TUNING_JSON, TunedClassifier
 from lmshield.tuning.config import TuningConfig
 from lmshield.tuning.data import LabelledData
 
@@ -121,6 +122,7 @@ def tune(
     _warn_if_no_better_than_majority(result.dev_accuracy, dev, config)
     if out_dir is not None:  # the history first: the classifier's tuning.json, written last, marks it finished
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        unmark(Path(out_dir) / TUNING_JSON)  # an earlier run's classifier must not pass for this history's
         history = json.dumps(result.to_dict(), indent=2)
         atomic_write(Path(out_dir) / HISTORY_JSON, lambda path: path.write_text(history, encoding="utf-8"))
         classifier.save_pretrained(out_dir)
