@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -146,7 +148,7 @@ def test_the_scan_section_is_checked_when_the_spec_is_read(scan: dict, message: 
     """A bad scan section passed zoo build and failed only at zoo scan, after every model was built."""
     with pytest.raises(InputError, match=r"^zoo spec: .*" + message):
         parse_spec({"models": [{"kind": "original"}], "scan": scan})
-    good = {"preset": "fast", "position": "cls,mask", "overrides": {"max_seeds": 4}, "text": {"generator": "vocab"}}
+    good = {"preset": "fast", "position": "cls,mask,", "overrides": {"max_seeds": 4}, "text": {"generator": "vocab"}}
     assert parse_spec({"models": [{"kind": "original"}], "scan": good}).scan == good
 
 
@@ -194,10 +196,12 @@ def test_build_writes_models_metadata_and_truth(zoo):
     for index in range(3):
         assert (out / f"id-000{index}" / "clean.json").is_file()
     assert (out / "id-0003" / "backdoor.json").is_file()
-    import json
-
     assert json.loads((out / "id-0001" / "clean.json").read_text())["weight_drift"] > 0
     assert json.loads((out / "id-0002" / "clean.json").read_text())["dev_accuracy"] > 0.5
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.parent.name: stat.S_IMODE(path.stat().st_mode) for path in out.glob("id-*/model.safetensors")}
+    assert modes == dict.fromkeys(["id-0000", "id-0001", "id-0002", "id-0003"], 0o666 & ~umask)  # clean-continue too
 
 
 def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):

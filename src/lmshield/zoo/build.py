@@ -17,6 +17,7 @@ from typing import Any
 
 from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError, ModelLoadError
+from lmshield.files import readable_as_umask
 from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
 from lmshield.progress import atomic_write, refuse_foreign_folder
 from lmshield.zoo.executors import check_executor, run_tasks
@@ -77,6 +78,7 @@ def _build_clean_continue(task: dict[str, Any], entry: ModelEntry, out: Path) ->
     plant(encoder, texts, [], empty, plan, seed=entry.seed, progress=task["progress"], mlm=mlm)
     trained.save_pretrained(out, safe_serialization=True)
     encoder.tokenizer.save_pretrained(out)
+    readable_as_umask(out)
     return {
         "settings": config.to_dict(),
         "variant": config.variant(mlm is not None),

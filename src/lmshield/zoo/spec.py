@@ -286,8 +286,10 @@ def _check_scan(scan: dict[str, Any]) -> None:
     try:
         SanitizerConfig.preset(str(scan.get("preset", "default")), **overrides)
         position = scan.get("position", "auto")
-        for name in position.split(",") if isinstance(position, str) else position:
-            WatchedPosition.parse(str(name).strip())
+        names = position.split(",") if isinstance(position, str) else [str(name) for name in position]
+        for name in (name.strip() for name in names):  # as zoo scan reads them: empty items dropped
+            if name:
+                WatchedPosition.parse(name)
     except (InputError, TypeError) as exc:
         raise InputError(f"zoo spec: scan: {exc}") from None
     _check_text(dict(scan.get("text") or {}))
