@@ -64,8 +64,9 @@ def test_a_calibration_is_saved_only_under_a_name_calibrate_reads_back(tmp_path:
     scan = ["--scan", tmp_path / "scan", "--calibrate", texts]
     result = invoke("predict", tmp_path / "clf", texts, *scan, "--save-calibration", tmp_path / "calibration")
     assert result.exit_code == EXIT_ERROR and "name it *.safetensors" in said(result)
-    result = invoke("predict", tmp_path / "clf", texts, "--psim", tmp_path / "psim", "--batch-size", "5")
-    assert result.exit_code == EXIT_ERROR and "--batch-size does not go with --psim" in said(result)
+    for size in ("5", "64"):  # the default too, when given: it is ignored all the same
+        result = invoke("predict", tmp_path / "clf", texts, "--psim", tmp_path / "psim", "--batch-size", size)
+        assert result.exit_code == EXIT_ERROR and "--batch-size does not go with --psim" in said(result)
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,9 @@ def predict_command(
     max_removed: Annotated[
         int | None, typer.Option(help="With --scan: most words the purge may delete (default 3).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (not with --psim).", min=1)] = BATCH_SIZE,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"Texts per forward pass (default {BATCH_SIZE}; not with --psim).", min=1)
+    ] = None,
     base: Base = None,
     any_scan: AnyScan = False,
     allow_pickle: AllowPickle = False,
@@ -136,8 +138,9 @@ def predict_command(
         )
     if psim is None and (psim_model is not None or any_psim):
         raise InputError("--psim-model and --any-psim go with --psim")
-    if psim is not None and batch_size != BATCH_SIZE:
+    if psim is not None and batch_size is not None:
         raise InputError("--batch-size does not go with --psim (PSIM and the victim use their own)")
+    batch_size = batch_size or BATCH_SIZE
     refuse_clobbering(
         {"--out": out, "--save-calibration": save_calibration},
         (texts, classifier, scan, psim, calibrate, base, psim_model),
