@@ -46,5 +46,8 @@ def test_a_command_may_write_over_its_own_interrupted_save(tmp_path: Path) -> No
     (tmp_path / "module" / "head.safetensors").write_bytes(b"")
     with pytest.raises(InputError, match="holds no fitted PSIM"):
         refuse_to_replace(tmp_path, "psim.json", "fitted PSIM", overwrite=False)
+    (tmp_path / ".psim.json.unfinished").write_text("shipped with the folder")  # not this user's lmshield's
+    with pytest.raises(InputError, match="holds no fitted PSIM"):
+        refuse_to_replace(tmp_path, "psim.json", "fitted PSIM", overwrite=False)
     unmark(tmp_path / "psim.json")
     refuse_to_replace(tmp_path, "psim.json", "fitted PSIM", overwrite=False)  # accepted: its own

@@ -60,7 +60,9 @@ def write_marker_json(path: Path, payload: Any) -> None:
 def unmark(path: Path) -> None:
     """Remove an artefact's top JSON before its other files are rewritten (see :func:`write_marker_json`),
     leaving :func:`unfinished` in its place: a rerun may write over its own interrupted save."""
-    unfinished(path).touch()
+    from lmshield.progress import write_own_marker
+
+    write_own_marker(unfinished(path), f"lmshield is writing {path.name} here")
     path.unlink(missing_ok=True)
 
 

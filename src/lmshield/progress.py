@@ -90,6 +90,26 @@ def progress_key() -> bytes:
     return key
 
 
+def write_own_marker(path: Path, note: str) -> None:
+    """Write a marker file (an unfinished save, say) that only this user's lmshield can have written: ``note``
+    and an HMAC of the file's resolved path under :func:`progress_key`. See :func:`is_own_marker`."""
+    path.write_text(f"{note}\n{_marker_seal(path)}\n", encoding="utf-8")
+
+
+def is_own_marker(path: Path) -> bool:
+    """Whether ``path`` is a marker :func:`write_own_marker` wrote there: a folder shipped or copied with one
+    (a model repository's) is not taken for this user's own unfinished work."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(lines) and hmac.compare_digest(lines[-1], _marker_seal(path))
+
+
+def _marker_seal(path: Path) -> str:
+    return hmac.new(progress_key(), str(path.resolve()).encode(), hashlib.sha256).hexdigest()
+
+
 def _seal(payload: dict[str, Any], directory: Path) -> str:
     files = payload.get(SEALED_FILES, [])
     if not isinstance(files, list) or not all(_own_file(directory, name) for name in files):

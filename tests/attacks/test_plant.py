@@ -173,6 +173,9 @@ def test_an_attack_interrupted_after_its_weights_can_be_rerun(tiny_dir, tmp_path
     assert result.manifest.triggers and not (out / UNFINISHED).exists()
     with pytest.raises(InputError, match="already holds a model"):  # finished: replaced only when asked
         run_attack(config, tiny_dir, out, texts=TEXTS, progress=False, verify=False)
+    (out / UNFINISHED).write_text("shipped beside a model\n0000")  # a marker this user's lmshield did not write
+    with pytest.raises(InputError, match="already holds a model"):
+        run_attack(config, tiny_dir, out, texts=TEXTS, progress=False, verify=False)
 
 
 def test_vectors_must_be_finite() -> None:

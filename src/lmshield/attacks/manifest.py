@@ -15,7 +15,15 @@ import torch
 
 from lmshield.errors import InputError
 from lmshield.jsonio import check_format_version
-from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON, atomic_write, refuse_finished, refuse_foreign_folder
+from lmshield.progress import (
+    CHECKPOINT_DIR,
+    PROGRESS_JSON,
+    atomic_write,
+    is_own_marker,
+    refuse_finished,
+    refuse_foreign_folder,
+    write_own_marker,
+)
 
 BACKDOOR_JSON = "backdoor.json"
 UNFINISHED = ".lmshield-unfinished"  # in an attack's output folder from its first weights until its manifest
@@ -32,14 +40,16 @@ def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bo
     out = Path(out_dir)
     if model is not None and Path(model).exists() and out.resolve() == Path(model).resolve():
         raise InputError("the backdoored model must not overwrite the clean one: choose another --out")
-    if not (out / UNFINISHED).is_file():
+    own = is_own_marker(out / UNFINISHED)
+    if not own:
         refuse_finished(out, "config.json", "model", overwrite)
         if (out / "config.json").is_file() and not (out / BACKDOOR_JSON).is_file():
             raise InputError(
                 f"{out} holds a model that no lmshield attack wrote (no {BACKDOOR_JSON}); --overwrite replaces "
                 "only those: choose another --out"
             )
-    refuse_foreign_folder(out, "model", ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}", UNFINISHED))
+    ours = ("config.json", f"{CHECKPOINT_DIR}/{PROGRESS_JSON}", *((UNFINISHED,) if own else ()))
+    refuse_foreign_folder(out, "model", ours)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -47,7 +57,7 @@ def prepare_out_dir(model: str | Path | None, out_dir: str | Path, overwrite: bo
 def claim_out_dir(out: Path) -> None:
     """Mark ``out`` unfinished before the first weights are written, and drop an earlier run's manifest: an
     interrupted run then never leaves new weights beside old ground truth, and its rerun may write again."""
-    (out / UNFINISHED).write_text("an lmshield attack is writing this model: rerun it to finish\n", encoding="utf-8")
+    write_own_marker(out / UNFINISHED, "an lmshield attack is writing this model: rerun it to finish")
     (out / BACKDOOR_JSON).unlink(missing_ok=True)
 
 

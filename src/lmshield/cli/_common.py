@@ -15,7 +15,7 @@ import typer
 
 from lmshield.errors import EXIT_ERROR, InputError, LmshieldError
 from lmshield.jsonio import unfinished
-from lmshield.progress import refuse_finished, refuse_foreign_folder
+from lmshield.progress import is_own_marker, refuse_finished, refuse_foreign_folder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,7 +133,8 @@ def refuse_foreign(out: Path, marker: str, what: str, ours: tuple[str, ...]) -> 
     other = next((name for file, name in ARTEFACTS.items() if file != marker and (out / file).is_file()), None)
     if other is not None:
         raise InputError(f"{out} holds a {other}, not a {what}; choose another --out")
-    refuse_foreign_folder(out, what, (*ours, unfinished(out / marker).name))  # its own interrupted save too
+    own = unfinished(out / marker)  # its own interrupted save too, if this user's lmshield marked it
+    refuse_foreign_folder(out, what, (*ours, *((own.name,) if is_own_marker(own) else ())))
 
 
 def refuse_to_replace(out: Path, marker: str, what: str, overwrite: bool, resumable: tuple[str, ...] = ()) -> None:
