@@ -13,7 +13,8 @@ trained here: benchmarks/make_onion_lm.py; ``--onion-max-drop`` calibrates its t
 BadNet ``mn`` with target 0, the precomputed back-translation and SCPN paraphrases. The SynAttack here
 uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated`` gives it varied opening clauses
 (a shape trigger rather than five fixed phrases). ``--victim-train N --victim-epochs E`` train the victims
-on more data than the preset's (``--victim-lr`` at another lr). ``--tasks cr,cola`` evaluates the same releases
+on more data than the preset's (``--victim-lr`` at another lr); ``--psim-train N`` gives PSIM's one epoch N task
+texts (6920: all of SST-2's, as the release). ``--tasks cr,cola`` evaluates the same releases
 on other tasks. Results: benchmarks/results/psim-<preset>[-<what the run changes>].md and .json; the fitted PSIM,
 histograms and per-strategy progress under the cache folder (<attack>-eval-<settings digest>), so an
 interrupted run resumes where it stopped.
