@@ -63,6 +63,13 @@ def check_share(values: dict[str, float]) -> None:
             raise InputError(f"{name} must be in [0, 1), got {value!r}")
 
 
+def check_bool(values: dict[str, Any]) -> None:
+    """Raise :class:`InputError` for a value that is not ``True`` or ``False`` ("no" would read as true)."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be true or false, got {value!r}")
+
+
 def check_whole(values: dict[str, int], *, minimum: int = 1) -> None:
     """Raise :class:`InputError` for a value that is not a whole number of at least ``minimum``."""
     for name, value in values.items():

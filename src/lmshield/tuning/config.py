@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from lmshield.errors import InputError, check_finite, check_share, check_whole
+from lmshield.errors import InputError, check_bool, check_finite, check_share, check_whole
 
 HEADS = ("cls", "mask")
 CHECKPOINTS = ("best", "last")
@@ -107,9 +107,7 @@ class TuningConfig:
                 object.__setattr__(self, name, value)
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        for name in ("keep_head", "train_pooler"):
-            if not isinstance(getattr(self, name), bool):  # "no" would read as true
-                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_bool({"keep_head": self.keep_head, "train_pooler": self.train_pooler})
         if self.checkpoint not in CHECKPOINTS:
             raise InputError(f"unknown checkpoint {self.checkpoint!r}: use best or last")
         if self.prompt_init not in PROMPT_INITS:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmshield.defenses.psim.thresholds import SCORE_KINDS
-from lmshield.errors import InputError, check_finite, check_share, check_whole
+from lmshield.errors import InputError, check_bool, check_finite, check_share, check_whole
 
 KEEP_HEAD = ("auto", "yes", "no")
 # the release's PSIM update: 1 epoch over the 6,920 SST-2 training sentences at batch 32 and lr 2e-5
@@ -68,8 +68,7 @@ class PSIMConfig:
             raise InputError(f"unknown PSIM score kind {self.score_kind!r}: use {' or '.join(SCORE_KINDS)}")
         if isinstance(self.keep_head, bool):  # TuningConfig's spelling: True / False
             object.__setattr__(self, "keep_head", "yes" if self.keep_head else "no")
-        if not isinstance(self.train_pooler, bool):
-            raise InputError(f"train_pooler must be true or false, got {self.train_pooler!r}")
+        check_bool({"train_pooler": self.train_pooler})
         if self.keep_head not in KEEP_HEAD:
             raise InputError(f"keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
         sizes = ("epochs", "batch_size", "num_virtual_tokens", "encoder_hidden_size", "max_length")

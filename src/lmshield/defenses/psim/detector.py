@@ -31,7 +31,7 @@ from lmshield.defenses.psim.thresholds import (
 )
 from lmshield.defenses.psim.training import train_random_label_module
 from lmshield.devices import resolve_device
-from lmshield.errors import InputError, check_whole, reject_unknown_params
+from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
 from lmshield.text.inputs import as_texts, without_blanks
 from lmshield.tuning import TunedClassifier
@@ -81,8 +81,7 @@ def _check_run_params(device: str | None, progress: bool) -> None:
     """``device`` names a usable device (checked now, not after the model loads); ``progress`` is a bool."""
     if device is not None:
         resolve_device(device)
-    if not isinstance(progress, bool):  # "no" would read as true
-        raise InputError(f"progress must be true or false, got {progress!r}")
+    check_bool({"progress": progress})
 
 
 def _as_scores(scores: Any) -> np.ndarray:

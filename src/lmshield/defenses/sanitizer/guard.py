@@ -28,7 +28,7 @@ from lmshield.defenses.sanitizer.monitor import (
 )
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
-from lmshield.errors import InputError, check_whole, reject_unknown_params
+from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params
 from lmshield.files import readable_as_umask
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
@@ -134,9 +134,7 @@ class Guard:
                 f"PVs of shape {tuple(pvs.shape)} do not fit the classifier's hidden size {classifier.hidden_size}"
             )
         check_whole({"max_removed": max_removed, "batch_size": batch_size})
-        for name, value in (("purge", purge), ("progress", progress)):
-            if not isinstance(value, bool):  # "no" would read as true
-                raise InputError(f"{name} must be true or false, got {value!r}")
+        check_bool({"purge": purge, "progress": progress})
         if not isinstance(purge_strategy, str) or purge_strategy not in PURGE_STRATEGIES:
             raise InputError(f"unknown purge strategy {purge_strategy!r}: use {' or '.join(PURGE_STRATEGIES)}")
         self.classifier = classifier.eval()
