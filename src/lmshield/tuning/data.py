@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
+from lmshield.models.loading import looks_like_path
 from lmshield.text.inputs import as_texts
 from lmshield.text.sources import RECORD_SUFFIXES, find_text_field, load_dataset_split, read_records, text_value
 
@@ -134,18 +135,13 @@ def _is_int(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
-def looks_like_path(name: str) -> bool:
-    """Whether ``name`` reads as a file path rather than a hub dataset id (``name`` or ``owner/name``): it starts
-    with ``.``, ``/`` or ``~``, holds a backslash or more than one ``/``, or ends in a file suffix."""
-    return (
-        name.startswith((".", "/", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or Path(name).suffix.lower() in (*RECORD_SUFFIXES, *TEXT_SUFFIXES)
-    )
+def _names_a_file(name: str) -> bool:
+    """Whether ``name`` reads as a file path rather than a hub dataset id (``name`` or ``owner/name``): a path
+    as a model name would be (see :func:`lmshield.models.loading.looks_like_path`), a backslash, or a file suffix."""
+    return looks_like_path(name) or "\\" in name or Path(name).suffix.lower() in (*RECORD_SUFFIXES, *TEXT_SUFFIXES)
 
 
 def _read_dataset(name: str, split: str) -> list[dict[str, Any]]:
-    if looks_like_path(name):
+    if _names_a_file(name):
         raise InputError(f"{name}: no such file")
     return [dict(row) for row in load_dataset_split(name, split)]
