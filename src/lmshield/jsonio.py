@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
+from lmshield.progress import atomic_write, write_own_marker
 
 
 def json_ready(value: Any) -> Any:
@@ -45,23 +46,25 @@ def check_format_version(data: dict[str, Any], supported: int, where: object) ->
         )
 
 
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, whole: a reader sees the old file or the new one, never half."""
+    text = json.dumps(payload, indent=2)
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
 def write_marker_json(path: Path, payload: Any) -> None:
     """Write an artefact's top JSON (``tuning.json``, ``psim.json``, ``scan.json``) last and whole.
 
     Every loader reads that file first, so a save that starts by removing it (:func:`unmark`) and ends here
     leaves, when interrupted, a folder no loader takes for a finished artefact, never one mixing old and new
     files."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    temporary.replace(path)
+    write_json(path, payload)
     unfinished(path).unlink(missing_ok=True)
 
 
 def unmark(path: Path) -> None:
     """Remove an artefact's top JSON before its other files are rewritten (see :func:`write_marker_json`),
     leaving :func:`unfinished` in its place: a rerun may write over its own interrupted save."""
-    from lmshield.progress import write_own_marker
-
     write_own_marker(unfinished(path), f"lmshield is writing {path.name} here")
     path.unlink(missing_ok=True)
 

@@ -14,11 +14,10 @@ from typing import Any, ClassVar, Self
 import torch
 
 from lmshield.errors import InputError
-from lmshield.jsonio import check_format_version
+from lmshield.jsonio import check_format_version, write_json
 from lmshield.progress import (
     CHECKPOINT_DIR,
     PROGRESS_JSON,
-    atomic_write,
     is_own_marker,
     refuse_finished,
     refuse_foreign_folder,
@@ -80,8 +79,7 @@ class ManifestFile:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / BACKDOOR_JSON
-        text = json.dumps(self.to_dict(), indent=2)
-        atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        write_json(path, self.to_dict())
         return path
 
     @classmethod

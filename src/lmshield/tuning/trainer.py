@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -15,10 +14,10 @@ from tqdm.auto import tqdm
 
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
-from lmshield.jsonio import unmark
+from lmshield.jsonio import unmark, write_json
 from lmshield.models.encoder import Encoder, sha256_of_files
 from lmshield.models.loading import folder_fingerprint
-from lmshield.progress import CHECKPOINT_DIR, atomic_write
+from lmshield.progress import CHECKPOINT_DIR
 from lmshield.tuning.checkpoint import EpochCheckpoint, data_digest, restore_trainable
 from lmshield.tuning.classifier import TUNING_JSON, TunedClassifier
 from lmshield.tuning.config import TuningConfig
@@ -123,8 +122,7 @@ def tune(
     if out_dir is not None:  # the history first: the classifier's tuning.json, written last, marks it finished
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         unmark(Path(out_dir) / TUNING_JSON)  # an earlier run's classifier must not pass for this history's
-        history = json.dumps(result.to_dict(), indent=2)
-        atomic_write(Path(out_dir) / HISTORY_JSON, lambda path: path.write_text(history, encoding="utf-8"))
+        write_json(Path(out_dir) / HISTORY_JSON, result.to_dict())
         classifier.save_pretrained(out_dir)
     if not keep_checkpoint:
         checkpoint.clear()

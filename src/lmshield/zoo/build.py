@@ -18,8 +18,9 @@ from typing import Any
 from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.files import readable_as_umask
+from lmshield.jsonio import write_json
 from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
-from lmshield.progress import atomic_write, refuse_foreign_folder
+from lmshield.progress import refuse_foreign_folder
 from lmshield.zoo.executors import check_executor, run_tasks
 from lmshield.zoo.spec import ModelEntry, ZooSpec, text_source_of
 
@@ -148,11 +149,9 @@ def build_model(task: dict[str, Any]) -> dict[str, Any]:
     if entry.kind == "attack":
         manifest = json.loads((out / BACKDOOR_JSON).read_text(encoding="utf-8"))
         manifest["extra"] = {**manifest.get("extra", {}), "zoo": record}
-        text = json.dumps(manifest, indent=2)
-        atomic_write(out / BACKDOOR_JSON, lambda path: path.write_text(text, encoding="utf-8"))
+        write_json(out / BACKDOOR_JSON, manifest)
         return _row(task["id"], entry, manifest)
-    text = json.dumps(record, indent=2)
-    atomic_write(out / CLEAN_JSON, lambda path: path.write_text(text, encoding="utf-8"))
+    write_json(out / CLEAN_JSON, record)
     return _row(task["id"], entry, record)
 
 
