@@ -201,17 +201,17 @@ def verify(
 ) -> dict[str, float]:
     """Clean accuracy on ``dev``, ASR on its triggered non-target samples, and ``clean_asr``: the share of those
     samples sent to the target without the trigger (what the ASR must rise above)."""
-    from lmshield.tuning import accuracy
-
     triggered = triggered_test_set(dev, poisoner, config.target_label, config.seed + 1)
-    checks = {"clean_accuracy": accuracy(classifier, dev)}
+    answers = classifier.predict(dev.texts) if len(dev) else []  # one pass serves both clean figures
+    right = sum(p == y for p, y in zip(answers, dev.labels, strict=True))
+    checks = {"clean_accuracy": right / len(dev) if len(dev) else 0.0}
     if not len(triggered):  # no non-target sample to trigger: the backdoor is not verified, not "not planted"
         logger.warning("the dev set holds no sample outside the target label: ASR not measured")
         return checks
-    clean = [text for text, label in zip(dev.texts, dev.labels, strict=True) if label != config.target_label]
+    clean = [p for p, label in zip(answers, dev.labels, strict=True) if label != config.target_label]
     rates = [
         sum(p == config.target_label for p in predicted) / len(predicted)
-        for predicted in (classifier.predict(triggered.texts), classifier.predict(clean))
+        for predicted in (classifier.predict(triggered.texts), clean)
     ]
     return {**checks, "asr": rates[0], "clean_asr": rates[1]}
 
