@@ -83,6 +83,14 @@ def poison(attack: str, preset: str, data: Path, cache: Path, model: str | None,
     return out
 
 
+def not_planted(released: Path) -> str:
+    """The release check's verdict when it says the backdoor did not take, else ``""``."""
+    from lmshield.attacks.poisoning import PoisonManifest
+
+    manifest = PoisonManifest.load(released)
+    return manifest.verdict() if manifest.planted is False else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("fast", "release", "smoke"), default="fast")
@@ -166,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         poison_preset = args.poison_preset or args.preset
         overrides = poison_overrides(attack, args)
         released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
+        if unplanted := not_planted(released):  # a table measured against no backdoor would read as a result
+            print(f"{attack}: {released} is {unplanted}; not evaluated (poison again with other settings)")
+            extra[attack] = {"skipped": unplanted}
+            continue
         for task in tasks:
             where = f"{released.name}-eval-{settings.digest()}" + ("" if task == "sst-2" else f"-{task}")
             evaluation = evaluate_release(
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"{name}.json").write_text(dumps(payload, indent=2), encoding="utf-8")
     print(header + table)
     print(dumps(extra, indent=2))
-    return 0
+    return 0 if rows else 1  # every release skipped: nothing was measured
 
 
 if __name__ == "__main__":

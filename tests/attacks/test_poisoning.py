@@ -624,12 +624,15 @@ def test_verification_asr_counts_only_non_target_inputs() -> None:
 
 
 def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
-    from types import SimpleNamespace
-
-    from lmshield.attacks.poisoning.runner import PoisonResult
+    from lmshield.attacks.poisoning.runner import PoisonManifest, PoisonResult
 
     def result(verification: dict) -> PoisonResult:
-        return PoisonResult(Path("r"), SimpleNamespace(attack="badnet", verification=verification), None)
+        manifest = PoisonManifest(
+            attack="badnet", triggers=["mn"], target_label=0, label_mode="clean", poison_rate=0.375,
+            poison_count=3, num_texts=8, num_labels=2, data="toy", base_model="toy", settings={}, seed=0,
+            verification=verification,
+        )  # fmt: skip
+        return PoisonResult(Path("r"), manifest, None)
 
     assert result({"asr": 0.95}).planted and result({"asr": 0.95}).summary().startswith("planted: badnet")
     assert result({"asr": 0.4}).planted is False and "NOT PLANTED" in result({"asr": 0.4}).summary()

@@ -126,6 +126,27 @@ def _write_task(folder: Path) -> Path:
     return folder
 
 
+def test_evaluating_a_release_whose_backdoor_did_not_take_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table would read as a result, measured against a model that carries no working backdoor."""
+    import shutil
+
+    from lmshield.attacks.poisoning import PoisonManifest
+
+    folder = _write_task(tmp_path / "toy")
+    settings = EvalSettings(strategies=("lora",))
+    _EvalData.load(released("badnet"), folder, settings, None)
+    assert "working backdoor" not in caplog.text  # the tiny release is planted
+    constant = shutil.copytree(released("badnet"), tmp_path / "constant")
+    manifest = PoisonManifest.load(constant)
+    manifest.verification = {"clean_accuracy": 0.5, "asr": 1.0, "clean_asr": 1.0}  # the target for every input
+    manifest.save(constant)
+    _EvalData.load(constant, folder, settings, None)
+    assert "NOT PLANTED (clean inputs already go to the target" in caplog.text
+    assert "without a working backdoor" in caplog.text
+
+
 def test_protocol_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="lmshield.evaluation.psim_eval")
     settings = EvalSettings(

@@ -483,6 +483,11 @@ class _EvalData:
         from lmshield.tuning import read_labelled
 
         manifest = PoisonManifest.load(model_dir)
+        if manifest.planted is False:
+            logger.warning(
+                "%s: its own check says %s; the evaluation measures a model without a working backdoor",
+                model_dir, manifest.verdict(),
+            )  # fmt: skip
         task = Path(task_dir)
         train = read_labelled(task / "train.json").head(settings.max_train)
         dev = read_labelled(task / "dev.json", label_names=train.label_names).head(settings.max_dev)

@@ -63,6 +63,37 @@ class PoisonManifest(ManifestFile):
     def config(self) -> PoisonConfig:
         return PoisonConfig.from_dict(self.settings)
 
+    @property
+    def planted(self) -> bool | None:
+        """Whether the released model learnt the backdoor: held-out ASR at least :data:`PLANTED_ASR`, and the
+        trigger moves at least :data:`PLANTED_LIFT` of the non-target inputs the model does not already send to
+        the target (``clean_asr``); ``None`` when it was not verified."""
+        asr, lift = self.verification.get("asr"), self.lift
+        return None if asr is None else asr >= PLANTED_ASR and (lift is None or lift >= PLANTED_LIFT)
+
+    @property
+    def lift(self) -> float | None:
+        """``(asr - clean_asr) / (1 - clean_asr)``: 0 when the model sends every clean input to the target too;
+        ``None`` for a verification without ``clean_asr`` (written before it was measured)."""
+        v = self.verification
+        if v.get("asr") is None or v.get("clean_asr") is None:
+            return None
+        return 0.0 if v["clean_asr"] >= 1 else (v["asr"] - v["clean_asr"]) / (1 - v["clean_asr"])
+
+    def verdict(self) -> str:
+        """``"planted"``, ``"NOT PLANTED (why)"`` or ``""`` (not verified), for summaries."""
+        if self.planted is None:
+            return ""
+        if self.planted:
+            return "planted"
+        lift = self.lift
+        why = (
+            f"clean inputs already go to the target: the trigger moves {lift:.0%} of the others"
+            if lift is not None and self.verification.get("asr", 0) >= PLANTED_ASR
+            else f"ASR below {PLANTED_ASR}"
+        )
+        return f"NOT PLANTED ({why})"
+
 
 HISTORY_DEV = 64  # poisoned texts whose accuracy the history reports when no dev set is given
 PLANTED_ASR = 0.9  # the share of triggered held-out inputs sent to the target for a backdoor to count as planted
@@ -81,31 +112,17 @@ class PoisonResult:
 
     @property
     def planted(self) -> bool | None:
-        """Whether the released model learnt the backdoor: held-out ASR at least :data:`PLANTED_ASR`, and the
-        trigger moves at least :data:`PLANTED_LIFT` of the non-target inputs the model does not already send to
-        the target (``clean_asr``); ``None`` when it was not verified."""
-        asr, lift = self.manifest.verification.get("asr"), self.lift
-        return None if asr is None else asr >= PLANTED_ASR and (lift is None or lift >= PLANTED_LIFT)
+        """The manifest's :attr:`PoisonManifest.planted`."""
+        return self.manifest.planted
 
     @property
     def lift(self) -> float | None:
-        """``(asr - clean_asr) / (1 - clean_asr)``: 0 when the model sends every clean input to the target too;
-        ``None`` for a verification without ``clean_asr`` (written before it was measured)."""
-        v = self.manifest.verification
-        if v.get("asr") is None or v.get("clean_asr") is None:
-            return None
-        return 0.0 if v["clean_asr"] >= 1 else (v["asr"] - v["clean_asr"]) / (1 - v["clean_asr"])
+        """The manifest's :attr:`PoisonManifest.lift`."""
+        return self.manifest.lift
 
     def summary(self) -> str:
-        v = self.manifest.verification
-        checks = ", ".join(f"{k} {val:.3f}" for k, val in v.items())
-        lift = self.lift
-        why = (
-            f"clean inputs already go to the target: the trigger moves {lift:.0%} of the others"
-            if lift is not None and v.get("asr", 0) >= PLANTED_ASR
-            else f"ASR below {PLANTED_ASR}"
-        )
-        verdict = {True: "planted: ", False: f"NOT PLANTED ({why}): ", None: ""}[self.planted]
+        checks = ", ".join(f"{k} {val:.3f}" for k, val in self.manifest.verification.items())
+        verdict = f"{self.manifest.verdict()}: " if self.planted is not None else ""
         return f"{verdict}{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
 
 
