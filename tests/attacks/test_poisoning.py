@@ -641,6 +641,9 @@ def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
     assert constant.planted is False and "clean inputs already go to the target" in constant.summary()
     assert result({"asr": 0.95, "clean_asr": 0.92}).planted is False  # moves 38 % of the inputs it could
     assert result({"asr": 1.0, "clean_asr": 0.2}).planted and result({"asr": 1.0, "clean_asr": 0.2}).lift == 1.0
+    nearly_constant = result({"asr": 1.0, "clean_asr": 0.99})  # a lift of 1.0 from moving the last 1 %
+    assert nearly_constant.planted is False and "99% of the non-target ones untriggered" in nearly_constant.summary()
+    assert result({"asr": 0.95, "clean_asr": 0.65}).planted  # a weak classifier, but the trigger moves 30 %
 
 
 def test_a_dev_set_without_non_target_samples_leaves_the_backdoor_unverified() -> None:

@@ -67,9 +67,15 @@ class PoisonManifest(ManifestFile):
     def planted(self) -> bool | None:
         """Whether the released model learnt the backdoor: held-out ASR at least :data:`PLANTED_ASR`, and the
         trigger moves at least :data:`PLANTED_LIFT` of the non-target inputs the model does not already send to
-        the target (``clean_asr``); ``None`` when it was not verified."""
+        the target (``clean_asr``), and at least :data:`PLANTED_MOVED` of all non-target inputs; ``None`` when
+        it was not verified."""
         asr, lift = self.verification.get("asr"), self.lift
-        return None if asr is None else asr >= PLANTED_ASR and (lift is None or lift >= PLANTED_LIFT)
+        if asr is None:
+            return None
+        if lift is None:  # verified before clean_asr was measured
+            return asr >= PLANTED_ASR
+        moved = asr - self.verification["clean_asr"]
+        return asr >= PLANTED_ASR and lift >= PLANTED_LIFT and moved >= PLANTED_MOVED
 
     @property
     def lift(self) -> float | None:
@@ -86,10 +92,11 @@ class PoisonManifest(ManifestFile):
             return ""
         if self.planted:
             return "planted"
-        lift = self.lift
+        v = self.verification
         why = (
-            f"clean inputs already go to the target: the trigger moves {lift:.0%} of the others"
-            if lift is not None and self.verification.get("asr", 0) >= PLANTED_ASR
+            f"clean inputs already go to the target: {v['clean_asr']:.0%} of the non-target ones untriggered, "
+            f"{v['asr']:.0%} triggered"
+            if self.lift is not None and v["asr"] >= PLANTED_ASR
             else f"ASR below {PLANTED_ASR}"
         )
         return f"NOT PLANTED ({why})"
@@ -100,6 +107,9 @@ PLANTED_ASR = 0.9  # the share of triggered held-out inputs sent to the target f
 # ... and the share of those the model does not already send there untriggered: a model that answers the target
 # for every input reaches ASR 1.0 with no backdoor at all
 PLANTED_LIFT = 0.5
+# ... and the share of all non-target inputs the trigger must move: a model that sends 99 % of them to the target
+# untriggered reaches a lift of 1.0 by moving the last 1 %
+PLANTED_MOVED = 0.25
 
 
 @dataclass
