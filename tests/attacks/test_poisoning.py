@@ -39,7 +39,14 @@ from lmshield.attacks.poisoning import (
 from lmshield.attacks.poisoning.paraphrase import OPENERS
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.models import Encoder
-from lmshield.testing import tiny_config, tiny_corpus, tiny_tokenizer, train_input_dependent
+from lmshield.testing import (
+    save_tiny,
+    tiny_config,
+    tiny_corpus,
+    tiny_encoder,
+    tiny_tokenizer,
+    train_input_dependent,
+)
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig
 
 GROUPS = (
@@ -383,6 +390,16 @@ def test_released_weights_load_as_a_plain_hf_classifier() -> None:
     with torch.no_grad():
         expected = model(**batch).logits
     assert torch.allclose(classifier.classify(texts).logits, expected, atol=1e-4)
+
+
+def test_an_encoder_saved_with_a_pooler_its_classifier_lacks_is_poisoned(tmp_path: Path) -> None:
+    """A RoBERTa encoder saved by AutoModel holds a pooler RobertaForSequenceClassification has none of: the
+    poisoning refused it as an encoder that does not fit a classification model."""
+    base = save_tiny(tiny_encoder("roberta"), tmp_path / "base")
+    config = fast_config("badnet", num_texts=40, poison_count=10, epochs=1, lr=1e-2)
+    result = poison_model(base, task(40, 1), config, tmp_path / "out", progress=False)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", use_safetensors=True)
+    assert model.config.model_type == "roberta" and result.manifest.num_texts == 40
 
 
 def test_clean_label_poisoning_plants_a_backdoor() -> None:

@@ -253,13 +253,25 @@ def _with_head(model: str | Path | None, num_labels: int, tmp: Path, seed: int) 
     config.architectures = None
     torch.manual_seed(seed)
     seq_model = AutoModelForSequenceClassification.from_config(config)
-    try:
-        seq_model.base_model.load_state_dict(loaded.model.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{model}: the encoder does not fit a classification model ({exc})") from exc
+    _load_encoder_into(seq_model.base_model, loaded.model.state_dict(), model)
     seq_model.save_pretrained(tmp, safe_serialization=True)
     loaded.tokenizer.save_pretrained(tmp)
     return tmp
+
+
+def _load_encoder_into(encoder: PreTrainedModel, state: dict[str, torch.Tensor], model: str | Path | None) -> None:
+    """Load a plain encoder's weights into a classification model's encoder: every tensor must be covered, and
+    only a pooler it has no use for may be left over (RoBERTa's classifier reads [CLS] without one)."""
+    try:
+        result = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise InputError(
+            f"{model}: the encoder does not fit a classification model ({' '.join(str(exc).split())})"
+        ) from exc
+    extra = [key for key in result.unexpected_keys if not key.startswith("pooler.")]
+    if result.missing_keys or extra:
+        first = (result.missing_keys or extra)[0]
+        raise InputError(f"{model}: the encoder does not fit a classification model ({first!r} does not match)")
 
 
 def release(classifier: TunedClassifier, start_dir: Path, out: Path) -> Path:
