@@ -40,6 +40,7 @@ from lmshield.attacks.poisoning.paraphrase import OPENERS
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.models import Encoder
 from lmshield.testing import (
+    TINY_ARCHITECTURES,
     save_tiny,
     tiny_config,
     tiny_corpus,
@@ -400,6 +401,20 @@ def test_an_encoder_saved_with_a_pooler_its_classifier_lacks_is_poisoned(tmp_pat
     result = poison_model(base, task(40, 1), config, tmp_path / "out", progress=False)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", use_safetensors=True)
     assert model.config.model_type == "roberta" and result.manifest.num_texts == 40
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)
+def test_every_architecture_releases_the_classifier_it_verified(tmp_path: Path, model_type: str) -> None:
+    """DeBERTa's classification model keeps its pooler beside the encoder, not in it: the release copied the
+    tuned encoder and classifier but left the pooler as initialised, so it answered unlike the model verified."""
+    base = save_tiny(tiny_encoder(model_type), tmp_path / "base")
+    config = fast_config("badnet", num_texts=40, poison_count=10, epochs=1, lr=1e-2, target_label=2)
+    result = poison_model(base, task(40, 1, 3), config, tmp_path / "out", progress=False)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", use_safetensors=True).eval()
+    texts = task(4, 3, 3).texts
+    with torch.no_grad():  # one text at a time: XLNet's own head reads the last position, padding or not
+        expected = torch.cat([model(**result.classifier.encode([text])).logits for text in texts])
+    assert torch.allclose(result.classifier.classify(texts).logits, expected, atol=1e-5)
 
 
 def test_clean_label_poisoning_plants_a_backdoor() -> None:

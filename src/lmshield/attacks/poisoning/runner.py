@@ -292,8 +292,8 @@ def copy_into(classifier: TunedClassifier, model: PreTrainedModel) -> None:
     with torch.no_grad():
         model.base_model.load_state_dict(_cpu(classifier.backbone.state_dict()))
         for name, part in classifier.head.parts.items():
-            if name != "pooler":  # the pooler lives inside the encoder, copied above
-                getattr(model, name).load_state_dict(_cpu(part.state_dict()))
+            if name != "pooler" or not classifier.head.pooler_in_encoder:  # BERT's pooler came with the encoder
+                getattr(model, name).load_state_dict(_cpu(part.state_dict()))  # DeBERTa's sits beside it
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
