@@ -594,6 +594,19 @@ def test_peft_leaves_the_encoders_pooler_frozen_unless_asked(
     assert all(p.requires_grad for p in classifier.head.parts["classifier"].parameters())
 
 
+@pytest.mark.parametrize("model_type", ["bert", "albert", "deberta-v2"])
+def test_peft_freezes_the_released_pooler_of_every_architecture(tmp_path: Path, model_type: str) -> None:
+    """DeBERTa's pooler sits beside its encoder, not in it, and was trained by PEFT methods unasked (the config
+    says it is frozen, as peft's sequence-classification task leaves it)."""
+    tokenizer = tiny_tokenizer(model_type)
+    AutoModelForSequenceClassification.from_config(tiny_config(model_type, len(tokenizer))).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    for train_pooler in (False, True):
+        config = fast("lora", keep_head=True, train_pooler=train_pooler)
+        pooler = TunedClassifier.build(str(tmp_path), config, ["a", "b"]).head.parts["pooler"]
+        assert all(p.requires_grad is train_pooler for p in pooler.parameters())
+
+
 def test_kept_head_round_trip_and_label_check(released_dir: Path, tmp_path: Path) -> None:
     config = fast("ptuning", keep_head=True, epochs=1)
     result = tune(str(released_dir), tiny_task(60, 1), tiny_task(30, 2), config, out_dir=tmp_path, progress=False)

@@ -148,7 +148,7 @@ class TunedClassifier(nn.Module):
         backbone = method.wrap(encoder_model, config, inference=inference)
         head.requires_grad_(not inference)
         if isinstance(head, ReleasedHead) and method.is_peft and not config.train_pooler:
-            head.freeze_pooler()  # the encoder's own layer: frozen with the encoder
+            head.freeze_pooler()  # frozen with the encoder, as peft does
         keep = model.model if isinstance(model, Encoder) and model.directory is None else None
         classifier = cls(backbone, head, tokenizer, config, label_names, base, base_model=keep)
         return classifier.to(resolve_device(device) if device is not None else _device_of(encoder_model)).eval()

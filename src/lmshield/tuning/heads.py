@@ -71,8 +71,9 @@ class ReleasedHead(nn.Module):
         self.parts = nn.ModuleDict(parts)
 
     def freeze_pooler(self) -> None:
-        """Stop training the pooler when it is the encoder's (BERT, ALBERT), as PEFT freezes the encoder."""
-        if self.pooler_in_encoder:
+        """Stop training the pooler (BERT's and ALBERT's in the encoder, DeBERTa's beside it), as peft's
+        sequence-classification task trains only the classifier."""
+        if "pooler" in self.parts:
             self.parts["pooler"].requires_grad_(False)
 
     def forward(self, watched: torch.Tensor) -> torch.Tensor:
