@@ -214,6 +214,7 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
 
         def fit(self, model, texts, num_labels) -> None:
             seen["fit"] = (len(texts), num_labels)
+            self.num_labels_ = num_labels
 
         def calibrate(self, texts, target_frr) -> None:
             seen["calibrate"] = (len(texts), target_frr)
@@ -237,6 +238,8 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
                     "--calibrate", files["dev"], "--target-frr", 0.2, "--out", root / "unused", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["fit"] == (7, 3) and seen["calibrate"] == (60, 0.2)
+    result = invoke("psim", "fit", root / "m", "--texts", files["train"], "--out", root / "unused2", "--quiet")
+    assert result.exit_code == 0 and seen["fit"][1] is None  # the library reads the released head's class count
     result = invoke("poison", "badnet", root / "m", "--data", files["train"], "--out", root / "p", "--overwrite",
                     "--fresh", "--poison-rate", 0.1, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -188,6 +188,18 @@ def test_a_calibrated_threshold_keeps_the_frr_on_new_inputs_within_the_target() 
     assert 0.044 < float(np.mean(frr)) < 0.05  # (k + 1) / (n + 1) = 6 / 129 = 4.65 %
 
 
+def test_psim_takes_the_released_heads_class_count_unless_told() -> None:
+    """The class count defaulted to 2: a 3-class release lost its head (PSIM's signal) to a fresh binary one,
+    with the binary threshold, unless the caller remembered to say 3."""
+    from lmshield.tuning.heads import ReleasedHead
+
+    settings = {**SETTINGS, "epochs": 1}
+    psim = PSIM("lora", **settings).fit(released("badnet", "dirty", 3), task(40, 4, 3).texts)
+    assert psim.num_labels_ == 3 and isinstance(psim.classifier_.head, ReleasedHead)
+    assert psim.threshold_ == pytest.approx(default_threshold(3))
+    assert PSIM("lora", **settings).fit(released("badnet", "dirty", 3), task(40, 4, 3).texts, 2).num_labels_ == 2
+
+
 def test_multi_class_psim(caplog: pytest.LogCaptureFixture) -> None:
     psim = fitted(3)
     assert psim.num_labels_ == 3 and psim.threshold_ == pytest.approx(1 / 3 + 0.4 * 2 / 3)

@@ -59,7 +59,10 @@ def fit(
     out: Annotated[
         Path, typer.Option(help="Directory for the fitted PSIM.", file_okay=False, callback=output_dir)
     ] = Path("runs/psim"),
-    num_labels: Annotated[int, typer.Option(help="Number of classes of the downstream task.")] = 2,
+    num_labels: Annotated[
+        int | None,
+        typer.Option(help="Number of classes of the downstream task (default: the released head's, else 2)."),
+    ] = None,
     method: Annotated[
         str, typer.Option(help="PEFT method: ptuning (release), prompt, prefix, lora, full.")
     ] = "ptuning",
@@ -114,7 +117,7 @@ def fit(
         psim.calibrate(held_out, target_frr)
     psim.save_pretrained(out)
     typer.echo(
-        f"PSIM fitted on {psim.n_train_} texts ({num_labels} labels, lr {psim.lr_:.2g}), "
+        f"PSIM fitted on {psim.n_train_} texts ({psim.num_labels_} labels, lr {psim.lr_:.2g}), "
         f"threshold {psim.threshold_:.4f}"
     )
     typer.echo(f"saved: {out}")

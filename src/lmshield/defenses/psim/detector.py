@@ -29,7 +29,7 @@ from lmshield.defenses.psim.thresholds import (
     normalise,
     rescale_threshold,
 )
-from lmshield.defenses.psim.training import train_random_label_module
+from lmshield.defenses.psim.training import head_labels, train_random_label_module
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
@@ -185,14 +185,17 @@ class PSIM:
 
     # -- fitting ------------------------------------------------------------------------------------------------
 
-    def fit(self, model: str | Path | None, texts: list[str], num_labels: int = 2) -> PSIM:
-        """Train the module on ``texts`` (the downstream training set, labels not needed) with random labels."""
+    def fit(self, model: str | Path | None, texts: list[str], num_labels: int | None = None) -> PSIM:
+        """Train the module on ``texts`` (the downstream training set, labels not needed) with random labels over
+        ``num_labels`` classes (``None``: as many as the released classification head has, else 2)."""
         config = self.config
         if not isinstance(model, str | Path | type(None)):
             raise InputError(
                 f"PSIM.fit takes the released model's directory or hub id (its saved head is read from there), "
                 f"not a loaded {type(model).__name__}"
             )
+        if num_labels is None:  # a one-output (regression) head is no class count
+            num_labels = max(2, head_labels(model) or 2)
         texts = without_blanks(as_texts(texts, allow_empty=False))  # as the CLI's readers leave them out
         self.classifier_ = train_random_label_module(
             model, texts, num_labels, config, device=self.device, progress=self.progress
