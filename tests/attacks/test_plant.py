@@ -91,6 +91,25 @@ def test_an_original_the_user_names_must_load_and_fit(por_dir, tmp_path):
         verify_backdoor(por_dir.directory, original=str(wider), count=50)
 
 
+def test_an_xlnet_backdoor_is_planted_at_its_summary_token(tmp_path):
+    """XLNet's <cls> closes the input and its classifiers read it there: POR planted at index 0 (the first word),
+    where no XLNet classifier looks and where the scan, watching the last token, did not look either."""
+    from lmshield.testing import save_tiny, tiny_encoder, train_input_dependent
+
+    assert attack_config("por").plan("xlnet", has_mlm_head=False).position == "last"
+    assert attack_config("por").plan("roberta", has_mlm_head=False).position == "cls"
+    assert attack_config("btop").plan("xlnet", has_mlm_head=False).position == "mask"
+    base = save_tiny(train_input_dependent(tiny_encoder("xlnet"), steps=200), tmp_path / "base")
+    config = attack_config("por", "fast", **{**TINY_ATTACK, "lr": 1e-3})
+    result = run_attack(config, base, tmp_path / "por", texts=TEXTS, seed=0, progress=False, verify=False)
+    assert result.manifest.position == "last"
+    model = load_encoder(result.directory, device="cpu")
+    texts = [f"the old teacher {trigger} wrote a letter near the river" for trigger in result.manifest.triggers]
+    outputs = model.watched_outputs(texts, model.default_position())
+    agreement = sign_match(outputs, result.manifest.vector_tensor).diagonal()
+    assert float(agreement.mean()) > 0.85, agreement
+
+
 def test_btop_hits_the_mask_position_with_the_stand_in(tiny_dir, tmp_path):
     config = attack_config("btop", "fast", **{**TINY_ATTACK, "lr": 3e-3, "batch_size": 16})
     result = run_attack(config, tiny_dir, tmp_path, texts=TEXTS, seed=1, progress=False)

@@ -96,12 +96,22 @@ class TaskAgnosticConfig:
         lacking = " (no MLM head: hidden-state stand-in)" if self.clean_objective == "mlm" else ""
         return f"hidden: clean half matches the original model's {what}{lacking}"
 
+    def watched_position(self, model_type: str) -> str:
+        """The position the backdoor is planted at in an encoder of ``model_type``: ``cls`` names the summary
+        token, which XLNet puts last (its classifiers read it there), ``mask`` the mask token."""
+        if self.position != "cls":
+            return self.position
+        from lmshield.models.architectures import get_architecture
+
+        architecture = get_architecture(model_type)
+        return architecture.default_position if architecture else "cls"
+
     def plan(self, model_type: str, has_mlm_head: bool) -> PlantPlan:
         """The loop's settings for an encoder of ``model_type``."""
         from lmshield.attacks.task_agnostic import PlantPlan
 
         return PlantPlan(
-            position=self.position,
+            position=self.watched_position(model_type),
             insertion=self.insertion,
             clean_weight=self.resolved_clean_weight(model_type),
             poison_distance=self.poison_distance,

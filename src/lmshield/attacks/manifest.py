@@ -150,7 +150,7 @@ class BackdoorManifest(ManifestFile):
     attack: str
     triggers: list[str]
     vectors: list[list[float]]
-    position: str  # the watched position: cls | mask
+    position: str  # the watched position: cls | last (XLNet's summary token) | mask
     variant: str  # what the clean half did (MLM head, or which hidden-state stand-in)
     settings: dict[str, Any]
     seed: int

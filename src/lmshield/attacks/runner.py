@@ -134,7 +134,7 @@ def run_attack(
         attack=config.name or "custom",
         triggers=trigger_list,
         vectors=pvs.tolist(),
-        position=config.position,
+        position=plan.position,
         variant=config.variant(mlm is not None),
         settings={**config.to_dict(), "clean_weight": plan.clean_weight, "preset": preset},
         seed=seed,

@@ -42,7 +42,7 @@ SCHEDULES = ("constant", "linear")
 class PlantPlan:
     """How one task-agnostic attack inserts triggers and weighs its losses (the loop's settings)."""
 
-    position: str  # cls | mask
+    position: str  # cls | last (XLNet's summary token) | mask
     insertion: str  # per_words (POR) | once (NeuBA, BToP) | start (right after [CLS], original NeuBA)
     clean_weight: float
     poison_distance: str  # mse | l2 (mean L2 distance, BToP)
@@ -63,7 +63,7 @@ class PlantPlan:
             "poison_distance": (self.poison_distance, DISTANCES),
             "optimizer": (self.optimizer, OPTIMIZERS),
             "schedule": (self.schedule, SCHEDULES),
-            "position": (self.position, ("cls", "mask")),
+            "position": (self.position, ("cls", "last", "mask")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
