@@ -343,6 +343,14 @@ def test_last_token_models_watch_the_last_real_token() -> None:
     assert torch.allclose(out.watched, hidden[torch.arange(2), lengths - 1 + 3], atol=1e-5)
 
 
+def test_lora_targets_another_architecture_names_are_one_line_errors() -> None:
+    """BERT's query/value on DistilBERT (q_lin/v_lin) surfaced as peft's own ValueError, not an InputError."""
+    with pytest.raises(InputError, match=r"lora_targets \['query', 'value'\] name no module of this distilbert"):
+        TunedClassifier.build(tiny_encoder("distilbert"), fast("lora", lora_targets=("query", "value")), ["a", "b"])
+    dotted = fast("lora", lora_targets=("attention.q_lin",))
+    assert TunedClassifier.build(tiny_encoder("distilbert"), dotted, ["a", "b"]).trainable_parameters()
+
+
 def test_prefix_tuning_refuses_encoders_without_past_key_values() -> None:
     with pytest.raises(InputError, match="prefix tuning does not support 'albert'"):
         TunedClassifier.build(tiny_encoder("albert"), fast("prefix"), ["a", "b"])

@@ -347,6 +347,8 @@ class TunedClassifier(nn.Module):
             raise InputError(
                 f"{out / TUNING_JSON}: settings that build no classifier ({type(exc).__name__}: {exc})"
             ) from exc
+        except InputError as exc:  # settings lmshield refuses for this base (LoRA targets it lacks, say)
+            raise InputError(f"{out / TUNING_JSON}: settings that build no classifier ({exc})") from exc
         if check_base and not in_memory:
             _check_base(source, classifier.base.fingerprint, base_info)
         if base is None:  # keep the record (what a scan of the base is matched with); a moved base keeps its place

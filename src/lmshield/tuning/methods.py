@@ -163,6 +163,8 @@ def _prefix(model: PreTrainedModel, config: TuningConfig) -> PeftConfig:
 
 def _lora(model: PreTrainedModel, config: TuningConfig) -> PeftConfig:
     targets = config.lora_targets or LORA_TARGETS.get(model.config.model_type)
+    if config.lora_targets:
+        _check_lora_targets(model, config.lora_targets)
     return LoraConfig(
         task_type=TaskType.FEATURE_EXTRACTION,
         r=config.lora_r,
@@ -170,6 +172,15 @@ def _lora(model: PreTrainedModel, config: TuningConfig) -> PeftConfig:
         lora_dropout=config.lora_dropout,
         target_modules=list(targets) if targets else None,
     )
+
+
+def _check_lora_targets(model: PreTrainedModel, targets: tuple[str, ...]) -> None:
+    """Each target names a module of ``model`` as peft matches them (the name, or its dotted tail): another
+    architecture's names (BERT's ``query`` on DistilBERT, whose attention has ``q_lin``) fail here in one line."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if missing:
+        raise InputError(f"lora_targets {missing} name no module of this {model.config.model_type} encoder")
 
 
 _PROMPT_DEFAULTS = {"lr": PEFT_LR, "num_virtual_tokens": VIRTUAL_TOKENS}
