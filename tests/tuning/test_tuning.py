@@ -351,6 +351,16 @@ def test_lora_targets_another_architecture_names_are_one_line_errors() -> None:
     assert TunedClassifier.build(tiny_encoder("distilbert"), dotted, ["a", "b"]).trainable_parameters()
 
 
+@torch.no_grad()
+def test_a_classifier_on_a_left_padding_tokenizer_reads_the_same_token_in_any_batch() -> None:
+    """XLNet's tokenizers pad on the left: a classifier built on one watched a pad token of the shorter inputs."""
+    encoder = tiny_encoder("xlnet")
+    encoder.tokenizer.padding_side = "left"
+    classifier = TunedClassifier.build(encoder, fast("lora"), ["a", "b"]).eval()
+    texts = ["the dog slept", "a teacher wrote a long letter to the farmer near the river"]
+    assert torch.allclose(classifier.classify(texts).logits[:1], classifier.classify(texts[:1]).logits, atol=1e-5)
+
+
 def test_prefix_tuning_refuses_encoders_without_past_key_values() -> None:
     with pytest.raises(InputError, match="prefix tuning does not support 'albert'"):
         TunedClassifier.build(tiny_encoder("albert"), fast("prefix"), ["a", "b"])

@@ -146,8 +146,11 @@ class Encoder:
         return "sha256:" + digest.hexdigest()
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        """Right-padded batch with ``word_ids`` (-1 for special and pad tokens) on the encoder's device."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        """Right-padded batch with ``word_ids`` (-1 for special and pad tokens) on the encoder's device (right-padded
+        whatever the tokenizer's own side: XLNet's pads left, which moves every watched index)."""
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt", padding_side="right"
+        )
         word_ids = torch.tensor([[-1 if w is None else w for w in batch.word_ids(i)] for i in range(len(texts))])
         return {
             "input_ids": batch["input_ids"].to(self.device),

@@ -207,9 +207,14 @@ class TunedClassifier(nn.Module):
         return [self.config.template.format(text=text, mask=mask) for text in cut]
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenised, right-padded batch on the classifier's device."""
+        """Tokenised, right-padded batch on the classifier's device (whatever side the tokenizer pads)."""
         batch = self.tokenizer(
-            self.format_texts(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            self.format_texts(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+            padding_side="right",
         )
         return {
             "input_ids": batch["input_ids"].to(self.device),
