@@ -332,3 +332,9 @@ def test_poison_without_its_data_names_the_option_to_give(tmp_path: Path) -> Non
     result = invoke("poison", "badnet", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "give the labelled proxy data with --data" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_threshold_help_says_the_default_follows_the_class_count() -> None:
+    """The default threshold is the release's 0.7 only for two classes; help said 0.7 for every task."""
+    for command in (("psim", "fit"), ("psim", "eval")):
+        assert "carried to" in said(invoke(*command, "--help")), command

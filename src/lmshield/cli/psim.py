@@ -72,7 +72,9 @@ def fit(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     max_length: Annotated[int, typer.Option(help="Max tokens per text.")] = 128,
-    threshold: Annotated[float | None, typer.Option(help="Fixed threshold (default: release 0.7, binary).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Fixed threshold (default: the release's 0.7, carried to the class count).")
+    ] = None,
     score: Annotated[str, typer.Option(help="probability or normalised ((p-1/K)/(1-1/K)).")] = "probability",
     calibrate: Annotated[Path | None, typer.Option(help="Held-out clean texts to calibrate the threshold.")] = None,
     target_frr: Annotated[
@@ -196,7 +198,10 @@ def eval_command(
         str, typer.Option(help="release (the paper's scale), fast (a CPU in minutes) or smoke (a quick check).")
     ] = "release",
     target_frr: Annotated[
-        float | None, typer.Option(help="Calibrate PSIM to this FRR on dev texts (default: the fixed threshold 0.7).")
+        float | None,
+        typer.Option(
+            help="Calibrate PSIM to this FRR on dev texts (default: the release's 0.7, carried to K classes)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     baselines: Annotated[
