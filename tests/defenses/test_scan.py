@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -60,6 +61,19 @@ def test_same_seed_gives_the_same_result(bert_pair):
     assert first.verdict == second.verdict
     assert first.score == pytest.approx(second.score, rel=1e-5)
     assert torch.allclose(first.pvs, second.pvs, atol=1e-5)
+
+
+def test_an_encoder_left_in_train_mode_is_scanned_without_dropout(bert_pair):
+    """A caller's freshly trained encoder is still in train mode: its dropout made every seed random."""
+    _, backdoored, _ = bert_pair
+    settings = TINY_SCAN.replace(max_seeds=1)
+    expected = scan(backdoored, settings, progress=False)
+    trained = copy.deepcopy(backdoored)
+    trained.model.train()
+    first, second = (scan(trained, settings, progress=False) for _ in range(2))
+    assert first.score == second.score == expected.score
+    assert torch.equal(first.pvs, expected.pvs)
+    assert trained.model.training  # the caller's mode is given back
 
 
 def test_result_round_trips_through_safetensors_and_json(bert_pair, tmp_path: Path):

@@ -309,3 +309,13 @@ def test_an_in_memory_bfloat16_encoder_has_a_fingerprint():
     before = encoder.tensor_fingerprint()
     encoder.model.to(torch.bfloat16)
     assert encoder.tensor_fingerprint() not in ("", before)  # numpy has no bfloat16: hashed as raw bytes
+
+
+def test_watched_outputs_ignore_dropout_and_keep_the_callers_mode():
+    encoder = tiny_encoder("bert")
+    expected = encoder.watched_outputs(["the old dog watched a river"], WatchedPosition.parse("cls"))
+    encoder.model.train()
+    torch.manual_seed(1)
+    outputs = [encoder.watched_outputs(["the old dog watched a river"], WatchedPosition.parse("cls")) for _ in "ab"]
+    assert torch.equal(outputs[0], expected) and torch.equal(outputs[1], expected)
+    assert encoder.model.training

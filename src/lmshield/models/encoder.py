@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -70,6 +72,18 @@ def _defining_bytes(file: Path) -> bytes:
     if isinstance(parsed, dict):
         parsed = {key: value for key, value in parsed.items() if key not in SAVING_KEYS}
     return json.dumps(parsed, sort_keys=True).encode()
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, its own mode restored after: an encoder a caller has
+    just trained is still in train mode, and its dropout would make every output depend on the global RNG."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -169,13 +183,14 @@ class Encoder:
     def watched_outputs(
         self, texts: list[str], position: WatchedPosition, max_length: int = 128, batch_size: int = 64
     ) -> torch.Tensor:
-        """Watched-position outputs of plain texts, shape ``(len(texts), hidden)``, on the CPU."""
+        """Watched-position outputs of plain texts, shape ``(len(texts), hidden)``, on the CPU (eval mode)."""
         outputs = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenize(texts[start : start + batch_size], max_length)
-            hidden = self.hidden_states(self.embed(batch["input_ids"]), batch["attention_mask"])
-            index = position.locate(batch["input_ids"], batch["attention_mask"], self.mask_token_id)
-            outputs.append(hidden[torch.arange(len(index)), index].float().cpu())
+        with evaluating(self.model):
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenize(texts[start : start + batch_size], max_length)
+                hidden = self.hidden_states(self.embed(batch["input_ids"]), batch["attention_mask"])
+                index = position.locate(batch["input_ids"], batch["attention_mask"], self.mask_token_id)
+                outputs.append(hidden[torch.arange(len(index)), index].float().cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, self.hidden_size)
 
     def save_pretrained(self, directory: str | Path) -> Path:

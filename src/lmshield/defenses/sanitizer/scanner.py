@@ -21,7 +21,7 @@ from lmshield.defenses.sanitizer.result import SCAN_JSON, ScanResult, SeedTrace
 from lmshield.defenses.sanitizer.splitting import split_candidates
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
-from lmshield.models.encoder import Encoder
+from lmshield.models.encoder import Encoder, evaluating
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
 from lmshield.progress import (
@@ -179,6 +179,22 @@ def scan(
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
     if isinstance(model, Encoder) and device is not None:  # a loaded encoder runs where the caller asks
         encoder.model.to(resolve_device(device))
+    with evaluating(encoder.model):  # a caller's encoder may be in train mode: dropout would make seeds random
+        return _scan(encoder, config, position, texts, text_source, out_dir, progress, fresh, started)
+
+
+def _scan(
+    encoder: Encoder,
+    config: SanitizerConfig,
+    position: str | int | None,
+    texts: list[str] | None,
+    text_source: TextSource | None,
+    out_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    fresh: bool,
+    started: float,
+) -> ScanResult:
+    """:func:`scan` of a loaded encoder in eval mode."""
     _check_outside(out_dir, encoder.directory)
     _check_same_model(out_dir, encoder.fingerprint)
     if encoder.max_positions is not None and config.max_length > encoder.max_positions:
