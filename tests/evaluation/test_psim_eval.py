@@ -310,6 +310,11 @@ def test_the_table_marks_metrics_that_do_not_apply() -> None:
     assert (loaded.asr, loaded.threshold, loaded.clean_accuracy_drop) == (row.asr, row.threshold, 0.25)
 
 
+def test_the_log_line_of_a_row_without_triggered_inputs_has_dashes_not_nan() -> None:
+    row = replace(toy_row(), asr=math.nan, asr_psim=math.nan)  # every test input of the target label
+    assert row.summary() == "psim: clean acc 0.750 -> 0.500, ASR - -> -, FRR 0.250"
+
+
 def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,3 +80,19 @@ def test_an_uncalibrated_threshold_above_well_ranked_scores_is_pointed_out(tmp_p
     assert "the fixed threshold passes 100% of the triggered inputs" in fixed and "`--target-frr`" in fixed
     calibrated = write_psim_report(tmp_path / "cal", settings={"psim": {}, "target_frr": 0.02}, model="m", **common)
     assert "note:" not in calibrated.read_text()
+
+
+def test_a_test_set_with_no_triggered_input_says_so_instead_of_printing_nan(tmp_path: Path) -> None:
+    """Every test input of the target label: nothing to trigger, so FAR, ASR and ROC-AUC do not apply."""
+    row = psim_row(
+        attack="badnet", strategy="lora", dataset="toy", clean_predicted=[0, 0, 0, 0], clean_labels=[0, 0, 0, 0],
+        poisoned_predicted=[], target_label=0, clean_scores=CLEAN, poisoned_scores=[], threshold=0.7,
+        source_predicted=[], source_labels=[],
+    )  # fmt: skip
+    text = write_psim_report(
+        tmp_path, rows=[row], sweep=threshold_sweep(CLEAN, []), manifest=MANIFEST, settings={}, threshold=0.7,
+        model="m",
+    ).read_text()  # fmt: skip
+    assert "nan" not in text.lower()
+    assert "FRR **25.0%**" in text and "FAR **-**" in text and "ROC-AUC **-**" in text
+    assert "none was triggered" in text and "| 1% | 0.9000 | - |" in text

@@ -145,8 +145,9 @@ class PSIMRow:
         from lmshield.reports.psim_report import format_metric
 
         return (
-            f"{self.defense}: clean acc {self.clean_accuracy:.3f} -> {self.clean_accuracy_psim:.3f}, "
-            f"ASR {self.asr:.3f} -> {self.asr_psim:.3f}, FRR {format_metric(self.frr)}"
+            f"{self.defense}: clean acc {format_metric(self.clean_accuracy)} -> "
+            f"{format_metric(self.clean_accuracy_psim)}, ASR {format_metric(self.asr)} -> "
+            f"{format_metric(self.asr_psim)}, FRR {format_metric(self.frr)}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,7 +30,22 @@ def _sweep_lines(sweep: Sequence[SweepPoint]) -> list[str]:
     for frr in SWEEP_FRRS:
         point = far_at_frr(sweep, frr)
         if point is not None:
-            lines.append(f"| {frr:.0%} | {point[0]:.4f} | {point[1]:.3f} |")
+            lines.append(f"| {frr:.0%} | {point[0]:.4f} | {format_metric(point[1])} |")
+    return lines
+
+
+def _detection_lines(row: PSIMRow) -> list[str]:
+    """PSIM's FRR, FAR and ROC-AUC; with no triggered input (every test input has the target label), why the
+    attack's figures are dashes."""
+    lines = [
+        f"- detection: FRR **{format_percent(row.frr)}** of clean test inputs flagged, "
+        f"FAR **{format_percent(row.far)}** of triggered inputs passed, ROC-AUC **{format_metric(row.auroc)}**"
+    ]
+    if math.isnan(row.far):
+        lines.append(
+            "- note: no test input lies outside the target label, so none was triggered: ASR, FAR and ROC-AUC do "
+            "not apply; evaluate on test data with other labels"
+        )
     return lines
 
 
@@ -87,6 +102,11 @@ def format_metric(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.3f}"
 
 
+def format_percent(value: float) -> str:
+    """A share as a percentage with one decimal, or ``-`` for a metric that does not apply (NaN)."""
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
 def write_psim_report(
     directory: str | Path,
     *,
@@ -111,8 +131,7 @@ def write_psim_report(
         f"trigger {', '.join(map(str, manifest.get('triggers', [])))}, target label {manifest.get('target_label')}, "
         f"{manifest.get('label_mode')}-label, {manifest.get('poison_count')} of {manifest.get('num_texts')} texts",
         _settings_line(settings, threshold),
-        f"- detection: FRR **{first.frr:.1%}** of clean test inputs flagged, FAR **{first.far:.1%}** of triggered "
-        f"inputs passed, ROC-AUC **{first.auroc:.3f}**",
+        *_detection_lines(first),
         *_uncalibrated_note(settings, first),
         "",
         "## Victims",
