@@ -18,7 +18,9 @@ from lmshield.evaluation.baselines_eval import BaselineSettings
 from lmshield.evaluation.psim_eval import (
     EvalSettings,
     PSIMRow,
+    ReleaseEvaluation,
     _EvalData,
+    _write_outputs,
     attack_success_rate,
     clean_accuracy,
     defended_asr,
@@ -145,6 +147,14 @@ def test_evaluating_a_release_whose_backdoor_did_not_take_warns(
     _EvalData.load(constant, folder, settings, None)
     assert "NOT PLANTED (clean inputs already go to the target" in caplog.text
     assert "without a working backdoor" in caplog.text
+    # the report, read long after the log is gone, says so too
+    result = ReleaseEvaluation([toy_row()], CLEAN_SCORES, POISON_SCORES, 0.7, 1.0)
+    for release, caveat in ((released("badnet"), False), (constant, True)):
+        out = tmp_path / f"eval-{release.name}"
+        out.mkdir()
+        _write_outputs(out, result, PoisonManifest.load(release), settings, str(release))
+        text = (out / "report.md").read_text()
+        assert ("**caveat**: the release's own check (backdoor.json) says NOT PLANTED" in text) is caveat
 
 
 def test_protocol_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -575,5 +575,5 @@ def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings
 
         write_psim_report(
             out, rows=result.rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
-            threshold=result.threshold, model=model, baselines=result.baseline_rows,
+            threshold=result.threshold, model=model, baselines=result.baseline_rows, release_check=manifest.verdict(),
         )  # fmt: skip

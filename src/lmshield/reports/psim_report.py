@@ -64,6 +64,15 @@ def _settings_line(settings: dict[str, Any], threshold: float) -> str:
     )
 
 
+def _not_planted_caveat(release_check: str) -> list[str]:
+    if not release_check.startswith("NOT PLANTED"):
+        return []
+    return [
+        f"- **caveat**: the release's own check (backdoor.json) says {release_check}: the figures below measure a "
+        "model without a working backdoor, not PSIM against one"
+    ]
+
+
 def _uncalibrated_note(settings: dict[str, Any], row: PSIMRow) -> list[str]:
     """A fixed threshold above the scores PSIM gives triggered inputs, while it ranks them well: say what to do."""
     if settings.get("target_frr") is not None or not (row.far >= 0.5 and row.auroc >= 0.8):
@@ -118,8 +127,12 @@ def write_psim_report(
     model: str,
     histogram: str = "psim_confidence.png",
     baselines: Sequence[PSIMRow] = (),
+    release_check: str = "",
 ) -> Path:
-    """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path."""
+    """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path.
+
+    ``release_check``: the verdict of the release's own check (``PoisonManifest.verdict()``); a ``NOT PLANTED``
+    one heads the report, since every figure below is then measured against no working backdoor."""
     if not rows:
         raise ValueError("a PSIM report needs at least one row")
     first = rows[0]
@@ -130,6 +143,7 @@ def write_psim_report(
         f"- attack (ground truth from backdoor.json; PSIM never sees it): {manifest.get('attack')}, "
         f"trigger {', '.join(map(str, manifest.get('triggers', [])))}, target label {manifest.get('target_label')}, "
         f"{manifest.get('label_mode')}-label, {manifest.get('poison_count')} of {manifest.get('num_texts')} texts",
+        *_not_planted_caveat(release_check),
         _settings_line(settings, threshold),
         *_detection_lines(first),
         *_uncalibrated_note(settings, first),
