@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -70,3 +71,19 @@ def test_sub_triggers_are_not_counted_as_seeds() -> None:
         text_source="given", spread=1.0,
     )  # fmt: skip
     assert result.num_seeds == 2 and "2 predefined vector(s) found in 2 seed(s)" in result.summary()
+
+
+def test_a_clean_verdict_whose_score_reached_the_threshold_says_why(tmp_path: Path) -> None:
+    """'CLEAN' above 'score 4.200 (distance threshold 3.0)' reads as a contradiction without the reason."""
+    trace = SeedTrace(0, "rejected", "collapse 0.5 < 0.99", 4, 32, [4.2], [0.5], legitimate=True)
+    model = {"source": "m", "model_type": "bert", "fingerprint": "f", "hidden_size": 8, "embedding_size": 8}
+    result = ScanResult(
+        verdict="clean", score=4.2, pvs=torch.empty(0, 8), triggers=torch.empty(0, 1, 8), nearest_tokens=[],
+        trace=[trace], config=SanitizerConfig(), model=model, position="cls", text_source="given", spread=1.0,
+    )  # fmt: skip
+    score = next(line for line in write_scan_report(result, tmp_path).read_text().splitlines() if "score:" in line)
+    assert score.startswith("- score: **4.200** (distance threshold 3.0")
+    assert score.endswith(": the seeds that reached the threshold failed the collapse, sign-consistency or uniqueness "
+                          "check (see the seed table)")  # fmt: skip
+    below = write_scan_report(replace(result, score=2.0), tmp_path / "below").read_text()
+    assert "failed the collapse" not in below

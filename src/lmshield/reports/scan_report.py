@@ -57,7 +57,8 @@ def write_scan_report(result: ScanResult, directory: str | Path) -> Path:
         f"- fingerprint: `{model['fingerprint']}`",
         f"- watched position: `{result.position}`; carrier text: {result.text_source}",
         f"- score: **{result.score:.3f}** (distance threshold {config.distance_threshold}, "
-        f"{config.distance_scale}; clean-output spread {result.spread:.4g})",
+        f"{config.distance_scale}; clean-output spread {result.spread:.4g})"
+        + (f": {result.past_threshold_note} (see the seed table)" if result.past_threshold_note else ""),
         f"- predefined vectors found: **{result.num_pvs}** in {result.num_seeds} seed(s), mode `{config.mode}`",
         f"- time: {_time_line(result.timings)}",
         *([f"- **caveat**: {result.caveat}"] if result.caveat else []),

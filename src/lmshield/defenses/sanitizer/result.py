@@ -141,17 +141,19 @@ class ScanResult:
             )
         return None
 
+    @property
+    def past_threshold_note(self) -> str | None:
+        """Why a clean verdict's score reached the distance threshold, or ``None``: the two read as a contradiction."""
+        if self.is_backdoored or self.score < self.config.distance_threshold:
+            return None
+        return "the seeds that reached the threshold failed the collapse, sign-consistency or uniqueness check"
+
     def summary(self) -> str:
         seeds = self.num_seeds
         took = self.timings.get("total_s", 0.0)
         resumed = int(self.timings.get("resumed_seeds", 0))
         earlier = f" ({resumed} seed(s) from an earlier run)" if resumed else ""
-        why = (
-            "; the seeds that reached the threshold failed the collapse, sign-consistency or uniqueness check "
-            "(see the trace)"
-            if not self.is_backdoored and self.score >= self.config.distance_threshold
-            else ""
-        )
+        why = f"; {self.past_threshold_note} (see the trace)" if self.past_threshold_note else ""
         return (
             f"{self.verdict.upper()}: {self.num_pvs} predefined vector(s) found in {seeds} seed(s), "
             f"score {self.score:.3f} (threshold {self.config.distance_threshold}), {took:.1f} s{earlier}{why}"
