@@ -100,6 +100,11 @@ def test_read_triggers(tmp_path: Path) -> None:
     (tmp_path / "attack" / "backdoor.json").write_text(json.dumps({"triggers": ["cf"]}))
     with pytest.raises(InputError, match=r"is a folder, not a file; give the attack's backdoor\.json inside it"):
         read_triggers(tmp_path / "attack")  # the attack's output folder
+    syntactic = tmp_path / "syntactic.json"  # a poisoning release's manifest: its trigger is a sentence structure
+    syntactic.write_text(json.dumps({"format": "lmshield-poison", "attack": "syntactic", "paraphraser": "scpn",
+                                     "triggers": ["syntactic template S(SBAR)(,)(NP)(VP)(.) via scpn"]}))  # fmt: skip
+    with pytest.raises(InputError, match=r"this syntactic backdoor is a paraphrase \(scpn\), not words"):
+        read_triggers(syntactic)
 
 
 def test_table_values_sit_under_their_headers() -> None:

@@ -191,13 +191,19 @@ def triggered_copies(texts: Sequence[str], trigger: str, seed: int, max_position
 
 
 def read_triggers(path: str | Path) -> list[str]:
-    """The ``triggers`` list of an attack's ``backdoor.json``."""
+    """The ``triggers`` list of an attack's ``backdoor.json``; refused for a paraphrase trigger (SynAttack), whose list
+    only describes it."""
     hint = "; give the attack's backdoor.json inside it" if (Path(path) / "backdoor.json").is_file() else ""
     file = require_file(path, hint)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and data.get("paraphraser"):
+        raise InputError(
+            f"{path}: the trigger of this {data.get('attack', '')} backdoor is a paraphrase ({data['paraphraser']}), "
+            "not words: the guard evaluation inserts trigger words, and would insert its description"
+        )
     triggers = data.get("triggers") if isinstance(data, dict) else None
     if not isinstance(triggers, list) or not triggers or not all(isinstance(t, str) and t.strip() for t in triggers):
         raise InputError(f"{path}: expected a non-empty list of strings in field 'triggers'")
