@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from lmshield.cli.main import app
 from lmshield.errors import InputError
 from lmshield.zoo import build_zoo, load_spec, parse_spec, read_metadata, scan_zoo
+from lmshield.zoo.scan import markdown_table, zoo_metrics
 from tests.attacks.tiny_models import TINY_ATTACK, TINY_SCAN, make_labelled
 
 TABLE_KEYS = ("model", "truth", "kind", "attack", "verdict", "score", "pvs")
@@ -301,6 +302,8 @@ def test_scan_measures_detection(zoo, scanned, tmp_path):
     found = scanned
     verdicts = [r["verdict"] for r in found.rows]
     assert verdicts == ["clean", "clean", "clean", "backdoored"], found.markdown()
+    assert [r["planted"] for r in found.rows] == ["", "", "", "true"]  # the build's check, beside the verdict
+    assert "not planted" not in found.markdown()
     assert found.metrics.accuracy == 1.0 and found.metrics.fpr == 0.0 and found.metrics.fnr == 0.0
     assert found.metrics.roc_auc == 1.0
     for name in ("detection.csv", "detection.md", "metrics.json", "roc.png"):
@@ -488,3 +491,16 @@ def test_several_positions_keep_the_highest_score_and_add_the_times(tmp_path):
     settings = {"preset": "default", "position": "cls,mask", "overrides": {}, "text": {}}
     row = scan_model({"model": str(model), "out": str(tmp_path / "scan"), "settings": settings, "progress": False})
     assert row == {"verdict": "clean", "score": 5.0, "pvs": 0, "seconds": 3.0}
+
+
+def test_the_table_names_attacked_models_whose_backdoor_did_not_take():
+    """A clean verdict on them counts as a miss, though there may be no backdoor to find: the reader must know."""
+    rows = [
+        {"model": "id-0000", "truth": "clean", "kind": "original", "attack": "", "planted": "", "verdict": "clean",
+         "score": 0.5, "pvs": 0, "seconds": 1.0},
+        {"model": "id-0001", "truth": "backdoored", "kind": "attack", "attack": "por", "planted": "false",
+         "verdict": "clean", "score": 0.7, "pvs": 0, "seconds": 1.0},
+    ]  # fmt: skip
+    text = markdown_table(rows, zoo_metrics(rows))
+    assert "| id-0001 | backdoored | attack | por | false | clean |" in text
+    assert "Backdoor not planted when the zoo was built (its own check, `planted` false): id-0001." in text

@@ -26,7 +26,7 @@ from lmshield.zoo.spec import text_source_of
 
 RESULTS_DIR = "scans"
 SETTINGS_JSON = "scan_settings.json"
-TABLE_FIELDS = ("model", "truth", "kind", "attack", "verdict", "score", "pvs", "seconds")
+TABLE_FIELDS = ("model", "truth", "kind", "attack", "planted", "verdict", "score", "pvs", "seconds")
 
 
 @dataclass
@@ -180,7 +180,14 @@ def scan_zoo(
         scan_model, tasks, executor=executor, address=address, num_cpus=num_cpus, progress=progress, desc="scanning zoo"
     )
     rows = [
-        {"model": meta["model_id"], "truth": meta["truth"], "kind": meta["kind"], "attack": meta["attack"], **result}
+        {
+            "model": meta["model_id"],
+            "truth": meta["truth"],
+            "kind": meta["kind"],
+            "attack": meta["attack"],
+            "planted": meta.get("planted") or "",  # the build's own check; empty: not an attack, or not verified
+            **result,
+        }
         for meta, result in zip(metadata, found, strict=True)
     ]
     metrics = zoo_metrics(rows)
@@ -216,8 +223,22 @@ def markdown_table(rows: list[dict[str, Any]], metrics: DetectionMetrics) -> str
         f"| ROC-AUC (score) | {fmt(metrics.roc_auc)} |",
         f"| time per model, median | {metrics.median_seconds:.1f} s |",
         f"| time per model, max | {metrics.max_seconds:.1f} s |",
+        *_not_planted_note(rows),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _not_planted_note(rows: list[dict[str, Any]]) -> list[str]:
+    """The backdoored models whose attack did not take when the zoo was built: a clean verdict on one counts as a
+    miss in the metrics, though there may be no backdoor to find."""
+    failed = [row["model"] for row in rows if row.get("planted") == "false"]
+    if not failed:
+        return []
+    return [
+        "",
+        f"Backdoor not planted when the zoo was built (its own check, `planted` false): {', '.join(failed)}. A clean "
+        "verdict on such a model counts as a miss in FNR and accuracy above, though it may hold no working backdoor.",
+    ]
 
 
 def _read_settings(path: Path) -> Any:
