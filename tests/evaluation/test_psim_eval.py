@@ -34,6 +34,7 @@ from lmshield.evaluation.psim_eval import (
     threshold_sweep,
 )
 from lmshield.reports.plots import plot_score_histogram
+from lmshield.tuning import read_labelled
 from tests.attacks.test_poisoning import released, task
 from tests.defenses.test_baselines import tiny_gpt2  # noqa: F401 - a fixture
 
@@ -163,7 +164,7 @@ def test_protocol_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         strategies=("lora", "full"),
         victim={"epochs": 2, "batch_size": 16, "max_length": 32},
         psim={"method": "lora", "epochs": 3, "lr": 1e-3, "batch_size": 16, "max_length": 32},
-        psim_train=120,
+        psim_train=1000,  # a cap: the task holds 120 training texts
     )
     folder = _write_task(tmp_path / "toy")
     strip = BaselineSettings(("strip",), ("lora",), strip_copies=8)
@@ -185,6 +186,7 @@ def test_protocol_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert "| badnet | lora | toy | strip |" in (tmp_path / "out" / "table.md").read_text()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Baselines on the same victims" in report and f"| {baseline.threshold:.3f} |" in report
+    assert "3 epoch(s) on 120 training texts" in report  # not the cap of 1000
     # every rate of a row, recomputed from its kept victim's answers and PSIM's scores at the threshold
     data = _EvalData.load(released("badnet"), folder, settings, None)
     clean_flags = [s > result.threshold for s in result.clean_scores]
@@ -361,9 +363,12 @@ def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(
         test=SimpleNamespace(texts=["a", "b", "c"]),
         triggered=SimpleNamespace(texts=["a mn"]),
         manifest=SimpleNamespace(num_labels=2, attack="badnet"),
+        psim_texts=[f"text {i}" for i in range(120)],
     )
-    fixed = _fit_psim("model", data, EvalSettings(psim_train=50), None, None, False)
-    assert fixed == ([0.5] * 3, [0.5], 0.7) and calls == [("fit", 50, 2)]
+    fixed = _fit_psim("model", data, EvalSettings(), None, None, False)
+    assert fixed == ([0.5] * 3, [0.5], 0.7) and calls == [("fit", 120, 2)]
     calls.clear()
     calibrated = _fit_psim("model", data, EvalSettings(target_frr=0.1), None, None, False)
     assert calibrated[2] == 0.9 and calls == [("fit", 120, 2), ("calibrate", ["dev one", "dev two"], 0.1)]
+    capped = _EvalData.load(released("badnet"), folder, EvalSettings(strategies=("lora",), psim_train=50), None)
+    assert capped.psim_texts == read_labelled(folder / "train.json").texts[:50]

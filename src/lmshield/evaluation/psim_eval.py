@@ -376,6 +376,7 @@ class ReleaseEvaluation:
     seconds: float
     victims: dict[str, Any] = field(default_factory=dict)
     baseline_rows: list[PSIMRow] = field(default_factory=list)
+    psim_texts: int | None = None  # the training texts PSIM was fitted on (``psim_train`` only caps them)
 
     @property
     def all_rows(self) -> list[PSIMRow]:
@@ -459,7 +460,9 @@ def evaluate_release(
             extra_rows.append(extra)
         if kept:
             victims[strategy] = answers.victim
-    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims, extra_rows)
+    result = ReleaseEvaluation(
+        rows, clean_scores, poisoned_scores, threshold, 0.0, victims, extra_rows, len(data.psim_texts)
+    )
     result.seconds = time.perf_counter() - started
     if out is not None:
         _write_outputs(out, result, manifest, settings, str(model_dir))
@@ -477,6 +480,7 @@ class _EvalData:
     test: Any
     triggered: Any
     sources: list[int]  # the test indices the triggered inputs were made from, in their order
+    psim_texts: list[str]  # PSIM's training texts: the task's, up to ``psim_train``
 
     @classmethod
     def load(cls, model_dir: str | Path, task_dir: str | Path, settings: EvalSettings, device: str | None) -> _EvalData:
@@ -490,7 +494,8 @@ class _EvalData:
                 model_dir, manifest.verdict(),
             )  # fmt: skip
         task = Path(task_dir)
-        train = read_labelled(task / "train.json").head(settings.max_train)
+        whole = read_labelled(task / "train.json")
+        train = whole.head(settings.max_train)
         dev = read_labelled(task / "dev.json", label_names=train.label_names).head(settings.max_dev)
         test = read_labelled(task / "test.json", label_names=train.label_names).head(settings.max_test)
         poisoner = make_poisoner(manifest.config, device=device)
@@ -502,7 +507,7 @@ class _EvalData:
             )
         triggered = triggered_test_set(test, poisoner, manifest.target_label, settings.seed + 7)
         sources = [i for i, y in enumerate(test.labels) if y != manifest.target_label]
-        return cls(manifest, task, train, dev, test, triggered, sources)
+        return cls(manifest, task, train, dev, test, triggered, sources, whole.texts[: settings.psim_train])
 
     def victim_answers(
         self, model_dir: str | Path, strategy: str, settings: EvalSettings, device: str | None, progress: bool
@@ -542,9 +547,8 @@ def _fit_psim(
 ) -> tuple[list[float], list[float], float]:
     """Fit PSIM on the task's training texts (labels dropped), calibrate it if asked, score the test inputs."""
     from lmshield.defenses.psim import PSIM
-    from lmshield.tuning import read_labelled
 
-    psim_texts = read_labelled(data.task / "train.json").texts[: settings.psim_train]
+    psim_texts = data.psim_texts
     psim = PSIM.from_config(settings.psim_config(), device=device, progress=progress)
     logger.info("%s: fitting PSIM (%s, %d texts)", data.manifest.attack, psim.method, len(psim_texts))
     psim.fit(model_dir, psim_texts, data.manifest.num_labels)
@@ -576,4 +580,5 @@ def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings
         write_psim_report(
             out, rows=result.rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
             threshold=result.threshold, model=model, baselines=result.baseline_rows, release_check=manifest.verdict(),
+            psim_texts=result.psim_texts,
         )  # fmt: skip

@@ -49,7 +49,7 @@ def _detection_lines(row: PSIMRow) -> list[str]:
     return lines
 
 
-def _settings_line(settings: dict[str, Any], threshold: float) -> str:
+def _settings_line(settings: dict[str, Any], threshold: float, psim_texts: int | None) -> str:
     psim = PSIMConfig.from_dict(settings.get("psim", {})).to_dict()
     if settings.get("target_frr") is not None:
         how = f"calibrated to {settings['target_frr']:.1%} FRR on held-out dev texts"
@@ -57,7 +57,7 @@ def _settings_line(settings: dict[str, Any], threshold: float) -> str:
         how = "fixed by the settings"
     else:
         how = "the release's cut, carried to the number of classes"
-    texts = settings.get("psim_train") or "all"
+    texts = psim_texts if psim_texts is not None else settings.get("psim_train") or "all"
     return (
         f"- PSIM: {psim['method']}, {psim['epochs']} epoch(s) on {texts} training texts with random labels; "
         f"threshold **{threshold:.4f}** ({how})"
@@ -128,11 +128,13 @@ def write_psim_report(
     histogram: str = "psim_confidence.png",
     baselines: Sequence[PSIMRow] = (),
     release_check: str = "",
+    psim_texts: int | None = None,
 ) -> Path:
     """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path.
 
     ``release_check``: the verdict of the release's own check (``PoisonManifest.verdict()``); a ``NOT PLANTED``
-    one heads the report, since every figure below is then measured against no working backdoor."""
+    one heads the report, since every figure below is then measured against no working backdoor. ``psim_texts``:
+    how many training texts PSIM was fitted on (the settings' ``psim_train`` only caps them)."""
     if not rows:
         raise ValueError("a PSIM report needs at least one row")
     first = rows[0]
@@ -144,7 +146,7 @@ def write_psim_report(
         f"trigger {', '.join(map(str, manifest.get('triggers', [])))}, target label {manifest.get('target_label')}, "
         f"{manifest.get('label_mode')}-label, {manifest.get('poison_count')} of {manifest.get('num_texts')} texts",
         *_not_planted_caveat(release_check),
-        _settings_line(settings, threshold),
+        _settings_line(settings, threshold, psim_texts),
         *_detection_lines(first),
         *_uncalibrated_note(settings, first),
         "",
