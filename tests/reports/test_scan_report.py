@@ -87,3 +87,20 @@ def test_a_clean_verdict_whose_score_reached_the_threshold_says_why(tmp_path: Pa
                           "check (see the seed table)")  # fmt: skip
     below = write_scan_report(replace(result, score=2.0), tmp_path / "below").read_text()
     assert "failed the collapse" not in below
+
+
+def test_hints_show_words_without_the_tokenizers_word_start_markers(tmp_path: Path) -> None:
+    """RoBERTa's byte-level BPE and sentencepiece mark a word's first piece (``Ġmn``, ``▁mn``): a reader
+    looking for the trigger word reads ``mn``; WordPiece's ``##`` continuations keep their mark."""
+    trace = SeedTrace(0, "accepted", "", 1, 1, [5.0], [1.0], pv_index=0)
+    tokens = [[["\u0120mn", "\u0120cf"], ["\u2581tq", "x"], ["##lais", "la"]]]
+    model = {"source": "m", "model_type": "roberta", "fingerprint": "f", "hidden_size": 8, "embedding_size": 8}
+    result = ScanResult(
+        verdict="backdoored", score=5.0, pvs=torch.ones(1, 8), triggers=torch.zeros(1, 3, 8), nearest_tokens=tokens,
+        trace=[trace], config=SanitizerConfig(), model=model, position="cls", text_source="given", spread=1.0,
+    )  # fmt: skip
+    assert result.trigger_hint(0) == "mn tq ##lais"
+    assert (
+        "tokens the trigger vectors moved toward: mn/cf, tq/x, ##lais/la"
+        in write_scan_report(result, tmp_path).read_text()
+    )

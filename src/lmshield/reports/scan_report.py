@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmshield.defenses.sanitizer.result import ScanResult
+from lmshield.defenses.sanitizer.result import ScanResult, readable_token
 from lmshield.reports.plots import plot_pv_signs, plot_seeds
 
 REPORT_FILE = "report.md"
@@ -31,7 +31,7 @@ def _pv_section(result: ScanResult) -> list[str]:
     lines = []
     for index, tokens in enumerate(result.nearest_tokens):
         used = result.trigger_parts(index)
-        hint = ", ".join("/".join(tokens[i][:3]) for i in used)
+        hint = ", ".join("/".join(readable_token(t) for t in tokens[i][:3]) for i in used)
         positives = float((result.pvs[index] > 0).float().mean())
         lines.append(
             f"- **PV {index}** ({positives:.0%} positive dimensions); tokens the trigger vectors moved toward: {hint}"

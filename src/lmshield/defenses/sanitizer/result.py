@@ -87,6 +87,16 @@ class SeedTrace:
         return self.collapse[-1] if self.collapse else 0.0
 
 
+WORD_START_MARKERS = ("\u0120", "\u2581")  # byte-level BPE's "Ġ" (RoBERTa, GPT-2) and sentencepiece's "▁"
+
+
+def readable_token(token: str) -> str:
+    """A vocabulary token as a reader knows the word: without the marker that byte-level BPE and sentencepiece
+    put before a word's first piece (``Ġmn``, ``▁mn`` read ``mn``; WordPiece's ``##`` continuations stay)."""
+    stripped = token.lstrip("".join(WORD_START_MARKERS))
+    return stripped or token
+
+
 @dataclass
 class ScanResult:
     """Verdict, continuous score and evidence (PVs, soft triggers, nearest tokens, per-seed trace)."""
@@ -128,7 +138,7 @@ class ScanResult:
 
     def trigger_hint(self, index: int) -> str:
         """The vocabulary token nearest each vector of PV ``index``'s trigger (only its sub-trigger's vectors)."""
-        hint = " ".join(self.nearest_tokens[index][i][0] for i in self.trigger_parts(index))
+        hint = " ".join(readable_token(self.nearest_tokens[index][i][0]) for i in self.trigger_parts(index))
         return f"{hint} (sub-trigger)" if self.is_sub_trigger(index) else hint
 
     @property
