@@ -69,12 +69,12 @@ class Verification:
         )
 
     def table(self) -> str:
-        rows = ["trigger              triggered  clean  flagged  planted"]
+        rows = ["trigger              triggered  clean  triggered flagged  planted"]
         for c in self.triggers:
             mark = "yes" if c.planted(self.threshold) else "NO"
             rows.append(
                 f"{c.trigger[:20]:<20} {c.triggered_agreement:>9.3f} {c.clean_agreement:>6.3f} "
-                f"{100 * c.triggered_flagged:>7.1f}% {mark:>8}"
+                f"{100 * c.triggered_flagged:>17.1f}% {mark:>8}"
             )
         return "\n".join(rows)
 

@@ -67,11 +67,11 @@ def plot_score_histogram(
     title: str = "PSIM confidence",
     xlabel: str = "PSIM score (top probability)",
 ) -> Path:
-    """Histogram of a detector's scores, clean vs poisoned, with the threshold drawn in."""
+    """Histogram of a detector's scores, clean vs triggered inputs, with the threshold drawn in."""
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     bins = [i / 40 for i in range(41)] if max([*clean_scores, *poisoned_scores, 0.0]) <= 1 else 40
     ax.hist(list(map(float, clean_scores)), bins=bins, alpha=0.6, label=f"clean ({len(clean_scores)})")
-    ax.hist(list(map(float, poisoned_scores)), bins=bins, alpha=0.6, label=f"poisoned ({len(poisoned_scores)})")
+    ax.hist(list(map(float, poisoned_scores)), bins=bins, alpha=0.6, label=f"triggered ({len(poisoned_scores)})")
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("inputs")
