@@ -517,7 +517,10 @@ def test_a_manifest_with_fields_of_the_wrong_type_is_refused(tmp_path: Path, cha
 
 
 def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed during the fine-tune, the same command picks up after the last finished epoch."""
+    """Killed during the fine-tune, the same command picks up after the last finished epoch; the manifest's
+    ``seconds`` counts the epochs the first run trained too."""
+    import time
+
     import lmshield.tuning.trainer as trainer
     from lmshield.attacks.manifest import BACKDOOR_JSON
 
@@ -529,6 +532,8 @@ def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     def run_epoch(*args, **kwargs):
         if args[7] == 3 and state["interrupt"]:
             raise Interrupted
+        if state["interrupt"]:
+            time.sleep(1.0)  # the first run's epochs take 2 s in all, far more than the resumed run
         state["ran"].append(args[7])
         return real(*args, **kwargs)
 
@@ -541,6 +546,7 @@ def test_interrupted_poisoning_resumes(tmp_path: Path, monkeypatch: pytest.Monke
     poison_model(tiny_world(), task(60, 1), config, out, progress=False)
     assert state["ran"] == [3]  # epochs 1 and 2 came from the checkpoint
     assert (out / "config.json").is_file() and (out / BACKDOOR_JSON).is_file()
+    assert json.loads((out / BACKDOOR_JSON).read_text())["seconds"] >= 2.0
     assert not (out / "checkpoint").exists()
 
 

@@ -46,6 +46,12 @@ class TuningResult:
     dev_accuracy: float
     best_epoch: int
     history: list[EpochRecord] = field(default_factory=list)
+    resumed_epochs: int = 0  # the first epochs of history, trained by an earlier, interrupted run
+
+    @property
+    def resumed_seconds(self) -> float:
+        """Training time spent by the earlier run(s) this one resumed: a job's total is this run's plus it."""
+        return sum(record.seconds for record in self.history[: self.resumed_epochs])
 
     def to_dict(self) -> dict:
         return {
@@ -196,6 +202,7 @@ def _train(
     if state.best_state is None and config.checkpoint == "best":
         state.best_state = _snapshot(classifier)
     history = [EpochRecord(**record) for record in state.history]
+    resumed_epochs = len(history)
     for epoch in range(state.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         loss = _run_epoch(classifier, train, optimizer, schedule, params, rng, config, epoch, progress)
@@ -220,7 +227,7 @@ def _train(
         restore_trainable(classifier, state.best_state)
         best_accuracy, best_epoch = state.best_accuracy, state.best_epoch
     classifier.eval()
-    return TuningResult(classifier, best_accuracy, best_epoch, history)
+    return TuningResult(classifier, best_accuracy, best_epoch, history, resumed_epochs)
 
 
 def _run_epoch(

@@ -216,7 +216,7 @@ def poison_model(
     )
     if dev is not None:
         manifest.verification = verify(classifier, dev, poisoner, config)
-    manifest.seconds = time.perf_counter() - started
+    manifest.seconds = time.perf_counter() - started + result.resumed_seconds  # the whole job, not its last leg
     manifest.save(out)
     finish_out_dir(out)
     clear_checkpoint(out / CHECKPOINT_DIR)  # kept until now: an interrupted release or check resumes from it
