@@ -209,3 +209,13 @@ def test_records_with_an_empty_text_are_left_out_with_a_warning(tmp_path: Path, 
     with caplog.at_level("WARNING"):
         assert read_texts(file) == ["one", "three"]
     assert "1 of 3 records have an empty 'sentence' and are left out" in caplog.text
+
+
+def test_a_line_is_split_at_line_feeds_only(tmp_path: Path):
+    separators = "one\u2028two", "three\x85four", "five\x0csix"  # line separator, NEL, form feed: inside a text
+    plain = tmp_path / "texts.txt"
+    plain.write_text("\n".join(separators) + "\r\nlast\n", encoding="utf-8")
+    assert read_texts(plain) == [*separators, "last"]
+    records = tmp_path / "texts.jsonl"
+    records.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in separators), encoding="utf-8")
+    assert read_texts(records) == list(separators)  # json.dumps writes them raw with ensure_ascii=False

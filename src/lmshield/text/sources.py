@@ -91,7 +91,7 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     if file.suffix.lower() in RECORD_SUFFIXES or field is not None:
         return _texts_from_records(file, field)
     try:
-        lines = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines()]
+        lines = [line.strip() for line in text_lines(file.read_text(encoding="utf-8-sig"))]
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text") from exc
     lines = [line for line in lines if line]
@@ -100,6 +100,12 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     if _is_json_object(lines[0]):  # JSON Lines without the suffix (a text may well open with "[" or "{")
         return _texts_from_records(file, field)
     return lines
+
+
+def text_lines(content: str) -> list[str]:
+    """``content`` split at line feeds only (reading has turned CRLF and CR into them): ``str.splitlines`` also
+    splits at U+2028, NEL, form feeds and other separators a text or a JSON string may hold."""
+    return content.split("\n")
 
 
 def _is_json_object(line: str) -> bool:
@@ -137,7 +143,7 @@ def read_records(path: str | Path) -> list[dict]:
     elif content.lstrip().startswith("["):
         records = _json_array(content, path)
     else:
-        lines = enumerate(content.splitlines(), start=1)
+        lines = enumerate(text_lines(content), start=1)
         records = [_json_line(line, path, number) for number, line in lines if line.strip()]
     if not records:
         raise InputError(f"{path}: empty, no records to read")
