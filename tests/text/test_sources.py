@@ -219,3 +219,27 @@ def test_a_line_is_split_at_line_feeds_only(tmp_path: Path):
     records = tmp_path / "texts.jsonl"
     records.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in separators), encoding="utf-8")
     assert read_texts(records) == list(separators)  # json.dumps writes them raw with ensure_ascii=False
+
+
+def test_a_quoted_csv_text_keeps_its_line_breaks(tmp_path: Path):
+    path = tmp_path / "reviews.csv"
+    path.write_text('text,label\n"first line\nsecond line",1\nshort,0\n')
+    assert read_texts(path) == ["first line\nsecond line", "short"]  # the two lines were glued: "linesecond"
+    assert read_labelled(path).labels == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.csv", "text,label\nfine,0\nhello, world,1\n", r"a\.csv:3: 3 fields where the header names 2"),
+        ("b.tsv", "text\tlabel\nfine\t0\nhello\tworld\t1\n", r"b\.tsv:3: 3 fields .* holds a tab"),
+        ("c.tsv", 'text\tlabel\nfine\t0\n"wow what a film\t1\nbad\t0\n', r"c\.tsv:3: a quote opened here is never"),
+    ],
+)
+def test_a_row_that_does_not_fit_the_header_is_refused(tmp_path: Path, name: str, content: str, message: str):
+    path = tmp_path / name
+    path.write_text(content)  # the text was cut at the comma and "world" became a label, or rows were merged
+    with pytest.raises(InputError, match=message):
+        read_texts(path)
+    with pytest.raises(InputError, match=message):
+        read_labelled(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import logging
@@ -135,11 +136,7 @@ def read_records(path: str | Path) -> list[dict]:
         raise InputError(f"{path}: not UTF-8 text") from exc
     suffix = file.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        rows = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        try:
-            records = [dict(row) for row in rows]
-        except csv.Error as exc:
-            raise InputError(f"{path}: not readable as {suffix[1:].upper()} ({exc})") from exc
+        records = _table_records(content, path, "\t" if suffix == ".tsv" else ",")
     elif content.lstrip().startswith("["):
         records = _json_array(content, path)
     else:
@@ -148,6 +145,50 @@ def read_records(path: str | Path) -> list[dict]:
     if not records:
         raise InputError(f"{path}: empty, no records to read")
     return records
+
+
+def _table_records(content: str, path: str | Path, delimiter: str) -> list[dict]:
+    """The rows of a CSV (or TSV) file as records; a quoted text keeps its line breaks. A row with more fields
+    than the header names (an unquoted comma in a text) is refused, as is a quote that is never closed."""
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    records: list[dict] = []
+    try:
+        start = last_start = reader.line_num + 1 if reader.fieldnames is not None else 1
+        for row in reader:
+            _refuse_extra_fields(row, reader, path, delimiter)
+            records.append(dict(row))
+            last_start, start = start, reader.line_num + 1
+    except csv.Error as exc:
+        raise InputError(f"{path}: not readable as {'TSV' if delimiter == chr(9) else 'CSV'} ({exc})") from exc
+    if (
+        records
+        and any("\n" in str(value) for value in records[-1].values())
+        and _open_quote(content, last_start, delimiter)
+    ):
+        raise InputError(
+            f"{path}:{last_start}: a quote opened here is never closed; the rest of the file reads as one field"
+        )
+    return records
+
+
+def _refuse_extra_fields(row: dict, reader: csv.DictReader, path: str | Path, delimiter: str) -> None:
+    """Refuse a row with fields the header has no name for (DictReader's rest key ``None``)."""
+    if None in row:
+        width = len(reader.fieldnames or ())
+        raise InputError(
+            f"{path}:{reader.line_num}: {width + len(row[None])} fields where the header names {width}; "
+            f"quote a text that holds a {'tab' if delimiter == chr(9) else 'comma'}"
+        )
+
+
+def _open_quote(content: str, line: int, delimiter: str) -> bool:
+    """Whether the record that starts at ``line`` (1-based) runs to the end of ``content`` inside a quote."""
+    tail = "\n".join(text_lines(content)[line - 1 :])
+    try:
+        list(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def _json_array(content: str, path: str | Path) -> list[dict]:
