@@ -158,3 +158,22 @@ def test_split_holds_out_a_seeded_disjoint_share() -> None:
     assert [len(part) for part in data.split(0.001)] == [39, 1]  # at least one example is held out
     with pytest.raises(InputError, match="at least 2 examples"):
         data.take([0]).split(0.5)
+
+
+def test_one_class_in_several_spellings_is_one_label(tmp_path: Path) -> None:
+    labels = [1, 1.0, "1.0", "01", 0, "0"]  # 1 and 1.0 were two classes, "1" and "1.0"
+    path = _jsonl(tmp_path / "mixed.jsonl", [{"sentence": f"t{i}", "label": y} for i, y in enumerate(labels)])
+    data = read_labelled(path)
+    assert data.label_names == ["0", "1"] and data.labels == [1, 1, 1, 1, 0, 0]
+    dev = _jsonl(tmp_path / "dev.jsonl", [{"sentence": "d", "label": 1.0}])
+    assert read_labelled(dev, label_names=data.label_names).labels == [1]
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [(0.5, "label 0.5; labels name classes"), (float("nan"), "label nan"), ([1], "holds a list where a label")],
+)
+def test_a_label_that_names_no_class_is_refused(tmp_path: Path, label: object, message: str) -> None:
+    path = _jsonl(tmp_path / "bad.jsonl", [{"sentence": "a", "label": 0}, {"sentence": "b", "label": label}])
+    with pytest.raises(InputError, match=f"record 2 .*{re.escape(message)}"):  # they became classes "0.5", "nan", "[1]"
+        read_labelled(path)

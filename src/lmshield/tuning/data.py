@@ -103,13 +103,24 @@ def read_labelled(
         if record.get(key) is None or record.get(label_field) in (None, ""):
             raise InputError(f"{source}: record {number} lacks {key!r} or {label_field!r}")
         texts.append(text_value(record[key], source, number))
-        raw.append(record[label_field])
+        raw.append(label_text(record[label_field], source, number))
     names, labels = _index_labels(raw, label_names, str(source))
     return LabelledData(texts, labels, names)
 
 
-def _index_labels(raw: list[Any], names: list[str] | None, source: str) -> tuple[list[str], list[int]]:
-    as_text = [str(label).strip() for label in raw]
+def label_text(value: Any, source: str | Path, number: int) -> str:
+    """A record's label as the text it is known by: a whole number in any spelling (1, 1.0, "1.0", "01") as
+    ``"1"``, so that one class is not read as two; a fraction, NaN or an object is refused."""
+    if isinstance(value, dict | list):
+        raise InputError(f"{source}: record {number} holds a {type(value).__name__} where a label should be")
+    if isinstance(value, float) and not value.is_integer():
+        raise InputError(f"{source}: record {number} has label {value}; labels name classes, not scores")
+    text = str(value).strip()
+    whole = re.fullmatch(r"(-?[0-9]+)(\.0*)?", text)
+    return str(int(whole[1])) if whole else text
+
+
+def _index_labels(as_text: list[str], names: list[str] | None, source: str) -> tuple[list[str], list[int]]:
     if names is None:
         if all(_is_int(label) for label in as_text):
             top = max(int(label) for label in as_text)
