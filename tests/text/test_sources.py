@@ -243,3 +243,14 @@ def test_a_row_that_does_not_fit_the_header_is_refused(tmp_path: Path, name: str
         read_texts(path)
     with pytest.raises(InputError, match=message):
         read_labelled(path)
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("fine\r\nalso fine\ncaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.txt:3: not UTF-8 text \(byte 0xe9\)"):
+        read_texts(path)
+    records = tmp_path / "latin1.jsonl"
+    records.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"latin1\.jsonl:2: not UTF-8"):
+        read_labelled(records)

@@ -91,16 +91,26 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
     file = require_file(path)
     if file.suffix.lower() in RECORD_SUFFIXES or field is not None:
         return _texts_from_records(file, field)
-    try:
-        lines = [line.strip() for line in text_lines(file.read_text(encoding="utf-8-sig"))]
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text") from exc
-    lines = [line for line in lines if line]
+    every = [line.strip() for line in text_lines(read_utf8(file))]
+    lines = [line for line in every if line]
     if not lines:
         raise InputError(f"{path}: empty, no texts to read")
     if _is_json_object(lines[0]):  # JSON Lines without the suffix (a text may well open with "[" or "{")
         return _texts_from_records(file, field)
     return lines
+
+
+def read_utf8(file: Path) -> str:
+    """The text of ``file`` (UTF-8, a byte-order mark dropped); :class:`InputError` names the line of a byte that
+    is not UTF-8 (a Latin-1 or Windows-1252 file, say)."""
+    try:  # the whole file at once: a text-mode read decodes in chunks, whose offsets name no line
+        text = file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{file}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save it as UTF-8"
+        ) from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # the line ends a text-mode read gives
 
 
 def text_lines(content: str) -> list[str]:
@@ -130,10 +140,7 @@ def find_text_field(columns: list[str], given: str | None, where: str | Path) ->
 def read_records(path: str | Path) -> list[dict]:
     """Read records from JSON Lines, a JSON array of objects, or CSV/TSV, with a clear error on bad input."""
     file = require_file(path)
-    try:
-        content = file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text") from exc
+    content = read_utf8(file)
     suffix = file.suffix.lower()
     if suffix in (".csv", ".tsv"):
         records = _table_records(content, path, "\t" if suffix == ".tsv" else ",")
