@@ -254,3 +254,16 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path):
     records.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(InputError, match=r"latin1\.jsonl:2: not UTF-8"):
         read_labelled(records)
+
+
+def test_blank_lines_among_texts_are_left_out_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "texts.txt"
+    path.write_text("one\n\n   \ntwo\n\n\n")
+    with caplog.at_level("WARNING"):
+        assert read_texts(path) == ["one", "two"]
+    assert "2 blank line(s) among the 2 texts are left out" in caplog.text
+    caplog.clear()
+    path.write_text("one\ntwo\n\n")  # blank lines at the end hide no text
+    with caplog.at_level("WARNING"):
+        read_texts(path)
+    assert "blank" not in caplog.text

@@ -97,7 +97,17 @@ def read_texts(path: str | Path, field: str | None = None) -> list[str]:
         raise InputError(f"{path}: empty, no texts to read")
     if _is_json_object(lines[0]):  # JSON Lines without the suffix (a text may well open with "[" or "{")
         return _texts_from_records(file, field)
+    _say_blank_lines(every, file)
     return lines
+
+
+def _say_blank_lines(lines: list[str], file: Path) -> None:
+    """Warn that the blank lines among the texts are left out (the outputs then number fewer lines than the file)."""
+    while lines and not lines[-1]:  # the blank lines a file ends with are no texts to miss
+        lines = lines[:-1]
+    blank = lines.count("")
+    if blank:
+        logger.warning("%s: %d blank line(s) among the %d texts are left out", file, blank, len(lines) - blank)
 
 
 def read_utf8(file: Path) -> str:
