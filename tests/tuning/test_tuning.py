@@ -16,7 +16,16 @@ from transformers import AutoModelForSequenceClassification
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.models import Encoder
 from lmshield.testing import TINY_ARCHITECTURES, tiny_config, tiny_encoder, tiny_tokenizer
-from lmshield.tuning import METHODS, TunedClassifier, TuningConfig, TuningMethod, get_method, register_method, tune
+from lmshield.tuning import (
+    METHODS,
+    LabelledData,
+    TunedClassifier,
+    TuningConfig,
+    TuningMethod,
+    get_method,
+    register_method,
+    tune,
+)
 from lmshield.tuning.heads import ReleasedHead
 from lmshield.tuning.methods import PEFT_LR
 from tests.tuning.helpers import tiny_task
@@ -117,6 +126,14 @@ def test_a_dev_split_that_leaves_one_label_is_blamed_on_the_data_size(tmp_path: 
     one = two.take([0, 0, 0])
     with pytest.raises(InputError, match="the training data holds a single label"):
         tune(tmp_path / "no-model", one, progress=False)
+
+
+def test_labels_without_a_training_example_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tiny_task(30, 1, classes=2)
+    shifted = LabelledData(data.texts, [label + 1 for label in data.labels], ["0", "1", "2"])  # a file labelled 1, 2
+    with caplog.at_level("WARNING"), pytest.raises(ModelLoadError):
+        tune(tmp_path / "no-model", shifted, progress=False)
+    assert "1 of the 3 labels have no training example (0)" in caplog.text
 
 
 def test_nan_outputs_are_refused_not_passed_on(trained_bert: Encoder) -> None:

@@ -97,6 +97,7 @@ def tune(
     if not isinstance(config, TuningConfig):
         raise InputError(f"config must be a TuningConfig, got {type(config).__name__}")
     _check_labelled(train, "train")
+    _warn_of_unlearnt_labels(train)
     if dev is None:
         _check_labels(train)  # before the split: a single label is the data's fault, not the split's
         whole = len(train)
@@ -172,6 +173,19 @@ def _check_labels(train: LabelledData) -> None:
         raise InputError("training data must be non-empty")
     if len(set(train.labels)) < 2:
         raise InputError("the training data holds a single label; a classifier needs at least two")
+
+
+def _warn_of_unlearnt_labels(train: LabelledData) -> None:
+    """Name the labels no training example carries: the classifier never learns to answer them (integer labels
+    are class indices, so a file labelled 1 and 2 has three classes, and class 0 none of its examples)."""
+    seen = set(train.labels)
+    missing = [name for index, name in enumerate(train.label_names) if index not in seen]
+    if train.labels and missing:
+        logger.warning(
+            "%d of the %d labels have no training example (%s): the classifier never learns them; "
+            "integer labels are class indices, counted from 0",
+            len(missing), train.num_labels, ", ".join(missing[:5]),
+        )  # fmt: skip
 
 
 def _check_data(train: LabelledData, dev: LabelledData) -> None:
