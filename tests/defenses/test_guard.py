@@ -221,6 +221,17 @@ def test_purge_is_greedy_for_multi_word_triggers() -> None:
     assert purge([""], _fake_evaluate([]))[0].cleaned is False
 
 
+def test_purge_tries_only_the_words_the_model_reads() -> None:
+    text = "one aa two " + " ".join(f"w{i}" for i in range(5000))  # a long text: a forward pass per word
+    assert [word for word, _ in word_deletions(text, reach=7)] == ["one", "aa"]  # "two" starts at 7
+    reach = lambda texts: [7] * len(texts)  # noqa: E731 - the model reads 7 characters
+    for strategy in (purge, sequential_purge):
+        log: list[int] = []
+        [outcome] = strategy([text], _fake_evaluate(log), 1, reach)
+        assert outcome.cleaned and outcome.removed == ("aa",) and outcome.text.startswith("one two w0 w1")
+        assert sum(log) <= 2  # it tried 5,003 deletions, 5,001 of them of words beyond the model's reach
+
+
 def test_sequential_purge_costs_one_forward_per_word_up_to_the_trigger() -> None:
     log: list[int] = []
     outcomes = sequential_purge(["one two bb three", "aa bb"], _fake_evaluate(log))

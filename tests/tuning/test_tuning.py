@@ -295,6 +295,15 @@ def test_the_peft_modules_follow_the_settings(trained_bert: Encoder) -> None:
     assert [name for name in ALL_METHODS if get_method(name).changes_encoder] == ["lora", "full"]
 
 
+@pytest.mark.parametrize("head", ["cls", "mask"])
+def test_read_lengths_say_where_truncation_cuts_a_text(trained_bert: Encoder, head: str) -> None:
+    classifier = TunedClassifier.build(trained_bert, fast("lora", head, max_length=16), ["a", "b"])
+    long_text, short = " ".join(["the happy city was warm"] * 20), "the city"
+    reach, whole = classifier.read_lengths([long_text, short])
+    assert whole == len(short) and 0 < reach < len(long_text)
+    assert torch.equal(classifier.encode([long_text])["input_ids"], classifier.encode([long_text[:reach]])["input_ids"])
+
+
 def test_long_inputs_fit_beside_the_virtual_tokens_and_keep_the_mask(trained_bert: Encoder) -> None:
     positions = trained_bert.model.config.max_position_embeddings
     long_text = " ".join(["the happy city was warm"] * 60)

@@ -195,16 +195,41 @@ class TunedClassifier(nn.Module):
         if self.config.head != "mask":
             return list(texts)
         mask = self.tokenizer.mask_token
-        overhead = len(self.tokenizer(self.config.template.format(text="", mask=mask))["input_ids"])
-        budget = max(1, self.max_tokens - overhead)
         pieces = self.tokenizer(
-            list(texts), add_special_tokens=False, truncation=True, max_length=budget, return_offsets_mapping=True
+            list(texts),
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self._text_budget(),
+            return_offsets_mapping=True,
         )
         cut = [
             text[: offsets[-1][1]] if offsets else ""
             for text, offsets in zip(texts, pieces["offset_mapping"], strict=True)
         ]
         return [self.config.template.format(text=text, mask=mask) for text in cut]
+
+    def _text_budget(self) -> int:
+        """Tokens left for the text inside the mask template."""
+        overhead = len(
+            self.tokenizer(self.config.template.format(text="", mask=self.tokenizer.mask_token))["input_ids"]
+        )
+        return max(1, self.max_tokens - overhead)
+
+    def read_lengths(self, texts: list[str]) -> list[int]:
+        """How many leading characters of each text the classifier reads; truncation cuts the rest (the whole
+        text where the tokenizer cannot map tokens back to characters)."""
+        texts = list(texts)
+        if not getattr(self.tokenizer, "is_fast", False):
+            return [len(text) for text in texts]
+        mask = self.config.head == "mask"
+        pieces = self.tokenizer(
+            texts,
+            add_special_tokens=not mask,
+            truncation=True,
+            max_length=self._text_budget() if mask else self.max_tokens,
+            return_offsets_mapping=True,
+        )
+        return [max((end for _, end in offsets), default=0) for offsets in pieces["offset_mapping"]]
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenised, right-padded batch on the classifier's device (whatever side the tokenizer pads)."""

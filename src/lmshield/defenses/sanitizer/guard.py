@@ -327,7 +327,7 @@ class Guard:
         outcomes = {}
         if flagged and self.purge:
             purge = PURGE_STRATEGIES[self.purge_strategy]
-            results = purge([texts[i] for i in flagged], self.evaluate, self.max_removed)
+            results = purge([texts[i] for i in flagged], self.evaluate, self.max_removed, self.classifier.read_lengths)
             outcomes = dict(zip(flagged, results, strict=True))
         return [self._prediction(texts[i], logits[i], monitored, i, outcomes.get(i)) for i in range(len(texts))]
 

@@ -9,6 +9,7 @@ kept and the search goes on greedily from it, for multi-word triggers, up to ``m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from lmshield.defenses.sanitizer.monitor import MonitorResult
 
 # evaluate(texts) -> (logits (N, C), monitor result over the same forward pass)
 Evaluate = Callable[[list[str]], tuple[torch.Tensor, MonitorResult]]
+# reach(texts) -> how many leading characters of each text the model reads (truncation cuts the rest)
+Reach = Callable[[list[str]], list[int]]
 
 
 @dataclass(frozen=True)
@@ -32,19 +35,27 @@ class PurgeOutcome:
     candidates: int  # variants evaluated for this input
 
 
-def word_deletions(text: str) -> list[tuple[str, str]]:
+def word_deletions(text: str, reach: int | None = None) -> list[tuple[str, str]]:
     """``(word, text without every occurrence of word)`` for each distinct word, in order of appearance.
 
     A deletion that would leave nothing is no candidate: an input made only of the flagged words is refused,
-    not answered as an empty text.
+    not answered as an empty text. With ``reach``, only words that start within the first ``reach``
+    characters (those the model reads) are candidates: deleting a word it never sees changes nothing, and a
+    long text would otherwise cost a forward pass per distinct word.
     """
     words = text.split()
-    variants = [(word, " ".join(w for w in words if w != word)) for word in dict.fromkeys(words)]
+    seen = words if reach is None else [m.group() for m in re.finditer(r"\S+", text) if m.start() < reach]
+    variants = [(word, " ".join(w for w in words if w != word)) for word in dict.fromkeys(seen)]
     return [(word, variant) for word, variant in variants if variant]
 
 
-def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3) -> list[PurgeOutcome]:
-    """Purge flagged ``texts``: batched single-word deletions, then greedy for multi-word triggers."""
+def _reaches(texts: list[str], reach: Reach | None) -> list[int | None]:
+    return [None] * len(texts) if reach is None else list(reach(texts))
+
+
+def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3, reach: Reach | None = None) -> list[PurgeOutcome]:
+    """Purge flagged ``texts``: batched single-word deletions, then greedy for multi-word triggers; ``reach``
+    limits the candidates to the words the model reads (see :func:`word_deletions`)."""
     current = list(texts)
     removed: list[list[str]] = [[] for _ in texts]
     last: list[tuple[torch.Tensor | None, float]] = [(None, 1.0) for _ in texts]
@@ -52,7 +63,12 @@ def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3) -> list[Pu
     done: dict[int, PurgeOutcome] = {}
     active = list(range(len(texts)))
     for _ in range(max(0, max_removed)):
-        jobs = [(i, word, variant) for i in active for word, variant in word_deletions(current[i])]
+        limits = _reaches([current[i] for i in active], reach)
+        jobs = [
+            (i, word, variant)
+            for i, limit in zip(active, limits, strict=True)
+            for word, variant in word_deletions(current[i], limit)
+        ]
         if not jobs:
             break
         logits, monitored = evaluate([variant for _, _, variant in jobs])
@@ -77,7 +93,9 @@ def purge(texts: list[str], evaluate: Evaluate, max_removed: int = 3) -> list[Pu
     return [done[i] for i in range(len(texts))]
 
 
-def sequential_purge(texts: list[str], evaluate: Evaluate, max_removed: int = 1) -> list[PurgeOutcome]:
+def sequential_purge(
+    texts: list[str], evaluate: Evaluate, max_removed: int = 1, reach: Reach | None = None
+) -> list[PurgeOutcome]:
     """The release's purge, kept as a reference: delete one word at a time from the left, one forward each.
 
     Each variant is the input without every occurrence of one word; the first variant the monitor no
@@ -86,9 +104,9 @@ def sequential_purge(texts: list[str], evaluate: Evaluate, max_removed: int = 1)
     """
     del max_removed
     outcomes = []
-    for text in texts:
+    for text, limit in zip(texts, _reaches(texts, reach), strict=True):
         match, tried = 1.0, 0
-        for tried, (word, variant) in enumerate(word_deletions(text), start=1):
+        for tried, (word, variant) in enumerate(word_deletions(text, limit), start=1):
             logits, monitored = evaluate([variant])
             match = float(monitored.match[0])
             if not bool(monitored.flagged[0]):
@@ -99,7 +117,7 @@ def sequential_purge(texts: list[str], evaluate: Evaluate, max_removed: int = 1)
     return outcomes
 
 
-PURGE_STRATEGIES: dict[str, Callable[[list[str], Evaluate, int], list[PurgeOutcome]]] = {
+PURGE_STRATEGIES: dict[str, Callable[[list[str], Evaluate, int, Reach | None], list[PurgeOutcome]]] = {
     "batched": purge,
     "sequential": sequential_purge,
 }
