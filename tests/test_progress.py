@@ -17,6 +17,7 @@ from lmshield.progress import (
     read_progress,
     refuse_finished,
     refuse_foreign_folder,
+    refuse_links,
     stamp,
     write_progress,
 )
@@ -127,3 +128,20 @@ def test_output_folders_refuse_users_files_and_finished_results(tmp_path: Path) 
 def test_only_a_marker_file_marks_a_finished_result(tmp_path: Path) -> None:
     (tmp_path / "config.json").mkdir()  # a folder of that name holds no finished model
     refuse_finished(tmp_path, "config.json", "model", overwrite=False)
+
+
+def test_output_folders_holding_a_symbolic_link_are_refused(tmp_path: Path) -> None:
+    """A shipped result folder with report.md (or a model folder) linked to the user's files: the job would write
+    through the link, or remove what it points at."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "progress.json").write_text("{}")
+    refuse_foreign_folder(out, "scan", ("progress.json",))
+    (out / "sub" / "report.md").symlink_to(precious)
+    with pytest.raises(InputError, match=r"holds a symbolic link \(sub/report\.md\).*choose a new --results$"):
+        refuse_foreign_folder(out, "scan", ("progress.json",), option="--results")
+    with pytest.raises(InputError, match="symbolic link"):
+        refuse_links(out)
+    assert precious.read_text() == "mine"

@@ -44,6 +44,19 @@ def refuse_foreign_folder(out: Path, what: str, ours: tuple[str, ...], option: s
         raise InputError(
             f"{out} is not empty and holds no {what}: its files could be written over; choose a new {option}"
         )
+    refuse_links(out, option)
+
+
+def refuse_links(out: Path, option: str = "--out") -> None:
+    """Refuse an output folder holding a symbolic link at any depth: lmshield never makes one, and a folder
+    shipped with one (a ``report.md`` or an ``id-0003`` pointing at the user's files) would have a job write
+    through it, or remove what it points at when the job starts a model or a scan over."""
+    link = next((path for path in out.rglob("*") if path.is_symlink()), None) if out.is_dir() else None
+    if link is not None:
+        raise InputError(
+            f"{out} holds a symbolic link ({link.relative_to(out)}) that lmshield would write through; remove it or "
+            f"choose a new {option}"
+        )
 
 
 def refuse_finished(out: Path, marker: str, what: str, overwrite: bool) -> None:

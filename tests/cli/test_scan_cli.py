@@ -148,3 +148,18 @@ def test_the_help_states_each_presets_defaults() -> None:
     assert f"default {seeds['default']}, fast {seeds['fast']}, release {seeds['release']}" in words
     lrs = (SanitizerConfig.preset("default").lr, SanitizerConfig.preset("release").lr)
     assert lrs == (5e-4, 5e-5) and "5e-4, release 5e-5" in words
+
+
+def test_a_shipped_result_folder_with_a_link_is_refused_before_any_write(saved_pair, tmp_path: Path):
+    """scans/<model>/ shipped with progress and report.md linked to a user's file: --fresh (which the refusal of
+    the progress suggests) wrote the report through the link."""
+    clean, _ = saved_pair
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "progress.json").write_text("{}")
+    (out / "report.md").symlink_to(precious)
+    result = _scan(str(clean), "--out", str(out), "--fresh", *TINY_FLAGS)
+    assert result.exit_code == EXIT_ERROR and "symbolic link (report.md)" in said(result), result.output
+    assert precious.read_text() == "mine"

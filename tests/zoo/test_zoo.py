@@ -214,6 +214,21 @@ def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
     assert (tmp_path / "id-0000" / "weights-i-care-about.txt").is_file()
 
 
+def test_build_never_removes_what_a_model_folder_links_to(zoo_base, tmp_path):
+    """A shipped zoo whose unfinished id-0000 linked to a user's folder: the build removed that folder to start
+    the model over, and wrote the model there."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep me")
+    out = tmp_path / "zoo"
+    out.mkdir()
+    (out / "zoo.json").write_text("{}")
+    (out / "id-0000").symlink_to(victim)
+    with pytest.raises(InputError, match=r"symbolic link \(id-0000\)"):
+        build_zoo(parse_spec({"base_model": str(zoo_base), "models": [{"kind": "original"}]}), out, progress=False)
+    assert (victim / "keep.txt").read_text() == "keep me"
+
+
 def test_a_zoo_folder_is_not_resumed_with_another_base_model(tmp_path):
     models = [{"kind": "original"}]
     (tmp_path / "zoo.json").write_text(parse_spec({"base_model": "tiny/one", "models": models}).to_json())

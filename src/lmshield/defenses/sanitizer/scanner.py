@@ -31,6 +31,7 @@ from lmshield.progress import (
     atomic_write,
     content_digest,
     read_progress,
+    refuse_links,
     stamp,
     write_progress,
 )
@@ -196,6 +197,8 @@ def _scan(
 ) -> ScanResult:
     """:func:`scan` of a loaded encoder in eval mode."""
     _check_outside(out_dir, encoder.directory)
+    if out_dir is not None:
+        refuse_links(Path(out_dir))
     _check_same_model(out_dir, encoder.fingerprint)
     if encoder.max_positions is not None and config.max_length > encoder.max_positions:
         raise InputError(
