@@ -205,6 +205,19 @@ def test_build_writes_models_metadata_and_truth(zoo):
     assert modes == dict.fromkeys(["id-0000", "id-0001", "id-0002", "id-0003"], 0o666 & ~umask)  # clean-continue too
 
 
+def test_a_spec_of_nested_aliases_is_refused_before_it_expands(tmp_path):
+    """A billion laughs: nine levels of aliases (9**9 values) took 30 s and 3 GB to end in a MemoryError; seven here
+    (4.8 million values) keep the old code's failure quick."""
+    levels = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"base_model: null\nmodels:\n  - kind: attack\n    triggers: [[{', '.join(levels)}]]\n")
+    with pytest.raises(InputError, match=r"more than 100,000 values once its aliases"):
+        load_spec(spec_file)
+    spec_file.write_text("base_model: null\nmodels:\n  - &one {kind: original}\n  - *one\n")  # aliases still work
+    assert len(load_spec(spec_file).entries) == 2
+
+
 def test_build_never_takes_a_folder_of_other_files_for_a_zoo(zoo, tmp_path):
     spec_file, _ = zoo
     (tmp_path / "id-0000").mkdir()

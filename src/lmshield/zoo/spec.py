@@ -316,4 +316,26 @@ def load_spec(path: str | Path) -> ZooSpec:
         data = yaml.load(file.read_text(encoding="utf-8"), Loader=SpecLoader)  # safe: a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid YAML text ({exc})") from exc
+    if _too_many_values(data):
+        raise InputError(f"{path}: more than {MAX_SPEC_VALUES:,} values once its aliases (*name) are expanded")
     return parse_spec(data, file.resolve().parent)
+
+
+MAX_SPEC_VALUES = 100_000
+
+
+def _too_many_values(data: Any, limit: int = MAX_SPEC_VALUES) -> bool:
+    """Whether ``data`` holds more than ``limit`` values, each alias counted again. A few lines of nested aliases
+    (a "billion laughs") expand to billions of values, which printing a bad value or writing zoo.json would
+    spell out: gigabytes and minutes to fail."""
+    pending, seen = [data], 0
+    while pending:
+        seen += 1
+        if seen > limit:
+            return True
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend([*value.keys(), *value.values()])
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
