@@ -156,6 +156,36 @@ def test_bad_model_directories_fail_with_one_clear_line(
     assert "\n" not in str(info.value)
 
 
+@pytest.fixture(scope="module")
+def tiny_albert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny(tiny_encoder("albert"), tmp_path_factory.mktemp("tiny-albert"))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "edit", "message"),
+    [
+        ("albert", {"num_hidden_groups": 2000}, "asks for 2000 layer groups; the weights hold 1"),
+        ("albert", {"inner_group_num": 2000}, "asks for 2000 layers per group; the weights hold 1"),
+        ("albert", {"num_hidden_layers": 100_000}, "100000 layers of shared weights; lmshield runs at most 128"),
+        ("bert", {"num_hidden_layers": 2000}, "asks for 2000 layers; the weights hold 0"),
+    ],
+)
+def test_configs_asking_for_layers_no_weights_hold_are_refused_before_building(
+    model_type: str, edit: dict, message: str, tiny_bert_dir: Path, tiny_albert_dir: Path, tmp_path: Path
+):
+    """ALBERT's layer names escaped the layer check: 200,000 groups (or layers per group) in config.json took
+    2 minutes and 5 GB to fail, and 100,000 passes through its shared layers hung the scan; a BERT whose
+    weights hold no layers at all was not checked either."""
+    target = shutil.copytree(tiny_albert_dir if model_type == "albert" else tiny_bert_dir, tmp_path / "model")
+    if model_type == "bert":
+        weights = load_file(target / "model.safetensors")
+        save_file({k: v for k, v in weights.items() if ".layer." not in k}, target / "model.safetensors")
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ModelLoadError, match=message):
+        load_encoder(target)
+
+
 def test_supported_list_names_the_required_architectures():
     assert set(TINY_ARCHITECTURES) <= set(supported_model_types())
 

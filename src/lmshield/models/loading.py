@@ -215,19 +215,46 @@ def _tensor_names(file: Path) -> list[str]:
 
 
 LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.3.attention..., model.layers.3...
+ALBERT_GROUP = re.compile(r"(?:^|\.)albert_layer_groups\.(\d+)\.")  # ALBERT's groups of shared layers
+ALBERT_INNER = re.compile(r"(?:^|\.)albert_layers\.(\d+)\.")  # the layers inside each group
+MAX_SHARED_LAYERS = 128  # ALBERT applies its shared layers num_hidden_layers times (released models: 12 or 24)
 
 
 def _check_layer_count(directory: Path, config: PretrainedConfig, weights: list[Path], is_pickle: bool) -> None:
     """Refuse a config that asks for more layers than its weights hold, before building them: a config.json of
-    100,000 layers would otherwise take minutes and gigabytes to fail. (Models whose tensor names carry no
-    layer index, ALBERT's shared layers say, are left to the weight check.)"""
-    wanted = getattr(config, "num_hidden_layers", None)
-    if is_pickle or not isinstance(wanted, int):
+    100,000 layers would otherwise take minutes and gigabytes to fail. A supported architecture's weights name
+    their layers (ALBERT's its groups and the layers inside them); others are checked when their names do."""
+    if is_pickle:
         return
     names = [name for file in weights for name in _tensor_names(file)]
-    indices = {int(match.group(1)) for name in names if (match := LAYER_INDEX.search(name))}
-    if indices and wanted > max(indices) + 1:
-        raise ModelLoadError(f"{directory}/config.json asks for {wanted} layers; the weights hold {max(indices) + 1}")
+    supported = get_architecture(str(config.model_type)) is not None
+    if config.model_type == "albert":
+        _check_held(directory, getattr(config, "num_hidden_groups", None), "layer groups", names, ALBERT_GROUP)
+        _check_held(directory, getattr(config, "inner_group_num", None), "layers per group", names, ALBERT_INNER)
+        _check_shared_layers(directory, getattr(config, "num_hidden_layers", None))
+    else:
+        _check_held(directory, getattr(config, "num_hidden_layers", None), "layers", names, LAYER_INDEX, supported)
+
+
+def _check_held(
+    directory: Path, wanted: object, what: str, names: list[str], pattern: re.Pattern[str], named: bool = True
+) -> None:
+    """Refuse ``wanted`` (a config count) above the indices ``pattern`` finds in the tensor ``names``; when none
+    match, only if the architecture is known to ``named`` them."""
+    indices = {int(match.group(1)) for name in names if (match := pattern.search(name))}
+    held = max(indices) + 1 if indices else 0
+    if isinstance(wanted, int) and wanted > held and (indices or named):
+        raise ModelLoadError(f"{directory}/config.json asks for {wanted} {what}; the weights hold {held}")
+
+
+def _check_shared_layers(directory: Path, wanted: object) -> None:
+    """Refuse more passes through shared layers than any released model makes: the weights cannot bound them,
+    and 100,000 passes hang every forward pass of a scan."""
+    if isinstance(wanted, int) and wanted > MAX_SHARED_LAYERS:
+        raise ModelLoadError(
+            f"{directory}/config.json asks for {wanted} layers of shared weights; lmshield runs at most "
+            f"{MAX_SHARED_LAYERS}"
+        )
 
 
 def _check_finite(directory: Path, model: PreTrainedModel) -> None:
