@@ -186,6 +186,19 @@ def test_configs_asking_for_layers_no_weights_hold_are_refused_before_building(
         load_encoder(target)
 
 
+def test_a_pickle_checkpoint_is_held_to_the_layer_count_too(tiny_bert_dir: Path, tmp_path: Path):
+    """With --allow-pickle the layer check was skipped: 20,000 layers of a tiny BERT took 50 s and 2.3 GB to be
+    refused as missing tensors (a real hidden size: hundreds of gigabytes)."""
+    target = tmp_path / "pickled"
+    shutil.copytree(tiny_bert_dir, target)
+    torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 500}))
+    with pytest.raises(ModelLoadError, match="asks for 500 layers; the weights hold 2"):
+        load_encoder(target, allow_pickle=True)
+
+
 def test_supported_list_names_the_required_architectures():
     assert set(TINY_ARCHITECTURES) <= set(supported_model_types())
 

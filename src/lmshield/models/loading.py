@@ -220,12 +220,11 @@ ALBERT_INNER = re.compile(r"(?:^|\.)albert_layers\.(\d+)\.")  # the layers insid
 MAX_SHARED_LAYERS = 128  # ALBERT applies its shared layers num_hidden_layers times (released models: 12 or 24)
 
 
-def _check_layer_count(directory: Path, config: PretrainedConfig, weights: list[Path], is_pickle: bool) -> None:
-    """Refuse a config that asks for more layers than its weights hold, before building them: a config.json of
-    100,000 layers would otherwise take minutes and gigabytes to fail. A supported architecture's weights name
-    their layers (ALBERT's its groups and the layers inside them); others are checked when their names do."""
-    if is_pickle:
-        return
+def _check_layer_count(directory: Path, config: PretrainedConfig, weights: list[Path]) -> None:
+    """Refuse a config that asks for more layers than its (staged safetensors) weights hold, before building them:
+    a config.json of 100,000 layers would otherwise take minutes and gigabytes to fail. A supported architecture's
+    weights name their layers (ALBERT's its groups and the layers inside them); others are checked when their
+    names do."""
     names = [name for file in weights for name in _tensor_names(file)]
     supported = get_architecture(str(config.model_type)) is not None
     if config.model_type == "albert":
@@ -332,6 +331,7 @@ def _build_model(
     try:
         with tempfile.TemporaryDirectory(prefix="lmshield-") as tmp:
             _stage(directory, config, weights, is_pickle, Path(tmp))
+            _check_layer_count(directory, config, sorted(Path(tmp).glob("*.safetensors")))  # pickle converted
             model, info = auto_class.from_pretrained(tmp, **kwargs)
         _name_after(model, directory)
     except ModelLoadError:
@@ -398,7 +398,6 @@ def load_pretrained(
     directory = resolve_model_dir(name_or_path)
     config = load_config(directory, check_architecture)
     weights, is_pickle = find_weights(directory, allow_pickle)
-    _check_layer_count(directory, config, weights, is_pickle)
     tokenizer = load_tokenizer(directory)
     model = _build_model(directory, config, weights, is_pickle, auto_class, **model_kwargs)
     model.eval().to(resolve_device(device))
