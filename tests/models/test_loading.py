@@ -199,6 +199,25 @@ def test_a_pickle_checkpoint_is_held_to_the_layer_count_too(tiny_bert_dir: Path,
         load_encoder(target, allow_pickle=True)
 
 
+def test_a_t5_is_counted_by_its_blocks_not_their_parts(tmp_path: Path):
+    """T5 names its layers encoder.block.N.layer.M, M its 2 or 3 parts: every T5 paraphraser of more than 3 layers
+    (t5-small has 6) was refused as asking for more layers than its weights hold."""
+    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+    from lmshield.models.loading import load_pretrained
+    from lmshield.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("bert")
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_ff=32, d_kv=8, num_heads=2, num_layers=4)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
+    tokenizer.save_pretrained(tmp_path / "t5")
+    loaded = load_pretrained(tmp_path / "t5", AutoModelForSeq2SeqLM, check_architecture=False)
+    assert loaded.model.config.num_layers == 4
+    (tmp_path / "t5" / "config.json").write_text(json.dumps({**config.to_dict(), "num_layers": 5}))
+    with pytest.raises(ModelLoadError, match="asks for 5 layers; the weights hold 4"):
+        load_pretrained(tmp_path / "t5", AutoModelForSeq2SeqLM, check_architecture=False)
+
+
 def test_supported_list_names_the_required_architectures():
     assert set(TINY_ARCHITECTURES) <= set(supported_model_types())
 

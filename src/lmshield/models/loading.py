@@ -214,7 +214,9 @@ def _tensor_names(file: Path) -> list[str]:
         return list(handle.keys())
 
 
-LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.3.attention..., model.layers.3...
+# the first index of a name is its layer's: encoder.layer.3..., model.layers.3..., transformer.h.3... (GPT-2),
+# encoder.block.3.layer.1... (T5, whose layer.1 is a part of block 3)
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers?|h|block)\.(\d+)\.")
 ALBERT_GROUP = re.compile(r"(?:^|\.)albert_layer_groups\.(\d+)\.")  # ALBERT's groups of shared layers
 ALBERT_INNER = re.compile(r"(?:^|\.)albert_layers\.(\d+)\.")  # the layers inside each group
 MAX_SHARED_LAYERS = 128  # ALBERT applies its shared layers num_hidden_layers times (released models: 12 or 24)
