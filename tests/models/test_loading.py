@@ -107,6 +107,7 @@ def test_pickle_state_dict_loads_with_opt_in(tiny_bert_dir: Path, tmp_path: Path
         ("nan_row", "'embeddings.word_embeddings.weight' holds NaN"),
         ("inf_weight", "holds NaN or infinite values"),
         ("layers", "asks for 100000 layers; the weights hold 2"),
+        ("quantized", "quantized weights \\(quantization_config\\) refused"),
         ("weights_dir", "model.safetensors: not a regular file"),
         ("index_without_map", "unreadable shard index \\(no 'weight_map'\\)"),
     ],
@@ -145,6 +146,9 @@ def test_bad_model_directories_fail_with_one_clear_line(
     elif breakage == "layers":  # would take minutes and gigabytes to build before the weights are compared
         config = json.loads((target / "config.json").read_text())
         (target / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 100_000}))
+    elif breakage == "quantized":  # on a GPU, fp8 and mxfp4 fetch compiled kernels from the hub when they can
+        config = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "fp8"}}))
     elif breakage == "weights_dir":
         (target / "model.safetensors").unlink()
         (target / "model.safetensors").mkdir()

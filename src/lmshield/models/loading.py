@@ -102,6 +102,11 @@ def load_config(directory: Path, check_architecture: bool = True) -> PretrainedC
         raise ModelLoadError(f"{directory}/config.json: unreadable or unknown model type ({reason})") from exc
     if getattr(config, "transformers_weights", None) is not None:  # would make transformers read another file
         raise ModelLoadError(f"{directory}/config.json: names its own weights file (transformers_weights); refused")
+    if getattr(config, "quantization_config", None) is not None:  # a quantizer reads the weights its own way
+        raise ModelLoadError(
+            f"{directory}/config.json: quantized weights (quantization_config) refused; lmshield checks and scans "
+            "float weights only"
+        )
     attention = getattr(config, "_attn_implementation_internal", None)
     if attention is not None and not (isinstance(attention, str) and attention in LOCAL_ATTENTION):
         raise ModelLoadError(  # a hub repo here would make transformers fetch and run compiled kernels
