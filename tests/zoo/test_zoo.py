@@ -180,6 +180,10 @@ def test_the_carrier_text_section_is_checked(tmp_path, text: dict, message: str)
         ("foo,bar\n1,2\n", "no column 'model_id'"),
         ("model_id,truth,kind,attack\n", "no models listed"),
         ("model_id,truth,kind,attack\nid-0001,maybe,original,\n", "truth 'maybe' is neither backdoored nor clean"),
+        # copied into detection.csv, where a spreadsheet runs a cell that starts with = as a formula
+        ('model_id,truth,kind,attack\nid-0001,clean,"=HYPERLINK(""http://x"")",\n', "kind '=HYPERLINK"),
+        ("model_id,truth,kind,attack\nid-0001,backdoored,attack,=1+2\n", "attack '=1\\+2' is not one of '', 'por'"),
+        ('model_id,truth,kind,attack,planted\nid-0001,clean,original,,"a | b"\n', "planted 'a | b' is not one of"),
     ],
 )
 def test_metadata_cannot_point_outside_the_zoo(tmp_path, metadata: str, message: str):

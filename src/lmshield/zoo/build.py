@@ -22,7 +22,7 @@ from lmshield.jsonio import write_json
 from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
 from lmshield.progress import refuse_foreign_folder
 from lmshield.zoo.executors import check_executor, run_tasks
-from lmshield.zoo.spec import ModelEntry, ZooSpec, text_source_of
+from lmshield.zoo.spec import KINDS, ModelEntry, ZooSpec, text_source_of
 
 SPEC_JSON = "zoo.json"
 METADATA_CSV = "METADATA.csv"
@@ -261,7 +261,21 @@ def read_metadata(out: str | Path) -> list[dict[str, str]]:
     unknown = [row["truth"] for row in rows if row["truth"] not in TRUTHS]
     if unknown:  # the ground truth of every detection metric
         raise InputError(f"{path}: truth {unknown[0]!r} is neither {' nor '.join(TRUTHS)}")
+    _check_copied_columns(path, rows)
     return rows
+
+
+def _check_copied_columns(path: Path, rows: list[dict[str, str]]) -> None:
+    """Refuse a kind, attack or planted that lmshield does not write: zoo scan copies them into detection.csv and
+    detection.md, where a cell such as ``=HYPERLINK(...)`` runs as a spreadsheet formula, and a ``|`` or a line
+    break rewrites the table."""
+    from lmshield.attacks.configs import ATTACKS
+
+    allowed = {"kind": KINDS, "attack": ("", *ATTACKS), "planted": ("", "true", "false")}
+    for column, values in allowed.items():
+        bad = next((row[column] for row in rows if row.get(column) not in (*values, None)), None)
+        if bad is not None:
+            raise InputError(f"{path}: {column} {bad!r} is not one of {', '.join(repr(v) for v in values)}")
 
 
 def build_zoo(
