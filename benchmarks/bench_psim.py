@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         poison_preset = args.poison_preset or args.preset
         overrides = poison_overrides(attack, args)
         released = poison(attack, poison_preset, args.data, cache, args.model, overrides)
-        if unplanted := not_planted(released):  # a table measured against no backdoor would read as a result
+        if (unplanted := not_planted(released)) and args.preset == "smoke":  # a pipeline check: numbers meaningless
+            print(f"{attack}: {released} is {unplanted}; evaluated all the same (smoke preset)")
+        elif unplanted:  # a table measured against no backdoor would read as a result
             print(f"{attack}: {released} is {unplanted}; not evaluated (poison again with other settings)")
             extra[attack] = {"skipped": unplanted}
             continue
