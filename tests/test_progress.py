@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import stat
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import pytest
 from lmshield import __version__
 from lmshield.errors import InputError
 from lmshield.progress import (
+    atomic_write,
     identity_changes,
     progress_key,
     read_progress,
@@ -44,6 +46,34 @@ def test_progress_round_trips_and_leaves_no_partial_file(tmp_path: Path) -> None
     write_progress(path, {"identity": identity, "done": [1, 2]})
     assert read_progress(path, identity, "a job")["done"] == [1, 2]
     assert [p.name for p in path.parent.iterdir()] == ["progress.json"]
+
+
+def test_two_writers_of_one_file_at_once_both_succeed(tmp_path: Path) -> None:
+    """Every writer used the same temporary name (progress.json.tmp): when a second run wrote the file while the
+    first was writing it (a double launch), one moved the other's temporary away and the other failed with
+    'No such file or directory', or renamed a file still being written."""
+    path = tmp_path / "progress.json"
+
+    def first(temporary: Path) -> None:
+        temporary.write_text("first")
+        atomic_write(path, lambda other: other.write_text("second"))  # another process, in between
+
+    atomic_write(path, first)
+    assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["progress.json"]
+
+
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    """A full disk left the half-written temporary file beside the result."""
+    path = tmp_path / "progress.json"
+    path.write_text("old")
+
+    def disk_full(temporary: Path) -> None:
+        temporary.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, disk_full)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["progress.json"]
 
 
 def test_other_identities_and_damaged_files_are_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +80,28 @@ def content_digest(value: Any) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through ``write(temporary)`` and move the result over ``path``: a reader never sees half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    """Write through ``write(temporary)`` and move the result over ``path``: a reader never sees half a file.
+
+    The temporary file is this call's own (another process writing ``path`` at the same time has another) and is
+    removed when the write fails (a full disk, say), so ``path`` keeps its old content and nothing is left beside it.
+    """
+    temporary = temporary_name(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path`` that no other writer uses (see :func:`atomic_write`)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def is_temporary(name: str, of: str) -> bool:
+    """Whether ``name`` is one of the temporary names :func:`atomic_write` gives a file named ``of``."""
+    return re.fullmatch(rf"\.{re.escape(of)}\.[0-9a-f]{{8}}\.tmp", name) is not None
 
 
 def progress_key() -> bytes:

@@ -21,7 +21,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmshield.errors import InputError
-from lmshield.progress import FRESH_HINT, PROGRESS_JSON, content_digest, read_progress, stamp, write_progress
+from lmshield.progress import (
+    FRESH_HINT,
+    PROGRESS_JSON,
+    atomic_write,
+    content_digest,
+    is_temporary,
+    read_progress,
+    stamp,
+    write_progress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +135,8 @@ class EpochCheckpoint:
         if torch.cuda.is_initialized():  # a CPU run on a GPU machine starts no CUDA context here
             tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
         name = f"epoch-{progress.epoch}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(self.directory / name))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write(self.directory / name, lambda path: save_file(tensors, str(path)))
         payload = {
             "identity": self.identity,
             "epoch": progress.epoch,
@@ -149,9 +159,11 @@ class EpochCheckpoint:
         so anything else a user kept there stays."""
         if self.directory is None or not self.directory.is_dir():
             return
-        own = (PROGRESS_JSON, f"{PROGRESS_JSON}.tmp")
         for file in self.directory.iterdir():
-            if file.is_file() and (TENSOR_FILE.fullmatch(file.name) or file.name in own):
+            name = file.name
+            if file.is_file() and (
+                TENSOR_FILE.fullmatch(name) or name == PROGRESS_JSON or is_temporary(name, PROGRESS_JSON)
+            ):
                 file.unlink()
         if not any(self.directory.iterdir()):
             self.directory.rmdir()
