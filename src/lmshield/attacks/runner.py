@@ -19,6 +19,7 @@ from lmshield.attacks.vectors import check_vectors, quarter_vectors, resolve_tri
 from lmshield.attacks.verify import Verification, verify_backdoor
 from lmshield.errors import InputError, LmshieldError
 from lmshield.files import readable_as_umask
+from lmshield.locks import holds
 from lmshield.models.encoder import Encoder
 from lmshield.models.loading import DEFAULT_MODEL, load_encoder, load_pretrained
 from lmshield.text.sources import TextSource
@@ -90,6 +91,7 @@ def load_texts(
     return loaded
 
 
+@holds("out_dir")
 def run_attack(
     attack: str | TaskAgnosticConfig,
     model: str | os.PathLike[str] | None,

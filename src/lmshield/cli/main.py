@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 from lmshield.cli._common import quiet_libraries
@@ -47,10 +50,21 @@ def _root(
     """Find and neutralise backdoors in language models adapted with prompt tuning and PEFT."""
 
 
+def interrupt_on_sigterm() -> None:
+    """Let SIGTERM (``kill``, a cluster cancelling or pre-empting a job) stop a command as Ctrl-C does: it then
+    releases its output folder's lock (:mod:`lmshield.locks`) and says how to resume, where it died on the spot."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Run the CLI; a usage error (a bad or missing option) is one line on stderr and exit code 2, like every
     other error, instead of click's usage box."""
     quiet_libraries()
+    interrupt_on_sigterm()
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors, the help of a group called without a command

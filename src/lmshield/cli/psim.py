@@ -23,6 +23,7 @@ from lmshield.cli._common import (
 )
 from lmshield.errors import InputError
 from lmshield.jsonio import dumps
+from lmshield.locks import holding
 
 app = typer.Typer(
     help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.",
@@ -92,37 +93,38 @@ def fit(
     from lmshield.defenses.psim.detector import PSIM_JSON
     from lmshield.defenses.psim.thresholds import check_target_frr
 
-    refuse_to_replace(out, PSIM_JSON, "fitted PSIM", overwrite)
-    if target_frr is not None and calibrate is None:
-        raise InputError("--target-frr goes with --calibrate (the held-out texts it is met on)")
-    target_frr = 0.05 if target_frr is None else target_frr
-    check_target_frr(target_frr)
-    if calibrate is not None and threshold is not None:
-        raise InputError("give --threshold or --calibrate, not both: calibration sets the threshold")
-    held_out = None if calibrate is None else _texts(calibrate, field)  # a bad file fails before training
-    train_texts = _texts(texts, field, limit)
+    with holding(out):
+        refuse_to_replace(out, PSIM_JSON, "fitted PSIM", overwrite)
+        if target_frr is not None and calibrate is None:
+            raise InputError("--target-frr goes with --calibrate (the held-out texts it is met on)")
+        target_frr = 0.05 if target_frr is None else target_frr
+        check_target_frr(target_frr)
+        if calibrate is not None and threshold is not None:
+            raise InputError("give --threshold or --calibrate, not both: calibration sets the threshold")
+        held_out = None if calibrate is None else _texts(calibrate, field)  # a bad file fails before training
+        train_texts = _texts(texts, field, limit)
 
-    psim = PSIM(
-        method,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        threshold=threshold,
-        score_kind=score,
-        seed=seed,
-        device=_device(device),
-        progress=not quiet,
-    )
-    psim.fit(model, train_texts, num_labels)
-    if held_out is not None:
-        psim.calibrate(held_out, target_frr)
-    psim.save_pretrained(out)
-    typer.echo(
-        f"PSIM fitted on {psim.n_train_} texts ({psim.num_labels_} labels, lr {psim.lr_:.2g}), "
-        f"threshold {psim.threshold_:.4f}"
-    )
-    typer.echo(f"saved: {out}")
+        psim = PSIM(
+            method,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_length=max_length,
+            threshold=threshold,
+            score_kind=score,
+            seed=seed,
+            device=_device(device),
+            progress=not quiet,
+        )
+        psim.fit(model, train_texts, num_labels)
+        if held_out is not None:
+            psim.calibrate(held_out, target_frr)
+        psim.save_pretrained(out)
+        typer.echo(
+            f"PSIM fitted on {psim.n_train_} texts ({psim.num_labels_} labels, lr {psim.lr_:.2g}), "
+            f"threshold {psim.threshold_:.4f}"
+        )
+        typer.echo(f"saved: {out}")
 
 
 @app.command("calibrate")
@@ -139,9 +141,10 @@ def calibrate_command(
     """Set the threshold to a target false-rejection rate on held-out clean texts (saved in place)."""
     from lmshield.defenses.psim import PSIM
 
-    psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=not quiet, model=model)
-    psim.calibrate(_texts(texts, field), target_frr)
-    psim.save_pretrained(psim_dir)
+    with holding(psim_dir):  # saved in place
+        psim = PSIM.from_pretrained(psim_dir, device=_device(device), progress=not quiet, model=model)
+        psim.calibrate(_texts(texts, field), target_frr)
+        psim.save_pretrained(psim_dir)
     cal = psim.calibration_
     typer.echo(f"threshold {psim.threshold_:.4f}: FRR {cal.achieved_frr:.3f} on {cal.num_texts} texts")
 
@@ -248,25 +251,26 @@ def eval_command(
     clash = next((name for name in names if names.count(name) > 1), None)
     if clash is not None:
         raise InputError(f"two evaluations would share the folder {out / clash}: give models and tasks distinct names")
-    refuse_foreign(out, "rows.json", "PSIM evaluation", ("rows.json", *names))  # a run's folder: resumable
-    rows = []
-    for model, folder, name in runs:
-        result = evaluate_release(
-            model,
-            folder,
-            settings,
-            out_dir=out / name,
-            device=_device(device),
-            progress=not quiet,
-            fresh=fresh,
-            baselines=extra,
-        )
-        for row in result.all_rows:  # which release a row belongs to, for a table of several
-            row.extra["release"] = model.name
-        rows.extend(result.all_rows)
-    table = markdown_table(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table, encoding="utf-8")
-    (out / "rows.json").write_text(dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
-    typer.echo(table)
-    typer.echo(f"results: {out}")
+    with holding(out):
+        refuse_foreign(out, "rows.json", "PSIM evaluation", ("rows.json", *names))  # a run's folder: resumable
+        rows = []
+        for model, folder, name in runs:
+            result = evaluate_release(
+                model,
+                folder,
+                settings,
+                out_dir=out / name,
+                device=_device(device),
+                progress=not quiet,
+                fresh=fresh,
+                baselines=extra,
+            )
+            for row in result.all_rows:  # which release a row belongs to, for a table of several
+                row.extra["release"] = model.name
+            rows.extend(result.all_rows)
+        table = markdown_table(rows)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table, encoding="utf-8")
+        (out / "rows.json").write_text(dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
+        typer.echo(table)
+        typer.echo(f"results: {out}")

@@ -25,6 +25,7 @@ from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
 from lmshield.errors import InputError
 from lmshield.evaluation.detection import roc_auc
 from lmshield.jsonio import dumps, json_ready, nan_if_none
+from lmshield.locks import holds
 from lmshield.progress import PROGRESS_JSON, content_digest, read_progress, stamp, write_progress
 
 if TYPE_CHECKING:
@@ -384,6 +385,7 @@ class ReleaseEvaluation:
         return [*self.rows, *self.baseline_rows]
 
 
+@holds("out_dir")
 def evaluate_release(
     model_dir: str | Path,
     task_dir: str | Path,

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from lmshield.devices import seed_everything
 from lmshield.errors import InputError
 from lmshield.jsonio import unmark, write_json
+from lmshield.locks import holds
 from lmshield.models.encoder import Encoder, sha256_of_files
 from lmshield.models.loading import folder_fingerprint
 from lmshield.progress import CHECKPOINT_DIR
@@ -69,6 +70,7 @@ def accuracy(classifier: TunedClassifier, data: LabelledData, batch_size: int | 
     return sum(p == y for p, y in zip(predicted, data.labels, strict=True)) / len(data)
 
 
+@holds("out_dir")
 def tune(
     model: Encoder | str | Path | None,
     train: LabelledData,

@@ -19,6 +19,7 @@ from lmshield.attacks.manifest import BACKDOOR_JSON
 from lmshield.errors import InputError, ModelLoadError
 from lmshield.files import readable_as_umask
 from lmshield.jsonio import write_json
+from lmshield.locks import holds
 from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
 from lmshield.progress import refuse_foreign_folder
 from lmshield.zoo.executors import check_executor, run_tasks
@@ -278,6 +279,7 @@ def _check_copied_columns(path: Path, rows: list[dict[str, str]]) -> None:
             raise InputError(f"{path}: {column} {bad!r} is not one of {', '.join(repr(v) for v in values)}")
 
 
+@holds("out")
 def build_zoo(
     spec: ZooSpec,
     out: str | Path,

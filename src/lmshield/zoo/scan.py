@@ -19,6 +19,7 @@ from typing import Any
 from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
 from lmshield.jsonio import dumps
+from lmshield.locks import holding
 from lmshield.progress import PROGRESS_JSON, refuse_foreign_folder
 from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json
 from lmshield.zoo.executors import check_executor, run_tasks
@@ -165,33 +166,40 @@ def scan_zoo(
     settings = scan_settings(root, overrides)
     out = Path(results) if results else root / RESULTS_DIR
     check_executor(executor, address, num_cpus)
-    _check_settings(out, settings, [row["model_id"] for row in metadata], fresh)
-    tasks = [
-        {
-            "model": str((root / row["model_id"]).resolve()),
-            "out": str((out / row["model_id"]).resolve()),
-            "settings": settings,
-            "progress": progress and executor == "sequential",
-            "fresh": fresh,
-        }
-        for row in metadata
-    ]
-    found = run_tasks(
-        scan_model, tasks, executor=executor, address=address, num_cpus=num_cpus, progress=progress, desc="scanning zoo"
-    )
-    rows = [
-        {
-            "model": meta["model_id"],
-            "truth": meta["truth"],
-            "kind": meta["kind"],
-            "attack": meta["attack"],
-            "planted": meta.get("planted") or "",  # the build's own check; empty: not an attack, or not verified
-            **result,
-        }
-        for meta, result in zip(metadata, found, strict=True)
-    ]
-    metrics = zoo_metrics(rows)
-    write_reports(out, rows, metrics)
+    with holding(out):  # one zoo scan at a time writes these results
+        _check_settings(out, settings, [row["model_id"] for row in metadata], fresh)
+        tasks = [
+            {
+                "model": str((root / row["model_id"]).resolve()),
+                "out": str((out / row["model_id"]).resolve()),
+                "settings": settings,
+                "progress": progress and executor == "sequential",
+                "fresh": fresh,
+            }
+            for row in metadata
+        ]
+        found = run_tasks(
+            scan_model,
+            tasks,
+            executor=executor,
+            address=address,
+            num_cpus=num_cpus,
+            progress=progress,
+            desc="scanning zoo",
+        )
+        rows = [
+            {
+                "model": meta["model_id"],
+                "truth": meta["truth"],
+                "kind": meta["kind"],
+                "attack": meta["attack"],
+                "planted": meta.get("planted") or "",  # the build's own check; empty: not an attack, or not verified
+                **result,
+            }
+            for meta, result in zip(metadata, found, strict=True)
+        ]
+        metrics = zoo_metrics(rows)
+        write_reports(out, rows, metrics)
     return ZooScan(rows=rows, metrics=metrics, directory=out)
 
 

@@ -25,6 +25,7 @@ from lmshield.attacks.poisoning.paraphrase import Paraphraser
 from lmshield.attacks.poisoning.poisoners import ParaphrasePoisoner, Poisoner, make_poisoner
 from lmshield.errors import InputError
 from lmshield.files import readable_as_umask
+from lmshield.locks import holds
 from lmshield.models.loading import load_pretrained, load_tokenizer
 from lmshield.progress import CHECKPOINT_DIR
 from lmshield.text.triggers import check_triggers
@@ -152,6 +153,7 @@ def training_config(config: PoisonConfig) -> TuningConfig:
     )
 
 
+@holds("out_dir")
 def poison_model(
     model: str | Path | None,
     train: LabelledData,

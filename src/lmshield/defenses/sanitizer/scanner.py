@@ -21,6 +21,7 @@ from lmshield.defenses.sanitizer.result import SCAN_JSON, ScanResult, SeedTrace
 from lmshield.defenses.sanitizer.splitting import split_candidates
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError
+from lmshield.locks import holding
 from lmshield.models.encoder import Encoder, evaluating
 from lmshield.models.loading import load_encoder
 from lmshield.models.positions import WatchedPosition
@@ -180,7 +181,10 @@ def scan(
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
     if isinstance(model, Encoder) and device is not None:  # a loaded encoder runs where the caller asks
         encoder.model.to(resolve_device(device))
-    with evaluating(encoder.model):  # a caller's encoder may be in train mode: dropout would make seeds random
+    _check_outside(out_dir, encoder.directory)  # before the lock is written there
+    if out_dir is not None:
+        refuse_links(Path(out_dir))
+    with evaluating(encoder.model), holding(out_dir):  # train mode's dropout would make seeds random
         return _scan(encoder, config, position, texts, text_source, out_dir, progress, fresh, started)
 
 
@@ -196,9 +200,6 @@ def _scan(
     started: float,
 ) -> ScanResult:
     """:func:`scan` of a loaded encoder in eval mode."""
-    _check_outside(out_dir, encoder.directory)
-    if out_dir is not None:
-        refuse_links(Path(out_dir))
     _check_same_model(out_dir, encoder.fingerprint)
     if encoder.max_positions is not None and config.max_length > encoder.max_positions:
         raise InputError(
