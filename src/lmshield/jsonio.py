@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.errors import InputError
-from lmshield.progress import atomic_write, write_own_marker
+from lmshield.progress import write_own_marker, write_text
 
 
 def json_ready(value: Any) -> Any:
@@ -48,8 +48,7 @@ def check_format_version(data: dict[str, Any], supported: int, where: object) ->
 
 def write_json(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON, whole: a reader sees the old file or the new one, never half."""
-    text = json.dumps(payload, indent=2)
-    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def write_marker_json(path: Path, payload: Any) -> None:

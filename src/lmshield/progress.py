@@ -94,6 +94,11 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` whole (see :func:`atomic_write`): a full disk keeps the old file."""
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
 def temporary_name(path: Path) -> Path:
     """A hidden name beside ``path`` that no other writer uses (see :func:`atomic_write`)."""
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

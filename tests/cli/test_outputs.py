@@ -184,3 +184,27 @@ def test_an_attack_whose_verification_fails_exits_1(tmp_path: Path, monkeypatch:
 def test_python_dash_m_lmshield_is_the_command() -> None:
     result = subprocess.run([sys.executable, "-m", "lmshield", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("lmshield ")
+
+
+def test_a_full_disk_keeps_the_earlier_output_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict --out, psim score --out and guard eval --out wrote their file in place: a disk that filled up
+    destroyed the earlier results and left half a file (whole lines, as likely as not), which reads as finished."""
+    from lmshield.cli.guard import _write_jsonl
+    from lmshield.evaluation.guard_eval import GuardEvalReport
+
+    out = tmp_path / "predictions.jsonl"
+    _write_jsonl([{"text": "earlier"}], out)
+    write = Path.write_text
+
+    def disk_full(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _write_jsonl([{"text": "new"}] * 10, out)
+    report = tmp_path / "report.json"
+    with pytest.raises(OSError, match="No space left"):
+        GuardEvalReport(10, 0.9, 0.9, 0.0, 1.0, 0.0, 1.0, 1.0).save(report)
+    monkeypatch.undo()
+    assert out.read_text() == '{"text": "earlier"}\n' and [p.name for p in tmp_path.iterdir()] == [out.name]

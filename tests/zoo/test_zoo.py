@@ -536,3 +536,24 @@ def test_the_table_names_attacked_models_whose_backdoor_did_not_take():
     text = markdown_table(rows, zoo_metrics(rows))
     assert "| id-0001 | backdoored | attack | por | false | clean |" in text
     assert "Backdoor not planted when the zoo was built (its own check, `planted` false): id-0001." in text
+
+
+def test_a_full_disk_never_leaves_a_model_list_cut_short(tmp_path, monkeypatch):
+    """METADATA.csv was written in place: a disk that filled up after the first row left a list of one model,
+    which a zoo scan then read as the whole zoo. The old list stays, and nothing is left beside it."""
+    from lmshield.zoo import build
+
+    row = {"model_id": "id-0000", "truth": "clean", "kind": "original", "attack": ""}
+    rows = [row, {**row, "model_id": "id-0001"}]
+    build.write_metadata(tmp_path, rows)
+
+    class FullDisk(csv.DictWriter):
+        def writerows(self, rows):
+            self.writerow(rows[0])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build.csv, "DictWriter", FullDisk)
+    with pytest.raises(OSError, match="No space left"):
+        build.write_metadata(tmp_path, [*rows, {**row, "model_id": "id-0002"}])
+    assert [r["model_id"] for r in read_metadata(tmp_path)] == ["id-0000", "id-0001"]
+    assert [p.name for p in tmp_path.iterdir()] == ["METADATA.csv"]

@@ -24,6 +24,7 @@ from lmshield.cli._common import (
 from lmshield.errors import InputError
 from lmshield.jsonio import dumps
 from lmshield.locks import holding
+from lmshield.progress import write_text
 
 app = typer.Typer(
     help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.",
@@ -177,7 +178,7 @@ def score_command(
     ]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text(out, "\n".join(lines) + "\n")
     else:
         typer.echo("\n".join(lines))
     typer.echo(f"{int(flags.sum())} of {len(items)} flagged as poisoned (threshold {psim.threshold_:.4f})", err=True)
@@ -270,7 +271,7 @@ def eval_command(
             rows.extend(result.all_rows)
         table = markdown_table(rows)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table, encoding="utf-8")
-        (out / "rows.json").write_text(dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8")
+        write_text(out / "table.md", table)
+        write_text(out / "rows.json", dumps([r.to_dict() for r in rows], indent=2))
         typer.echo(table)
         typer.echo(f"results: {out}")

@@ -26,7 +26,7 @@ from lmshield.errors import InputError
 from lmshield.evaluation.detection import roc_auc
 from lmshield.jsonio import dumps, json_ready, nan_if_none
 from lmshield.locks import holds
-from lmshield.progress import PROGRESS_JSON, content_digest, read_progress, stamp, write_progress
+from lmshield.progress import PROGRESS_JSON, content_digest, read_progress, stamp, write_progress, write_text
 
 if TYPE_CHECKING:
     from lmshield.evaluation.baselines_eval import BaselineSettings
@@ -564,10 +564,10 @@ def _fit_psim(
 def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings: EvalSettings, model: str) -> None:
     """rows.json, table.md, sweep.json, the confidence histogram and report.md."""
     every_row = result.all_rows
-    (out / "rows.json").write_text(dumps([r.to_dict() for r in every_row], indent=2), encoding="utf-8")
-    (out / "table.md").write_text(markdown_table(every_row), encoding="utf-8")
+    write_text(out / "rows.json", dumps([r.to_dict() for r in every_row], indent=2))
+    write_text(out / "table.md", markdown_table(every_row))
     sweep = threshold_sweep(result.clean_scores, result.poisoned_scores)
-    (out / "sweep.json").write_text(dumps([asdict(p) for p in sweep]), encoding="utf-8")
+    write_text(out / "sweep.json", dumps([asdict(p) for p in sweep]))
     from lmshield.reports.plots import plot_score_histogram
 
     kind = settings.psim_config().score_kind

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmshield.defenses.psim.config import PSIMConfig
+from lmshield.progress import write_text
 
 if TYPE_CHECKING:
     from lmshield.evaluation.psim_eval import PSIMRow, SweepPoint
@@ -179,5 +180,5 @@ def write_psim_report(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     path = out / PSIM_REPORT_FILE
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text(path, "\n".join(lines))
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmshield.defenses.sanitizer.result import ScanResult, readable_token
+from lmshield.progress import write_text
 from lmshield.reports.plots import plot_pv_signs, plot_seeds
 
 REPORT_FILE = "report.md"
@@ -86,7 +87,7 @@ def write_scan_report(result: ScanResult, directory: str | Path) -> Path:
         "",
     ]
     path = out / REPORT_FILE
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text(path, "\n".join(lines))
     return path
 
 

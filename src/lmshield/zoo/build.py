@@ -21,7 +21,7 @@ from lmshield.files import readable_as_umask
 from lmshield.jsonio import write_json
 from lmshield.locks import holds
 from lmshield.models.loading import find_weights, load_config, load_encoder, resolve_model_dir
-from lmshield.progress import refuse_foreign_folder
+from lmshield.progress import atomic_write, refuse_foreign_folder, write_text
 from lmshield.zoo.executors import check_executor, run_tasks
 from lmshield.zoo.spec import KINDS, ModelEntry, ZooSpec, text_source_of
 
@@ -233,12 +233,19 @@ def read_spec_json(path: Path) -> dict[str, Any]:
 
 
 def write_metadata(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``out/METADATA.csv`` whole: a full disk keeps the old list, never a list cut short that a zoo scan
+    would take for the whole zoo."""
     path = out / METADATA_CSV
+    atomic_write(path, lambda temporary: write_csv(temporary, METADATA_FIELDS, rows))
+    return path
+
+
+def write_csv(path: Path, fields: tuple[str, ...] | list[str], rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` to ``path`` as CSV with a header of ``fields``."""
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METADATA_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    return path
 
 
 TRUTHS = ("backdoored", "clean")
@@ -295,7 +302,7 @@ def build_zoo(
     _check_same_spec(root, spec)
     check_inputs(spec)
     root.mkdir(parents=True, exist_ok=True)
-    (root / SPEC_JSON).write_text(spec.to_json(), encoding="utf-8")
+    write_text(root / SPEC_JSON, spec.to_json())
     tasks = [
         {
             "id": model_id(index),

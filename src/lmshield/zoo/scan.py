@@ -8,7 +8,6 @@ comes from ``METADATA.csv`` and is joined afterwards.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -20,8 +19,8 @@ from lmshield.errors import InputError
 from lmshield.evaluation.detection import DetectionMetrics, detection_metrics, roc_curve
 from lmshield.jsonio import dumps
 from lmshield.locks import holding
-from lmshield.progress import PROGRESS_JSON, refuse_foreign_folder
-from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json
+from lmshield.progress import PROGRESS_JSON, atomic_write, refuse_foreign_folder, write_text
+from lmshield.zoo.build import SPEC_JSON, read_metadata, read_spec_json, write_csv
 from lmshield.zoo.executors import check_executor, run_tasks
 from lmshield.zoo.spec import text_source_of
 
@@ -136,7 +135,7 @@ def _check_settings(results: Path, settings: dict[str, Any], model_ids: list[str
             f"{results} holds scans made with other settings; pass --fresh to rescan, or use another --results"
         )
     results.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+    write_text(saved, json.dumps(settings, indent=2, sort_keys=True))
 
 
 def _holds_scan(folder: Path) -> bool:
@@ -257,12 +256,9 @@ def _read_settings(path: Path) -> Any:
 
 
 def write_reports(out: Path, rows: list[dict[str, Any]], metrics: DetectionMetrics) -> None:
-    with (out / "detection.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "detection.md").write_text(markdown_table(rows, metrics), encoding="utf-8")
-    (out / "metrics.json").write_text(dumps(metrics.to_dict(), indent=2), encoding="utf-8")
+    atomic_write(out / "detection.csv", lambda temporary: write_csv(temporary, TABLE_FIELDS, rows))
+    write_text(out / "detection.md", markdown_table(rows, metrics))
+    write_text(out / "metrics.json", dumps(metrics.to_dict(), indent=2))
     plot_roc(rows, out / "roc.png")
 
 
