@@ -80,10 +80,13 @@ def check_whole(values: dict[str, int], *, minimum: int = 1) -> None:
 
 
 def require_file(path: str | os.PathLike[str], hint: str = "") -> Path:
-    """``path`` as a ``Path`` when it is a file; else a one-line error that tells a folder from a missing path."""
+    """``path`` as a ``Path`` when it is a file; else a one-line error that tells a folder, a device or pipe
+    (``/dev/zero``, a FIFO: reading one never ends or waits forever) and a missing path apart."""
     file = Path(path)
     if file.is_dir():
         raise InputError(f"{path} is a folder, not a file{hint}")
+    if file.exists() and not file.is_file():
+        raise InputError(f"{path} is not a regular file (a device, pipe or socket); give a file{hint}")
     if not file.is_file():
         raise InputError(f"{path}: no such file")
     return file

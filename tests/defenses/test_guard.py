@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,6 +147,16 @@ def test_a_saved_calibration_restores_the_thresholds(
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 12)
     with pytest.raises(InputError, match="unreadable guard calibration"):
         Guard(backdoored_classifier, pvs).load_calibration(tmp_path / "junk.safetensors")
+
+
+def test_a_calibration_that_is_a_pipe_is_refused(tmp_path: Path) -> None:
+    """--calibrate x.safetensors naming a FIFO waited for a writer for good."""
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    load = "import sys; from lmshield.defenses.sanitizer.guard import Guard; Guard.load_calibration(None, sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", load, str(fifo)], capture_output=True, text=True, timeout=30, env=env)
+    assert "is not a regular file" in run.stderr.splitlines()[-1]
 
 
 def test_calibration_size_sets_one_text_aside() -> None:

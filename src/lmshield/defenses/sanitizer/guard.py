@@ -28,7 +28,7 @@ from lmshield.defenses.sanitizer.monitor import (
 )
 from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
-from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params
+from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params, require_file
 from lmshield.files import readable_as_umask
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
@@ -289,6 +289,7 @@ class Guard:
 
     def load_calibration(self, path: str | Path) -> Guard:
         """Use per-PV thresholds saved by :meth:`save_calibration` for this guard's PVs; returns the guard."""
+        require_file(path)  # a FIFO would block the read for good
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
