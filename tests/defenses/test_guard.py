@@ -159,6 +159,24 @@ def test_a_calibration_that_is_a_pipe_is_refused(tmp_path: Path) -> None:
     assert "is not a regular file" in run.stderr.splitlines()[-1]
 
 
+def test_a_full_disk_keeps_the_calibration_saved_before(
+    backdoored_classifier: TunedClassifier, bert_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that filled up while a calibration was saved destroyed the one saved before."""
+    guard = Guard(backdoored_classifier, bert_pair[2])
+    path = guard.save_calibration(tmp_path / "calibration.safetensors")
+    saved = path.read_bytes()
+
+    def disk_full(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lmshield.defenses.sanitizer.guard.save_file", disk_full)
+    with pytest.raises(InputError, match="No space left on device"):
+        guard.save_calibration(path)
+    assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_calibration_size_sets_one_text_aside() -> None:
     assert [calibration_size(q) for q in (0.5, 0.995, 0.999, 1.0)] == [2, 200, 1000, 1]
 

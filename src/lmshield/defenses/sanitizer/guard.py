@@ -30,6 +30,7 @@ from lmshield.defenses.sanitizer.purge import PURGE_STRATEGIES
 from lmshield.defenses.sanitizer.result import ScanResult
 from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params, require_file
 from lmshield.files import readable_as_umask
+from lmshield.progress import atomic_write
 from lmshield.text.inputs import as_texts
 from lmshield.tuning.classifier import TunedClassifier
 
@@ -281,8 +282,9 @@ class Guard:
         except OSError as exc:
             raise InputError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
         tensors = {"thresholds": self.monitor.thresholds.contiguous(), "pvs": self.monitor.pvs.contiguous()}
-        try:
-            save_file(tensors, str(out), metadata={"format": CALIBRATION_FORMAT, "threshold": str(self.threshold)})
+        metadata = {"format": CALIBRATION_FORMAT, "threshold": str(self.threshold)}
+        try:  # whole: a full disk keeps an earlier calibration
+            atomic_write(out, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
         except (SafetensorError, OSError) as exc:
             raise InputError(f"{path}: cannot write the guard calibration ({exc})") from exc
         return readable_as_umask(out)
