@@ -169,6 +169,14 @@ def test_one_class_in_several_spellings_is_one_label(tmp_path: Path) -> None:
     assert read_labelled(dev, label_names=data.label_names).labels == [1]
 
 
+def test_a_classifier_saved_with_spelt_out_labels_reads_its_data_as_before(tmp_path: Path) -> None:
+    names = ["1.0", "2.0"]  # what a file labelled 1.0 and 2.0 trained before such labels were whole numbers
+    test = _jsonl(tmp_path / "test.jsonl", [{"sentence": "a", "label": 1.0}, {"sentence": "b", "label": "2.0"}])
+    assert read_labelled(test, label_names=names).labels == [0, 1]  # 1.0 read as "1" was index 1: "2.0"
+    half = _jsonl(tmp_path / "half.jsonl", [{"sentence": "a", "label": 0.5}, {"sentence": "b", "label": 1.5}])
+    assert read_labelled(half, label_names=["0.5", "1.5"]).labels == [0, 1]  # names it knows are no scores
+
+
 @pytest.mark.parametrize(
     ("label", "message"),
     [(0.5, "label 0.5; labels name classes"), (float("nan"), "label nan"), ([1], "holds a list where a label")],

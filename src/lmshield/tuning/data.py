@@ -103,9 +103,17 @@ def read_labelled(
         if record.get(key) is None or record.get(label_field) in (None, ""):
             raise InputError(f"{source}: record {number} lacks {key!r} or {label_field!r}")
         texts.append(text_value(record[key], source, number))
-        raw.append(label_text(record[label_field], source, number))
+        raw.append(known_label(record[label_field], label_names, source, number))
     names, labels = _index_labels(raw, label_names, str(source))
     return LabelledData(texts, labels, names)
+
+
+def known_label(value: Any, names: list[str] | None, source: str | Path, number: int) -> str:
+    """:func:`label_text`, except that a spelling ``names`` holds as it is stays that name: a classifier saved
+    before 1 and 1.0 were one label keeps names such as ``"1.0"`` and ``"2.0"``, and ``"1.0"`` read as ``"1"``
+    would be the class index 1, its ``"2.0"``."""
+    spelt = str(value).strip()
+    return spelt if names is not None and spelt in names else label_text(value, source, number)
 
 
 def label_text(value: Any, source: str | Path, number: int) -> str:
