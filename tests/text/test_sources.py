@@ -245,6 +245,14 @@ def test_a_row_that_does_not_fit_the_header_is_refused(tmp_path: Path, name: str
         read_labelled(path)
 
 
+def test_empty_fields_past_the_header_are_read_as_before(tmp_path: Path):
+    path = tmp_path / "export.csv"
+    path.write_text("text,label\nhello world,1,\nbad day,0,\t\n")  # a comma ending every row, as some exports write
+    assert read_texts(path) == ["hello world", "bad day"]
+    data = read_labelled(path)
+    assert data.labels == [1, 0] and data.texts == ["hello world", "bad day"]
+
+
 def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("fine\r\nalso fine\ncaf\u00e9 au lait\n".encode("latin-1"))

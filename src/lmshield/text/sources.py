@@ -173,7 +173,7 @@ def _table_records(content: str, path: str | Path, delimiter: str) -> list[dict]
         start = last_start = reader.line_num + 1 if reader.fieldnames is not None else 1
         for row in reader:
             _refuse_extra_fields(row, reader, path, delimiter)
-            records.append(dict(row))
+            records.append({key: value for key, value in row.items() if key is not None})
             last_start, start = start, reader.line_num + 1
     except csv.Error as exc:
         raise InputError(f"{path}: not readable as {'TSV' if delimiter == chr(9) else 'CSV'} ({exc})") from exc
@@ -189,8 +189,9 @@ def _table_records(content: str, path: str | Path, delimiter: str) -> list[dict]
 
 
 def _refuse_extra_fields(row: dict, reader: csv.DictReader, path: str | Path, delimiter: str) -> None:
-    """Refuse a row with fields the header has no name for (DictReader's rest key ``None``)."""
-    if None in row:
+    """Refuse a row with fields the header has no name for (DictReader's rest key ``None``) that hold something:
+    empty ones, a comma that ends every row as some exports write, lose nothing."""
+    if any(str(value).strip() for value in row.get(None) or ()):
         width = len(reader.fieldnames or ())
         raise InputError(
             f"{path}:{reader.line_num}: {width + len(row[None])} fields where the header names {width}; "
