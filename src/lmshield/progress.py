@@ -104,9 +104,10 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
-def is_temporary(name: str, of: str) -> bool:
-    """Whether ``name`` is one of the temporary names :func:`atomic_write` gives a file named ``of``."""
-    return re.fullmatch(rf"\.{re.escape(of)}\.[0-9a-f]{{8}}\.tmp", name) is not None
+def temporary_of(name: str) -> str | None:
+    """The name of the file ``name`` is a temporary of (see :func:`temporary_name`), else ``None``."""
+    match = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.tmp", name)
+    return match[1] if match else None
 
 
 def progress_key() -> bytes:

@@ -166,3 +166,20 @@ def test_a_tensor_file_outside_the_checkpoint_folder_is_refused(tmp_path: Path) 
     reseal(directory / "progress.json", lambda saved: saved.update(tensors="../elsewhere.safetensors"))
     with pytest.raises(InputError, match="unexpected tensor file name"):
         EpochCheckpoint(directory, {"run": 1}).restore(False, model, optimizer, schedule, rng)
+
+
+def test_clearing_removes_what_a_killed_save_left_behind(tmp_path: Path) -> None:
+    """A run killed while writing an epoch's tensors leaves their temporary file (a full fine-tune's weights and
+    optimizer state): clearing the checkpoint kept it, and with it the folder, in the finished release."""
+    model, optimizer, schedule, rng = _training_parts(0)
+    directory = tmp_path / "run"
+    checkpoint = EpochCheckpoint(directory, {"run": 1})
+    checkpoint.save(Progress(1), model, optimizer, schedule, rng)
+    (directory / ".epoch-2.safetensors.0123abcd.tmp").write_bytes(b"half")  # killed mid-write
+    (directory / ".progress.json.89abcdef.tmp").write_text("half")
+    checkpoint.clear()
+    assert not directory.exists()
+    directory.mkdir()
+    (directory / ".notes.txt.0123abcd.tmp").write_text("a user's")  # no checkpoint file's temporary: kept
+    checkpoint.clear()
+    assert [p.name for p in directory.iterdir()] == [".notes.txt.0123abcd.tmp"]

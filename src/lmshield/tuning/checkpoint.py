@@ -26,9 +26,9 @@ from lmshield.progress import (
     PROGRESS_JSON,
     atomic_write,
     content_digest,
-    is_temporary,
     read_progress,
     stamp,
+    temporary_of,
     write_progress,
 )
 
@@ -160,13 +160,15 @@ class EpochCheckpoint:
         if self.directory is None or not self.directory.is_dir():
             return
         for file in self.directory.iterdir():
-            name = file.name
-            if file.is_file() and (
-                TENSOR_FILE.fullmatch(name) or name == PROGRESS_JSON or is_temporary(name, PROGRESS_JSON)
-            ):
+            if file.is_file() and any(_is_own(name) for name in (file.name, temporary_of(file.name))):
                 file.unlink()
         if not any(self.directory.iterdir()):
             self.directory.rmdir()
+
+
+def _is_own(name: str | None) -> bool:
+    """Whether ``name`` is a file the checkpoints write (a temporary of one, left by a killed run, goes too)."""
+    return name is not None and (TENSOR_FILE.fullmatch(name) is not None or name == PROGRESS_JSON)
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
