@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lmshield import locks
 from lmshield.errors import EXIT_ERROR, InputError
 from lmshield.locks import LOCK_FILE, holding
 from tests.cli.helpers import invoke, said
@@ -79,6 +80,26 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path: Path) -> None:
         held_by(tmp_path, pid)
         with holding(tmp_path):
             assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_two_runs_taking_over_one_stale_lock_do_not_both_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both read the dead holder; the first took over, and the second then deleted the first's fresh lock and
+    made its own: two runs on one folder, the double launch the lock is there to refuse."""
+    held_by(tmp_path, dead_pid())
+    is_stale = locks._is_stale
+
+    def first_takes_over_meanwhile(holder: dict | None) -> bool:
+        stale = is_stale(holder)
+        held_by(tmp_path, os.getppid())  # the other run's lock, made between this run's read and its removal
+        return stale
+
+    monkeypatch.setattr(locks, "_is_stale", first_takes_over_meanwhile)
+    with pytest.raises(InputError, match=f"process {os.getppid()} "), holding(tmp_path):
+        pass
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getppid()
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
 
 
 def test_a_second_command_on_a_folder_in_use_says_so_and_leaves_it_alone(tmp_path: Path, tiny_bert_dir: Path) -> None:

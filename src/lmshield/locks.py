@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import time
@@ -95,7 +96,7 @@ def _acquire(lock: Path) -> None:
             if not _is_stale(holder):
                 raise InputError(_refusal(lock, holder)) from None
             logger.warning("%s: taking over the lock of %s, which is no longer running", lock.parent, _who(holder))
-            lock.unlink(missing_ok=True)
+            _remove_stale(lock, holder)
             continue
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
@@ -105,6 +106,28 @@ def _acquire(lock: Path) -> None:
             raise
         return
     raise InputError(_refusal(lock, _holder(lock)))
+
+
+def _remove_stale(lock: Path, holder: dict[str, Any] | None) -> None:
+    """Remove ``lock`` if it is still the stale one of ``holder``: two runs that found it stale at once must not
+    both take over, the second deleting the fresh lock of the first. It is moved aside first (one run only can),
+    and put back when another run's lock had replaced it meanwhile."""
+    aside = lock.with_name(f"{lock.name}.{secrets.token_hex(4)}.stale")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:  # another run took it over first
+        return
+    if _holder(aside) == holder:
+        aside.unlink()
+        return
+    try:
+        os.link(aside, lock)  # the other run's lock, back in place
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
+        os.rename(aside, lock)
+        return
+    aside.unlink()
 
 
 def _me() -> dict[str, Any]:
