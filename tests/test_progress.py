@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from lmshield.progress import (
     refuse_foreign_folder,
     refuse_links,
     stamp,
+    write_output,
     write_progress,
 )
 
@@ -175,3 +178,29 @@ def test_output_folders_holding_a_symbolic_link_are_refused(tmp_path: Path) -> N
     with pytest.raises(InputError, match="symbolic link"):
         refuse_links(out)
     assert precious.read_text() == "mine"
+
+
+def _read_into(pipe: Path, got: list[str]) -> None:
+    got.append(pipe.read_text(encoding="utf-8"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_output_that_is_a_pipe_is_written_into_not_replaced(tmp_path: Path) -> None:
+    """``predict --out``, ``psim score --out`` and ``guard eval --out`` moved a file over a FIFO (or /dev/stdout,
+    as root) that the user named: the reader never got the lines, and the pipe was gone."""
+    from lmshield.cli.guard import _write_jsonl
+
+    pipe = tmp_path / "results"
+    os.mkfifo(pipe)
+    for write, expected in (
+        (lambda: write_output(pipe, "one\n"), "one\n"),
+        (lambda: _write_jsonl([{"y": 1}], pipe), '{"y": 1}\n'),
+    ):
+        got: list[str] = []
+        reader = threading.Thread(target=_read_into, args=(pipe, got), daemon=True)
+        reader.start()
+        write()
+        reader.join(timeout=30)
+        assert got == [expected] and stat.S_ISFIFO(pipe.stat().st_mode)
+    write_output(tmp_path / "file.jsonl", "whole\n")  # a file is still written whole
+    assert (tmp_path / "file.jsonl").read_text() == "whole\n"

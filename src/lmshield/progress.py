@@ -99,6 +99,17 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
+def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to an output file the user named: whole (see :func:`write_text`), or, when ``path`` is a
+    device or a pipe (``/dev/stdout``, a FIFO a reader waits on), into it as a stream: moving a file over it
+    would replace the pipe with a file and leave its reader waiting."""
+    if path.exists() and not path.is_file():
+        with path.open("w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
+    write_text(path, text)
+
+
 def temporary_name(path: Path) -> Path:
     """A hidden name beside ``path`` that no other writer uses (see :func:`atomic_write`)."""
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

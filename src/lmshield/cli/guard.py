@@ -21,7 +21,7 @@ from lmshield.cli._common import (
     refuse_clobbering,
 )
 from lmshield.errors import InputError
-from lmshield.progress import write_text
+from lmshield.progress import write_output
 
 if TYPE_CHECKING:
     from lmshield.defenses.sanitizer.guard import Guard
@@ -82,7 +82,7 @@ def _write_jsonl(rows: list[dict], out: Path | None) -> None:
         typer.echo(lines, nl=False)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, lines)
+    write_output(out, lines)
 
 
 @friendly_errors

@@ -24,7 +24,7 @@ from lmshield.cli._common import (
 from lmshield.errors import InputError
 from lmshield.jsonio import dumps
 from lmshield.locks import holding
-from lmshield.progress import write_text
+from lmshield.progress import write_output, write_text
 
 app = typer.Typer(
     help="PSIM: flag poisoned inputs with a PEFT module trained on random labels.",
@@ -178,7 +178,7 @@ def score_command(
     ]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_text(out, "\n".join(lines) + "\n")
+        write_output(out, "\n".join(lines) + "\n")
     else:
         typer.echo("\n".join(lines))
     typer.echo(f"{int(flags.sum())} of {len(items)} flagged as poisoned (threshold {psim.threshold_:.4f})", err=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmshield.errors import InputError, require_file
 from lmshield.jsonio import dumps, json_ready
-from lmshield.progress import write_text
+from lmshield.progress import write_output
 from lmshield.text.triggers import insert_words
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class GuardEvalReport:
     def save(self, path: str | Path) -> Path:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_text(out, dumps(self.to_dict(), indent=2))
+        write_output(out, dumps(self.to_dict(), indent=2))
         return out
 
     def table(self) -> str:
