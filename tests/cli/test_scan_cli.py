@@ -39,6 +39,27 @@ def test_clean_model_exits_zero_and_writes_a_report(saved_pair, tmp_path: Path):
     assert json.loads((tmp_path / "scan.json").read_text())["verdict"] == "clean"
 
 
+def test_the_report_is_written_while_the_folder_is_still_held(
+    saved_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library released the folder when the scan returned, and the CLI wrote report.md after: a second run
+    could take the folder in between."""
+    import lmshield.reports
+    from lmshield.locks import LOCK_FILE
+
+    real, held = lmshield.reports.write_scan_report, []
+
+    def write(result, directory):
+        held.append((Path(directory) / LOCK_FILE).is_file())
+        return real(result, directory)
+
+    monkeypatch.setattr(lmshield.reports, "write_scan_report", write)
+    clean, _ = saved_pair
+    result = _scan(str(clean), "--out", str(tmp_path), *TINY_FLAGS)
+    assert result.exit_code == EXIT_CLEAN, result.output
+    assert held == [True] and not (tmp_path / LOCK_FILE).exists()
+
+
 def test_backdoored_model_exits_with_its_own_code(saved_pair, tmp_path: Path):
     _, backdoored = saved_pair
     result = _scan(str(backdoored), "--out", str(tmp_path), *TINY_FLAGS)

@@ -72,6 +72,8 @@ def scan_command(
     """
     from lmshield.defenses.sanitizer import SanitizerConfig, scan
     from lmshield.defenses.sanitizer.result import SCAN_JSON
+    from lmshield.defenses.sanitizer.scanner import check_outside
+    from lmshield.locks import holding
     from lmshield.progress import PROGRESS_JSON
     from lmshield.reports import write_scan_report
     from lmshield.text import TextSource
@@ -84,18 +86,20 @@ def scan_command(
     out_dir = out or _default_out(model)
     # a scan always keeps its progress beside its result: a scan.json alone may be a user's file of that name
     refuse_foreign(out_dir, SCAN_JSON, "scan result (with its progress)", ours=(PROGRESS_JSON,))
-    result = scan(
-        model,
-        config,
-        position=position,
-        text_source=source,
-        out_dir=out_dir,
-        device=device,
-        allow_pickle=allow_pickle,
-        progress=not quiet,
-        fresh=fresh,
-    )
-    report = write_scan_report(result, out_dir)
+    check_outside(out_dir, model if model is not None and Path(model).is_dir() else None)  # before the lock
+    with holding(out_dir):  # the report too: a second run must not start between the result and its report
+        result = scan(
+            model,
+            config,
+            position=position,
+            text_source=source,
+            out_dir=out_dir,
+            device=device,
+            allow_pickle=allow_pickle,
+            progress=not quiet,
+            fresh=fresh,
+        )
+        report = write_scan_report(result, out_dir)
     colour = typer.colors.RED if result.is_backdoored else typer.colors.GREEN
     typer.secho(result.summary(), fg=colour, bold=True)
     if result.caveat:

@@ -137,7 +137,7 @@ def _check_same_model(out_dir: str | os.PathLike[str] | None, fingerprint: str) 
         )
 
 
-def _check_outside(out_dir: str | os.PathLike[str] | None, model_dir: Path | None) -> None:
+def check_outside(out_dir: str | os.PathLike[str] | None, model_dir: str | os.PathLike[str] | None) -> None:
     """Refuse an output folder inside the scanned model's: the model is untrusted, and a folder it ships could
     hold a forged result or progress that a rerun would resume from."""
     if out_dir is None or model_dir is None:
@@ -181,7 +181,7 @@ def scan(
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, allow_pickle=allow_pickle)
     if isinstance(model, Encoder) and device is not None:  # a loaded encoder runs where the caller asks
         encoder.model.to(resolve_device(device))
-    _check_outside(out_dir, encoder.directory)  # before the lock is written there
+    check_outside(out_dir, encoder.directory)  # before the lock is written there
     if out_dir is not None:
         refuse_links(Path(out_dir))
     with evaluating(encoder.model), holding(out_dir):  # train mode's dropout would make seeds random
