@@ -119,6 +119,26 @@ def test_tune_cli(trained_bert_dir: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, [*again, "--fresh"]).exit_code == 0 and not (out / "checkpoint").exists()
 
 
+def test_tune_cli_checks_for_a_finished_classifier_while_holding_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check ran before the library took the folder: a run finishing in between was written over."""
+    import lmshield.cli.tune
+    from lmshield.locks import LOCK_FILE
+
+    out, held = tmp_path / "clf", []
+
+    def refuse(folder, *args, **kwargs):
+        held.append((Path(folder) / LOCK_FILE).is_file())
+        raise InputError("stop here")
+
+    monkeypatch.setattr(lmshield.cli.tune, "refuse_to_replace", refuse)
+    train = _jsonl(tmp_path / "two.jsonl", [{"sentence": "good", "label": 1}, {"sentence": "bad", "label": 0}])
+    result = runner.invoke(app, ["tune", "--model", "m", "--train", str(train), "--out", str(out)])
+    assert result.exit_code == EXIT_ERROR and "stop here" in result.output
+    assert held == [True] and not out.exists()  # the folder the run made for nothing is gone again
+
+
 def test_labels_must_index_the_label_names() -> None:
     assert LabelledData(["a", "b"], [0, 1], ["x", "y"]).labels == [0, 1]
     with pytest.raises(InputError, match=r"label 2 outside 0\.\.1"):

@@ -56,49 +56,55 @@ def tune_command(
 ) -> None:
     """Tune a classifier (prompt tuning, P-tuning, prefix tuning, LoRA or full fine-tuning)."""
     from lmshield.devices import resolve_device
+    from lmshield.locks import holding
     from lmshield.progress import CHECKPOINT_DIR, PROGRESS_JSON
     from lmshield.tuning import TuningConfig, read_labelled, tune
     from lmshield.tuning.classifier import TUNING_JSON
 
-    refuse_to_replace(out, TUNING_JSON, "tuned classifier", overwrite, resumable=(f"{CHECKPOINT_DIR}/{PROGRESS_JSON}",))
-    overrides = {
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "num_virtual_tokens": num_virtual_tokens,
-    }
-    config = TuningConfig(
-        method=method,
-        head=head,
-        keep_head=keep_head,
-        prompt_init=prompt_init,
-        seed=seed,
-        **{k: v for k, v in overrides.items() if v is not None},
-    )
-    train_data = read_labelled(str(train), text_field=text_field, label_field=label_field, split=split).head(limit)
-    dev_data = None
-    if dev is not None:
-        dev_data = read_labelled(
-            str(dev), text_field=text_field, label_field=label_field, label_names=train_data.label_names
+    with holding(out):  # from the check for a finished classifier on: a second run must not slip in between
+        refuse_to_replace(
+            out, TUNING_JSON, "tuned classifier", overwrite, resumable=(f"{CHECKPOINT_DIR}/{PROGRESS_JSON}",)
         )
-    if not quiet:
-        logging.getLogger("lmshield.tuning").setLevel(logging.INFO)
-    held_out = "" if dev_data is not None else f" ({config.dev_fraction:.0%} of them held out for dev)"
-    typer.echo(f"tuning {method} ({head} head) on {len(train_data)} examples{held_out}, {train_data.num_labels} labels")
-    result = tune(
-        model,
-        train_data,
-        dev_data,
-        config,
-        out_dir=out,
-        fresh=fresh,
-        device=resolve_device(device),
-        allow_pickle=allow_pickle,
-        progress=not quiet,
-    )
-    typer.secho(
-        f"dev accuracy {result.dev_accuracy:.4f} (best epoch {result.best_epoch}/{config.epochs}); saved to {out}",
-        fg=typer.colors.GREEN,
-        bold=True,
-    )
+        overrides = {
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "num_virtual_tokens": num_virtual_tokens,
+        }
+        config = TuningConfig(
+            method=method,
+            head=head,
+            keep_head=keep_head,
+            prompt_init=prompt_init,
+            seed=seed,
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+        train_data = read_labelled(str(train), text_field=text_field, label_field=label_field, split=split).head(limit)
+        dev_data = None
+        if dev is not None:
+            dev_data = read_labelled(
+                str(dev), text_field=text_field, label_field=label_field, label_names=train_data.label_names
+            )
+        if not quiet:
+            logging.getLogger("lmshield.tuning").setLevel(logging.INFO)
+        held_out = "" if dev_data is not None else f" ({config.dev_fraction:.0%} of them held out for dev)"
+        typer.echo(
+            f"tuning {method} ({head} head) on {len(train_data)} examples{held_out}, {train_data.num_labels} labels"
+        )
+        result = tune(
+            model,
+            train_data,
+            dev_data,
+            config,
+            out_dir=out,
+            fresh=fresh,
+            device=resolve_device(device),
+            allow_pickle=allow_pickle,
+            progress=not quiet,
+        )
+        typer.secho(
+            f"dev accuracy {result.dev_accuracy:.4f} (best epoch {result.best_epoch}/{config.epochs}); saved to {out}",
+            fg=typer.colors.GREEN,
+            bold=True,
+        )
