@@ -274,7 +274,7 @@ def _run_epoch(
         optimizer.step()
         schedule.step()
         total, count = total + loss.item() * len(rows), count + len(rows)
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)  # drawn at the bar's own pace
     bar.close()
     return total / max(count, 1)
 

@@ -180,12 +180,13 @@ class PVMiner:
             distance_sum += distance
             entropy_sum += entropy
             seen.append(outputs)
-            bar.update(1)
-            bar.set_postfix(
+            bar.set_postfix(  # drawn by update() at the bar's own pace, not once a step
                 dist=f"{float(distance.max()) / self.distance_scale():.3g}",
                 collapse=f"{float(entropy.max()) / self.entropy_ceiling:.4f}",
                 active=len(active),
+                refresh=False,
             )
+            bar.update(1)
         if not bool(distance_sum.isfinite().all() and entropy_sum.isfinite().all()):
             seeds = [state.seeds[i] for i in active.tolist()]
             raise ScanError(
