@@ -36,6 +36,25 @@ def test_an_interrupted_command_exits_130_with_a_hint() -> None:
     assert result.exit_code == 130 and "rerun the same command to resume" in result.output
 
 
+def test_an_interrupted_command_that_keeps_no_progress_says_a_rerun_starts_over(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """predict, psim score, guard eval... said 'rerun the same command to resume', but they keep no progress."""
+    import lmshield.cli.guard
+    from lmshield.cli.main import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmshield.cli.guard, "_load_guard", interrupted)
+    monkeypatch.setattr("lmshield.tuning.TunedClassifier.from_pretrained", interrupted)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a text\n")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "clf"), str(texts)])
+    assert result.exit_code == 130, result.output
+    assert "keeps no progress; rerun it to start over" in result.output and "resume" not in result.output
+
+
 def _failing_app(error: BaseException | None, code: int = 0) -> typer.Typer:
     app = typer.Typer()
 

@@ -171,10 +171,16 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def friendly_errors(command: F) -> F:
+def friendly_errors(command: F, resumes: bool = True) -> F:
     """Turn an :class:`LmshieldError` into one line on stderr (lines joined) and its exit code, an ``OSError`` into
     one line and exit code 2, and any other exception (a file lmshield did not foresee, or a bug) into one line
-    and exit code 2 as well, with its traceback only when ``LMSHIELD_DEBUG=1``."""
+    and exit code 2 as well, with its traceback only when ``LMSHIELD_DEBUG=1``. An interrupt says whether a rerun
+    resumes (``resumes``) or starts over."""
+    after_interrupt = (
+        "interrupted: rerun the same command to resume"
+        if resumes
+        else "interrupted: this command keeps no progress; rerun it to start over"
+    )
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -189,7 +195,7 @@ def friendly_errors(command: F) -> F:
             typer.secho(f"error: {_one_line(str(exc))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
-            typer.secho("interrupted: rerun the same command to resume", err=True)
+            typer.secho(after_interrupt, err=True)
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
@@ -203,3 +209,8 @@ def friendly_errors(command: F) -> F:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def starts_over(command: F) -> F:
+    """:func:`friendly_errors` for a command that keeps no progress: an interrupted run is rerun from the start."""
+    return friendly_errors(command, resumes=False)

@@ -22,9 +22,9 @@ from lmshield.cli._common import (
     Overwrite,
     Quiet,
     TextField,
-    friendly_errors,
     output_dir,
     removed_if_left_empty,
+    starts_over,
 )
 from lmshield.errors import InputError, require_file
 
@@ -61,7 +61,7 @@ def load_vectors(path: Path):  # noqa: ANN201 - a torch tensor
 
 
 def _attack_command(name: str) -> Callable[..., None]:
-    @friendly_errors
+    @starts_over
     def command(
         out: Annotated[
             Path,
@@ -154,7 +154,7 @@ def _print_verification(verification) -> None:  # noqa: ANN001
 
 
 @app.command("verify")
-@friendly_errors
+@starts_over
 def verify_command(
     directory: Annotated[Path, typer.Argument(help="A model directory written by lmshield attack.")],
     original: Annotated[

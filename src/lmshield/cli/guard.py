@@ -16,9 +16,9 @@ from lmshield.cli._common import (
     LabelField,
     Quiet,
     TextField,
-    friendly_errors,
     output_file,
     refuse_clobbering,
+    starts_over,
 )
 from lmshield.errors import InputError
 from lmshield.progress import write_output
@@ -85,7 +85,7 @@ def _write_jsonl(rows: list[dict], out: Path | None) -> None:
     write_output(out, lines)
 
 
-@friendly_errors
+@starts_over
 def predict_command(
     classifier: Annotated[Path, typer.Argument(help="Tuned classifier directory (lmshield tune --out).")],
     texts: Annotated[Path, typer.Argument(help="Texts: a text file (one a line) or JSON Lines.")],
@@ -252,7 +252,7 @@ def _triggers(backdoor: Path | None, triggers: str | None) -> list[str]:
 
 
 @guard_app.command("eval")
-@friendly_errors
+@starts_over
 def eval_command(
     classifier: Annotated[Path, typer.Option(help="Tuned classifier directory.")],
     scan: Annotated[Path, typer.Option(help="Scan result directory (scan.json + pvs.safetensors).")],

@@ -20,6 +20,7 @@ from lmshield.cli._common import (
     refuse_clobbering,
     refuse_foreign,
     refuse_to_replace,
+    starts_over,
 )
 from lmshield.errors import InputError
 from lmshield.jsonio import dumps
@@ -54,7 +55,7 @@ def _texts(path: Path, field: str | None, limit: int | None = None) -> list[str]
 
 
 @app.command("fit")
-@friendly_errors
+@starts_over
 def fit(
     model: Annotated[str, typer.Argument(help="Released (possibly poisoned) model directory or hub id.")],
     texts: Annotated[Path, typer.Option(help="Downstream training texts (labels are not used).")],
@@ -129,7 +130,7 @@ def fit(
 
 
 @app.command("calibrate")
-@friendly_errors
+@starts_over
 def calibrate_command(
     psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
     texts: Annotated[Path, typer.Option(help="Held-out clean task texts.")],
@@ -151,7 +152,7 @@ def calibrate_command(
 
 
 @app.command("score")
-@friendly_errors
+@starts_over
 def score_command(
     psim_dir: Annotated[Path, typer.Argument(help="A saved PSIM directory.")],
     texts: Annotated[Path, typer.Option(help="Texts to check (text file or JSON Lines).")],
