@@ -100,9 +100,10 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_output(path: Path, text: str) -> None:
-    """Write ``text`` to an output file the user named: whole (see :func:`write_text`), or, when ``path`` is a
-    device or a pipe (``/dev/stdout``, a FIFO a reader waits on), into it as a stream: moving a file over it
-    would replace the pipe with a file and leave its reader waiting."""
+    """Write ``text`` to an output file the user named, its folder made if need be: whole (see :func:`write_text`),
+    or, when ``path`` is a device or a pipe (``/dev/stdout``, a FIFO a reader waits on), into it as a stream:
+    moving a file over it would replace the pipe with a file and leave its reader waiting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not path.is_file():
         with path.open("w", encoding="utf-8") as stream:
             stream.write(text)

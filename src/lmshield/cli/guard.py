@@ -81,7 +81,6 @@ def _write_jsonl(rows: list[dict], out: Path | None) -> None:
     if out is None:
         typer.echo(lines, nl=False)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_output(out, lines)
 
 

@@ -178,7 +178,6 @@ def score_command(
         for t, s, p, n, f in zip(items, scores, result.probability, result.normalised, flags, strict=True)
     ]
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_output(out, "\n".join(lines) + "\n")
     else:
         typer.echo("\n".join(lines))

@@ -136,7 +136,6 @@ class GuardEvalReport:
 
     def save(self, path: str | Path) -> Path:
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_output(out, dumps(self.to_dict(), indent=2))
         return out
 
