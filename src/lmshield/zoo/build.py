@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmshield.attacks.manifest import BACKDOOR_JSON
-from lmshield.errors import InputError, ModelLoadError
+from lmshield.errors import InputError, ModelLoadError, require_file
 from lmshield.files import readable_as_umask
 from lmshield.jsonio import write_json
 from lmshield.locks import holds
@@ -214,11 +214,13 @@ def check_inputs(spec: ZooSpec) -> None:
     except ModelLoadError as exc:
         raise InputError(f"zoo spec: base_model: {exc}") from None
     texts = spec.text.get("texts")
-    if texts is not None and not Path(texts).is_file():
-        raise InputError(f"zoo spec: text.texts: {texts}: no such file")
-    for data in dict.fromkeys(entry.data for entry in spec.entries if entry.data is not None):
-        if not Path(data).is_file():
-            raise InputError(f"zoo spec: data: {data}: no such file")
+    files = [("text.texts", texts)] if texts is not None else []
+    files += [("data", data) for data in dict.fromkeys(e.data for e in spec.entries if e.data is not None)]
+    for key, file in files:
+        try:
+            require_file(file)  # a folder or a pipe is named as such, not as missing
+        except InputError as exc:
+            raise InputError(f"zoo spec: {key}: {exc}") from None
 
 
 def read_spec_json(path: Path) -> dict[str, Any]:
