@@ -14,9 +14,10 @@ BadNet ``mn`` with target 0, the precomputed back-translation and SCPN paraphras
 uses the rule-based stand-in for SCPN, not SCPN; ``--clauses generated`` gives it varied opening clauses
 (a shape trigger rather than five fixed phrases). ``--victim-train N --victim-epochs E`` train the victims
 on more data than the preset's (``--victim-lr`` at another lr); ``--psim-train N`` gives PSIM's one epoch N task
-texts (6920: all of SST-2's, as the release). ``--tasks cr,cola`` evaluates the same releases
-on other tasks. Results: benchmarks/results/psim-<preset>[-<what the run changes>].md and .json; the fitted PSIM,
-histograms and per-strategy progress under the cache folder (<attack>-eval-<settings digest>), so an
+texts (6920: all of SST-2's, as the release); ``--psim-span text`` has PSIM read the whole input only, as the
+release (default: also each clause). ``--tasks cr,cola`` evaluates the same releases on other tasks.
+Results: benchmarks/results/psim-<preset>[-<what the run changes>].md and .json; the fitted PSIM, histograms
+and per-strategy progress under the cache folder (<attack>-eval-<settings digest>), so an
 interrupted run resumes where it stopped.
 Set OMP_NUM_THREADS=1 on a shared machine.
 """
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--psim-train", type=int, default=None, help="task training texts PSIM's one epoch reads (default: preset)"
     )
+    parser.add_argument(
+        "--psim-span", choices=("text", "clauses"), default=None, help="whole input (release) or also each clause"
+    )
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
     parser.add_argument(
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         changes["max_train"] = args.victim_train
     if args.psim_train is not None:
         changes["psim_train"] = args.psim_train
+    if args.psim_span is not None:
+        changes["psim"] = {**settings.psim, "span": args.psim_span}
     victim = {k: v for k, v in {"epochs": args.victim_epochs, "lr": args.victim_lr}.items() if v is not None}
     if victim:
         changes["victim"] = {**settings.victim, **victim}
@@ -201,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     name += "" if args.victim_lr is None else f"-lr{args.victim_lr:g}"
     name += "" if args.psim_train is None else f"-psim{args.psim_train}"
+    name += "" if args.psim_span is None else f"-span-{args.psim_span}"
     name += "" if args.target_frr is None else f"-frr{args.target_frr:g}"
     name += "" if attacks == list(ATTACKS) else "-" + "+".join(attacks)  # one attack's run keeps the others' table
     name += "" if not args.strategies else "-" + "+".join(settings.strategies)  # a partial table keeps the full one

@@ -203,7 +203,7 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
     seen: dict = {}
 
     def evaluate_release(model, folder, settings, **kwargs):
-        seen.update(strategies=settings.strategies, baselines=kwargs["baselines"])
+        seen.update(strategies=settings.strategies, baselines=kwargs["baselines"], span=settings.psim_config().span)
         return SimpleNamespace(all_rows=[])
 
     class FakePSIM:
@@ -234,12 +234,19 @@ def test_options_reach_the_library(files: dict[str, Path], monkeypatch: pytest.M
                     "--baselines", "strip", "--baseline-on", "full", "--out", root / "recorded", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["strategies"] == ("lora", "full") and seen["baselines"].strategies == ("full",)
+    assert seen["span"] == "clauses"
     result = invoke("psim", "fit", root / "m", "--texts", files["train"], "--limit", 7, "--num-labels", 3,
                     "--calibrate", files["dev"], "--target-frr", 0.2, "--out", root / "unused", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert seen["fit"] == (7, 3) and seen["calibrate"] == (60, 0.2)
-    result = invoke("psim", "fit", root / "m", "--texts", files["train"], "--out", root / "unused2", "--quiet")
+    assert seen["psim"][1]["span"] == "clauses"
+    result = invoke("psim", "fit", root / "m", "--texts", files["train"], "--out", root / "unused2", "--quiet",
+                    "--span", "text")  # fmt: skip
     assert result.exit_code == 0 and seen["fit"][1] is None  # the library reads the released head's class count
+    assert seen["psim"][1]["span"] == "text"
+    result = invoke("psim", "eval", root / "m", "--task", files["task"], "--span", "text", "--out", root / "r2",
+                    "--quiet")  # fmt: skip
+    assert result.exit_code == 0 and seen["span"] == "text", result.output
     result = invoke("poison", "badnet", root / "m", "--data", files["train"], "--out", root / "p", "--overwrite",
                     "--fresh", "--poison-rate", 0.1, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output

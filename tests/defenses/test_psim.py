@@ -27,9 +27,11 @@ from lmshield.defenses.psim import (
     random_labels,
     training,
 )
+from lmshield.defenses.psim.detector import most_confident_view
 from lmshield.defenses.psim.training import has_classification_head, train_random_label_module, tuning_config
 from lmshield.errors import InputError
 from lmshield.evaluation.psim_eval import score_auroc
+from lmshield.text.clauses import split_clauses
 from tests.attacks.test_poisoning import released, task
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "lmshield"
@@ -474,3 +476,44 @@ def test_fit_leaves_out_empty_texts_as_the_cli_reader_does(
         psim = PSIM().fit("no-model", ["a text", "", "another", " "], 2)
     assert trained == [["a text", "another"]] and psim.n_train_ == 2
     assert "2 of 4 texts are empty and are left out" in caplog.text
+
+
+def test_most_confident_view_by_hand() -> None:
+    top = np.array([0.6, 0.9, 0.7, 0.5, 0.8, 0.8])
+    owners = np.array([0, 0, 0, 1, 2, 2])
+    assert most_confident_view(top, owners).tolist() == [1, 3, 4]  # ties: the first view (the whole text)
+    assert most_confident_view(np.zeros(0), np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+def test_the_clause_span_reads_the_most_confident_of_a_text_and_its_clauses() -> None:
+    psim = copy.deepcopy(fitted())
+    clean, poisoned = task(12, 3).texts, triggered()[:12]
+    texts = [f"{a} , {b}. {a}" for a, b in zip(clean, poisoned, strict=True)] + clean[:3] + ["", "mn"]
+    assert psim.span == "clauses"  # lmshield's default; the release reads the whole text
+    read = psim.scores(texts)
+    psim.set_params(span="text")
+    whole = psim.scores(texts)
+    for i, text in enumerate(texts):
+        views = [text, *split_clauses(text, psim.max_length)]
+        each = psim.scores(views)
+        best = int(np.argmax(each.probability))
+        assert read.probability[i] == pytest.approx(each.probability[best])
+        assert read.label[i] == each.label[best]
+    assert (read.probability >= whole.probability).all() and (read.probability > whole.probability + 1e-3).any()
+
+
+def test_the_span_is_validated_saved_and_read_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(InputError, match="unknown PSIM span 'words': use text or clauses"):
+        PSIM(span="words")
+    psim = copy.deepcopy(fitted()).set_params(span="text")
+    assert PSIM.from_pretrained(psim.save_pretrained(tmp_path / "text"), progress=False).span == "text"
+    loaded = PSIM.from_pretrained(copy.deepcopy(fitted()).save_pretrained(tmp_path / "psim"), progress=False)
+    assert loaded.span == "clauses"
+    payload = json.loads((tmp_path / "psim" / "psim.json").read_text())
+    del payload["config"]["span"]  # written before the setting existed: the whole text, as then
+    (tmp_path / "psim" / "psim.json").write_text(json.dumps(payload))
+    assert PSIM.from_pretrained(tmp_path / "psim", progress=False).span == "text"
+    loaded.calibrate(task(100, 6).texts, 0.1)  # reading clauses
+    with caplog.at_level("WARNING", logger="lmshield"):
+        loaded.set_params(span="text")
+    assert "calibrated reading the clauses span; call calibrate again" in caplog.text

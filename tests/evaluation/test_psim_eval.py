@@ -372,3 +372,11 @@ def test_psim_is_calibrated_on_dev_texts_only_when_a_target_frr_is_set(
     assert calibrated[2] == 0.9 and calls == [("fit", 120, 2), ("calibrate", ["dev one", "dev two"], 0.1)]
     capped = _EvalData.load(released("badnet"), folder, EvalSettings(strategies=("lora",), psim_train=50), None)
     assert capped.psim_texts == read_labelled(folder / "train.json").texts[:50]
+
+
+def test_psims_defaults_count_in_the_settings_a_rerun_resumes() -> None:
+    """Scores saved by an evaluation with other PSIM defaults (whole-text reading, say) must not be resumed."""
+    settings = EvalSettings.preset("fast")
+    assert settings.shared_dict()["psim"]["span"] == "clauses"
+    assert replace(settings, psim={**settings.psim, "span": "clauses"}).digest() == settings.digest()
+    assert replace(settings, psim={**settings.psim, "span": "text"}).digest() != settings.digest()

@@ -35,6 +35,7 @@ def test_report_holds_the_rows_detection_and_sweep(tmp_path: Path) -> None:
     assert text.startswith("# lmshield PSIM evaluation: badnet on toy")
     assert "trigger mn, target label 0, clean-label, 3 of 8 texts" in text
     assert "lora, 1 epoch(s) on 120 training texts" in text and "calibrated to 2.0% FRR" in text
+    assert "score: the highest of the input's and each clause's top probability" in text  # the default span
     assert "FRR **25.0%**" in text and "FAR **20.0%**" in text and "ROC-AUC **0.775**" in text
     assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.750 | 0.000 |" in text
     assert "| 2% | 0.9000 | 0.600 |" in text and "![PSIM confidence" in text

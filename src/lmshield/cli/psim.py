@@ -48,6 +48,14 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+Span = Annotated[
+    str,
+    typer.Option(
+        help="clauses: the highest score of the input's and each clause's; text (the release): the whole input's."
+    ),
+]
+
+
 def _texts(path: Path, field: str | None, limit: int | None = None) -> list[str]:
     from lmshield.text import read_texts
 
@@ -79,6 +87,7 @@ def fit(
         float | None, typer.Option(help="Fixed threshold (default: the release's 0.7, carried to the class count).")
     ] = None,
     score: Annotated[str, typer.Option(help="probability or normalised ((p-1/K)/(1-1/K)).")] = "probability",
+    span: Span = "clauses",
     calibrate: Annotated[Path | None, typer.Option(help="Held-out clean texts to calibrate the threshold.")] = None,
     target_frr: Annotated[
         float | None, typer.Option(help="Target false-rejection rate for --calibrate (default 0.05).")
@@ -114,6 +123,7 @@ def fit(
             max_length=max_length,
             threshold=threshold,
             score_kind=score,
+            span=span,
             seed=seed,
             device=_device(device),
             progress=not quiet,
@@ -208,6 +218,7 @@ def eval_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    span: Span = "clauses",
     baselines: Annotated[
         str | None,
         typer.Option(
@@ -234,7 +245,8 @@ def eval_command(
 
     base = EvalSettings.preset(preset)
     names = _names(strategies) if strategies else base.strategies
-    settings = dataclasses.replace(base, strategies=names, target_frr=target_frr, seed=seed)
+    psim = {**base.psim, "span": span}
+    settings = dataclasses.replace(base, strategies=names, target_frr=target_frr, seed=seed, psim=psim)
     extra = None
     if baseline_on and not baselines:
         raise InputError("--baseline-on goes with --baselines")

@@ -319,8 +319,10 @@ class EvalSettings:
         return json.loads(json.dumps(asdict(self)))
 
     def shared_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the strategies: what every strategy's row depends on (a rerun may add some)."""
-        return {k: v for k, v in self.to_dict().items() if k != "strategies"}
+        """:meth:`to_dict` without the strategies: what every strategy's row depends on (a rerun may add some).
+        PSIM's settings are given whole, defaults included: a changed default must not resume older scores."""
+        shared = {k: v for k, v in self.to_dict().items() if k != "strategies"}
+        return {**shared, "psim": self.psim_config().to_dict()}
 
     def digest(self) -> str:
         """Eight hex digits that name :meth:`shared_dict`, for result folders."""

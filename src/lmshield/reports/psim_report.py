@@ -59,9 +59,11 @@ def _settings_line(settings: dict[str, Any], threshold: float, psim_texts: int |
     else:
         how = "the release's cut, carried to the number of classes"
     texts = psim_texts if psim_texts is not None else settings.get("psim_train") or "all"
+    reads = "the highest of the input's and each clause's" if psim["span"] == "clauses" else "the whole input's"
+    kind = "top probability" if psim["score_kind"] == "probability" else "normalised top probability"
     return (
         f"- PSIM: {psim['method']}, {psim['epochs']} epoch(s) on {texts} training texts with random labels; "
-        f"threshold **{threshold:.4f}** ({how})"
+        f"score: {reads} {kind}; threshold **{threshold:.4f}** ({how})"
     )
 
 

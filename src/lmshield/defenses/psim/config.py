@@ -11,6 +11,7 @@ from lmshield.defenses.psim.thresholds import SCORE_KINDS
 from lmshield.errors import InputError, check_bool, check_finite, check_share, check_whole
 
 KEEP_HEAD = ("auto", "yes", "no")
+SPANS = ("text", "clauses")
 # the release's PSIM update: 1 epoch over the 6,920 SST-2 training sentences at batch 32 and lr 2e-5
 RELEASE_LR = 2e-5
 RELEASE_STEPS = math.ceil(6920 / 32)
@@ -44,6 +45,11 @@ class PSIMConfig:
     on the SynAttack release of the fast benchmark it separated triggered from clean inputs far better (AUROC
     0.921 against 0.882 frozen, FAR at a 2 % FRR 0.185 against 0.764; BadNet and InSent 1.000 either way);
     victims keep it frozen, as peft does.
+    ``span`` ``clauses`` (lmshield's default) reads the module's confidence on the whole input and on each of
+    its clauses (split after , ; : . ! ?) and keeps the highest, so that the rest of the input does not
+    outweigh a trigger; ``text`` (the release) reads the whole input only. On the SynAttack release of the
+    fast benchmark clauses gave AUROC 0.948 against 0.921 and FAR at a 2 % FRR 0.146 against 0.185 (BadNet
+    and InSent 1.000 and 0 either way), for about twice the scoring time on SST-2 and three times on IMDB.
     """
 
     method: str = "ptuning"
@@ -58,6 +64,7 @@ class PSIMConfig:
     keep_head: str | bool = "auto"  # auto, yes, no (True / False read as yes / no)
     warmup_ratio: float = 0.06
     train_pooler: bool = True
+    span: str = "clauses"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +73,8 @@ class PSIMConfig:
         get_method(self.method)
         if self.score_kind not in SCORE_KINDS:
             raise InputError(f"unknown PSIM score kind {self.score_kind!r}: use {' or '.join(SCORE_KINDS)}")
+        if self.span not in SPANS:
+            raise InputError(f"unknown PSIM span {self.span!r}: use {' or '.join(SPANS)}")
         if isinstance(self.keep_head, bool):  # TuningConfig's spelling: True / False
             object.__setattr__(self, "keep_head", "yes" if self.keep_head else "no")
         check_bool({"train_pooler": self.train_pooler})

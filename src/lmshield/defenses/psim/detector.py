@@ -2,8 +2,8 @@
 
 ``PSIM(...).fit(model_dir, texts, num_labels)`` trains a PEFT module on the released (possibly poisoned)
 model with random labels; ``score`` reads its top softmax probability (or the class-count-normalised
-variant); ``flag`` marks inputs whose score exceeds the threshold as poisoned. Learned state lives in
-attributes ending in ``_``.
+variant), by default the highest over the whole input and each of its clauses (``span``); ``flag`` marks
+inputs whose score exceeds the threshold as poisoned. Learned state lives in attributes ending in ``_``.
 
 PSIM sees backdoors that make the released model extremely confident, which word and sentence triggers
 do. A syntactic trigger whose words vary (the stand-in's generated clauses, like SCPN's) moved the
@@ -13,6 +13,7 @@ released MiniLM-L6 to the target without that confidence and went through (READM
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ from lmshield.defenses.psim.training import head_labels, train_random_label_modu
 from lmshield.devices import resolve_device
 from lmshield.errors import InputError, check_bool, check_whole, reject_unknown_params
 from lmshield.jsonio import check_format_version, unmark, write_marker_json
+from lmshield.text.clauses import clause_views
 from lmshield.text.inputs import as_texts, without_blanks
 from lmshield.tuning import TunedClassifier
 from lmshield.tuning.classifier import BaseMismatchError
+
+logger = logging.getLogger(__name__)
 
 PSIM_JSON = "psim.json"
 MODULE_DIR = "module"
@@ -100,6 +104,16 @@ def _as_scores(scores: Any) -> np.ndarray:
     return values.astype(np.float64)
 
 
+def most_confident_view(top: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """For each text (``owners`` numbers them 0, 1, ... in order), the index of its view with the highest
+    ``top`` (the first of equals)."""
+    if not len(owners):
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.arange(len(top)), -top, owners))  # by text, then highest score, then first view
+    starts = np.flatnonzero(np.r_[True, owners[order][1:] != owners[order][:-1]])
+    return order[starts]
+
+
 class PSIM:
     """Poisoned-sample identification with a PEFT module trained on random labels.
 
@@ -124,6 +138,7 @@ class PSIM:
         keep_head: str | bool = "auto",
         warmup_ratio: float = 0.06,
         train_pooler: bool = True,
+        span: str = "clauses",
         seed: int = 0,
         device: str | None = None,
         progress: bool = True,
@@ -140,6 +155,7 @@ class PSIM:
         self.keep_head = keep_head
         self.warmup_ratio = warmup_ratio
         self.train_pooler = train_pooler
+        self.span = span
         self.seed = seed
         self.device = device
         self.progress = progress
@@ -165,7 +181,8 @@ class PSIM:
         """Change parameters (validated as in the constructor); refit afterwards for them to take effect.
 
         ``score_kind`` acts at once on a fitted PSIM: its ``threshold_`` is carried to the new scale, so the
-        same inputs stay flagged.
+        same inputs stay flagged. ``span`` acts at once too, but no threshold carries between spans (a text's
+        clause reading is never below its whole-text one): a calibrated PSIM warns to be calibrated again.
         """
         reject_unknown_params(self, params)
         PSIMConfig.from_dict({**self.config.to_dict(), **params})
@@ -175,6 +192,11 @@ class PSIM:
             self.threshold_ = rescale_threshold(self.threshold_, self.num_labels_, *kinds)
             if self.threshold is not None and "threshold" not in params:  # a clone or refit reads the param
                 params = {**params, "threshold": rescale_threshold(self.threshold, self.num_labels_, *kinds)}
+        if self.is_fitted and self.calibration_ is not None and params.get("span", self.span) != self.span:
+            logger.warning(
+                "threshold_ %.4f was calibrated reading the %s span; call calibrate again for the %s span",
+                self.threshold_, self.span, params["span"],
+            )  # fmt: skip
         for name, value in params.items():
             setattr(self, name, value)
         return self
@@ -226,13 +248,18 @@ class PSIM:
     # -- scoring ------------------------------------------------------------------------------------------------
 
     def scores(self, texts: list[str]) -> PSIMScores:
-        """Top probability, its class-count-normalised form and the predicted label, per text."""
+        """Top probability, its class-count-normalised form and the predicted label, per text (with ``span``
+        ``clauses``: those of the text's most confident view, the whole text or one of its clauses)."""
         classifier = self._check_fitted()
         texts = as_texts(texts)
-        probs = classifier.classify(texts, progress=self.progress and len(texts) > 256).probs.numpy()
+        views, owners = clause_views(texts, self.max_length) if self.span == "clauses" else (texts, None)
+        probs = classifier.classify(views, progress=self.progress and len(views) > 256).probs.numpy()
         # float64 throughout: both scales then flag the same inputs at thresholds carried between them
-        top = probs.max(axis=1).astype(np.float64) if len(texts) else np.zeros(0, dtype=np.float64)
-        label = probs.argmax(axis=1) if len(texts) else np.zeros(0, dtype=np.int64)
+        top = probs.max(axis=1).astype(np.float64) if len(views) else np.zeros(0, dtype=np.float64)
+        label = probs.argmax(axis=1) if len(views) else np.zeros(0, dtype=np.int64)
+        if owners is not None:
+            best = most_confident_view(top, np.asarray(owners, dtype=np.int64))
+            top, label = top[best], label[best]
         return PSIMScores(top, normalise(top, self.num_labels_), label)
 
     def score(self, texts: list[str], kind: str | None = None) -> np.ndarray:
@@ -305,7 +332,8 @@ class PSIM:
             raise InputError(f"{path}: not a PSIM file")
         check_format_version(payload, FORMAT_VERSION, path)
         try:
-            psim = cls.from_config(PSIMConfig.from_dict(payload["config"]), device=device, progress=progress)
+            config = {"span": "text", **payload["config"]}  # saved before 0.4, calibrated reading the whole text
+            psim = cls.from_config(PSIMConfig.from_dict(config), device=device, progress=progress)
             psim.num_labels_ = int(payload["num_labels_"])
             psim.threshold_ = float(payload["threshold_"])
             psim.calibration_ = (
