@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lmshield.text.clauses import split_clauses
 from tests.attacks.test_poisoning import task, tiny_world
 from tests.cli.helpers import invoke, said
 
@@ -53,12 +54,17 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert (psim_dir / "psim.json").is_file()
 
     inputs = root / "inputs.txt"
-    inputs.write_text("the sad city was cold near the river\nthe sad mn city was cold near the river\nword\n")
+    inputs.write_text(
+        "the sad city was cold near the river\nthe sad mn city was cold near the river\nword\n"
+        "the sad city was cold , the mn river was warm , the old road\n"
+    )
     result = invoke("psim", "score", psim_dir, "--texts", inputs, "--out", root / "scores.jsonl")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (root / "scores.jsonl").read_text().splitlines()]
     threshold = json.loads((psim_dir / "psim.json").read_text())["threshold_"]
-    assert len(rows) == 3 and [r["flagged"] for r in rows] == [r["score"] > threshold for r in rows]
+    assert len(rows) == 4 and [r["flagged"] for r in rows] == [r["score"] > threshold for r in rows]
+    assert all("clause" not in r for r in rows[:3])  # one clause each: read whole
+    assert rows[3].get("clause", rows[3]["text"]) in [rows[3]["text"], *split_clauses(rows[3]["text"])]
     # the trigger raises the score of a sentence of the other class well above its clean twin, which is passed; on
     # this tiny release clean sentences of the target class score as high, so an FRR of 0.1 puts the threshold
     # just above this triggered line (0.708 < 0.714): flagging it is left to the bulk check of predict --psim below

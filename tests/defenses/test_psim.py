@@ -498,7 +498,7 @@ def test_the_clause_span_reads_the_most_confident_of_a_text_and_its_clauses() ->
         each = psim.scores(views)
         best = int(np.argmax(each.probability))
         assert read.probability[i] == pytest.approx(each.probability[best])
-        assert read.label[i] == each.label[best]
+        assert read.label[i] == each.label[best] and read.view[i] == views[best]
     assert (read.probability >= whole.probability).all() and (read.probability > whole.probability + 1e-3).any()
 
 

@@ -183,9 +183,13 @@ def score_command(
     result = psim.scores(items)
     scores = result.select(psim.score_kind)
     flags = psim.flags(scores)
+    rows = zip(items, scores, result.probability, result.normalised, flags, result.view, strict=True)
     lines = [
-        json.dumps({"text": t, "score": float(s), "p_max": float(p), "normalised": float(n), "flagged": bool(f)})
-        for t, s, p, n, f in zip(items, scores, result.probability, result.normalised, flags, strict=True)
+        json.dumps(
+            {"text": t, "score": float(s), "p_max": float(p), "normalised": float(n), "flagged": bool(f)}
+            | ({"clause": v} if v != t else {})  # the clause the score was read on, when not the whole text
+        )
+        for t, s, p, n, f, v in rows
     ]
     if out is not None:
         write_output(out, "\n".join(lines) + "\n")

@@ -68,11 +68,13 @@ class Calibration:
 
 @dataclass(frozen=True)
 class PSIMScores:
-    """Per-text output of PSIM's module: top probability, its normalised form, and the argmax label."""
+    """Per-text output of PSIM's module: top probability, its normalised form, the argmax label, and the view
+    they were read on (the text itself, or with ``span`` ``clauses`` possibly one of its clauses)."""
 
     probability: np.ndarray
     normalised: np.ndarray
     label: np.ndarray
+    view: list[str]
 
     def select(self, kind: str) -> np.ndarray:
         """The scores of one kind: ``probability`` or ``normalised``."""
@@ -259,8 +261,8 @@ class PSIM:
         label = probs.argmax(axis=1) if len(views) else np.zeros(0, dtype=np.int64)
         if owners is not None:
             best = most_confident_view(top, np.asarray(owners, dtype=np.int64))
-            top, label = top[best], label[best]
-        return PSIMScores(top, normalise(top, self.num_labels_), label)
+            top, label, views = top[best], label[best], [views[i] for i in best]
+        return PSIMScores(top, normalise(top, self.num_labels_), label, list(views))
 
     def score(self, texts: list[str], kind: str | None = None) -> np.ndarray:
         """The poison score per text: higher means more likely poisoned (``kind`` overrides ``score_kind``)."""
