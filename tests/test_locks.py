@@ -18,11 +18,11 @@ from lmshield.locks import LOCK_FILE, holding
 from tests.cli.helpers import invoke, said
 
 
-def held_by(folder: Path, pid: int, host: str | None = None) -> Path:
+def held_by(folder: Path, pid: int, host: str | None = None, **more: object) -> Path:
     """``folder`` with a lock of process ``pid`` on ``host`` (this one by default), as another run leaves it."""
     folder.mkdir(parents=True, exist_ok=True)
     holder = {"pid": pid, "host": host or socket.gethostname(), "started": "2026-01-01 00:00:00", "command": "x"}
-    (folder / LOCK_FILE).write_text(json.dumps(holder))
+    (folder / LOCK_FILE).write_text(json.dumps(holder | more))
     return folder / LOCK_FILE
 
 
@@ -135,3 +135,19 @@ def test_sigterm_releases_the_lock(tmp_path: Path) -> None:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 130
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.skipif(locks._boot_id() is None or locks._process_start(os.getppid()) is None, reason="needs Linux /proc")
+def test_a_lock_left_before_a_reboot_or_by_a_reused_process_id_is_taken_over(tmp_path: Path) -> None:
+    """The live process that started the tests stands in for an unrelated process given the holder's old id."""
+    live, boot, started = os.getppid(), locks._boot_id(), locks._process_start(os.getppid())
+    for other in ({"boot": "an-earlier-boot", "process_start": started}, {"boot": boot, "process_start": started + 1}):
+        held_by(tmp_path, live, **other)
+        with holding(tmp_path):
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    held_by(tmp_path, live, boot=boot, process_start=started)  # that very process, still running: refused
+    with pytest.raises(InputError, match=f"process {live} "), holding(tmp_path):
+        pass
+    with holding(tmp_path / "mine"):  # what a lock records of its own process
+        mine = json.loads((tmp_path / "mine" / LOCK_FILE).read_text())
+    assert mine["boot"] == boot and mine["process_start"] == locks._process_start(os.getpid())

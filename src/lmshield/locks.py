@@ -3,8 +3,10 @@
 Two runs of a resumable job on one folder (a double launch, two cluster jobs) each took the other's half-finished
 progress for their own and wrote over each other's files. A job now holds its folder while it runs: it creates
 ``.lmshield.lock`` there (``O_EXCL``: only one process can) holding its process id, host and start, and removes it
-when it ends, by an error or Ctrl-C too. A lock whose process is gone (killed, on this host) is taken over; one
-from another host cannot be checked, so the refusal names the file to delete when that run is over. A process may
+when it ends, by an error or Ctrl-C too. A lock whose process is gone (killed, on this host) is taken over, and so
+is one whose process id now names another process (Linux: the lock records the boot and the process's start,
+so a reboot or a reused id is told apart); one from another host cannot be checked, so the refusal names the
+file to delete when that run is over. A process may
 take a folder it already holds again (a command, then the library function it calls).
 """
 
@@ -136,7 +138,27 @@ def _me() -> dict[str, Any]:
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join([_program(), *sys.argv[1:]])[:300],
+        "boot": _boot_id(),
+        "process_start": _process_start(os.getpid()),
     }
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux), or ``None``: no process of an earlier boot is still running."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), or ``None``: a process id that names a
+    process started at another time belongs to a later process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        return int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22; the name before it may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _holder(lock: Path) -> dict[str, Any] | None:
@@ -150,13 +172,19 @@ def _holder(lock: Path) -> dict[str, Any] | None:
 
 def _is_stale(holder: dict[str, Any] | None) -> bool:
     """Whether the holder is a process of this host that is gone (a lock of this very process id that this process
-    does not hold was left by an earlier process: containers reuse process ids)."""
+    does not hold was left by an earlier process: containers reuse process ids), left before a reboot, or whose
+    id now names a process that started at another time."""
     if holder is None or holder.get("host") != socket.gethostname():
         return False
     pid = holder.get("pid")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
-    return pid == os.getpid() or not _alive(pid)
+    if pid == os.getpid() or not _alive(pid):
+        return True
+    boot, started = holder.get("boot"), holder.get("process_start")
+    if isinstance(boot, str) and (now := _boot_id()) is not None and boot != now:
+        return True
+    return isinstance(started, int) and (now_started := _process_start(pid)) is not None and started != now_started
 
 
 def _alive(pid: int) -> bool:
