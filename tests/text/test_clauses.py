@@ -13,6 +13,8 @@ def test_clauses_end_at_punctuation_followed_by_space() -> None:
         "Really",
     ]
     assert split_clauses("3.5 stars, no:less") == ["3.5 stars,", "no:less"]  # no space after: one word
+    # full-width punctuation, which Chinese and Japanese text follow with no space
+    assert split_clauses("电影很长，但是很好看。推荐！") == ["电影很长，", "但是很好看。", "推荐！"]
 
 
 def test_short_and_empty_texts_are_one_clause_or_none() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-# a clause ends at , ; : . ! or ? followed by white space (SST-2's " , " spacing included)
-_CLAUSE_END = re.compile(r"(?<=[,;:.!?])\s+")
+# a clause ends at , ; : . ! or ? followed by white space (SST-2's " , " spacing included), or at their full-width
+# forms, which Chinese and Japanese text follows with no space
+_CLAUSE_END = re.compile(r"(?<=[,;:.!?])\s+|(?<=[，、；：。！？])\s*")
 
 
 def split_clauses(text: str, max_words: int | None = None) -> list[str]:
