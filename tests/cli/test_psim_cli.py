@@ -104,6 +104,7 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     rows = [json.loads(line) for line in (root / "served.jsonl").read_text().splitlines()]
     refused = [r["status"] == "refused" for r in rows]
     assert all(r["final_label"] is None for r, no in zip(rows, refused, strict=True) if no)
+    assert all(r.get("psim_clause", r["text"]) in [r["text"], *split_clauses(r["text"])] for r in rows)
     assert sum(refused[len(clean) :]) >= 0.6 * len(triggered) and sum(refused[: len(clean)]) <= 0.2 * len(clean)
     both = invoke("predict", victim, served, "--psim", psim_dir, "--scan", root)
     assert both.exit_code == 2 and "not both" in both.output

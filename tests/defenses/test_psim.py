@@ -359,6 +359,8 @@ def test_shield_refuses_flagged_inputs_before_the_victim() -> None:
     assert all(inputs[i] not in victim.seen for i in report.refused)
     assert all(report.labels[i] is None for i in report.refused)
     assert sum(inputs[i] in poisoned for i in report.refused) >= 27
+    read_on = zip(inputs, report.views, strict=True)
+    assert all(view in [text, *split_clauses(text, psim.max_length)] for text, view in read_on)
     assert "refused" in report.summary()
 
 

@@ -233,7 +233,8 @@ def _psim_rows(
             "flagged": label is None,
             "psim_score": score,
         }
-        for text, label, score in zip(items, report.labels, report.scores, strict=True)
+        | ({"psim_clause": view} if view != text else {})  # the clause the score was read on
+        for text, label, score, view in zip(items, report.labels, report.scores, report.views, strict=True)
     ]
 
 

@@ -19,12 +19,14 @@ class Predictor(Protocol):
 
 @dataclass
 class ShieldReport:
-    """Per-text answers: the victim's label, or ``None`` where PSIM refused the input."""
+    """Per-text answers: the victim's label, or ``None`` where PSIM refused the input; PSIM's score and the view
+    it was read on (the text, or one of its clauses)."""
 
     labels: list[int | None]
     scores: list[float]
     threshold: float
     refused: list[int] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)
 
     @property
     def accepted(self) -> list[int]:
@@ -45,7 +47,8 @@ class ShieldedClassifier:
         self.victim = victim
 
     def predict(self, texts: list[str]) -> ShieldReport:
-        scores = self.psim.score(texts)
+        read = self.psim.scores(texts)
+        scores = read.select(self.psim.score_kind)
         threshold = float(self.psim.threshold_)
         flagged = self.psim.flags(scores)
         refused = [i for i, f in enumerate(flagged) if f]
@@ -55,7 +58,7 @@ class ShieldedClassifier:
             answers = self.victim.predict([texts[i] for i in accepted])
             for index, label in zip(accepted, answers, strict=True):
                 labels[index] = int(label)
-        report = ShieldReport(labels, [float(s) for s in scores], threshold, refused)
+        report = ShieldReport(labels, [float(s) for s in scores], threshold, refused, read.view)
         if refused:
             logger.debug(report.summary())  # the caller reports it (the CLI prints report.summary())
         return report
