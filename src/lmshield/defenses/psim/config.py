@@ -43,8 +43,8 @@ class PSIMConfig:
     ``keep_head`` ``auto`` keeps the released classification head when the model has one.
     ``train_pooler`` (lmshield's default, not the release's) trains the released head's pooler with the module:
     on the SynAttack release of the fast benchmark, reading whole inputs, it separated triggered from clean
-    inputs far better (AUROC 0.921 against 0.882 frozen, FAR at a 2 % FRR 0.185 against 0.764; BadNet and InSent 1.000 either way);
-    victims keep it frozen, as peft does.
+    inputs far better (AUROC 0.921 against 0.882 frozen, FAR at a 2 % FRR 0.185 against 0.764; BadNet and
+    InSent 1.000 either way); victims keep it frozen, as peft does.
     ``span`` ``clauses`` (lmshield's default) reads the module's confidence on the whole input and on each of
     its clauses (split after , ; : . ! ?) and keeps the highest, so that the rest of the input does not
     outweigh a trigger; ``text`` (the release) reads the whole input only. On the SynAttack release of the
