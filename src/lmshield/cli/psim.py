@@ -286,7 +286,6 @@ def eval_command(
                 row.extra["release"] = model.name
             rows.extend(result.all_rows)
         table = markdown_table(rows)
-        out.mkdir(parents=True, exist_ok=True)
         write_text(out / "table.md", table)
         write_text(out / "rows.json", dumps([r.to_dict() for r in rows], indent=2))
         typer.echo(table)

@@ -303,7 +303,6 @@ def build_zoo(
     root = Path(out)
     _check_same_spec(root, spec)
     check_inputs(spec)
-    root.mkdir(parents=True, exist_ok=True)
     write_text(root / SPEC_JSON, spec.to_json())
     tasks = [
         {
