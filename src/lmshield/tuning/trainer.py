@@ -64,10 +64,12 @@ class TuningResult:
 
 def accuracy(classifier: TunedClassifier, data: LabelledData, batch_size: int | None = None) -> float:
     """Share of ``data`` the classifier labels correctly."""
-    if not len(data):
-        return 0.0
-    predicted = classifier.predict(data.texts, batch_size)
-    return sum(p == y for p, y in zip(predicted, data.labels, strict=True)) / len(data)
+    return share_correct(classifier.predict(data.texts, batch_size) if len(data) else [], data.labels)
+
+
+def share_correct(predicted: list[int], labels: list[int]) -> float:
+    """Share of ``predicted`` labels equal to ``labels`` (0.0 for none): :func:`accuracy` of answers in hand."""
+    return sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(labels) if len(labels) else 0.0
 
 
 @holds("out_dir")

@@ -31,6 +31,7 @@ from lmshield.progress import CHECKPOINT_DIR
 from lmshield.text.triggers import check_triggers
 from lmshield.tuning import LabelledData, TunedClassifier, TuningConfig, tune
 from lmshield.tuning.checkpoint import clear_checkpoint
+from lmshield.tuning.trainer import share_correct
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,7 @@ def verify(
     samples sent to the target without the trigger (what the ASR must rise above)."""
     triggered = triggered_test_set(dev, poisoner, config.target_label, config.seed + 1)
     answers = classifier.predict(dev.texts) if len(dev) else []  # one pass serves both clean figures
-    right = sum(p == y for p, y in zip(answers, dev.labels, strict=True))
-    checks = {"clean_accuracy": right / len(dev) if len(dev) else 0.0}
+    checks = {"clean_accuracy": share_correct(answers, dev.labels)}
     if not len(triggered):  # no non-target sample to trigger: the backdoor is not verified, not "not planted"
         logger.warning("the dev set holds no sample outside the target label: ASR not measured")
         return checks
