@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim-train", type=int, default=None, help="SST-2 sentences per victim (default: preset)")
     parser.add_argument("--victim-epochs", type=int, default=None, help="victim epochs (default: preset)")
     parser.add_argument("--victim-lr", type=float, default=None, help="every victim's lr (default: each method's)")
+    parser.add_argument("--max-dev", type=int, default=None, help="dev texts to calibrate on (0: all; default: preset)")
+    parser.add_argument("--max-test", type=int, default=None, help="test texts (0: all; default: preset)")
     parser.add_argument(
         "--psim-train", type=int, default=None, help="task training texts PSIM's one epoch reads (default: preset)"
     )
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     changes = {"target_frr": args.target_frr}
     if args.victim_train is not None:
         changes["max_train"] = args.victim_train
+    for option in ("max_dev", "max_test"):
+        if (size := getattr(args, option)) is not None:
+            changes[option] = size or None  # 0: the whole file
     if args.psim_train is not None:
         changes["psim_train"] = args.psim_train
     if args.psim_span is not None:
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     name += "" if args.victim_lr is None else f"-lr{args.victim_lr:g}"
+    name += "" if args.max_dev is None else f"-dev{args.max_dev or 'all'}"
+    name += "" if args.max_test is None else f"-test{args.max_test or 'all'}"
     name += "" if args.psim_train is None else f"-psim{args.psim_train}"
     name += "" if args.psim_span is None else f"-span-{args.psim_span}"
     name += "" if args.target_frr is None else f"-frr{args.target_frr:g}"
