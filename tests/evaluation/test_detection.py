@@ -13,6 +13,7 @@ from lmshield.evaluation.detection import (
     false_positive_rate,
     roc_auc,
     roc_curve,
+    wilson_interval,
 )
 
 # 4 backdoored (True) and 3 clean models; two mistakes: one missed backdoor, one false alarm.
@@ -58,3 +59,16 @@ def test_detection_metrics_and_empty_classes():
 def test_class_counts_come_from_the_truth_not_the_verdicts():
     metrics = detection_metrics([True, False, False], [True, True, True], [3.0, 2.0, 1.0], [1.0, 1.0, 1.0])
     assert (metrics.count, metrics.backdoored, metrics.clean) == (3, 1, 2)
+
+
+def test_wilson_interval_matches_hand_computed_values_and_stays_in_bounds():
+    # 5 of 10: centre 0.5, half-width 1.96 * sqrt(0.025 + 0.0096) / 1.38416
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson_interval(0, 10)  # a share of 0 still has an upper end: 3.8416 / 13.8416
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((1 - 0.2775, 1.0), abs=1e-4)
+    narrow, wide = wilson_interval(54, 909), wilson_interval(9, 151)  # the same share, six times the inputs
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)

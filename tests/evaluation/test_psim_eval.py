@@ -15,6 +15,7 @@ from lmshield.defenses.psim import PSIM
 from lmshield.defenses.psim.thresholds import calibrate_threshold
 from lmshield.errors import InputError
 from lmshield.evaluation.baselines_eval import BaselineSettings
+from lmshield.evaluation.detection import wilson_interval
 from lmshield.evaluation.psim_eval import (
     EvalSettings,
     PSIMRow,
@@ -91,6 +92,7 @@ def test_row_sweep_and_table() -> None:
     assert (row.clean_accuracy, row.asr, row.clean_accuracy_psim, row.asr_psim) == (0.75, 0.8, 0.5, 0.2)
     assert (row.frr, row.far, row.clean_accuracy_drop) == (0.25, 0.2, 0.25)
     assert row.to_dict()["clean_accuracy_drop"] == 0.25
+    assert (row.clean_count, row.triggered_count) == (4, 5)
     table = markdown_table([row])
     metrics = "0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.250 | 0.200 | 0.775 | 0.750 | 0.000"
     assert f"| badnet | lora | toy | {metrics} |" in table
@@ -105,6 +107,17 @@ def test_row_sweep_and_table() -> None:
     assert at == {0.7: (0.25, 0.2)}
     frrs = [p.frr for p in sweep]
     assert frrs == sorted(frrs, reverse=True)
+
+
+def test_a_rows_intervals_are_counted_over_its_own_inputs_and_survive_a_round_trip() -> None:
+    row = toy_row()
+    assert row.interval("asr_psim") == pytest.approx((0.0362, 0.6245), abs=1e-4)  # 1 of 5 triggered inputs
+    assert (row.interval("frr"), row.interval("far")) == (wilson_interval(1, 4), wilson_interval(1, 5))
+    assert PSIMRow.from_dict(row.to_dict()).interval("asr_psim") == row.interval("asr_psim")
+    older = {k: v for k, v in row.to_dict().items() if not k.endswith("_count")}  # saved before counts were kept
+    assert all(math.isnan(v) for v in PSIMRow.from_dict(older).interval("asr_psim"))
+    with pytest.raises(ValueError, match="no interval for 'flip_asr'"):
+        row.interval("flip_asr")
 
 
 def test_confidence_histogram(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def test_report_holds_the_rows_detection_and_sweep(tmp_path: Path) -> None:
     assert "lora, 1 epoch(s) on 120 training texts" in text and "calibrated to 2.0% FRR" in text
     assert "score: the highest of the input's and each clause's top probability" in text  # the default span
     assert "FRR **25.0%**" in text and "FAR **20.0%**" in text and "ROC-AUC **0.775**" in text
-    assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.750 | 0.000 |" in text
+    assert "| lora | 0.750 | 0.800 | 0.200 | 0.500 | 0.250 | 0.750 | 0.000 | 0.036-0.624 |" in text  # 1 of 5
+    assert "of 4 clean test inputs flagged (95% interval 4.6%-69.9%)" in text
     assert "| 2% | 0.9000 | 0.600 |" in text and "![PSIM confidence" in text
     assert "## Baselines" not in text  # no baseline rows, no section
     for psim, how in (({"threshold": 0.8}, "fixed by the settings"), ({}, "the release's cut")):

@@ -267,6 +267,8 @@ def _changed_input_row(
         flip_asr=flip_asr(*sources),
         flip_asr_psim=defended_flip,
         defense=defense,
+        clean_count=len(answers.clean_predicted),
+        triggered_count=len(answers.poisoned_predicted),
     )
 
 

@@ -60,6 +60,21 @@ def false_negative_rate(truth: Sequence[bool], predicted: Sequence[bool]) -> flo
     return _ratio(c.fn, c.fn + c.tp)
 
 
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of the share ``successes / total`` (95 % with the default ``z``): unlike the
+    normal approximation it stays within [0, 1] and is not empty at a share of 0 or 1; ``(nan, nan)`` with
+    no trials."""
+    if not 0 <= successes <= total:
+        raise ValueError(f"{successes} successes out of {total} trials")
+    if total == 0:
+        return math.nan, math.nan
+    share = successes / total
+    denominator = 1 + z * z / total
+    centre = (share + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def roc_curve(truth: Sequence[bool], scores: Sequence[float]) -> tuple[list[float], list[float], list[float]]:
     """ROC points ``(fpr, tpr, thresholds)``, from (0, 0) at threshold +inf down to (1, 1).
 

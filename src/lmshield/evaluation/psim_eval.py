@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmshield.defenses.psim.thresholds import check_target_frr, flag_scores
 from lmshield.errors import InputError
-from lmshield.evaluation.detection import roc_auc
+from lmshield.evaluation.detection import roc_auc, wilson_interval
 from lmshield.jsonio import dumps, json_ready, nan_if_none
 from lmshield.locks import holds
 from lmshield.progress import PROGRESS_JSON, content_digest, read_progress, stamp, write_progress, write_text
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("full", "lora", "prompt", "ptuning", "prefix")
+# the shares a row holds, by the inputs they are counted over (flip ASR counts a subset: no interval)
+CLEAN_SHARES = ("clean_accuracy", "clean_accuracy_psim", "frr")
+TRIGGERED_SHARES = ("asr", "asr_psim", "far")
 
 
 # -- pure metrics ------------------------------------------------------------------------------------------------
@@ -118,7 +121,8 @@ class PSIMRow:
     """One attack x strategy x dataset x defense result.
 
     ``defense`` is ``psim`` or a baseline (:mod:`lmshield.evaluation.baselines_eval`); the ``*_psim`` columns
-    hold the numbers with that defense in front of the victim.
+    hold the numbers with that defense in front of the victim. ``clean_count`` and ``triggered_count``: the
+    test inputs the shares are counted over (0 in rows saved before they were kept).
     """
 
     attack: str
@@ -136,6 +140,19 @@ class PSIMRow:
     flip_asr_psim: float = math.nan
     defense: str = "psim"
     extra: dict[str, Any] = field(default_factory=dict)
+    clean_count: int = 0
+    triggered_count: int = 0
+
+    def interval(self, share: str) -> tuple[float, float]:
+        """The 95 % Wilson interval of one of the row's shares (:data:`CLEAN_SHARES` are counted over the clean
+        test inputs, :data:`TRIGGERED_SHARES` over the triggered ones); NaNs where the count is unknown or the
+        share does not apply."""
+        if share not in CLEAN_SHARES + TRIGGERED_SHARES:
+            raise ValueError(f"no interval for {share!r}: use one of {', '.join(CLEAN_SHARES + TRIGGERED_SHARES)}")
+        value, total = getattr(self, share), self.clean_count if share in CLEAN_SHARES else self.triggered_count
+        if not total or math.isnan(value):
+            return math.nan, math.nan
+        return wilson_interval(round(value * total), total)
 
     @property
     def clean_accuracy_drop(self) -> float:
@@ -206,6 +223,8 @@ def psim_row(
         flip_asr=flips[0],
         flip_asr_psim=flips[1],
         defense=defense,
+        clean_count=len(clean_predicted),
+        triggered_count=len(poisoned_predicted),
     )
 
 

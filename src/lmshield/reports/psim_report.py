@@ -39,8 +39,10 @@ def _detection_lines(row: PSIMRow) -> list[str]:
     """PSIM's FRR, FAR and ROC-AUC; with no triggered input (every test input has the target label), why the
     attack's figures are dashes."""
     lines = [
-        f"- detection: FRR **{format_percent(row.frr)}** of clean test inputs flagged, "
-        f"FAR **{format_percent(row.far)}** of triggered inputs passed, ROC-AUC **{format_metric(row.auroc)}**"
+        f"- detection: FRR **{format_percent(row.frr)}** of {_count(row.clean_count)}clean test inputs flagged"
+        f"{format_interval(row.interval('frr'))}, FAR **{format_percent(row.far)}** of "
+        f"{_count(row.triggered_count)}triggered inputs passed{format_interval(row.interval('far'))}, "
+        f"ROC-AUC **{format_metric(row.auroc)}**"
     ]
     if math.isnan(row.far):
         lines.append(
@@ -119,6 +121,16 @@ def format_percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1%}"
 
 
+def format_interval(interval: tuple[float, float]) -> str:
+    """`` (95 % interval a-b %)`` for a share's interval; empty where it is unknown (NaN)."""
+    low, high = interval
+    return "" if math.isnan(low) else f" (95% interval {low:.1%}-{high:.1%})"
+
+
+def _count(count: int) -> str:
+    return f"{count} " if count else ""
+
+
 def write_psim_report(
     directory: str | Path,
     *,
@@ -155,13 +167,15 @@ def write_psim_report(
         "",
         "## Victims",
         "",
-        "| strategy | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | flip ASR | flip ASR + PSIM |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | clean acc | ASR | ASR + PSIM | clean acc + PSIM | drop | flip ASR | flip ASR + PSIM "
+        "| ASR + PSIM, 95% interval |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         values = (r.clean_accuracy, r.asr, r.asr_psim, r.clean_accuracy_psim, r.clean_accuracy_drop)
         metrics = " | ".join(format_metric(v) for v in (*values, r.flip_asr, r.flip_asr_psim))
-        lines.append(f"| {r.strategy} | {metrics} |")
+        low, high = r.interval("asr_psim")
+        lines.append(f"| {r.strategy} | {metrics} | {'-' if math.isnan(low) else f'{low:.3f}-{high:.3f}'} |")
     lines += [
         "",
         "How to read it:",
@@ -170,6 +184,8 @@ def write_psim_report(
         "- *ASR* counts every triggered non-target input labelled as the target; *flip ASR* only those the victim "
         "labels correctly without the trigger, leaving out its ordinary errors.",
         "- FRR, FAR and ROC-AUC describe PSIM alone and are the same for every victim.",
+        "- the intervals (Wilson, 95 %) say how far a share may sit from the one measured on this many test inputs: "
+        "an ASR target is met with confidence only when the interval's upper end is below it.",
         "",
         *_baseline_lines(baselines),
         "## Threshold sweep (clean and triggered test inputs)",
