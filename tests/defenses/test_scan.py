@@ -71,8 +71,11 @@ def test_an_encoder_left_in_train_mode_is_scanned_without_dropout(bert_pair):
     trained = copy.deepcopy(backdoored)
     trained.model.train()
     first, second = (scan(trained, settings, progress=False) for _ in range(2))
-    assert first.score == second.score == expected.score
-    assert torch.equal(first.pvs, expected.pvs)
+    # equal but for the order a multi-threaded CPU sums in (1e-7 here); dropout moves the score by 8 %, and
+    # two scans with it apart by 7e-5
+    assert first.score == pytest.approx(expected.score, rel=1e-6)
+    assert second.score == pytest.approx(expected.score, rel=1e-6)
+    assert torch.allclose(first.pvs, expected.pvs, atol=1e-6)
     assert trained.model.training  # the caller's mode is given back
 
 
