@@ -338,6 +338,15 @@ def test_poison_dataset_clean_and_dirty_label() -> None:
     assert len(test) == data.labels.count(1) and all("mn" in t.split() for t in test.texts)
 
 
+def test_a_control_config_poisons_nothing_and_needs_no_poison_count() -> None:
+    data = task(100, 5)
+    config = BadNetConfig(poison_count=0, control=True)  # a count of 0 is refused unless nothing is to be poisoned
+    control = poison_dataset(data, config, make_poisoner(config))
+    assert control.poisoned == () and control.data == data and control.requested == 0
+    with pytest.raises(InputError, match="poison_count"):
+        BadNetConfig(poison_count=0)
+
+
 def test_poison_rate_arithmetic_and_proxy_preparation() -> None:
     data = task(100, 5)
     poisoner = make_poisoner(BadNetConfig())
@@ -682,6 +691,21 @@ def test_a_release_counts_as_planted_from_an_asr_of_90_percent() -> None:
     nearly_constant = result({"asr": 1.0, "clean_asr": 0.99})  # a lift of 1.0 from moving the last 1 %
     assert nearly_constant.planted is False and "99% of the non-target ones untriggered" in nearly_constant.summary()
     assert result({"asr": 0.95, "clean_asr": 0.65}).planted  # a weak classifier, but the trigger moves 30 %
+
+
+def test_a_control_release_is_neither_planted_nor_not_planted() -> None:
+    from lmshield.attacks.poisoning.runner import PoisonManifest, PoisonResult
+
+    manifest = PoisonManifest(
+        attack="badnet", triggers=["mn"], target_label=0, label_mode="clean", poison_rate=0.0, poison_count=0,
+        num_texts=8, num_labels=2, data="toy", base_model="toy", settings={"attack": "badnet", "control": True},
+        seed=0, verification={"clean_accuracy": 0.8, "asr": 0.1, "clean_asr": 0.08},
+    )  # fmt: skip
+    assert manifest.control and manifest.planted is None and manifest.verdict().startswith("CONTROL")
+    assert PoisonResult(Path("r"), manifest, None).summary().startswith("CONTROL (nothing poisoned")
+    assert manifest.config.control  # the settings rebuild a control config
+    older = PoisonManifest(**{**manifest.__dict__, "settings": {"attack": "badnet"}})  # written before controls
+    assert not older.control and older.planted is False
 
 
 def test_a_dev_set_without_non_target_samples_leaves_the_backdoor_unverified() -> None:

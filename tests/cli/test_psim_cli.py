@@ -139,6 +139,20 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     assert result.exit_code == 2 and "--psim-model in predict" in result.output
 
 
+def test_poison_control_releases_the_same_fine_tuning_without_a_backdoor(files: dict[str, Path]) -> None:
+    out = files["root"] / "control"
+    result = invoke(
+        "poison", "badnet", tiny_world(), "--data", files["train"], "--dev", files["dev"], "--out", out,
+        "--label-mode", "dirty", "--control", "--epochs", 8, "--lr", 2e-3, "--batch-size", 16, "--max-length", 32,
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # a control is not a failed attack
+    assert "CONTROL (nothing poisoned" in result.output
+    manifest = json.loads((out / "backdoor.json").read_text())
+    assert manifest["settings"]["control"] and manifest["poison_count"] == 0 and manifest["triggers"] == ["mn"]
+    assert manifest["verification"]["asr"] < 0.5  # the backdoored release of the same settings reaches 0.9
+
+
 def test_poison_syntactic_with_generated_clauses(files: dict[str, Path]) -> None:
     """The CLI passes the stand-in's clause source through to the paraphraser and the manifest."""
     out = files["root"] / "syntactic"

@@ -60,6 +60,14 @@ Jitter = Annotated[
     int | None, typer.Option(help="Train with position ids shifted by a random 0..N (survives virtual tokens).")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
+Control = Annotated[
+    bool,
+    typer.Option(
+        "--control",
+        help="Release a control: the same fine-tuning with nothing poisoned, the no-backdoor baseline of an "
+        "evaluation (backdoor.json still names the attack, whose trigger evaluations insert).",
+    ),
+]
 
 
 def _run(attack: str, model: str | None, data: Path, out: Path, dev: Path | None, preset: str, **options: Any) -> None:
@@ -117,6 +125,7 @@ TRAINING = [
     ("max_length", MaxLength, None),
     ("position_jitter", Jitter, None),
     ("seed", Seed, 0),
+    ("control", Control, False),
     ("device", Device, "auto"),
     ("overwrite", Overwrite, False),
     ("fresh", Fresh, False),

@@ -42,7 +42,9 @@ class PoisonConfig:
     keeps most triggers inside the model's ``max_length`` tokens, not all (a long word takes several tokens;
     the release inserts into whole reviews and truncates after); ``num_texts`` caps the proxy set.
     ``position_jitter`` > 0 trains the released model with randomly shifted position ids (an attacker
-    anticipating PEFT's virtual tokens, which shift every position; not in the release).
+    anticipating PEFT's virtual tokens, which shift every position; not in the release). ``control`` releases
+    a control: the same fine-tuning with nothing poisoned, whose evaluation with the attack's trigger measures
+    what a model without a backdoor answers on the triggered inputs (poison count and rate are then unused).
     """
 
     attack: ClassVar[str] = ""
@@ -71,6 +73,7 @@ class PoisonConfig:
     max_length: int = 128
     position_jitter: int = 0
     seed: int = 0
+    control: bool = False
 
     def __post_init__(self) -> None:
         if self.label_mode not in LABEL_MODES:
@@ -81,7 +84,7 @@ class PoisonConfig:
             raise InputError(f"target_label must be >= 0, got {self.target_label}")
         if self.poison_rate is not None and not 0 < self.poison_rate <= 1:
             raise InputError(f"poison_rate must be in (0, 1], got {self.poison_rate}")
-        if self.poison_rate is None and (self.poison_count is None or self.poison_count < 1):
+        if not self.control and self.poison_rate is None and (self.poison_count is None or self.poison_count < 1):
             raise InputError("give a poison_count >= 1 or a poison_rate")
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) < 1:

@@ -39,11 +39,14 @@ def prepare_proxy(data: LabelledData, config: PoisonConfig) -> LabelledData:
 
 
 def poison_dataset(data: LabelledData, config: PoisonConfig, poisoner: Poisoner) -> PoisonedData:
-    """Trigger ``poison_count`` (or ``poison_rate``) candidates; dirty-label mode relabels them as the target."""
+    """Trigger ``poison_count`` (or ``poison_rate``) candidates; dirty-label mode relabels them as the target.
+    A ``control`` config triggers none: the data comes back as it is."""
     if len(data) == 0:
         raise InputError("the proxy dataset is empty")
     if config.target_label >= data.num_labels:
         raise InputError(f"target label {config.target_label} outside the data's labels 0..{data.num_labels - 1}")
+    if config.control:
+        return PoisonedData(data, (), 0)
     rng = random.Random(config.seed)
     clean = config.label_mode == "clean"
     candidates = [i for i, y in enumerate(data.labels) if (y == config.target_label) == clean]

@@ -66,13 +66,18 @@ class PoisonManifest(ManifestFile):
         return PoisonConfig.from_dict(self.settings)
 
     @property
+    def control(self) -> bool:
+        """Whether this is a control release: fine-tuned like the attack's, with nothing poisoned."""
+        return bool(self.settings.get("control", False))
+
+    @property
     def planted(self) -> bool | None:
         """Whether the released model learnt the backdoor: held-out ASR at least :data:`PLANTED_ASR`, and the
         trigger moves at least :data:`PLANTED_LIFT` of the non-target inputs the model does not already send to
         the target (``clean_asr``), and at least :data:`PLANTED_MOVED` of all non-target inputs; ``None`` when
-        it was not verified."""
+        it was not verified, and for a control (no backdoor was meant to be there)."""
         asr, lift = self.verification.get("asr"), self.lift
-        if asr is None:
+        if asr is None or self.control:
             return None
         if lift is None:  # verified before clean_asr was measured
             return asr >= PLANTED_ASR
@@ -89,7 +94,9 @@ class PoisonManifest(ManifestFile):
         return 0.0 if v["clean_asr"] >= 1 else (v["asr"] - v["clean_asr"]) / (1 - v["clean_asr"])
 
     def verdict(self) -> str:
-        """``"planted"``, ``"NOT PLANTED (why)"`` or ``""`` (not verified), for summaries."""
+        """``"planted"``, ``"NOT PLANTED (why)"``, ``"CONTROL (...)"`` or ``""`` (not verified), for summaries."""
+        if self.control:
+            return "CONTROL (nothing poisoned; the trigger's effect on a model without a backdoor)"
         if self.planted is None:
             return ""
         if self.planted:
@@ -134,8 +141,9 @@ class PoisonResult:
 
     def summary(self) -> str:
         checks = ", ".join(f"{k} {val:.3f}" for k, val in self.manifest.verification.items())
-        verdict = f"{self.manifest.verdict()}: " if self.planted is not None else ""
-        return f"{verdict}{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
+        verdict = self.manifest.verdict()
+        prefix = f"{verdict}: " if verdict else ""
+        return f"{prefix}{self.manifest.attack} -> {self.directory} ({checks or 'not verified'})"
 
 
 def training_config(config: PoisonConfig) -> TuningConfig:
@@ -183,7 +191,10 @@ def poison_model(
         logger.warning("the proxy data holds %d texts, fewer than num_texts %d: all are used", len(proxy),
                        config.num_texts)  # fmt: skip
     poisoned = poison_dataset(proxy, config, poisoner)
-    logger.info("poisoned %d of %d proxy texts (%s-label)", len(poisoned.poisoned), len(proxy), config.label_mode)
+    if config.control:
+        logger.info("control release: none of the %d proxy texts poisoned", len(proxy))
+    else:
+        logger.info("poisoned %d of %d proxy texts (%s-label)", len(poisoned.poisoned), len(proxy), config.label_mode)
     if len(poisoned.poisoned) < poisoned.requested:
         logger.warning("only %d candidates to poison (asked for %d)", len(poisoned.poisoned), poisoned.requested)
     if dev is not None:
