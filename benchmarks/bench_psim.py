@@ -61,6 +61,7 @@ def variant_suffix(overrides: dict) -> str:
     parts += [f"jit{overrides['position_jitter']}"] if overrides["position_jitter"] else []
     parts += ["first"] if overrides.get("sentences") == "first" else []
     parts += ["gen"] if overrides.get("clauses") == "generated" else []
+    parts += ["control"] if overrides.get("control") else []
     return "".join(f"-{part}" for part in parts)
 
 
@@ -134,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--psim-span", choices=("text", "clauses"), default=None, help="whole input (release) or also each clause"
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also a control release of each attack (same fine-tuning, nothing poisoned), its victims behind the "
+        "release's PSIM: what PSIM lets through to the target when no backdoor is there",
+    )
     parser.add_argument("--baselines", action="store_true", help="STRIP and paraphrase baselines (LoRA victim)")
     parser.add_argument("--onion-lm", default=None, help="with --baselines: also ONION with this causal LM (path)")
     parser.add_argument(
@@ -191,14 +198,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{attack}: {released} is {unplanted}; not evaluated (poison again with other settings)")
             extra[attack] = {"skipped": unplanted}
             continue
-        for task in tasks:
-            where = f"{released.name}-eval-{settings.digest()}" + ("" if task == "sst-2" else f"-{task}")
+        models = [released]
+        if args.control:  # the no-backdoor baseline: what a model fine-tuned alike answers on the triggered inputs
+            models.append(poison(attack, poison_preset, args.data, cache, args.model, {**overrides, "control": True}))
+        for model, task in ((m, t) for m in models for t in tasks):
+            suffix = f"-eval-{settings.digest()}" + ("" if task == "sst-2" else f"-{task}")
+            gate = None if model == released else cache / f"{released.name}{suffix}" / "psim"  # the release's PSIM
+            where = f"{model.name}{'' if gate is None else '-gated'}{suffix}"
             evaluation = evaluate_release(
-                released, args.data / task, settings, out_dir=cache / where, device=args.device,
-                baselines=baselines, fresh=args.fresh,
+                model, args.data / task, settings, out_dir=cache / where, device=args.device,
+                baselines=baselines, fresh=args.fresh, psim=gate,
             )  # fmt: skip
+            for row in evaluation.all_rows if args.control else ():
+                row.extra["release"] = model.name
             rows.extend(evaluation.all_rows)
-            key = attack if task == "sst-2" else f"{attack}/{task}"
+            key = (model.name if model != released else attack) + ("" if task == "sst-2" else f"/{task}")
             extra[key] = {"seconds": time.perf_counter() - t0, "threshold": evaluation.threshold}
             t0 = time.perf_counter()
             print(markdown_table(evaluation.all_rows), flush=True)
@@ -211,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.victim_train is None else f"-victims{args.victim_train}"
     name += "" if args.victim_epochs is None else f"x{args.victim_epochs}"
     name += "" if args.victim_lr is None else f"-lr{args.victim_lr:g}"
+    name += "-control" if args.control else ""
     name += "" if args.max_dev is None else f"-dev{args.max_dev or 'all'}"
     name += "" if args.max_test is None else f"-test{args.max_test or 'all'}"
     name += "" if args.psim_train is None else f"-psim{args.psim_train}"

@@ -87,6 +87,15 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     result = invoke(*again)
     assert result.exit_code == 2 and "--fresh" in result.output
     assert invoke(*again, "--fresh").exit_code == 0
+    gated = root / "gated"  # the victims behind the PSIM fitted above, none fitted anew
+    result = invoke("psim", "eval", model, "--task", files["task"], "--strategies", "lora", "--preset", "smoke",
+                    "--out", gated, "--quiet", "--gate", out / f"{model.name}-toy" / "psim")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not on this model" in (gated / f"{model.name}-toy" / "report.md").read_text()
+    assert not (gated / f"{model.name}-toy" / "psim").exists()
+    result = invoke("psim", "eval", model, "--task", files["task"], "--preset", "smoke", "--out", root / "nogate",
+                    "--quiet", "--gate", files["task"])  # fmt: skip
+    assert result.exit_code == 2 and "no fitted PSIM there" in result.output
 
     # a victim tuned from the release, served behind PSIM: triggered inputs are refused, clean ones answered
     victim = root / "victim"

@@ -231,6 +231,39 @@ def test_protocol_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert EvalSettings.preset("fast").max_train == 480
 
 
+def test_victims_can_be_gated_by_a_psim_fitted_on_another_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A control release is judged behind the backdoored release's PSIM: the same scores, the same threshold."""
+    import lmshield.evaluation.psim_eval as psim_eval
+
+    settings = EvalSettings(
+        strategies=("lora",),
+        victim={"epochs": 2, "batch_size": 16, "max_length": 32},
+        psim={"method": "lora", "epochs": 3, "lr": 1e-3, "batch_size": 16, "max_length": 32},
+        target_frr=0.1,
+    )
+    folder = _write_task(tmp_path / "toy")
+    fitted = evaluate_release(released("badnet"), folder, settings, out_dir=tmp_path / "own", progress=False)
+
+    def no_fit(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a gated evaluation fits no PSIM")
+
+    monkeypatch.setattr(psim_eval, "_fit_psim", no_fit)
+    gate = tmp_path / "own" / "psim"
+    gated = evaluate_release(
+        released("badnet"), folder, settings, out_dir=tmp_path / "gated", progress=False, psim=gate
+    )
+    assert gated.threshold == fitted.threshold and gated.clean_scores == fitted.clean_scores
+    assert gated.poisoned_scores == fitted.poisoned_scores and gated.psim_texts is None
+    report = (tmp_path / "gated" / "report.md").read_text()
+    assert f"PSIM: the one fitted in `{gate}`, not on this model" in report and "random labels" not in report
+    with pytest.raises(InputError, match="no fitted PSIM there"):
+        evaluate_release(released("badnet"), folder, settings, progress=False, psim=tmp_path / "toy")
+    with pytest.raises(InputError):  # the folder's progress was made behind another gate: not resumed
+        evaluate_release(released("badnet"), folder, settings, out_dir=tmp_path / "gated", progress=False)
+
+
 def test_the_fast_preset_calibrates_a_2_percent_frr_without_the_noise_warning(caplog: pytest.LogCaptureFixture) -> None:
     """The benchmark's own preset must hold enough dev texts that a 2 % FRR cut rests on several of them."""
     dev = EvalSettings.preset("fast").max_dev

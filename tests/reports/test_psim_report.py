@@ -98,3 +98,16 @@ def test_a_test_set_with_no_triggered_input_says_so_instead_of_printing_nan(tmp_
     assert "nan" not in text.lower()
     assert "FRR **25.0%**" in text and "FAR **-**" in text and "ROC-AUC **-**" in text
     assert "none was triggered" in text and "| 1% | 0.9000 | - |" in text
+
+
+def test_a_control_release_is_named_as_the_baseline_it_is(tmp_path: Path) -> None:
+    row = psim_row(
+        attack="badnet", strategy="lora", dataset="toy", clean_predicted=[0, 1], clean_labels=[0, 1],
+        poisoned_predicted=[1, 1], target_label=0, clean_scores=[0.5, 0.6], poisoned_scores=[0.5, 0.6], threshold=0.7,
+    )  # fmt: skip
+    settings = {"psim": {}, "target_frr": None}
+    report = {"rows": [row], "sweep": [], "manifest": MANIFEST, "settings": settings, "threshold": 0.7, "model": "m"}
+    control = write_psim_report(tmp_path / "c", **report, release_check="CONTROL (nothing poisoned)").read_text()
+    assert "**control release**: nothing was poisoned" in control and "caveat" not in control
+    planted = write_psim_report(tmp_path / "p", **report, release_check="planted").read_text()
+    assert "control release" not in planted

@@ -237,6 +237,14 @@ def eval_command(
         float | None,
         typer.Option(help="Calibrate ONION's threshold to this clean-accuracy drop on dev (default: threshold 0)."),
     ] = None,
+    gate: Annotated[
+        Path | None,
+        typer.Option(
+            help="A fitted PSIM (e.g. an earlier psim eval's MODEL-TASK/psim) that gates the victims instead of one "
+            "fitted per model: on a control release (poison --control), what PSIM lets through with no backdoor.",
+            file_okay=False,
+        ),
+    ] = None,
     fresh: Fresh = False,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -281,6 +289,7 @@ def eval_command(
                 progress=not quiet,
                 fresh=fresh,
                 baselines=extra,
+                psim=gate,
             )
             for row in result.all_rows:  # which release a row belongs to, for a table of several
                 row.extra["release"] = model.name

@@ -418,6 +418,7 @@ def evaluate_release(
     keep_victims: bool | Sequence[str] = False,
     fresh: bool = False,
     baselines: BaselineSettings | None = None,
+    psim: str | Path | None = None,
 ) -> ReleaseEvaluation:
     """Evaluate PSIM on one released model (with ``backdoor.json``) and one task folder (train/dev/test).
 
@@ -428,6 +429,9 @@ def evaluate_release(
     after each strategy, so a rerun resumes (``fresh`` discards it). ``keep_victims`` (``True`` or some
     strategies) returns those tuned victims too; a rerun tunes them again, as it keeps no weights.
     ``baselines`` adds rows for baseline defenses on the same victims (:mod:`lmshield.evaluation.baselines_eval`).
+    ``psim``: the folder of a fitted PSIM that gates the victims instead of one fitted on ``model_dir``; a control
+    release (``poison --control``) behind the backdoored release's PSIM gives what PSIM lets through to the
+    target when no backdoor is there.
     """
     from lmshield.evaluation.baselines_eval import baseline_row
 
@@ -441,10 +445,15 @@ def evaluate_release(
         "manifest": manifest.to_dict(),
         "task": str(task.resolve()),
         "data": content_digest([[split.texts, split.labels] for split in (data.train, data.dev, data.test)]),
+        **({} if psim is None else {"gate": _gate_identity(psim)}),
     }
     saved = _EvalProgress(out, {**identity, "settings": settings.shared_dict()}).load(fresh)
     if saved.psim is None:
-        saved.save_psim(*_fit_psim(model_dir, data, settings, out, device, progress))
+        if psim is None:
+            scored = _fit_psim(model_dir, data, settings, out, device, progress)
+        else:
+            scored = _gate_scores(psim, data, device, progress)
+        saved.save_psim(*scored)
     else:
         logger.info("resuming: PSIM's scores from %s", out)
     clean_scores, poisoned_scores = saved.psim["clean"], saved.psim["poisoned"]
@@ -483,12 +492,11 @@ def evaluate_release(
             extra_rows.append(extra)
         if kept:
             victims[strategy] = answers.victim
-    result = ReleaseEvaluation(
-        rows, clean_scores, poisoned_scores, threshold, 0.0, victims, extra_rows, len(data.psim_texts)
-    )
+    psim_texts = len(data.psim_texts) if psim is None else None
+    result = ReleaseEvaluation(rows, clean_scores, poisoned_scores, threshold, 0.0, victims, extra_rows, psim_texts)
     result.seconds = time.perf_counter() - started
     if out is not None:
-        _write_outputs(out, result, manifest, settings, str(model_dir))
+        _write_outputs(out, result, manifest, settings, str(model_dir), gate="" if psim is None else str(psim))
     return result
 
 
@@ -582,7 +590,30 @@ def _fit_psim(
     return psim.score(data.test.texts).tolist(), psim.score(data.triggered.texts).tolist(), psim.threshold_
 
 
-def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings: EvalSettings, model: str) -> None:
+def _gate_identity(psim: str | Path) -> dict[str, str]:
+    """Where a gating PSIM is and what its ``psim.json`` holds: a rerun behind another PSIM must not resume."""
+    from lmshield.defenses.psim.detector import PSIM_JSON
+
+    path = Path(psim) / PSIM_JSON
+    if not path.is_file():
+        raise InputError(f"{psim}: no fitted PSIM there ({PSIM_JSON} missing)")
+    return {"path": str(Path(psim).resolve()), "psim_json": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _gate_scores(
+    psim_dir: str | Path, data: _EvalData, device: str | None, progress: bool
+) -> tuple[list[float], list[float], float]:
+    """Score the test inputs with a PSIM fitted elsewhere, at its own threshold."""
+    from lmshield.defenses.psim import PSIM
+
+    psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress)
+    logger.info("%s: victims gated by the PSIM in %s", data.manifest.attack, psim_dir)
+    return psim.score(data.test.texts).tolist(), psim.score(data.triggered.texts).tolist(), psim.threshold_
+
+
+def _write_outputs(
+    out: Path, result: ReleaseEvaluation, manifest: Any, settings: EvalSettings, model: str, gate: str = ""
+) -> None:
     """rows.json, table.md, sweep.json, the confidence histogram and report.md."""
     every_row = result.all_rows
     write_text(out / "rows.json", dumps([r.to_dict() for r in every_row], indent=2))
@@ -603,5 +634,5 @@ def _write_outputs(out: Path, result: ReleaseEvaluation, manifest: Any, settings
         write_psim_report(
             out, rows=result.rows, sweep=sweep, manifest=manifest.to_dict(), settings=settings.to_dict(),
             threshold=result.threshold, model=model, baselines=result.baseline_rows, release_check=manifest.verdict(),
-            psim_texts=result.psim_texts,
+            psim_texts=result.psim_texts, gate=gate,
         )  # fmt: skip

@@ -69,7 +69,16 @@ def _settings_line(settings: dict[str, Any], threshold: float, psim_texts: int |
     )
 
 
-def _not_planted_caveat(release_check: str) -> list[str]:
+def _gate_line(gate: str, threshold: float) -> str:
+    return f"- PSIM: the one fitted in `{gate}`, not on this model; threshold **{threshold:.4f}** (its own)"
+
+
+def _release_caveat(release_check: str) -> list[str]:
+    if release_check.startswith("CONTROL"):
+        return [
+            "- **control release**: nothing was poisoned, so ASR here is what a model without a backdoor answers on "
+            "the triggered inputs: the baseline a backdoored release's figures rise above"
+        ]
     if not release_check.startswith("NOT PLANTED"):
         return []
     return [
@@ -144,12 +153,14 @@ def write_psim_report(
     baselines: Sequence[PSIMRow] = (),
     release_check: str = "",
     psim_texts: int | None = None,
+    gate: str = "",
 ) -> Path:
     """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path.
 
     ``release_check``: the verdict of the release's own check (``PoisonManifest.verdict()``); a ``NOT PLANTED``
     one heads the report, since every figure below is then measured against no working backdoor. ``psim_texts``:
-    how many training texts PSIM was fitted on (the settings' ``psim_train`` only caps them)."""
+    how many training texts PSIM was fitted on (the settings' ``psim_train`` only caps them). ``gate``: the folder
+    of a PSIM fitted elsewhere that gated the victims (the settings' PSIM was then not fitted)."""
     if not rows:
         raise ValueError("a PSIM report needs at least one row")
     first = rows[0]
@@ -160,8 +171,8 @@ def write_psim_report(
         f"- attack (ground truth from backdoor.json; PSIM never sees it): {manifest.get('attack')}, "
         f"trigger {', '.join(map(str, manifest.get('triggers', [])))}, target label {manifest.get('target_label')}, "
         f"{manifest.get('label_mode')}-label, {manifest.get('poison_count')} of {manifest.get('num_texts')} texts",
-        *_not_planted_caveat(release_check),
-        _settings_line(settings, threshold, psim_texts),
+        *_release_caveat(release_check),
+        _gate_line(gate, threshold) if gate else _settings_line(settings, threshold, psim_texts),
         *_detection_lines(first),
         *_uncalibrated_note(settings, first),
         "",
