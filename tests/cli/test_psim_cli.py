@@ -96,6 +96,7 @@ def test_poison_fit_score_calibrate_eval(files: dict[str, Path]) -> None:
     result = invoke("psim", "eval", model, "--task", files["task"], "--preset", "smoke", "--out", root / "nogate",
                     "--quiet", "--gate", files["task"])  # fmt: skip
     assert result.exit_code == 2 and "no fitted PSIM there" in result.output
+    assert not (root / "nogate").exists()  # refused before its output folder was made
 
     # a victim tuned from the release, served behind PSIM: triggered inputs are refused, clean ones answered
     victim = root / "victim"

@@ -253,8 +253,10 @@ def eval_command(
     import dataclasses
 
     from lmshield.evaluation.baselines_eval import BaselineSettings
-    from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, markdown_table
+    from lmshield.evaluation.psim_eval import EvalSettings, evaluate_release, gate_identity, markdown_table
 
+    if gate is not None:
+        gate_identity(gate)  # before the output folder is taken
     base = EvalSettings.preset(preset)
     names = _names(strategies) if strategies else base.strategies
     psim = {**base.psim, "span": span}

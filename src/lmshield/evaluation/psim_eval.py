@@ -437,6 +437,7 @@ def evaluate_release(
 
     settings = settings or EvalSettings()
     started = time.perf_counter()
+    gate = None if psim is None else gate_identity(psim)  # a missing gate is said before any work
     data = _EvalData.load(model_dir, task_dir, settings, device)
     manifest, task = data.manifest, data.task
     out = None if out_dir is None else Path(out_dir)
@@ -445,7 +446,7 @@ def evaluate_release(
         "manifest": manifest.to_dict(),
         "task": str(task.resolve()),
         "data": content_digest([[split.texts, split.labels] for split in (data.train, data.dev, data.test)]),
-        **({} if psim is None else {"gate": _gate_identity(psim)}),
+        **({} if gate is None else {"gate": gate}),
     }
     saved = _EvalProgress(out, {**identity, "settings": settings.shared_dict()}).load(fresh)
     if saved.psim is None:
@@ -590,8 +591,9 @@ def _fit_psim(
     return psim.score(data.test.texts).tolist(), psim.score(data.triggered.texts).tolist(), psim.threshold_
 
 
-def _gate_identity(psim: str | Path) -> dict[str, str]:
-    """Where a gating PSIM is and what its ``psim.json`` holds: a rerun behind another PSIM must not resume."""
+def gate_identity(psim: str | Path) -> dict[str, str]:
+    """Where a gating PSIM is and what its ``psim.json`` holds (a rerun behind another PSIM must not resume);
+    :class:`InputError` when the folder holds no fitted PSIM."""
     from lmshield.defenses.psim.detector import PSIM_JSON
 
     path = Path(psim) / PSIM_JSON
