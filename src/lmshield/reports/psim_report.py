@@ -158,7 +158,8 @@ def write_psim_report(
     """Write ``report.md`` into ``directory`` (next to the histogram it shows); return its path.
 
     ``release_check``: the verdict of the release's own check (``PoisonManifest.verdict()``); a ``NOT PLANTED``
-    one heads the report, since every figure below is then measured against no working backdoor. ``psim_texts``:
+    one heads the report, since every figure below is then measured against no working backdoor, and a ``CONTROL``
+    one is named as the no-backdoor baseline it is. ``psim_texts``:
     how many training texts PSIM was fitted on (the settings' ``psim_train`` only caps them). ``gate``: the folder
     of a PSIM fitted elsewhere that gated the victims (the settings' PSIM was then not fitted)."""
     if not rows:
