@@ -588,6 +588,11 @@ def _fit_psim(
         psim.calibrate(data.dev.texts, settings.target_frr)
     if out is not None:
         psim.save_pretrained(out / "psim")
+    return _test_scores(psim, data)
+
+
+def _test_scores(psim: Any, data: _EvalData) -> tuple[list[float], list[float], float]:
+    """A fitted PSIM's scores of the clean and the triggered test inputs, and its threshold."""
     return psim.score(data.test.texts).tolist(), psim.score(data.triggered.texts).tolist(), psim.threshold_
 
 
@@ -610,7 +615,7 @@ def _gate_scores(
 
     psim = PSIM.from_pretrained(psim_dir, device=device, progress=progress)
     logger.info("%s: victims gated by the PSIM in %s", data.manifest.attack, psim_dir)
-    return psim.score(data.test.texts).tolist(), psim.score(data.triggered.texts).tolist(), psim.threshold_
+    return _test_scores(psim, data)
 
 
 def _write_outputs(
